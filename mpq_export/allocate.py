@@ -1,0 +1,269 @@
+"""allocate stage: one format per layer from an exact 0/1 program solved by HiGHS.
+
+Binary z[i, f]: layer i takes candidate format f. sum_f z[i, f] = 1 for every layer;
+sum_{i,f} z[i, f] * bits_f * P_i <= B * sum_i P_i (B = --budget, average weight bits);
+the objective is the scorer's: maximise sum z * bits_f * theta_i (ORM, the paper's), or minimise
+sum z * s[i, f] (measured sensitivity). Pins are constraints (a layer's candidate set shrinks).
+Baselines (uniform, random, smallest-first) produce the same BitAllocation type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mpq_export.errors import MPQError
+from mpq_export.layers import QuantLayer
+
+METHODS = ("mpq", "uniform", "random", "smallest-first")
+# Layers the literature keeps at >= 8 bits: the first and last convs and the time embedding.
+DEFAULT_MIN8 = (r"^conv_in$", r"^conv_out$", r"^time_embedding\.")
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str  # w4a8 | w4a16 | w8a8 | fp16
+    weight_bits: int  # what the budget counts
+    act_bits: int | None  # 8: the layer's input gets an INT8 per-tensor Q/DQ; None: left in float
+
+    @property
+    def quantized(self) -> bool:
+        return self.weight_bits < 16
+
+
+FP16 = Format("fp16", 16, None)
+
+
+def format_for(op_type: str, bits: int) -> Format:
+    """DESIGN.md's format table: 4-bit Conv is W4A8; 4-bit MatMul/Gemm is weight-only (W4A16)."""
+    if bits == 16:
+        return FP16
+    if bits == 8:
+        return Format("w8a8", 8, 8)
+    if bits == 4:
+        return Format("w4a8", 4, 8) if op_type in ("Conv", "ConvTranspose") else Format("w4a16", 4, None)
+    raise MPQError(f"unsupported bit-width {bits}; --bits takes 4, 8 and 16")
+
+
+def parse_format(name: str) -> Format:
+    for f in (FP16, Format("w8a8", 8, 8), Format("w4a8", 4, 8), Format("w4a16", 4, None)):
+        if f.name == name:
+            return f
+    raise MPQError(f"unknown format '{name}' (fp16, w8a8, w4a8, w4a16)")
+
+
+@dataclass(frozen=True)
+class AllocationSettings:
+    budget: float
+    bits: tuple[int, ...] = (4, 8)
+    method: str = "mpq"
+    seed: int = 0
+    keep_fp16: tuple[str, ...] = ()  # regexes (re.search on the layer name) pinned to FP16
+    min8: tuple[str, ...] = DEFAULT_MIN8  # regexes held at >= 8 bits
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise MPQError(f"--allocation must be one of {', '.join(METHODS)}, got '{self.method}'")
+        bad = [b for b in self.bits if b not in (4, 8, 16)]
+        if bad or not self.bits:
+            raise MPQError(f"--bits takes a comma list of 4, 8, 16 (got {','.join(map(str, self.bits)) or 'nothing'})")
+        for rx in (*self.keep_fp16, *self.min8):
+            try:
+                re.compile(rx)
+            except re.error as e:
+                raise MPQError(f"bad layer regex '{rx}': {e}") from None
+
+
+@dataclass
+class BitAllocation:
+    layer_names: list[str]
+    formats: list[Format]
+    params: list[int]
+    budget: float
+    method: str
+    scorer: str  # what the objective was built from: orm | sensitivity | none
+    objective: float | None = None
+    solver_status: str = ""
+    seconds: float = 0.0
+    pins: dict[str, str] = field(default_factory=dict)  # layer -> why its candidates were restricted
+
+    @property
+    def achieved_bits(self) -> float:
+        p = np.asarray(self.params, dtype=np.float64)
+        b = np.asarray([f.weight_bits for f in self.formats], dtype=np.float64)
+        return float((p * b).sum() / p.sum())
+
+    @property
+    def within_budget(self) -> bool:
+        return sum(p * f.weight_bits for p, f in zip(self.params, self.formats)) <= self.budget * sum(self.params) + 1e-9
+
+    def format_of(self, name: str) -> Format:
+        return self.formats[self.layer_names.index(name)]
+
+    def to_json(self) -> dict:
+        return {"budget": self.budget, "achieved_bits": self.achieved_bits, "method": self.method,
+                "scorer": self.scorer, "objective": self.objective, "solver_status": self.solver_status,
+                "layers": {n: f.name for n, f in zip(self.layer_names, self.formats)}, "pins": self.pins}
+
+
+def candidates(layers: list[QuantLayer], settings: AllocationSettings) -> tuple[list[list[Format]], dict[str, str]]:
+    """Legal formats per layer after pins (smallest bits first)."""
+    out, pins = [], {}
+    for l in layers:
+        if any(re.search(rx, l.name) for rx in settings.keep_fp16):
+            out.append([FP16])
+            pins[l.name] = "fp16 (--keep-fp16)"
+            continue
+        bits = sorted(set(settings.bits))
+        if any(re.search(rx, l.name) for rx in settings.min8):
+            bits = [b for b in bits if b >= 8] or [8]
+            pins[l.name] = ">= 8 bits (sensitive layer)"
+        out.append([format_for(l.op_type, b) for b in bits])
+    return out, pins
+
+
+def reachable_range(layers: list[QuantLayer], cands: list[list[Format]]) -> tuple[float, float]:
+    p = np.array([l.params for l in layers], dtype=np.float64)
+    lo = np.array([min(f.weight_bits for f in c) for c in cands], dtype=np.float64)
+    hi = np.array([max(f.weight_bits for f in c) for c in cands], dtype=np.float64)
+    return float((p * lo).sum() / p.sum()), float((p * hi).sum() / p.sum())
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """HiGHS prints a banner on construction even with output_flag off (FACTS.md)."""
+    try:
+        fd = os.dup(1)
+    except OSError:
+        yield
+        return
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(fd, 1)
+            os.close(fd)
+
+
+def solve_01(values: list[list[float]], costs: list[list[int]], capacity: int, maximize: bool,
+             time_limit_s: float = 120.0) -> tuple[list[int], float, str]:
+    """Exact multiple-choice knapsack: pick one option per row, sum of costs <= capacity.
+
+    Returns (chosen option per row, objective, HiGHS model status). Objective values are
+    rescaled to max |v| = 1 and the relative MIP gap set to 0: theta = exp(-beta gamma) can span
+    orders of magnitude and a default gap stops early with budget left unused (DESIGN.md).
+    """
+    import highspy
+
+    flat_v = [v for row in values for v in row]
+    scale = max(max(abs(v) for v in flat_v), 1e-300)
+    with _quiet_stdout():
+        h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("mip_rel_gap", 0.0)
+    h.setOptionValue("mip_abs_gap", 1e-12)
+    h.setOptionValue("time_limit", float(time_limit_s))
+    lp = highspy.HighsLp()
+    ncol = len(flat_v)
+    nrow = len(values) + 1
+    lp.num_col_, lp.num_row_ = ncol, nrow
+    lp.col_cost_ = np.array(flat_v, dtype=np.float64) / scale
+    lp.col_lower_ = np.zeros(ncol)
+    lp.col_upper_ = np.ones(ncol)
+    lp.row_lower_ = np.array([1.0] * len(values) + [-highspy.kHighsInf])
+    lp.row_upper_ = np.array([1.0] * len(values) + [float(capacity)])
+    starts, index, vals = [], [], []
+    col = 0
+    for i, row in enumerate(values):
+        for f in range(len(row)):
+            starts.append(len(index))
+            index += [i, len(values)]
+            vals += [1.0, float(costs[i][f])]
+            col += 1
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = np.array(starts + [len(index)], dtype=np.int32)
+    lp.a_matrix_.index_ = np.array(index, dtype=np.int32)
+    lp.a_matrix_.value_ = np.array(vals, dtype=np.float64)
+    lp.integrality_ = [highspy.HighsVarType.kInteger] * ncol
+    lp.sense_ = highspy.ObjSense.kMaximize if maximize else highspy.ObjSense.kMinimize
+    h.passModel(lp)
+    h.run()
+    status = h.modelStatusToString(h.getModelStatus())
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        raise MPQError(f"the HiGHS solver did not find an optimal allocation ({status}); try a larger budget")
+    x = np.asarray(h.getSolution().col_value)
+    chosen, col = [], 0
+    for row in values:
+        seg = x[col: col + len(row)]
+        chosen.append(int(np.argmax(seg)))
+        col += len(row)
+    obj = sum(values[i][c] for i, c in enumerate(chosen))
+    return chosen, float(obj), status
+
+
+def _greedy_fill(order: list[int], cands: list[list[Format]], params: list[int], capacity: int) -> list[int]:
+    """Start every layer at its cheapest format; in `order`, raise each to the largest that still fits."""
+    choice = [0] * len(cands)
+    used = sum(params[i] * cands[i][0].weight_bits for i in range(len(cands)))
+    for i in order:
+        for f in range(len(cands[i]) - 1, 0, -1):
+            extra = params[i] * (cands[i][f].weight_bits - cands[i][choice[i]].weight_bits)
+            if used + extra <= capacity:
+                used += extra
+                choice[i] = f
+                break
+    return choice
+
+
+def allocate(layers: list[QuantLayer], settings: AllocationSettings, theta: np.ndarray | None = None,
+             sensitivity: dict[str, dict[str, float]] | None = None) -> BitAllocation:
+    """Choose a format per layer. `theta` (ORM importance, maximised) or `sensitivity`
+    (layer -> format name -> measured error, minimised) drives the 'mpq' method."""
+    t0 = time.perf_counter()
+    cands, pins = candidates(layers, settings)
+    lo, hi = reachable_range(layers, cands)
+    bits_txt = ",".join(map(str, sorted(set(settings.bits))))
+    if settings.budget < lo - 1e-9 or settings.budget > hi + 1e-9:
+        raise MPQError(f"--budget {settings.budget:g} is outside what this model can reach with --bits {bits_txt} "
+                       f"and its pins: {lo:.3f} to {hi:.3f} average weight bits; pick a budget in that range")
+    params = [l.params for l in layers]
+    capacity = int(np.floor(settings.budget * sum(params) + 1e-6))
+    names = [l.name for l in layers]
+    method = settings.method
+    objective, status, scorer = None, "", "none"
+    if method == "mpq":
+        if sensitivity is not None:
+            scorer = "sensitivity"
+            values = [[float(sensitivity[l.name][f.name]) for f in c] for l, c in zip(layers, cands)]
+            maximize = False
+        elif theta is not None:
+            scorer = "orm"
+            values = [[f.weight_bits * float(theta[i]) for f in c] for i, c in enumerate(cands)]
+            maximize = True
+        else:
+            raise MPQError("internal: the mpq allocation needs importance scores")
+        costs = [[l.params * f.weight_bits for f in c] for l, c in zip(layers, cands)]
+        choice, objective, status = solve_01(values, costs, capacity, maximize)
+    elif method == "uniform":
+        # every unpinned layer at the largest candidate <= budget; pins keep their pin
+        target = max([b for b in settings.bits if b <= settings.budget + 1e-9] or [min(settings.bits)])
+        choice = []
+        for c in cands:
+            fits = [i for i, f in enumerate(c) if f.weight_bits <= target]
+            choice.append(fits[-1] if fits else 0)
+    elif method == "random":
+        order = list(np.random.default_rng(settings.seed).permutation(len(layers)))
+        choice = _greedy_fill(order, cands, params, capacity)
+    else:  # smallest-first
+        order = sorted(range(len(layers)), key=lambda i: params[i])
+        choice = _greedy_fill(order, cands, params, capacity)
+    alloc = BitAllocation(layer_names=names, formats=[c[i] for c, i in zip(cands, choice)], params=params,
+                          budget=settings.budget, method=method, scorer=scorer, objective=objective,
+                          solver_status=status, seconds=time.perf_counter() - t0, pins=pins)
+    return alloc

@@ -1,0 +1,260 @@
+"""calibrate stage: run the FP32 model inside a real DDIM sampler and stream per-layer statistics.
+
+At K evenly spaced steps of an S-step DDIM trajectory (N samples from fixed seeds) we keep, per
+quantizable layer, the N x N Gram matrix of its flattened output (float64; what ORM needs), and
+per activation tensor the largest |value| (the INT8 per-tensor scale). Raw activations are never
+kept: layer outputs are fetched a group at a time, each group sized to `mem_budget_mb`, and
+reduced to Grams at once. The sampler's own inputs at the profiled steps are kept too (they are
+small) so the sensitivity scorer and Polygraphy can reuse them without re-running the sampler.
+Results are cached on disk keyed by the model's hash and every setting that changes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from mpq_export.errors import MPQError
+from mpq_export.layers import ModelInfo
+from mpq_export.progress import Progress, log
+from mpq_export.runtime import build_feeds, check_finite, load_conditioning, ort_session
+from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise
+
+CACHE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    steps: int = 50  # DDIM steps of the trajectory
+    timesteps: int = 10  # K profiled steps, evenly spaced
+    samples: int = 32  # N samples per profiled step
+    seed: int = 0
+    resolution: tuple[int, int] | None = None  # (H, W) when the model does not fix it
+    seq_len: int | None = None  # encoder_hidden_states length when dynamic
+    mem_budget_mb: int = 256  # bytes of layer outputs fetched per onnxruntime call
+    threads: int = 0
+
+
+@dataclass
+class CalibrationStats:
+    layer_names: list[str]
+    timesteps: np.ndarray  # [K] model timesteps t of the profiled steps
+    step_indices: np.ndarray  # [K] indices into the sampler's steps
+    grams: np.ndarray  # [K, L, N, N] float64, uncentred Y Y^T of each layer output
+    act_absmax: dict[str, float]  # activation tensor -> max |x| over all profiled steps
+    inputs: dict[str, np.ndarray]  # sample: [K, N, C, H, W]; conditioning name: [N, ...]
+    outputs: np.ndarray  # [K, N, C, H, W] FP32 model output at each profiled x_t
+    settings: CalibrationSettings
+    schedule: NoiseSchedule
+    conditioning_source: str
+    model_sha256: str
+    seconds: float = 0.0
+    cached: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.grams.shape[2])
+
+    def save(self, path: str) -> None:
+        meta = {"layer_names": self.layer_names, "act_absmax": self.act_absmax, "settings": asdict(self.settings),
+                "schedule": asdict(self.schedule), "conditioning_source": self.conditioning_source,
+                "model_sha256": self.model_sha256, "seconds": self.seconds, "version": CACHE_VERSION,
+                "input_names": sorted(self.inputs)}
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, meta=np.array(json.dumps(meta)), timesteps=self.timesteps, step_indices=self.step_indices,
+                 grams=self.grams, outputs=self.outputs, **{f"in_{k}": v for k, v in self.inputs.items()})
+        os.replace(tmp, path)  # never leave a truncated cache entry behind
+
+    @classmethod
+    def load(cls, path: str) -> "CalibrationStats":
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            s = meta["settings"]
+            s["resolution"] = tuple(s["resolution"]) if s["resolution"] else None
+            return cls(layer_names=meta["layer_names"], timesteps=z["timesteps"], step_indices=z["step_indices"],
+                       grams=z["grams"], act_absmax=meta["act_absmax"],
+                       inputs={k: z[f"in_{k}"] for k in meta["input_names"]}, outputs=z["outputs"],
+                       settings=CalibrationSettings(**s), schedule=NoiseSchedule(**meta["schedule"]),
+                       conditioning_source=meta["conditioning_source"], model_sha256=meta["model_sha256"],
+                       seconds=meta["seconds"], cached=True)
+
+
+def model_sha256(path: str) -> str:
+    """Hash of the .onnx file plus the names and sizes of its external data files."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    folder = os.path.dirname(os.path.abspath(path))
+    from onnx import external_data_helper
+
+    from mpq_export.layers import load_onnx
+
+    model = load_onnx(path, load_weights=False)
+    for loc in sorted({external_data_helper.ExternalDataInfo(t).location for t in model.graph.initializer
+                       if external_data_helper.uses_external_data(t)}):
+        full = os.path.join(folder, loc)
+        h.update(f"{loc}:{os.path.getsize(full) if os.path.exists(full) else -1}".encode())
+    return h.hexdigest()
+
+
+def _file_sha(path: str | None) -> str:
+    if path is None:
+        return ""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def cache_key(sha: str, settings: CalibrationSettings, schedule: NoiseSchedule, calib_data: str | None) -> str:
+    d = asdict(settings)
+    d.pop("threads")
+    d.pop("mem_budget_mb")  # grouping changes memory, not results
+    s = asdict(schedule)
+    s.pop("source")
+    blob = json.dumps({"v": CACHE_VERSION, "model": sha, "settings": d, "schedule": s,
+                       "calib_data": _file_sha(calib_data)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _augmented_model(info: ModelInfo, extra_outputs: list[str]) -> tuple[bytes, str | None]:
+    """The FP32 model with the given intermediate tensors added as graph outputs (serialised)."""
+    import onnx
+
+    from mpq_export.layers import load_onnx
+
+    model = load_onnx(info.path, load_weights=False)
+    existing = {o.name for o in model.graph.output}
+    for name in extra_outputs:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    # weights stay where they are on disk; onnxruntime reads them from the model's folder
+    ext_dir = os.path.dirname(info.path) if info.has_external_data else None
+    return model.SerializeToString(), ext_dir
+
+
+def _group(names: list[str], bytes_per_sample: dict[str, int], n: int, budget_mb: int) -> list[list[str]]:
+    groups, cur, cur_bytes = [], [], 0
+    budget = budget_mb * (1 << 20)
+    for name in names:
+        b = bytes_per_sample[name] * n
+        if cur and cur_bytes + b > budget:
+            groups.append(cur)
+            cur, cur_bytes = [], 0
+        cur.append(name)
+        cur_bytes += b
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def sample_shape(info: ModelInfo, resolution: tuple[int, int] | None) -> tuple[int, int, int]:
+    hw = resolution or info.sample_size
+    if hw is None:
+        raise MPQError(f"{info.path} has a dynamic sample size and no recorded default; give --resolution H (or HxW)")
+    c = info.sample.shape[1]
+    if not isinstance(c, int):
+        raise MPQError(f"input '{info.sample.name}' has a dynamic channel count; re-export with fixed channels")
+    return (c, int(hw[0]), int(hw[1]))
+
+
+def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSchedule,
+              calib_data: str | None = None, cache_dir: str | None = None) -> CalibrationStats:
+    """Profile the FP32 model along a real DDIM trajectory; load from cache when nothing changed."""
+    sha = model_sha256(info.path)
+    key = cache_key(sha, settings, schedule, calib_data)
+    cache_path = os.path.join(cache_dir, f"calib-{key}.npz") if cache_dir else None
+    if cache_path and os.path.exists(cache_path):
+        try:
+            stats = CalibrationStats.load(cache_path)
+            if stats.layer_names == [l.name for l in info.layers]:
+                log.info("[calibrate] reusing cached statistics %s", cache_path)
+                return stats
+        except Exception as e:  # a corrupt or old cache entry is recomputed, not fatal
+            log.warning("[calibrate] ignoring unreadable cache %s (%s)", cache_path, e)
+
+    t0 = time.perf_counter()
+    n = settings.samples
+    if n < 4:
+        raise MPQError(f"--samples must be at least 4 for the ORM Grams (got {n})")
+    shape = sample_shape(info, settings.resolution)
+    sampler = DDIMSampler(schedule, settings.steps)
+    profiled = sampler.profiled_indices(settings.timesteps)
+    cond, cond_source = load_conditioning(info, calib_data, n, settings.seed, settings.seq_len)
+
+    layer_outputs = [l.output for l in info.layers]
+    graph_inputs = {info.sample.name, info.timestep.name, *(c.name for c in info.conditioning)}
+    act_tensors = sorted({l.activation_input for l in info.layers})
+    fetch_acts = [a for a in act_tensors if a not in graph_inputs]
+    wanted = list(dict.fromkeys(layer_outputs + fetch_acts))
+    model_bytes, ext_dir = _augmented_model(info, wanted)
+    sess = ort_session(model_bytes, settings.threads, ext_dir, low_memory=True)
+
+    # one batch-1 call measures every fetched tensor, so groups can be sized to the memory budget
+    x_probe = initial_noise(settings.seed, 1, shape)
+    probe = sess.run(wanted, build_feeds(info, x_probe, int(sampler.timesteps[0]), cond))
+    per_sample = {name: int(a.nbytes) for name, a in zip(wanted, probe)}
+    del probe
+    groups = _group(wanted, per_sample, n, settings.mem_budget_mb)
+    log.info("[calibrate] %d layers, %d activation tensors, %d fetch group(s) per profiled step, N=%d, K=%d of %d steps",
+             len(layer_outputs), len(act_tensors), len(groups), n, len(profiled), settings.steps)
+
+    L, K = len(info.layers), len(profiled)
+    grams = np.zeros((K, L, n, n), dtype=np.float64)
+    absmax = {a: 0.0 for a in act_tensors}
+    layer_index = {}
+    for i, l in enumerate(info.layers):
+        layer_index.setdefault(l.output, []).append(i)
+    xs = np.zeros((K, n) + shape, dtype=np.float32)
+    outs = np.zeros((K, n) + shape, dtype=np.float32)
+    profiled_set = {int(i): k for k, i in enumerate(profiled)}
+
+    def predict(x, t, i):
+        feeds = build_feeds(info, x, t, cond)
+        if i not in profiled_set:
+            (eps,) = sess.run([info.output], feeds)
+            check_finite(eps, f"the model output at t={t}")
+            return eps
+        k = profiled_set[i]
+        xs[k] = x
+        for name in (info.sample.name, *(c.name for c in info.conditioning)):
+            if name in absmax:
+                absmax[name] = max(absmax[name], float(np.abs(feeds[name]).max()))
+        eps = None
+        for g, names in enumerate(groups):
+            fetch = ([info.output] if g == 0 else []) + names
+            res = sess.run(fetch, feeds)
+            if g == 0:
+                eps, res = res[0], res[1:]
+                check_finite(eps, f"the model output at t={t}")
+            for name, arr in zip(names, res):
+                check_finite(arr, f"tensor '{name}' at t={t}")
+                if name in layer_index:
+                    y = arr.reshape(n, -1).astype(np.float64)
+                    gram = y @ y.T
+                    for li in layer_index[name]:
+                        grams[k, li] = gram
+                if name in absmax:
+                    absmax[name] = max(absmax[name], float(np.abs(arr).max()))
+            del res
+        outs[k] = eps
+        return eps
+
+    x_T = initial_noise(settings.seed, n, shape)
+    with Progress("calibrate", settings.steps) as p:
+        sampler.sample(x_T, predict, on_step=lambda d: p.update(d, f"steps (t={sampler.timesteps[d - 1]})"))
+
+    stats = CalibrationStats(
+        layer_names=[l.name for l in info.layers], timesteps=sampler.timesteps[profiled].copy(),
+        step_indices=profiled.astype(np.int64), grams=grams, act_absmax=absmax,
+        inputs={info.sample.name: xs, **cond}, outputs=outs, settings=settings, schedule=schedule,
+        conditioning_source=cond_source, model_sha256=sha, seconds=time.perf_counter() - t0)
+    if cache_path:
+        os.makedirs(cache_dir, exist_ok=True)
+        stats.save(cache_path)
+    return stats

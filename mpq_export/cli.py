@@ -1,0 +1,208 @@
+"""The `mpq-export` command: a thin argparse layer over mpq_export.pipeline.run_pipeline.
+
+    mpq-export MODEL [--budget 4.5] [-o DIR] ...     quantize (ONNX file or diffusers UNet folder)
+    mpq-export --demo [--budget B] [-o DIR]          the whole pipeline on the bundled trained model
+    mpq-export check MODEL.mpq.onnx                  check a Q/DQ model against TensorRT's rules
+
+User errors (MPQError) become one line on stderr and exit status 1; nothing heavy is imported
+before the arguments are parsed, so --help is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mpq_export.errors import MPQError
+
+PROG = "mpq-export"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        self.exit(2, f"{PROG}: error: {message} (see {PROG} --help)\n")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or a comma list of numbers, got '{text}'") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return vals
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got '{text}'") from None
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H or HxW, got '{text}'") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected H or HxW with positive sizes, got '{text}'")
+    return parts[0], parts[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Mixed-precision INT4/INT8 Q/DQ export of a diffusion UNet (MPQ-Diff).",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                epilog=f"Also: '{PROG} check MODEL.onnx' checks a Q/DQ model against TensorRT's rules.")
+    p.add_argument("model", nargs="?", help="FP32 ONNX UNet (inputs sample, timestep[, encoder_hidden_states]) "
+                   "or a diffusers UNet folder (config.json + weights)")
+    p.add_argument("--demo", action="store_true", help="run on the bundled trained digits DDPM (needs the [torch] extra)")
+    p.add_argument("--budget", type=_floats, default=(4.5,), help="average weight bits; a comma list gives one output per budget")
+    p.add_argument("-o", "--output", help="output folder (default ./<model>.mpq)")
+    p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt",
+                   help="tensorrt: FP16 graph + Q/DQ TensorRT builds; onnxruntime: FP32 graph + Q/DQ for its CPU kernels")
+    g = p.add_argument_group("allocation")
+    g.add_argument("--allocation", choices=("mpq", "uniform", "random", "smallest-first"), default="mpq",
+                   help="mpq: the 0/1 program over the importance scores; others are baselines")
+    g.add_argument("--importance", choices=("orm", "sensitivity"), default="orm",
+                   help="orm: the paper's orthogonality metric; sensitivity: measured per-layer output error")
+    g.add_argument("--bits", type=_ints, default=(4, 8), help="candidate weight bit-widths (4, 8, 16)")
+    g.add_argument("--keep-fp16", action="append", default=[], metavar="REGEX", help="pin matching layers to FP16 (repeatable)")
+    g.add_argument("--min8", action="append", default=None, metavar="REGEX",
+                   help="hold matching layers at >= 8 bits (repeatable; default: conv_in, conv_out, time_embedding.*)")
+    g.add_argument("--no-default-pins", action="store_true", help="do not hold conv_in/conv_out/time_embedding at >= 8 bits")
+    g.add_argument("--seed", type=int, default=0, help="seed of --allocation random")
+    o = p.add_argument_group("ORM importance")
+    o.add_argument("--orm-estimator", choices=("biased", "unbiased"), default="biased", help="linear-CKA estimator")
+    o.add_argument("--alpha", type=float, default=1.0, help="timestep weight w_t = exp(-alpha t / T)")
+    o.add_argument("--beta", type=float, default=None, help="theta = exp(-beta gamma); default 1/std(gamma)")
+    o.add_argument("--agg", choices=("mean-of-exp", "exp-of-mean"), default="mean-of-exp", help="aggregation over timesteps")
+    c = p.add_argument_group("calibration")
+    c.add_argument("--steps", type=int, default=50, help="DDIM steps of the sampling trajectory")
+    c.add_argument("--timesteps", type=int, default=10, help="profiled steps K, evenly spaced")
+    c.add_argument("--samples", type=int, default=32, help="samples N per profiled step")
+    c.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration samples")
+    c.add_argument("--resolution", type=_resolution, default=None, help="sample H or HxW when the model does not fix it")
+    c.add_argument("--seq-len", type=int, default=None, help="encoder_hidden_states length when dynamic")
+    c.add_argument("--calib-data", default=None, metavar="FILE.npz", help="conditioning inputs (arrays named like the model inputs)")
+    c.add_argument("--scheduler-config", default=None, help="diffusers scheduler_config.json (default: found beside a diffusers folder)")
+    c.add_argument("--sample-name", default=None, help="name of the noisy-sample input (default: detected)")
+    c.add_argument("--timestep-name", default=None, help="name of the timestep input (default: detected)")
+    c.add_argument("--cache-dir", default=None, help="calibration cache (default $MPQ_EXPORT_CACHE or ~/.cache/mpq-export)")
+    c.add_argument("--no-cache", action="store_true", help="neither read nor write the calibration cache")
+    c.add_argument("--calib-mem-mb", type=int, default=256, help="layer outputs fetched per onnxruntime call (MB)")
+    v = p.add_argument_group("quantization, engine, validation")
+    v.add_argument("--block-size", type=int, default=128, help="INT4 block size along K for MatMul/Gemm weights")
+    v.add_argument("--no-clip-search", action="store_true", help="plain |max| weight scales instead of the MSE clip search")
+    v.add_argument("--build-engine", choices=("auto", "yes", "no"), default="auto",
+                   help="build a TensorRT engine (auto: when TensorRT and a GPU are present)")
+    v.add_argument("--val-samples", type=int, default=8, help="held-back samples for validation")
+    v.add_argument("--no-stability", action="store_true", help="skip the allocation-stability study in the report")
+    v.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    return p
+
+
+def config_from_args(args):
+    """PipelineConfig from parsed arguments (imports the pipeline: call after parsing)."""
+    from mpq_export.allocate import DEFAULT_MIN8, AllocationSettings
+    from mpq_export.calibrate import CalibrationSettings
+    from mpq_export.orm import OrmSettings
+    from mpq_export.pipeline import PipelineConfig
+    from mpq_export.quantize import QuantizeSettings
+    from mpq_export.validate import ValidationSettings
+
+    min8 = () if args.no_default_pins else tuple(args.min8) if args.min8 is not None else DEFAULT_MIN8
+    if args.no_default_pins and args.min8:
+        min8 = tuple(args.min8)
+    for name in ("steps", "timesteps", "samples", "val_samples", "calib_mem_mb"):
+        if getattr(args, name) <= 0:
+            raise MPQError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    return PipelineConfig(
+        model=args.model, budgets=args.budget, out_dir=args.output,
+        allocation=AllocationSettings(budget=args.budget[0], bits=args.bits, method=args.allocation, seed=args.seed,
+                                      keep_fp16=tuple(args.keep_fp16), min8=min8),
+        importance=args.importance,
+        orm=OrmSettings(estimator=args.orm_estimator, alpha=args.alpha, beta=args.beta, agg=args.agg),
+        calibration=CalibrationSettings(steps=args.steps, timesteps=args.timesteps, samples=args.samples,
+                                        seed=args.calib_seed, resolution=args.resolution, seq_len=args.seq_len,
+                                        mem_budget_mb=args.calib_mem_mb, threads=args.threads),
+        validation=ValidationSettings(samples=args.val_samples, threads=args.threads),
+        quantize=QuantizeSettings(target=args.target, block_size=args.block_size, clip_search=not args.no_clip_search),
+        calib_data=args.calib_data, scheduler_config=args.scheduler_config,
+        cache_dir="" if args.no_cache else args.cache_dir, sample_name=args.sample_name,
+        timestep_name=args.timestep_name, build_engine=args.build_engine, stability=not args.no_stability)
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("mpq_export")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def _main_check(argv: list[str]) -> int:
+    p = _Parser(prog=f"{PROG} check", description="Check a Q/DQ ONNX model against TensorRT's quantization rules "
+                "(DESIGN.md); prints every offending node, exits 1 if any rule is broken.")
+    p.add_argument("model", help="the Q/DQ ONNX model (e.g. out/model.mpq.onnx)")
+    args = p.parse_args(argv)
+    from mpq_export.check import check_model
+
+    violations = check_model(args.model)
+    for v in violations:
+        print(v)
+    if violations:
+        print(f"{args.model}: {len(violations)} TensorRT rule violation(s)", file=sys.stderr)
+        return 1
+    print(f"{args.model}: OK, no TensorRT rule violations")
+    return 0
+
+
+def _main_run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    if args.demo:
+        if args.model:
+            raise MPQError("--demo runs on the bundled model; drop the MODEL argument or drop --demo")
+        from mpq_export.demo import demo_model
+
+        args.model = demo_model()
+        if args.output is None:
+            args.output = "demo.mpq"
+    if not args.model:
+        raise MPQError(f"give a model (an .onnx file or a diffusers UNet folder), or --demo; see {PROG} --help")
+    cfg = config_from_args(args)
+    from mpq_export.pipeline import run_pipeline
+
+    result = run_pipeline(cfg)
+    for r in result.results:
+        rep = r.report
+        print(f"{r.out_dir}: {rep['achieved_bits']:.3f} avg weight bits (budget {r.budget:g}, {rep['allocation']['method']}), "
+              f"noise SQNR {rep['validation']['mean_sqnr_db']:.2f} dB, sample PSNR {rep['validation']['sample_psnr_db']:.2f} dB "
+              f"-> {r.out_dir}/report.md")
+    if args.demo:
+        print(f"sample grid (FP32 top, quantized bottom): {result.results[0].out_dir}/samples.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] == "check":
+            return _main_check(argv[1:])
+        return _main_run(argv)
+    except MPQError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; no output was published", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

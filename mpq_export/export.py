@@ -1,0 +1,117 @@
+"""export stage: a diffusers UNet folder (config.json + weights) to an FP32 ONNX file.
+
+torch's TorchScript exporter (opset 17) keeps module paths in node names and initializer names,
+which the inspect stage turns into layer names. Batch and spatial size are dynamic; the
+config's sample size and the conditioning length are recorded in the file's metadata so the
+calibrator knows what to run. torch and diffusers are imported here only (extra `[torch]`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from mpq_export.errors import MPQError
+from mpq_export.layers import SAMPLE_SIZE_KEY
+
+SUPPORTED = ("UNet2DModel", "UNet2DConditionModel")
+
+
+@dataclass
+class ExportResult:
+    onnx_path: str
+    model_class: str
+    params: int
+    scheduler_config: str | None  # a scheduler_config.json found next to the UNet, if any
+    seconds: float
+
+
+def is_diffusers_folder(path: str) -> bool:
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
+
+
+def find_scheduler_config(unet_dir: str) -> str | None:
+    """diffusers pipelines keep it at ../scheduler/scheduler_config.json; single folders beside the UNet."""
+    for cand in (os.path.join(unet_dir, "scheduler_config.json"),
+                 os.path.join(unet_dir, "scheduler", "scheduler_config.json"),
+                 os.path.join(os.path.dirname(os.path.abspath(unet_dir)), "scheduler", "scheduler_config.json")):
+        if os.path.exists(cand):
+            return cand
+    return None
+
+
+def export_diffusers(unet_dir: str, out_path: str, opset: int = 17, seq_len: int = 77) -> ExportResult:
+    """Export a diffusers UNet2DModel / UNet2DConditionModel folder to ONNX at out_path."""
+    try:
+        import torch
+        import diffusers
+    except ImportError:
+        raise MPQError("exporting a diffusers folder needs torch and diffusers: pip install 'mpq-export[torch]'") from None
+    with open(os.path.join(unet_dir, "config.json")) as f:
+        cfg = json.load(f)
+    cls_name = cfg.get("_class_name", "")
+    if cls_name not in SUPPORTED:
+        raise MPQError(f"{unet_dir}/config.json describes a '{cls_name or 'unknown'}' model; supported: {', '.join(SUPPORTED)}")
+    t0 = time.perf_counter()
+    try:
+        unet = getattr(diffusers, cls_name).from_pretrained(unet_dir).eval().float()
+    except Exception as e:
+        raise MPQError(f"diffusers cannot load {unet_dir}: {str(e).splitlines()[0][:200]}") from None
+    return export_module(unet, out_path, opset=opset, seq_len=seq_len, t0=t0,
+                         scheduler_config=find_scheduler_config(unet_dir))
+
+
+def export_module(unet, out_path: str, opset: int = 17, seq_len: int = 77, t0: float | None = None,
+                  scheduler_config: str | None = None) -> ExportResult:
+    """Export an in-memory diffusers UNet (used by tests and tools that build models on the fly)."""
+    import onnx
+    import torch
+
+    t0 = t0 or time.perf_counter()
+    cfg = unet.config
+    cls_name = type(unet).__name__
+    conditional = cls_name == "UNet2DConditionModel"
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    batch = 2  # batch >= 2 keeps the batch dimension dynamic in every exporter
+    sample = torch.randn(batch, cfg.in_channels, size, size)
+    timestep = torch.full((batch,), 10.0)
+    names = ["sample", "timestep"]
+    dyn = {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"}, "out_sample": {0: "batch", 2: "height", 3: "width"}}
+    class_embed = getattr(cfg, "num_class_embeds", None)
+
+    class Wrapper(torch.nn.Module):  # attribute "m" becomes the "m." / "/m/" prefix inspect strips
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *args):
+            if conditional:
+                return self.m(args[0], args[1], encoder_hidden_states=args[2], return_dict=False)[0]
+            if class_embed:
+                return self.m(args[0], args[1], class_labels=args[2], return_dict=False)[0]
+            return self.m(args[0], args[1], return_dict=False)[0]
+
+    inputs = [sample, timestep]
+    if conditional:
+        inputs.append(torch.randn(batch, seq_len, cfg.cross_attention_dim))
+        names.append("encoder_hidden_states")
+        dyn["encoder_hidden_states"] = {0: "batch", 1: "sequence"}
+    elif class_embed:
+        inputs.append(torch.zeros(batch, dtype=torch.int64))
+        names.append("class_labels")
+        dyn["class_labels"] = {0: "batch"}
+    folder = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(folder, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(Wrapper(unet.eval()), tuple(inputs), out_path, dynamo=False, opset_version=opset,
+                          input_names=names, output_names=["out_sample"], dynamic_axes=dyn)
+    model = onnx.load(out_path, load_external_data=False)
+    for key, value in ((SAMPLE_SIZE_KEY, f"{size},{size}"), ("mpq_export.seq_len", str(seq_len)),
+                       ("mpq_export.source_class", cls_name)):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, out_path)  # graph only: external data files (large models) stay where torch put them
+    return ExportResult(onnx_path=out_path, model_class=cls_name, params=sum(p.numel() for p in unet.parameters()),
+                        scheduler_config=scheduler_config, seconds=time.perf_counter() - t0)

@@ -1,0 +1,345 @@
+"""The whole job as one library function: run_pipeline(PipelineConfig) -> PipelineResult.
+
+export -> inspect -> calibrate -> orm -> allocate -> quantize -> build -> validate -> report,
+for one budget or several (one calibration, one solve per budget). Each output folder is
+written under a temporary name and renamed into place only when complete, so a failed or
+interrupted run never leaves a folder that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from mpq_export.allocate import AllocationSettings, BitAllocation, allocate
+from mpq_export.calibrate import CalibrationSettings, CalibrationStats, calibrate, sample_shape
+from mpq_export.errors import MPQError
+from mpq_export.layers import ModelInfo, inspect_model
+from mpq_export.orm import LayerImportance, OrmSettings, compute_importance
+from mpq_export.progress import log
+from mpq_export.quantize import QuantizeSettings, count_weight_bits, quantize
+from mpq_export.sampler import DDIMSampler, NoiseSchedule
+from mpq_export.validate import ValidationSettings, validate
+
+IMPORTANCES = ("orm", "sensitivity")
+BUILD_MODES = ("auto", "yes", "no")
+OUTPUT_MODEL = "model.mpq.onnx"
+
+
+@dataclass
+class PipelineConfig:
+    model: str  # an .onnx file or a diffusers UNet folder
+    budgets: tuple[float, ...] = (4.5,)
+    out_dir: str | None = None  # default ./<model stem>.mpq
+    allocation: AllocationSettings | None = None  # budget inside is replaced per budget
+    importance: str = "orm"  # orm | sensitivity
+    orm: OrmSettings = field(default_factory=OrmSettings)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
+    calib_data: str | None = None
+    scheduler_config: str | None = None
+    cache_dir: str | None = None  # None: $MPQ_EXPORT_CACHE or ~/.cache/mpq-export; "" disables
+    sample_name: str | None = None
+    timestep_name: str | None = None
+    build_engine: str = "auto"
+    stability: bool = True  # report how many layers move when K, alpha, beta change
+    sample_grid: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.importance not in IMPORTANCES:
+            raise MPQError(f"--importance must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
+        if self.build_engine not in BUILD_MODES:
+            raise MPQError(f"--build-engine must be one of {', '.join(BUILD_MODES)}, got '{self.build_engine}'")
+        if not self.budgets:
+            raise MPQError("give at least one --budget")
+        if self.allocation is None:
+            self.allocation = AllocationSettings(budget=self.budgets[0])
+
+
+@dataclass
+class BudgetResult:
+    budget: float
+    out_dir: str
+    allocation: BitAllocation
+    report: dict
+
+
+@dataclass
+class PipelineResult:
+    model_path: str  # the FP32 ONNX the run started from
+    info: ModelInfo
+    stats: CalibrationStats
+    importance: LayerImportance | None
+    results: list[BudgetResult]
+    out_root: str
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("MPQ_EXPORT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mpq-export")
+
+
+def _prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> tuple[str, str | None, list[str]]:
+    """(FP32 ONNX path, scheduler config, notes): exports a diffusers folder once per content hash."""
+    from mpq_export.export import export_diffusers, find_scheduler_config, is_diffusers_folder
+
+    if not os.path.exists(cfg.model):
+        raise MPQError(f"model not found: {cfg.model} (give an .onnx file or a diffusers UNet folder)")
+    if not is_diffusers_folder(cfg.model):
+        if os.path.isdir(cfg.model):
+            raise MPQError(f"{cfg.model} is a folder without config.json; give an .onnx file or a diffusers UNet folder")
+        return cfg.model, cfg.scheduler_config, []
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(cfg.model)):
+        p = os.path.join(cfg.model, name)
+        if os.path.isfile(p):
+            h.update(name.encode())
+            with open(p, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+    folder = os.path.join(cache_dir or tempfile.mkdtemp(prefix="mpq-export-"), f"export-{h.hexdigest()[:20]}")
+    onnx_path = os.path.join(folder, "model.onnx")
+    sched = cfg.scheduler_config or find_scheduler_config(cfg.model)
+    if os.path.exists(onnx_path):
+        log.info("[export] reusing %s", onnx_path)
+        return onnx_path, sched, [f"exported from diffusers folder {os.path.abspath(cfg.model)} (cached export)"]
+    tmp = folder + f".tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("[export] %s -> ONNX (torch)", cfg.model)
+    res = export_diffusers(cfg.model, os.path.join(tmp, "model.onnx"))
+    os.replace(tmp, folder)
+    log.info("[export] %s, %d parameters, %.1fs", res.model_class, res.params, res.seconds)
+    return onnx_path, sched, [f"exported from diffusers folder {os.path.abspath(cfg.model)} ({res.model_class})"]
+
+
+def _check_out_dir(out: str) -> None:
+    parent = os.path.dirname(os.path.abspath(out)) or "."
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise MPQError(f"output path {out} exists and is not a folder; choose another -o")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, "report.json")):
+        raise MPQError(f"output folder {out} exists and is not an mpq-export output; choose another -o or empty it")
+    probe_dir = parent
+    while not os.path.exists(probe_dir):
+        probe_dir = os.path.dirname(probe_dir)
+    if not os.access(probe_dir, os.W_OK | os.X_OK):
+        raise MPQError(f"cannot write the output folder {out} ({probe_dir} is not writable); choose another -o")
+
+
+def _publish(tmp: str, out: str) -> None:
+    """Move a finished temporary folder into place, replacing an earlier mpq-export output."""
+    old = None
+    if os.path.exists(out):
+        old = f"{out}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def compute_importance_for(stats: CalibrationStats, settings: OrmSettings) -> LayerImportance:
+    return compute_importance(stats.grams, stats.timesteps, stats.layer_names, settings,
+                              stats.schedule.num_train_timesteps)
+
+
+def allocation_stability(info: ModelInfo, stats: CalibrationStats, orm: OrmSettings, imp: LayerImportance,
+                         alloc_settings: AllocationSettings, base: BitAllocation) -> dict[str, int]:
+    """How many layers change format when K is halved or alpha / beta are halved or doubled."""
+    def changed(imp2):
+        a2 = allocate(info.layers, alloc_settings, theta=imp2.theta)
+        return sum(f1.name != f2.name for f1, f2 in zip(base.formats, a2.formats))
+
+    out = {}
+    K = stats.grams.shape[0]
+    if K >= 2:
+        keep = np.arange(0, K, 2)
+        out[f"profiled timesteps halved ({K} -> {len(keep)})"] = changed(compute_importance(
+            stats.grams[keep], stats.timesteps[keep], stats.layer_names, replace(orm, beta=imp.beta),
+            stats.schedule.num_train_timesteps))
+    for label, kw in ((f"beta halved ({imp.beta:.3g})", {"beta": imp.beta / 2}),
+                      (f"beta doubled ({imp.beta:.3g})", {"beta": imp.beta * 2}),
+                      (f"alpha halved ({orm.alpha:g})", {"alpha": orm.alpha / 2, "beta": imp.beta}),
+                      (f"alpha doubled ({orm.alpha:g})", {"alpha": orm.alpha * 2 if orm.alpha else 1.0, "beta": imp.beta})):
+        out[label] = changed(compute_importance_for(stats, replace(orm, **kw)))
+    return out
+
+
+def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
+    timings: dict[str, float] = {}
+    cache_dir = default_cache_dir() if cfg.cache_dir is None else (cfg.cache_dir or None)
+    t = time.perf_counter()
+    model_path, sched_path, notes = _prepare_model(cfg, cache_dir)
+    notes = list(cfg.notes) + notes
+    timings["export"] = time.perf_counter() - t
+
+    stem = os.path.splitext(os.path.basename(os.path.normpath(cfg.model)))[0]
+    out_root = cfg.out_dir or os.path.join(os.getcwd(), f"{stem}.mpq")
+    multi = len(cfg.budgets) > 1
+    out_dirs = [os.path.join(out_root, f"budget-{b:g}") if multi else out_root for b in cfg.budgets]
+    for o in out_dirs:
+        _check_out_dir(o)
+    if multi:
+        _check_out_dir(out_root) if not os.path.isdir(out_root) else None
+
+    t = time.perf_counter()
+    info = inspect_model(model_path, cfg.sample_name, cfg.timestep_name)
+    timings["inspect"] = time.perf_counter() - t
+    log.info("[inspect] %d quantizable layers, %d weight parameters; inputs: sample=%s timestep=%s%s",
+             len(info.layers), info.total_params, info.sample.name, info.timestep.name,
+             "".join(f" {c.name}" for c in info.conditioning))
+    # validate the budget range before the expensive part
+    from mpq_export.allocate import candidates, reachable_range
+
+    cands, _ = candidates(info.layers, cfg.allocation)
+    lo, hi = reachable_range(info.layers, cands)
+    for b in cfg.budgets:
+        if b < lo - 1e-9 or b > hi + 1e-9:
+            bits_txt = ",".join(map(str, sorted(set(cfg.allocation.bits))))
+            raise MPQError(f"--budget {b:g} is outside what this model can reach with --bits {bits_txt} and its pins: "
+                           f"{lo:.3f} to {hi:.3f} average weight bits; pick a budget in that range")
+
+    schedule = NoiseSchedule.from_config(sched_path)
+    t = time.perf_counter()
+    stats = calibrate(info, cfg.calibration, schedule, cfg.calib_data, cache_dir)
+    timings["calibrate"] = time.perf_counter() - t
+
+    imp = None
+    sens = None
+    t = time.perf_counter()
+    imp = compute_importance_for(stats, cfg.orm)
+    timings["orm"] = time.perf_counter() - t
+    if cfg.importance == "sensitivity":
+        from mpq_export.sensitivity import measure_sensitivity
+
+        t = time.perf_counter()
+        sens = measure_sensitivity(info, stats, cfg.allocation, cfg.quantize, cfg.orm.alpha, cache_dir)
+        timings["sensitivity"] = time.perf_counter() - t
+
+    shape = sample_shape(info, cfg.calibration.resolution)
+    results = []
+    for budget, out in zip(cfg.budgets, out_dirs):
+        res = _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, dict(timings), model_path)
+        results.append(res)
+    if multi:
+        from mpq_export.report import write_pareto
+
+        write_pareto(out_root, [r.report for r in results])
+    return PipelineResult(model_path=model_path, info=info, stats=stats, importance=imp, results=results,
+                          out_root=out_root)
+
+
+def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings, model_path) -> BudgetResult:
+    from mpq_export import polygraphy_check
+    from mpq_export.report import sample_grid, write_report
+
+    alloc_settings = replace(cfg.allocation, budget=budget)
+    t = time.perf_counter()
+    alloc = allocate(info.layers, alloc_settings, theta=imp.theta if imp is not None else None,
+                     sensitivity=sens.scores if sens is not None else None)
+    timings["allocate"] = time.perf_counter() - t
+    log.info("[allocate] %s: %.4f average bits (budget %g)", alloc.method, alloc.achieved_bits, budget)
+    notes = list(notes)
+    if not alloc.within_budget:
+        notes.append(f"the {alloc.method} allocation sits at {alloc.achieved_bits:.4f} bits, above the budget "
+                     f"{budget:g}: pinned layers keep their pin")
+
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    try:
+        q_path = os.path.join(tmp, OUTPUT_MODEL)
+        t = time.perf_counter()
+        qm = quantize(info, alloc, stats.act_absmax, q_path, cfg.quantize)
+        timings["quantize"] = time.perf_counter() - t
+        counted, _ = count_weight_bits(q_path, info)
+        storage = counted
+        if cfg.quantize.target == "tensorrt":
+            from mpq_export.check import check_model
+
+            violations = check_model(q_path)
+            if violations:
+                raise MPQError(f"internal: the TensorRT graph breaks {len(violations)} rule(s), first: {violations[0]}")
+            counted = alloc.achieved_bits  # INT4 conv values sit in INT8 storage; storage is reported apart
+
+        engine = {"status": "not requested"}
+        if cfg.quantize.target == "tensorrt" and cfg.build_engine != "no":
+            from mpq_export.build import EngineSettings, build_engine_or_explain
+
+            t = time.perf_counter()
+            engine = build_engine_or_explain(q_path, info, shape, EngineSettings(), required=cfg.build_engine == "yes",
+                                             cache_dir=None)
+            timings["build"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        sampler = DDIMSampler(stats.schedule, stats.settings.steps)
+        val = validate(info, q_path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
+                       cfg.validation, cfg.calib_data, stats.settings.seq_len)
+        timings["validate"] = time.perf_counter() - t
+        del sampler
+        np.savez(os.path.join(tmp, "validation_inputs.npz"), **val.inputs)
+        pg = polygraphy_check.write_files(tmp, out, info, model_path)
+        if cfg.sample_grid:
+            sample_grid(val.samples_fp32, val.samples_quant, os.path.join(tmp, "samples.png"),
+                        f"FP32 (top) vs {alloc.method} {alloc.achieved_bits:.2f} bits (bottom), same seeds")
+
+        layers = []
+        for i, (l, f) in enumerate(zip(info.layers, alloc.formats)):
+            layers.append({"name": l.name, "op_type": l.op_type, "params": l.params, "weight_shape": list(l.weight_shape),
+                           "format": f.name, "weight_bits": f.weight_bits, "act_bits": f.act_bits,
+                           "storage": qm.layer_storage[l.name]["weight_dtype"],
+                           "importance": float(imp.theta[i]) if imp is not None else None,
+                           "sensitivity": sens.scores[l.name] if sens is not None else None,
+                           "weight_sqnr_db": qm.layer_storage[l.name]["weight_sqnr_db"], "pin": alloc.pins.get(l.name)})
+        storage_bits = sum((4 if qm.layer_storage[l.name]["weight_dtype"] == "int4" else
+                            8 if qm.layer_storage[l.name]["weight_dtype"] == "int8" else 16) * l.params
+                           for l in info.layers) / info.total_params
+        fc: dict[str, int] = {}
+        for f in alloc.formats:
+            fc[f.name] = fc.get(f.name, 0) + 1
+        imp_json = None
+        if imp is not None:
+            spread_mean = [s["mean"] for s in imp.orm_spread if s["mean"] is not None]
+            spread_std = [s["std"] for s in imp.orm_spread if s["std"] is not None]
+            m = float(np.mean(spread_mean)) if spread_mean else None
+            sd = float(np.mean(spread_std)) if spread_std else None
+            imp_json = {"estimator": imp.settings.estimator, "agg": imp.settings.agg, "alpha": imp.settings.alpha,
+                        "beta": imp.beta, "excluded": imp.excluded, "spread_per_t": imp.orm_spread,
+                        "spread_mean": m, "spread_std": sd,
+                        "collapsed": bool(m is not None and sd is not None and m > 0.95 and sd < 0.02)}
+        report = {
+            "tool": "mpq-export", "model": os.path.abspath(model_path), "input": os.path.abspath(cfg.model),
+            "output_model": os.path.join(os.path.abspath(out), OUTPUT_MODEL),
+            "budget": budget, "achieved_bits": alloc.achieved_bits, "counted_bits": counted,
+            "storage_bits": storage_bits, "within_budget": alloc.within_budget, "target": cfg.quantize.target,
+            "importance_method": cfg.importance if alloc.method == "mpq" else "none",
+            "total_params": info.total_params, "format_counts": fc, "allocation": alloc.to_json(),
+            "layers": layers, "importance": imp_json,
+            "importance_per_timestep": {"timesteps": [int(x) for x in stats.timesteps],
+                                        "weights": [float(x) for x in imp.weights] if imp is not None else None,
+                                        "theta": imp.theta_per_t.tolist() if imp is not None else None},
+            "calibration": {"steps": stats.settings.steps, "profiled_timesteps": len(stats.timesteps),
+                            "samples": stats.n_samples, "seed": stats.settings.seed, "schedule": stats.schedule.source,
+                            "conditioning": stats.conditioning_source, "cached": stats.cached,
+                            "seconds": stats.seconds, "settings": asdict(stats.settings)},
+            "validation": val.to_json(), "polygraphy": pg, "engine": engine, "notes": notes,
+            "stability": (allocation_stability(info, stats, cfg.orm, imp, alloc_settings, alloc)
+                          if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer == "orm" else None),
+            "timings": timings,
+        }
+        with open(os.path.join(tmp, "allocation.json"), "w") as f:
+            import json
+
+            json.dump(alloc.to_json(), f, indent=2)
+        write_report(report, tmp, report["importance_per_timestep"] if imp is not None else None)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("[report] %s (SQNR %.2f dB, sample PSNR %.2f dB)", out, val.mean_sqnr_db, val.sample_psnr_db)
+    return BudgetResult(budget=budget, out_dir=out, allocation=alloc, report=report)

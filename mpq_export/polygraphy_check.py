@@ -1,0 +1,78 @@
+"""Polygraphy replay of the validation: a data-loader script and the exact `polygraphy run` commands.
+
+The script serves the held-back validation inputs (validation_inputs.npz, saved by the pipeline)
+one profiled timestep at a time. The comparison uses Polygraphy's statistic-based checks (SNR and
+cosine similarity of the noise prediction), with thresholds a good quantization passes and a
+broken one (wrong scale, wrong axis) does not.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+from mpq_export.layers import ModelInfo
+
+SNR_THRESHOLD_DB = 10.0
+COSINE_THRESHOLD = 0.95
+
+_LOADER = '''"""Polygraphy data loader over mpq-export's held-back validation inputs (written by mpq-export)."""
+import os
+
+import numpy as np
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SAMPLE, TIMESTEP, TIMESTEP_RANK, TIMESTEP_DTYPE = {sample!r}, {timestep!r}, {t_rank}, {t_dtype!r}
+CONDITIONING = {cond!r}
+
+
+def load_data():
+    with np.load(os.path.join(_HERE, "validation_inputs.npz")) as z:
+        xs, ts = z[SAMPLE], z["timesteps"]
+        cond = {{name: z[name] for name in CONDITIONING}}
+    for x, t in zip(xs, ts):
+        n = x.shape[0]
+        feed = {{SAMPLE: x.astype(np.float32),
+                 TIMESTEP: (np.full((n,), t) if TIMESTEP_RANK else np.array(t)).astype(TIMESTEP_DTYPE)}}
+        feed.update({{name: c[:n] for name, c in cond.items()}})
+        yield feed
+'''
+
+
+def write_files(tmp_dir: str, final_dir: str, info: ModelInfo, fp32_model: str) -> dict:
+    """Write polygraphy_data.py into tmp_dir; return the commands (with final_dir paths) for the report."""
+    with open(os.path.join(tmp_dir, "polygraphy_data.py"), "w") as f:
+        f.write(_LOADER.format(sample=info.sample.name, timestep=info.timestep.name, t_rank=len(info.timestep.shape),
+                               t_dtype=info.timestep.dtype, cond=[c.name for c in info.conditioning]))
+    return {"commands": commands(final_dir, fp32_model), "snr_threshold_db": SNR_THRESHOLD_DB,
+            "cosine_threshold": COSINE_THRESHOLD}
+
+
+def commands(out_dir: str, fp32_model: str) -> dict[str, str]:
+    d = os.path.abspath(out_dir)
+    loader = shlex.quote(os.path.join(d, "polygraphy_data.py"))
+    ref = shlex.quote(os.path.join(d, "fp32_outputs.json"))
+    q = shlex.quote(os.path.join(d, "model.mpq.onnx"))
+    check = (f"--compare snr cosine_similarity --snr-threshold {SNR_THRESHOLD_DB:g} "
+             f"--cosine-similarity-threshold {COSINE_THRESHOLD:g}")
+    return {
+        "CPU: FP32 ONNX vs quantized ONNX (onnxruntime)":
+            f"polygraphy run {shlex.quote(os.path.abspath(fp32_model))} --onnxrt --data-loader-script {loader} "
+            f"--save-outputs {ref} && polygraphy run {q} --onnxrt --data-loader-script {loader} "
+            f"--load-outputs {ref} {check}",
+        "GPU: TensorRT engine of the quantized ONNX vs onnxruntime (needs TensorRT)":
+            f"polygraphy run {q} --trt --onnxrt --data-loader-script {loader} {check}",
+    }
+
+
+def run_cpu_check(out_dir: str, fp32_model: str, timeout_s: int = 600) -> tuple[bool, str]:
+    """Run the CPU command (both halves) with this Python's polygraphy; (passed, last output lines)."""
+    cmd = commands(out_dir, fp32_model)["CPU: FP32 ONNX vs quantized ONNX (onnxruntime)"]
+    poly = os.path.join(os.path.dirname(sys.executable), "polygraphy")
+    exe = shlex.quote(poly) if os.path.exists(poly) else "polygraphy"
+    cmd = cmd.replace("polygraphy run", f"{exe} run")
+    p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout_s)
+    tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-15:])
+    return p.returncode == 0, tail

@@ -1,0 +1,276 @@
+"""quantize stage: write per-layer Q/DQ nodes (onnx-graphsurgeon) for a BitAllocation.
+
+Per DESIGN.md's format table:
+- w8a8: INT8 symmetric per-output-channel weights; the layer's input through an INT8 per-tensor
+  Q/DQ pair (zero point 0, scale from the calibrated |max|).
+- w4a8 (Conv/ConvTranspose): INT4 symmetric per-channel weights, INT8 per-tensor input.
+- w4a16 (MatMul/Gemm): INT4 weight-only, blocks of `block_size` along K; input left in float.
+- fp16: untouched.
+Weight scales come from an MSE clipping search per channel / block, not plain min-max.
+
+Targets: "onnxruntime" keeps the FP32 graph so onnxruntime's CPU kernels run it; "tensorrt"
+realises the same choices the way TensorRT builds them (module `mpq_export.trt_graph`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mpq_export.allocate import BitAllocation, Format
+from mpq_export.errors import MPQError
+from mpq_export.layers import ModelInfo, QuantLayer, load_onnx
+
+TARGETS = ("tensorrt", "onnxruntime")
+QDQ_OPSET = 21  # INT4 and blocked DequantizeLinear
+MIN_IR_VERSION = 10  # INT4 tensors
+_EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf cannot serialise >2 GB in one message
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    target: str = "onnxruntime"
+    block_size: int = 128  # INT4 block along K for MatMul/Gemm weights
+    clip_search: bool = True  # MSE clipping search for weight scales (False: plain |max|)
+    clip_grid: int = 20  # candidate clip ratios in [0.5, 1]
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise MPQError(f"--target must be one of {', '.join(TARGETS)}, got '{self.target}'")
+        if self.block_size < 2 or self.block_size % 2:
+            raise MPQError(f"--block-size must be an even number >= 2, got {self.block_size}")
+
+
+@dataclass
+class QuantizedWeight:
+    values: np.ndarray  # integer values, the weight's shape
+    scale: np.ndarray  # per-channel: [C]; blocked: weight rank with the blocked axis shrunk
+    axis: int
+    block_size: int | None  # None for per-channel
+
+    def dequantize(self) -> np.ndarray:
+        if self.block_size is None:
+            shape = [1] * self.values.ndim
+            shape[self.axis] = -1
+            return self.values.astype(np.float32) * self.scale.reshape(shape)
+        s = np.repeat(self.scale, self.block_size, axis=self.axis)
+        s = np.take(s, np.arange(self.values.shape[self.axis]), axis=self.axis)
+        return self.values.astype(np.float32) * s
+
+
+@dataclass
+class QuantizedModel:
+    path: str
+    target: str
+    layer_storage: dict[str, dict] = field(default_factory=dict)  # name -> format, weight dtype, bits, weight SQNR
+    act_scales: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _groups_view(w: np.ndarray, axis: int, block_axis: int | None, block: int | None):
+    """Rearrange w into [groups, elements] rows that share one scale, and a function back."""
+    if block is None:
+        moved = np.moveaxis(w, axis, 0)
+        return moved.reshape(moved.shape[0], -1), None
+    # blocked: w is 2-D; channel axis `axis`, blocks of `block` along `block_axis`
+    wt = w if block_axis == 0 else w.T  # [K, N]
+    K, N = wt.shape
+    nb = -(-K // block)
+    pad = np.zeros((nb * block, N), dtype=w.dtype)
+    pad[:K] = wt
+    g = pad.reshape(nb, block, N).transpose(0, 2, 1).reshape(nb * N, block)  # rows: (block, channel)
+    return g, (nb, N, K)
+
+
+def quantize_weight(w: np.ndarray, bits: int, axis: int, block_axis: int | None = None,
+                    block_size: int | None = None, clip_search: bool = True, grid: int = 20) -> QuantizedWeight:
+    """Symmetric quantization to [-(2^(b-1)-1), 2^(b-1)-1] with an MSE-optimal clip per channel/block."""
+    qmax = 2 ** (bits - 1) - 1
+    w = np.asarray(w, dtype=np.float32)
+    g, blocked = _groups_view(w, axis, block_axis, block_size)
+    amax = np.abs(g).max(axis=1)
+    amax = np.where(amax > 0, amax, 1e-8).astype(np.float32)
+    best_scale = amax / qmax
+    if clip_search:
+        best_err = np.full(len(g), np.inf, dtype=np.float64)
+        for r in np.linspace(0.5, 1.0, grid):
+            s = (amax * r / qmax)[:, None]
+            err = ((np.clip(np.round(g / s), -qmax, qmax) * s - g) ** 2).sum(1)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_scale = np.where(better, s[:, 0], best_scale)
+    best_scale = best_scale.astype(np.float32)
+    if blocked is None:
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / best_scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+        return QuantizedWeight(q, best_scale, axis, None)
+    nb, N, K = blocked
+    scale_kn = best_scale.reshape(nb, N)  # [K/B, N]
+    s_full = np.repeat(scale_kn, block_size, axis=0)[:K]
+    wt = w if block_axis == 0 else w.T
+    q = np.clip(np.round(wt / s_full), -qmax, qmax).astype(np.int8)
+    if block_axis == 0:
+        return QuantizedWeight(q, scale_kn, 0, block_size)
+    return QuantizedWeight(q.T.copy(), scale_kn.T.copy(), 1, block_size)
+
+
+def weight_sqnr_db(w: np.ndarray, qw: QuantizedWeight) -> float:
+    err = float(((qw.dequantize() - w) ** 2).sum())
+    return float(10 * np.log10(float((w.astype(np.float64) ** 2).sum()) / max(err, 1e-30)))
+
+
+def quantize_layer_weight(layer: QuantLayer, w: np.ndarray, fmt: Format, settings: QuantizeSettings) -> QuantizedWeight:
+    """The weight of one layer in its format: per-channel, or INT4 blocks along K for MatMul/Gemm."""
+    blocked = fmt.weight_bits == 4 and layer.op_type in ("MatMul", "Gemm")
+    if blocked:
+        return quantize_weight(w, 4, layer.weight_axis, block_axis=layer.reduction_axis,
+                               block_size=settings.block_size, clip_search=settings.clip_search, grid=settings.clip_grid)
+    return quantize_weight(w, fmt.weight_bits, layer.weight_axis, clip_search=settings.clip_search, grid=settings.clip_grid)
+
+
+def activation_scale(absmax: float) -> float:
+    """INT8 per-tensor symmetric scale; strictly positive (a TensorRT rule, and 0 would divide by 0)."""
+    return max(float(absmax), 1e-6) / 127.0
+
+
+def _load_for_edit(path: str):
+    """Load an ONNX model at opset >= 21 and IR >= 10 with its weights in memory."""
+    import onnx
+    from onnx import external_data_helper, version_converter
+
+    model = load_onnx(path, load_weights=False)  # convert the graph before pulling GBs of weights
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < QDQ_OPSET:
+        try:
+            model = version_converter.convert_version(model, QDQ_OPSET)
+        except Exception as e:
+            raise MPQError(f"cannot convert {path} from opset {opset} to {QDQ_OPSET} for INT4 Q/DQ ({str(e)[:200]}); "
+                           f"re-export the model at opset {QDQ_OPSET}") from None
+    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
+    external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+    return model
+
+
+def save_model(model, path: str) -> None:
+    """Save (with one external .data file when large) and check the result from its path."""
+    import onnx
+
+    size = model.ByteSize() if hasattr(model, "ByteSize") else 0
+    data_name = os.path.basename(path) + ".data"
+    if size > _EXTERNAL_DATA_THRESHOLD or size < 0:
+        onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
+    else:
+        onnx.save(model, path)
+    onnx.checker.check_model(path)  # a path, not a proto: works beyond 2 GB
+
+
+def quantize(info: ModelInfo, allocation: BitAllocation, act_absmax: dict[str, float], out_path: str,
+             settings: QuantizeSettings) -> QuantizedModel:
+    """Write the Q/DQ model for `allocation` to out_path (the caller makes it atomic)."""
+    import onnx_graphsurgeon as gs
+
+    t0 = time.perf_counter()
+    model = _load_for_edit(info.path)
+    graph = gs.import_onnx(model)
+    nodes = {n.name: n for n in graph.nodes}
+    result = QuantizedModel(path=out_path, target=settings.target)
+    act_qdq: dict[str, gs.Variable] = {}
+    float_dtype = np.float32
+
+    def weight_values(tensor) -> np.ndarray:
+        if isinstance(tensor, gs.Constant):
+            return np.asarray(tensor.values)
+        producer = tensor.inputs[0] if tensor.inputs else None
+        if producer is not None and producer.op == "Constant":
+            return np.asarray(producer.attrs["value"].values)
+        raise MPQError(f"weight {tensor.name} is not a constant")
+
+    def quantized_activation(name: str, tensor) -> gs.Variable:
+        """One INT8 Q/DQ pair per activation tensor, shared by every consumer that wants it."""
+        if name not in act_qdq:
+            if name not in act_absmax:
+                raise MPQError(f"internal: no calibrated range for activation '{name}'")
+            scale = activation_scale(act_absmax[name])
+            result.act_scales[name] = scale
+            s = gs.Constant(f"{name}_act_scale", np.array(scale, dtype=float_dtype))
+            zp = gs.Constant(f"{name}_act_zero_point", np.array(0, dtype=np.int8))
+            q = gs.Variable(f"{name}_quantized", dtype=np.int8, shape=tensor.shape)
+            dq = gs.Variable(f"{name}_dequantized", dtype=tensor.dtype, shape=tensor.shape)
+            graph.nodes.append(gs.Node("QuantizeLinear", name=f"{name}_QuantizeLinear", inputs=[tensor, s, zp], outputs=[q]))
+            graph.nodes.append(gs.Node("DequantizeLinear", name=f"{name}_DequantizeLinear", inputs=[q, s, zp], outputs=[dq]))
+            act_qdq[name] = dq
+        return act_qdq[name]
+
+    for layer, fmt in zip(info.layers, allocation.formats):
+        if layer.name != allocation.layer_names[len(result.layer_storage)]:
+            raise MPQError("internal: allocation and model layers are out of order")
+        node = nodes.get(layer.node_name)
+        if node is None:
+            raise MPQError(f"internal: node {layer.node_name} vanished after the opset conversion")
+        if not fmt.quantized:
+            result.layer_storage[layer.name] = {"format": fmt.name, "weight_dtype": "float", "storage_bits": 16,
+                                                "weight_sqnr_db": None}
+            continue
+        w = weight_values(node.inputs[1])
+        qw = quantize_layer_weight(layer, w, fmt, settings)
+        from mpq_export.trt_graph import weight_storage
+
+        values, storage = weight_storage(qw, fmt, layer, settings.target)
+        qc = gs.Constant(f"{layer.name}.weight_quantized", values)
+        sc = gs.Constant(f"{layer.name}.weight_scale", qw.scale.astype(float_dtype))
+        attrs = {"axis": qw.axis}
+        if qw.block_size is not None:
+            attrs["block_size"] = qw.block_size
+        wdq = gs.Variable(f"{layer.name}.weight_dequantized", dtype=float_dtype, shape=list(w.shape))
+        graph.nodes.append(gs.Node("DequantizeLinear", name=f"{layer.name}.weight_DequantizeLinear",
+                                   inputs=[qc, sc], outputs=[wdq], attrs=attrs))
+        node.inputs[1] = wdq
+        if fmt.act_bits == 8:
+            node.inputs[0] = quantized_activation(layer.activation_input, node.inputs[0])
+        result.layer_storage[layer.name] = {"format": fmt.name, "weight_dtype": storage,
+                                            "storage_bits": 4 if storage == "int4" else 8,
+                                            "weight_sqnr_db": weight_sqnr_db(w, qw)}
+
+    graph.cleanup().toposort()
+    out = gs.export_onnx(graph)
+    out.ir_version = max(out.ir_version, MIN_IR_VERSION)
+    from mpq_export.trt_graph import finalize_for_target
+
+    out = finalize_for_target(out, settings.target)
+    save_model(out, out_path)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def count_weight_bits(path: str, info: ModelInfo) -> tuple[float, dict[str, int]]:
+    """Average weight bits of the quantizable layers counted from the file itself.
+
+    A layer whose weight reaches it through DequantizeLinear counts its stored integer width
+    (INT4 4, INT8 8); a float weight counts 16, as the budget does.
+    """
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    by_name = {n.name: n for n in model.graph.node}
+    bits = {}
+    for layer in info.layers:
+        node = by_name[layer.node_name]
+        src = node.input[1]
+        while src in producers and producers[src].op_type in ("Cast", "Transpose", "Reshape"):
+            src = producers[src].input[0]
+        b = 16
+        if src in producers and producers[src].op_type == "DequantizeLinear":
+            q = inits.get(producers[src].input[0])
+            if q is not None:
+                b = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT8: 8,
+                     onnx.TensorProto.UINT8: 8}.get(q.data_type, 16)
+        bits[layer.name] = b
+    total = sum(l.params for l in info.layers)
+    return sum(bits[l.name] * l.params for l in info.layers) / total, bits

@@ -1,0 +1,183 @@
+"""report stage: report.json (for programs), report.md (for people) and plots (PNG).
+
+The JSON is the contract; report.md is rendered from the same dict so the two never disagree.
+matplotlib is imported lazily, with the Agg backend (no display on build machines).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_bits(report: dict, path: str) -> None:
+    plt = _plt()
+    layers = report["layers"]
+    fig, ax = plt.subplots(figsize=(max(8, len(layers) * 0.12), 4))
+    colors = {"w4a8": "#d62728", "w4a16": "#ff7f0e", "w8a8": "#1f77b4", "fp16": "#2ca02c"}
+    x = np.arange(len(layers))
+    ax.bar(x, [l["weight_bits"] for l in layers], color=[colors.get(l["format"], "gray") for l in layers])
+    ax2 = ax.twinx()
+    ax2.plot(x, [l["importance"] for l in layers], "k.", ms=3, label="importance")
+    ax2.set_yscale("log")
+    ax.set_xlabel("layer (graph order)")
+    ax.set_ylabel("weight bits")
+    ax2.set_ylabel("importance (log)")
+    ax.set_title(f"{report['allocation']['method']} allocation at {report['achieved_bits']:.3f} bits (budget {report['budget']:g})")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    ax.legend(handles, list(colors), loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_validation(report: dict, path: str) -> None:
+    plt = _plt()
+    v = report["validation"]["per_timestep"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["t"] for r in v], [r["sqnr_db"] for r in v], "o-")
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("noise-prediction SQNR (dB)")
+    ax.set_title("quantized vs FP32, per profiled timestep")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_importance(importance_per_t: dict, path: str) -> None:
+    plt = _plt()
+    ts = importance_per_t["timesteps"]
+    theta = np.asarray(importance_per_t["theta"])  # [K, L]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    im = ax.imshow(np.log10(np.maximum(theta, 1e-300)), aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(ts)))
+    ax.set_yticklabels([str(t) for t in ts], fontsize=6)
+    ax.set_ylabel("timestep t")
+    ax.set_xlabel("layer (graph order)")
+    ax.set_title("log10 theta_i(t): per-timestep ORM importance")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sample_grid(fp32: np.ndarray, quant: np.ndarray, path: str, title: str = "") -> None:
+    """Row 1 FP32, row 2 quantized, same seeds column by column."""
+    plt = _plt()
+    n = min(len(fp32), 16)
+    fig, axes = plt.subplots(2, n, figsize=(n * 1.0, 2.3), squeeze=False)
+
+    def img(a):
+        a = np.clip((a + 1) / 2, 0, 1)
+        return a[0] if a.shape[0] == 1 else np.transpose(a[:3], (1, 2, 0))
+
+    for j in range(n):
+        for r, src in enumerate((fp32, quant)):
+            axes[r][j].imshow(img(src[j]), cmap="gray" if src.shape[1] == 1 else None, vmin=0, vmax=1)
+            axes[r][j].axis("off")
+    axes[0][0].set_title("FP32", fontsize=7, loc="left")
+    axes[1][0].set_title("quantized", fontsize=7, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(v, nd=2):
+    return "—" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def render_markdown(r: dict) -> str:
+    v = r["validation"]
+    imp = r["importance"]
+    lines = [
+        f"# mpq-export report: {os.path.basename(r['model'])}", "",
+        f"- model: `{r['model']}` ({r['total_params']:,} quantizable weight parameters in {len(r['layers'])} layers)",
+        f"- target: **{r['target']}**; output: `{r['output_model']}`",
+        f"- budget: **{r['budget']:g}** average weight bits; achieved (allocation): **{r['achieved_bits']:.4f}**; "
+        f"counted from the file: {r['counted_bits']:.4f}"
+        + (f"; engine storage: {r['storage_bits']:.4f} (INT4 convs stored as INT8 for TensorRT)" if r.get("storage_bits") != r["counted_bits"] else ""),
+        f"- allocation: {r['allocation']['method']} (scorer: {r['allocation']['scorer']}), "
+        f"solver: {r['allocation']['solver_status'] or 'n/a'}",
+        f"- formats: " + ", ".join(f"{k}: {c}" for k, c in sorted(r["format_counts"].items())),
+        f"- calibration: {r['calibration']['steps']}-step DDIM ({r['calibration']['schedule']}), "
+        f"K={r['calibration']['profiled_timesteps']} profiled steps, N={r['calibration']['samples']} samples, "
+        f"conditioning: {r['calibration']['conditioning']}" + (" (cached)" if r["calibration"]["cached"] else ""),
+    ]
+    if imp:
+        lines.append(f"- ORM: estimator {imp['estimator']}, aggregation {imp['agg']}, alpha {imp['alpha']:g}, "
+                     f"beta {imp['beta']:.4g}; off-diagonal ORM spread (mean over t): mean "
+                     f"{_fmt(imp['spread_mean'], 3)}, std {_fmt(imp['spread_std'], 3)}"
+                     + (" — **ORM has collapsed toward 1: try --orm-estimator unbiased**" if imp.get("collapsed") else ""))
+        if imp["excluded"]:
+            lines.append(f"- {len(imp['excluded'])} time-only layer(s) have no per-sample signal (ORM undefined) and "
+                         f"take the median importance: " + ", ".join(f"`{n}`" for n in imp["excluded"][:8])
+                         + (" ..." if len(imp["excluded"]) > 8 else ""))
+    if r.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
+    lines += ["", "## Validation (onnxruntime, held-back seeds)", "",
+              f"Mean per-timestep noise-prediction SQNR **{v['mean_sqnr_db']:.2f} dB**, cosine {v['mean_cosine']:.5f}; "
+              f"final-sample PSNR vs FP32 from the same seeds **{v['sample_psnr_db']:.2f} dB** "
+              f"(min {min(v['sample_psnr_per_sample']):.2f}, max {max(v['sample_psnr_per_sample']):.2f}).", "",
+              "| t | SQNR (dB) | cosine | max abs err |", "|---:|---:|---:|---:|"]
+    lines += [f"| {p['t']} | {p['sqnr_db']:.2f} | {p['cosine']:.5f} | {p['max_abs_err']:.4g} |" for p in v["per_timestep"]]
+    if r.get("polygraphy"):
+        pg = r["polygraphy"]
+        lines += ["", "## Polygraphy", "", "Replay the comparison (inputs: the held-back validation steps):", ""]
+        for name, cmd in pg["commands"].items():
+            lines += [f"{name}:", "", "```", cmd, "```", ""]
+        if pg.get("cpu_result"):
+            lines.append(f"CPU result from this run: {pg['cpu_result']}")
+    if r.get("engine"):
+        e = r["engine"]
+        lines += ["", "## TensorRT engine", "", f"- status: {e['status']}"]
+        if e.get("path"):
+            lines.append(f"- engine: `{e['path']}` ({e.get('seconds', 0):.1f} s to build)")
+        if e.get("layer_precisions"):
+            lines.append("- per-layer precision (engine inspector): " + ", ".join(f"{k}: {c}" for k, c in e["layer_precisions"].items()))
+    if r.get("stability"):
+        s = r["stability"]
+        lines += ["", "## Allocation stability", "", "Layers that change format when a setting changes (same budget):", "",
+                  "| change | layers changed |", "|---|---:|"]
+        lines += [f"| {k} | {c} |" for k, c in s.items()]
+    lines += ["", "## Timings", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {t:.2f} |" for k, t in r["timings"].items()]
+    lines += ["", "## Layers", "", "| # | layer | op | params | format | bits | importance | weight SQNR (dB) |",
+              "|---:|---|---|---:|---|---:|---:|---:|"]
+    for i, l in enumerate(r["layers"]):
+        lines.append(f"| {i} | `{l['name']}` | {l['op_type']} | {l['params']:,} | {l['format']} | {l['weight_bits']} | "
+                     f"{l['importance']:.4g} | {_fmt(l.get('weight_sqnr_db'), 1)} |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r.get("plots", [])]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out_dir: str, importance_per_t: dict | None = None) -> None:
+    plots = []
+    plot_bits(report, os.path.join(out_dir, "bits.png"))
+    plots.append("bits.png")
+    if report["validation"]["per_timestep"]:
+        plot_validation(report, os.path.join(out_dir, "validation.png"))
+        plots.append("validation.png")
+    if importance_per_t is not None and len(importance_per_t["timesteps"]) > 1:
+        plot_importance(importance_per_t, os.path.join(out_dir, "importance.png"))
+        plots.append("importance.png")
+    if os.path.exists(os.path.join(out_dir, "samples.png")):
+        plots.append("samples.png")
+    report["plots"] = plots
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(render_markdown(report))

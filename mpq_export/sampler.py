@@ -1,0 +1,112 @@
+"""A deterministic DDIM sampler (eta = 0) in numpy, driving any noise-prediction function.
+
+Calibration and validation both run the model inside this sampler so the inputs x_t are the
+ones the model really sees. The schedule comes from a diffusers scheduler config when one is
+given, else the standard linear beta schedule with T = 1000 (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from mpq_export.errors import MPQError
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2
+    prediction_type: str = "epsilon"  # epsilon | v_prediction
+    clip_sample: bool = False
+    steps_offset: int = 0
+    source: str = "default linear schedule (T=1000)"
+
+    @classmethod
+    def from_config(cls, path: str | None) -> "NoiseSchedule":
+        if path is None:
+            return cls()
+        try:
+            with open(path) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError) as e:
+            raise MPQError(f"cannot read scheduler config {path}: {e}; give a diffusers scheduler_config.json") from None
+        kw = {k: cfg[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                  "prediction_type", "clip_sample", "steps_offset") if k in cfg}
+        s = cls(**kw, source=os.path.abspath(path))
+        if s.beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+            raise MPQError(f"unsupported beta_schedule '{s.beta_schedule}' in {path} (linear, scaled_linear, squaredcos_cap_v2)")
+        if s.prediction_type not in ("epsilon", "v_prediction"):
+            raise MPQError(f"unsupported prediction_type '{s.prediction_type}' in {path} (epsilon, v_prediction)")
+        return s
+
+    def alphas_cumprod(self) -> np.ndarray:
+        T = self.num_train_timesteps
+        if self.beta_schedule == "linear":
+            betas = np.linspace(self.beta_start, self.beta_end, T, dtype=np.float64)
+        elif self.beta_schedule == "scaled_linear":
+            betas = np.linspace(self.beta_start ** 0.5, self.beta_end ** 0.5, T, dtype=np.float64) ** 2
+        else:  # squaredcos_cap_v2, as diffusers' betas_for_alpha_bar
+            f = lambda t: np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
+            i = np.arange(T, dtype=np.float64)
+            betas = np.minimum(1 - f((i + 1) / T) / f(i / T), 0.999)
+        return np.cumprod(1.0 - betas)
+
+
+class DDIMSampler:
+    """DDIM with `steps` inference steps and 'leading' timestep spacing (diffusers' default)."""
+
+    def __init__(self, schedule: NoiseSchedule, steps: int = 50):
+        T = schedule.num_train_timesteps
+        if not 1 <= steps <= T:
+            raise MPQError(f"--steps must be between 1 and {T}, got {steps}")
+        self.schedule, self.steps = schedule, steps
+        self.ac = schedule.alphas_cumprod()
+        ratio = T // steps
+        self.timesteps = (np.arange(steps)[::-1] * ratio + schedule.steps_offset).astype(np.int64)
+        self.timesteps = np.clip(self.timesteps, 0, T - 1)
+        self.ratio = ratio
+
+    def step(self, x: np.ndarray, model_out: np.ndarray, i: int) -> np.ndarray:
+        t = int(self.timesteps[i])
+        t_prev = t - self.ratio
+        a_t = self.ac[t]
+        a_prev = self.ac[t_prev] if t_prev >= 0 else 1.0
+        x64, o64 = x.astype(np.float64), model_out.astype(np.float64)
+        if self.schedule.prediction_type == "epsilon":
+            x0 = (x64 - np.sqrt(1 - a_t) * o64) / np.sqrt(a_t)
+            eps = o64
+        else:  # v_prediction
+            x0 = np.sqrt(a_t) * x64 - np.sqrt(1 - a_t) * o64
+            eps = np.sqrt(a_t) * o64 + np.sqrt(1 - a_t) * x64
+        if self.schedule.clip_sample:
+            x0 = np.clip(x0, -1, 1)
+            eps = (x64 - np.sqrt(a_t) * x0) / np.sqrt(1 - a_t)
+        return (np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps).astype(np.float32)
+
+    def profiled_indices(self, k: int) -> np.ndarray:
+        """K evenly spaced step indices out of the sampler's steps (uniform timestep sampling)."""
+        if not 1 <= k <= self.steps:
+            raise MPQError(f"--timesteps must be between 1 and --steps ({self.steps}), got {k}")
+        return np.unique(np.round(np.linspace(0, self.steps - 1, k)).astype(int))
+
+    def sample(self, x_T: np.ndarray, predict: Callable[[np.ndarray, int, int], np.ndarray],
+               on_step: Callable[[int], None] | None = None) -> np.ndarray:
+        """Run the full trajectory; `predict(x_t, t, i)` returns the model output at step i."""
+        x = x_T
+        for i, t in enumerate(self.timesteps):
+            x = self.step(x, predict(x, int(t), i), i)
+            if on_step:
+                on_step(i + 1)
+        return x
+
+
+def initial_noise(seed: int, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    """x_T for samples seed, seed+1, ...: each sample has its own seed so subsets reproduce."""
+    return np.stack([np.random.default_rng(seed + j).standard_normal(shape).astype(np.float32) for j in range(n)])
