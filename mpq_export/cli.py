@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     except MPQError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
+    except SystemExit as e:  # argparse's --help and usage errors: return the code, callers may be in-process
+        return e.code if isinstance(e.code, int) else 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no output was published", file=sys.stderr)
         return 130

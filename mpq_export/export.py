@@ -104,7 +104,12 @@ def export_module(unet, out_path: str, opset: int = 17, seq_len: int = 77, t0: f
         dyn["class_labels"] = {0: "batch"}
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
-    with torch.no_grad():
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # diffusers' shape checks trace as constants (TracerWarning); the exported graph is still
+        # correct for the dynamic axes we declare, which the tests run at other batch sizes
+        warnings.simplefilter("ignore")
         torch.onnx.export(Wrapper(unet.eval()), tuple(inputs), out_path, dynamo=False, opset_version=opset,
                           input_names=names, output_names=["out_sample"], dynamic_axes=dyn)
     model = onnx.load(out_path, load_external_data=False)

@@ -24,9 +24,9 @@ class NoiseSchedule:
     beta_end: float = 0.02
     beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2
     prediction_type: str = "epsilon"  # epsilon | v_prediction
-    clip_sample: bool = False
+    clip_sample: bool = True  # diffusers DDIMScheduler default; latent-model configs set it false
     steps_offset: int = 0
-    source: str = "default linear schedule (T=1000)"
+    source: str = "default linear schedule (T=1000, clip_sample)"
 
     @classmethod
     def from_config(cls, path: str | None) -> "NoiseSchedule":
@@ -85,9 +85,8 @@ class DDIMSampler:
         else:  # v_prediction
             x0 = np.sqrt(a_t) * x64 - np.sqrt(1 - a_t) * o64
             eps = np.sqrt(a_t) * o64 + np.sqrt(1 - a_t) * x64
-        if self.schedule.clip_sample:
+        if self.schedule.clip_sample:  # as diffusers' DDIMScheduler.step: x0 clipped, eps kept
             x0 = np.clip(x0, -1, 1)
-            eps = (x64 - np.sqrt(a_t) * x0) / np.sqrt(1 - a_t)
         return (np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps).astype(np.float32)
 
     def profiled_indices(self, k: int) -> np.ndarray:

@@ -1,0 +1,153 @@
+"""The whole CLI on small random-weight UNets, and its answers to bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_cli
+from onnx import TensorProto, helper
+
+from mpq_export.layers import inspect_model
+from mpq_export.quantize import count_weight_bits
+
+FAST = ["--steps", "10", "--timesteps", "4", "--samples", "8", "--val-samples", "4", "--target", "onnxruntime"]
+
+
+def test_budget_sweep_quality_rises_and_the_budget_holds(unet_onnx, tmp_path):
+    sqnr = []
+    for budget in (4.5, 5, 6, 8):
+        out = tmp_path / f"b{budget}"
+        code, stdout, err = run_cli(unet_onnx, "--budget", budget, "-o", out, *FAST, "--no-stability")
+        assert code == 0, err
+        rep = json.loads((out / "report.json").read_text())
+        assert rep["achieved_bits"] <= budget + 1e-12
+        counted, _ = count_weight_bits(str(out / "model.mpq.onnx"), inspect_model(unet_onnx))
+        assert counted == pytest.approx(rep["achieved_bits"], abs=1e-12) == pytest.approx(rep["counted_bits"])
+        assert {"model", "budget", "achieved_bits", "target", "layers", "importance_per_timestep", "validation",
+                "timings"} <= set(rep)
+        assert rep["model"] == os.path.abspath(unet_onnx)
+        assert {"name", "op_type", "params", "format", "weight_bits", "importance"} <= set(rep["layers"][0])
+        alloc = json.loads((out / "allocation.json").read_text())
+        assert set(alloc["layers"]) == {l["name"] for l in rep["layers"]}
+        for f in ("model.mpq.onnx", "report.md", "bits.png", "validation.png", "samples.png", "polygraphy_data.py"):
+            assert (out / f).exists(), f
+        sqnr.append(rep["validation"]["mean_sqnr_db"])
+        assert str(out) in stdout
+    assert sqnr == sorted(sqnr) and sqnr[-1] > sqnr[0] + 3, sqnr
+
+
+def test_conditional_unet_end_to_end_and_baselines(cond_unet_onnx, tmp_path):
+    for extra in ([], ["--allocation", "uniform"], ["--allocation", "random", "--seed", "3"],
+                  ["--orm-estimator", "unbiased", "--agg", "exp-of-mean"]):
+        out = tmp_path / ("o" + "_".join(extra))
+        code, _, err = run_cli(cond_unet_onnx, "--budget", "6", "-o", out, *FAST, *extra)
+        assert code == 0, err
+        rep = json.loads((out / "report.json").read_text())
+        assert "standard-normal" in rep["calibration"]["conditioning"]
+        assert rep["validation"]["mean_cosine"] > 0.5
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["stability"] and all(isinstance(v, int) for v in rep["stability"].values())
+    assert "standard-normal" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_second_budget_reuses_the_calibration(unet_onnx, tmp_path):
+    cache = tmp_path / "cache"
+    for b in (5, 6):
+        code, _, err = run_cli(unet_onnx, "--budget", b, "-o", tmp_path / f"o{b}", "--cache-dir", cache, *FAST, "--no-stability")
+        assert code == 0, err
+    assert json.loads((tmp_path / "o6" / "report.json").read_text())["calibration"]["cached"] is True
+    assert len(list(cache.glob("calib-*.npz"))) == 1
+
+
+def _one_line_error(code, err, *needles):
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("mpq-export: error:"), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[-1], (n, lines[-1])
+
+
+def test_bad_input_gets_one_line_errors(unet_onnx, tmp_path):
+    code, _, err = run_cli(tmp_path / "missing.onnx")
+    _one_line_error(code, err, "not found")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage")
+    _one_line_error(*run_cli(junk)[::2], "not a readable ONNX")
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 3, 1, 1], [0.0] * 9)
+    g = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["y"])], "g", [x], [y], [w])
+    no_t = tmp_path / "no_t.onnx"
+    onnx.save(helper.make_model(g), str(no_t))
+    _one_line_error(*run_cli(no_t)[::2], "timestep")
+    g2 = helper.make_graph([helper.make_node("Relu", ["sample"], ["y"])], "g",
+                           [helper.make_tensor_value_info("sample", TensorProto.FLOAT, [1, 3, 8, 8]),
+                            helper.make_tensor_value_info("timestep", TensorProto.FLOAT, [1])], [y])
+    no_layers = tmp_path / "nolayers.onnx"
+    onnx.save(helper.make_model(g2), str(no_layers))
+    _one_line_error(*run_cli(no_layers)[::2], "no quantizable layers")
+    _one_line_error(*run_cli(unet_onnx, "--budget", "3", "-o", tmp_path / "x")[::2], "outside", "to 8.000")
+    assert not (tmp_path / "x").exists()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permission bits: use a path under a file instead
+            blocker = tmp_path / "file"
+            blocker.write_text("x")
+            target = blocker / "out"
+        else:
+            target = ro / "out"
+        _one_line_error(*run_cli(unet_onnx, "-o", target, *FAST)[::2], "output")
+    finally:
+        ro.chmod(0o700)
+    code, _, err = run_cli(unet_onnx, "--budget", "abc")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_nan_from_the_model_is_a_clean_error(tmp_path):
+    """A model whose output is NaN (log of a negative number) fails calibration with one line."""
+    x = helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["b", 1, 4, 4])
+    t = helper.make_tensor_value_info("timestep", TensorProto.FLOAT, ["b"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1, 4, 4])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 1, 1], [-1.0])
+    nodes = [helper.make_node("Conv", ["sample", "w"], ["c"]), helper.make_node("Abs", ["c"], ["a"]),
+             helper.make_node("Neg", ["a"], ["n"]), helper.make_node("Log", ["n"], ["y"])]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x, t], [y], [w]), opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "nan.onnx"
+    onnx.save(m, str(path))
+    code, _, err = run_cli(path, "--budget", "8", "-o", tmp_path / "o", *FAST)
+    _one_line_error(code, err, "NaN/Inf")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_failed_run_leaves_no_output_that_looks_complete(unet_onnx, tmp_path, monkeypatch):
+    import mpq_export.validate as validate_mod
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(validate_mod, "validate", boom)
+    import mpq_export.pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod, "validate", boom)
+    out = tmp_path / "out"
+    code, _, err = run_cli(unet_onnx, "-o", out, *FAST)
+    assert code == 130 and "no output was published" in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # temp folder removed
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    code = ("import sys, time; t = time.perf_counter(); from mpq_export.cli import build_parser; "
+            "build_parser().format_help(); assert 'torch' not in sys.modules and 'onnx' not in sys.modules; "
+            "print(time.perf_counter() - t)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([sys.executable, "-m", "mpq_export.cli", "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "--budget" in p.stdout

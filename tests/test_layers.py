@@ -1,0 +1,65 @@
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from mpq_export.errors import MPQError
+from mpq_export.layers import inspect_model
+
+
+def test_layer_names_are_module_paths(unet_onnx):
+    info = inspect_model(unet_onnx)
+    names = [l.name for l in info.layers]
+    assert "conv_in" in names and "conv_out" in names
+    assert "down_blocks.0.resnets.0.conv1" in names
+    assert "down_blocks.1.attentions.0.to_q" in names  # anonymous MatMul weight: named from the node path
+    assert "time_embedding.linear_1" in names
+    assert len(set(names)) == len(names)
+    ops = {l.op_type for l in info.layers}
+    assert ops == {"Conv", "MatMul", "Gemm"}
+    # attention's activation x activation MatMuls are not layers
+    assert not any(n.endswith("attentions.0") for n in names)
+    assert info.sample.name == "sample" and info.timestep.name == "timestep" and info.conditioning == []
+    assert info.sample_size == (16, 16)
+    q = info.layer("down_blocks.1.attentions.0.to_q")
+    assert q.weight_shape == (32, 32) and q.weight_axis == 1 and q.reduction_axis == 0
+    g = info.layer("time_embedding.linear_1")
+    assert g.op_type == "Gemm" and g.weight_axis == 0 and g.reduction_axis == 1  # transB=1: [N, K]
+
+
+def test_conditional_model_inputs(cond_unet_onnx):
+    info = inspect_model(cond_unet_onnx)
+    assert [c.name for c in info.conditioning] == ["encoder_hidden_states"]
+    assert any(l.name.endswith("attn2.to_k") for l in info.layers)  # cross-attention K/V projections
+
+
+def _save(graph, path):
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(m, str(path))
+    return str(path)
+
+
+def test_missing_and_non_onnx_files(tmp_path):
+    with pytest.raises(MPQError, match="not found"):
+        inspect_model(str(tmp_path / "nope.onnx"))
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("this is not a protobuf")
+    with pytest.raises(MPQError, match="not a readable ONNX"):
+        inspect_model(str(bad))
+
+
+def test_no_timestep_input(tmp_path):
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 3, 1, 1], [0.0] * 9)
+    g = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["y"])], "g", [x], [y], [w])
+    with pytest.raises(MPQError, match="timestep"):
+        inspect_model(_save(g, tmp_path / "m.onnx"))
+
+
+def test_no_quantizable_layers(tmp_path):
+    x = helper.make_tensor_value_info("sample", TensorProto.FLOAT, [1, 3, 8, 8])
+    t = helper.make_tensor_value_info("timestep", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
+    g = helper.make_graph([helper.make_node("Relu", ["sample"], ["y"])], "g", [x, t], [y])
+    with pytest.raises(MPQError, match="no quantizable layers"):
+        inspect_model(_save(g, tmp_path / "m.onnx"))
