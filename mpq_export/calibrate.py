@@ -25,7 +25,7 @@ from mpq_export.progress import Progress, log
 from mpq_export.runtime import build_feeds, check_finite, load_conditioning, ort_session
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,8 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
 
     layer_outputs = [l.output for l in info.layers]
     graph_inputs = {info.sample.name, info.timestep.name, *(c.name for c in info.conditioning)}
-    act_tensors = sorted({l.activation_input for l in info.layers})
+    act_tensors = sorted({l.activation_input for l in info.layers}
+                         | {t for a, b, _ in info.residual_adds.values() for t in (a, b)})
     fetch_acts = [a for a in act_tensors if a not in graph_inputs]
     wanted = list(dict.fromkeys(layer_outputs + fetch_acts))
     model_bytes, ext_dir = _augmented_model(info, wanted)

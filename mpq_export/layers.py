@@ -71,6 +71,10 @@ class ModelInfo:
     sample_size: tuple[int, int] | None  # (H, W) when the file states it
     has_external_data: bool = False
     metadata: dict = field(default_factory=dict)
+    # residual Adds whose output feeds a layer's input (directly or through Div/Mul by a constant):
+    # add node name -> (input tensor a, input tensor b, layer names fed). TensorRT fuses the add into
+    # the conv only when both inputs carry Q/DQ, so the tensorrt target quantizes them.
+    residual_adds: dict[str, tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
 
     @property
     def total_params(self) -> int:
@@ -224,6 +228,7 @@ def inspect_model(path: str, sample_name: str | None = None, timestep_name: str 
                                  activation_input=act, output=node.output[0], weight_axis=out_axis,
                                  reduction_axis=red_axis))
 
+    residual = _residual_adds(graph, shapes, layers)
     meta = {p.key: p.value for p in model.metadata_props}
     sample_size = None
     if isinstance(sample.shape[2], int) and isinstance(sample.shape[3], int) and sample.shape[2] > 0:
@@ -235,4 +240,30 @@ def inspect_model(path: str, sample_name: str | None = None, timestep_name: str 
     return ModelInfo(path=os.path.abspath(path), sample=sample, timestep=timestep, conditioning=conditioning,
                      output=graph.output[0].name, layers=layers, opset=opset, sample_size=sample_size,
                      has_external_data=any(external_data_helper.uses_external_data(t) for t in graph.initializer),
-                     metadata=meta)
+                     metadata=meta, residual_adds=residual)
+
+
+def _residual_adds(graph, constants: dict, layers: list[QuantLayer]) -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    fed_by = {}
+    for l in layers:
+        if l.op_type not in ("Conv", "ConvTranspose"):
+            continue
+        tensor = l.activation_input
+        # walk back through scalar Div/Mul (diffusers' output_scale_factor) to the Add
+        for _ in range(3):
+            node = producers.get(tensor)
+            if node is None:
+                break
+            if node.op_type in ("Div", "Mul") and len(node.input) == 2 and node.input[1] in constants:
+                tensor = node.input[0]
+                continue
+            if node.op_type == "Add" and all(i not in constants for i in node.input) and len(node.input) == 2:
+                a, b, fed = fed_by.get(node.name, (node.input[0], node.input[1], ()))
+                fed_by[node.name] = (a, b, fed + (l.name,))
+            break
+    return fed_by

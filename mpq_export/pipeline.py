@@ -222,9 +222,14 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         timings["sensitivity"] = time.perf_counter() - t
 
     shape = sample_shape(info, cfg.calibration.resolution)
+    fp16_val = None
+    if cfg.quantize.target == "tensorrt":
+        t = time.perf_counter()
+        fp16_val = fp16_graph_validation(cfg, info, stats, shape)
+        timings["fp16_graph_validation"] = time.perf_counter() - t
     results = []
     for budget, out in zip(cfg.budgets, out_dirs):
-        res = _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, dict(timings), model_path)
+        res = _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, dict(timings), model_path, fp16_val)
         results.append(res)
     if multi:
         from mpq_export.report import write_pareto
@@ -234,7 +239,36 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
                           out_root=out_root)
 
 
-def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings, model_path) -> BudgetResult:
+def fp16_graph_validation(cfg, info, stats, shape):
+    """The FP16 graph alone (no Q/DQ) against FP32: what the tensorrt target costs before quantizing."""
+    from mpq_export.fp16_graph import to_fp16_graph
+    from mpq_export.quantize import _load_for_edit, save_model
+
+    with tempfile.TemporaryDirectory(prefix="mpq-fp16-") as d:
+        path = os.path.join(d, "model.fp16.onnx")
+        save_model(to_fp16_graph(_load_for_edit(info.path)), path)
+        return validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
+                        cfg.validation, cfg.calib_data, stats.settings.seq_len)
+
+
+def compare_targets(cfg, info, stats, alloc, shape, trt_val, fp16_val) -> dict:
+    """Validation of the same allocation realised for the onnxruntime target (FP32 graph), and of the
+    FP16 graph alone, next to the tensorrt target's figures."""
+    with tempfile.TemporaryDirectory(prefix="mpq-ort-") as d:
+        path = os.path.join(d, "model.ort.onnx")
+        quantize(info, alloc, stats.act_absmax, path, replace(cfg.quantize, target="onnxruntime"))
+        ort_val = validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
+                           cfg.validation, cfg.calib_data, stats.settings.seq_len)
+
+    def row(v):
+        return {"mean_sqnr_db": v.mean_sqnr_db, "mean_cosine": v.mean_cosine, "sample_psnr_db": v.sample_psnr_db}
+
+    return {"tensorrt target (FP16 graph + Q/DQ)": row(trt_val),
+            "onnxruntime target (FP32 graph + Q/DQ)": row(ort_val),
+            "FP16 graph alone (no quantization)": row(fp16_val)}
+
+
+def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings, model_path, fp16_val=None) -> BudgetResult:
     from mpq_export import polygraphy_check
     from mpq_export.report import sample_grid, write_report
 
@@ -258,14 +292,14 @@ def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings,
         qm = quantize(info, alloc, stats.act_absmax, q_path, cfg.quantize)
         timings["quantize"] = time.perf_counter() - t
         counted, _ = count_weight_bits(q_path, info)
-        storage = counted
+        checker = None
         if cfg.quantize.target == "tensorrt":
             from mpq_export.check import check_model
 
             violations = check_model(q_path)
             if violations:
                 raise MPQError(f"internal: the TensorRT graph breaks {len(violations)} rule(s), first: {violations[0]}")
-            counted = alloc.achieved_bits  # INT4 conv values sit in INT8 storage; storage is reported apart
+            checker = "passed: no TensorRT rule violations (mpq-export check)"
 
         engine = {"status": "not requested"}
         if cfg.quantize.target == "tensorrt" and cfg.build_engine != "no":
@@ -327,7 +361,8 @@ def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings,
                             "samples": stats.n_samples, "seed": stats.settings.seed, "schedule": stats.schedule.source,
                             "conditioning": stats.conditioning_source, "cached": stats.cached,
                             "seconds": stats.seconds, "settings": asdict(stats.settings)},
-            "validation": val.to_json(), "polygraphy": pg, "engine": engine, "notes": notes,
+            "validation": val.to_json(), "polygraphy": pg, "engine": engine, "notes": notes, "check": checker,
+            "validation_compare": compare_targets(cfg, info, stats, alloc, shape, val, fp16_val) if cfg.quantize.target == "tensorrt" else None,
             "stability": (allocation_stability(info, stats, cfg.orm, imp, alloc_settings, alloc)
                           if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer == "orm" else None),
             "timings": timings,

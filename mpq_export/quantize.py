@@ -68,6 +68,7 @@ class QuantizedModel:
     target: str
     layer_storage: dict[str, dict] = field(default_factory=dict)  # name -> format, weight dtype, bits, weight SQNR
     act_scales: dict[str, float] = field(default_factory=dict)
+    residual_adds_quantized: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -236,6 +237,18 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_absmax: dict[str, f
                                             "storage_bits": 4 if storage == "int4" else 8,
                                             "weight_sqnr_db": weight_sqnr_db(w, qw)}
 
+    if settings.target == "tensorrt":
+        # TensorRT fuses a residual Add into the conv before it only when both Add inputs are
+        # quantized; do it for every Add that feeds a conv whose input is INT8 (DESIGN.md)
+        fmt_of = dict(zip(allocation.layer_names, allocation.formats))
+        for add_name, (a, b, fed) in info.residual_adds.items():
+            if not any(fmt_of[n].act_bits == 8 for n in fed):
+                continue
+            add = nodes[add_name]
+            for idx, tname in enumerate((a, b)):
+                add.inputs[idx] = quantized_activation(tname, add.inputs[idx])
+            result.residual_adds_quantized.append(add_name)
+
     graph.cleanup().toposort()
     out = gs.export_onnx(graph)
     out.ir_version = max(out.ir_version, MIN_IR_VERSION)
@@ -250,12 +263,15 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_absmax: dict[str, f
 def count_weight_bits(path: str, info: ModelInfo) -> tuple[float, dict[str, int]]:
     """Average weight bits of the quantizable layers counted from the file itself.
 
-    A layer whose weight reaches it through DequantizeLinear counts its stored integer width
-    (INT4 4, INT8 8); a float weight counts 16, as the budget does.
+    A layer whose weight reaches it through DequantizeLinear counts its integer width: INT4 4,
+    INT8 8, except INT8 whose values all lie in [-7, 7] (the tensorrt target's 4-bit conv weights
+    in INT8 storage), which count 4. A float weight counts 16, as the budget does.
     """
     import onnx
+    from onnx import external_data_helper, numpy_helper
 
     model = onnx.load(path, load_external_data=False)
+    base = os.path.dirname(os.path.abspath(path))
     inits = {i.name: i for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
     by_name = {n.name: n for n in model.graph.node}
@@ -271,6 +287,11 @@ def count_weight_bits(path: str, info: ModelInfo) -> tuple[float, dict[str, int]
             if q is not None:
                 b = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT8: 8,
                      onnx.TensorProto.UINT8: 8}.get(q.data_type, 16)
+                if q.data_type == onnx.TensorProto.INT8:
+                    if external_data_helper.uses_external_data(q):
+                        external_data_helper.load_external_data_for_tensor(q, base)
+                    if np.abs(numpy_helper.to_array(q).astype(np.int16)).max() <= 7:
+                        b = 4
         bits[layer.name] = b
     total = sum(l.params for l in info.layers)
     return sum(bits[l.name] * l.params for l in info.layers) / total, bits

@@ -134,6 +134,13 @@ def render_markdown(r: dict) -> str:
               f"(min {min(v['sample_psnr_per_sample']):.2f}, max {max(v['sample_psnr_per_sample']):.2f}).", "",
               "| t | SQNR (dB) | cosine | max abs err |", "|---:|---:|---:|---:|"]
     lines += [f"| {p['t']} | {p['sqnr_db']:.2f} | {p['cosine']:.5f} | {p['max_abs_err']:.4g} |" for p in v["per_timestep"]]
+    if r.get("validation_compare"):
+        lines += ["", "### Same allocation, per target (onnxruntime CPU)", "",
+                  "| graph | mean SQNR (dB) | mean cosine | sample PSNR (dB) |", "|---|---:|---:|---:|"]
+        lines += [f"| {k} | {c['mean_sqnr_db']:.2f} | {c['mean_cosine']:.5f} | {c['sample_psnr_db']:.2f} |"
+                  for k, c in r["validation_compare"].items()]
+    if r.get("check"):
+        lines += ["", f"TensorRT rule check: {r['check']}"]
     if r.get("polygraphy"):
         pg = r["polygraphy"]
         lines += ["", "## Polygraphy", "", "Replay the comparison (inputs: the held-back validation steps):", ""]

@@ -1,0 +1,190 @@
+"""`mpq-export check`: a static checker of the rules TensorRT sets for Q/DQ graphs (DESIGN.md).
+
+Each violation names the offending node. Rules (strongly typed networks, TensorRT 10.12+ / 11.x):
+ 1. zero points absent or 0;
+ 2. scales positive, finite build-time constants, FP16 (the graph is FP16; a DQ's output type is its scale's);
+ 3. activations per tensor (scalar scale), INT8 only;
+ 4. per-channel only on weights, on the output-channel axis of the consuming op
+    (Conv 0, ConvTranspose 1, MatMul [K, N] 1, Gemm 0 with transB else 1); INT4 blocks along K;
+ 5. INT4 only as weight-only DQ feeding MatMul/Gemm (no INT4 convolution), opset >= 21, IR >= 10,
+    an even element count, one blocked axis;
+ 6. no INT32 (bias) DequantizeLinear;
+ 7. both inputs of a residual Add quantized when the Add feeds a quantized conv;
+ 8. attention BMMs (activation x activation MatMul) over 512 tokens not quantized.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mpq_export.errors import MPQError
+
+MAX_INT8_ATTENTION_TOKENS = 512
+
+
+def _expected_axes(op: str, node, rank: int) -> tuple[int, int]:
+    """(per-channel axis, blocked axis) of a weight feeding `op` as its second input."""
+    if op == "Conv":
+        return 0, -1
+    if op == "ConvTranspose":
+        return 1, -1
+    if op == "MatMul":
+        return rank - 1, rank - 2
+    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+    return (0, 1) if trans_b else (1, 0)
+
+
+def check_model(path: str) -> list[str]:
+    """All TensorRT rule violations in the Q/DQ model at `path` (empty list: OK)."""
+    import onnx
+    from onnx import numpy_helper
+
+    if not os.path.exists(path):
+        raise MPQError(f"model file not found: {path}")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:
+        raise MPQError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    const_nodes = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
+    producers = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    base = os.path.dirname(os.path.abspath(path))
+    out: list[str] = []
+
+    def const(name):
+        """(TensorProto or None, numpy value or None) of a constant input."""
+        if name in inits:
+            t = inits[name]
+            if onnx.external_data_helper.uses_external_data(t):
+                onnx.external_data_helper.load_external_data_for_tensor(t, base)
+            return t, numpy_helper.to_array(t)
+        if name in const_nodes:
+            t = next(a.t for a in const_nodes[name].attribute if a.name == "value")
+            return t, numpy_helper.to_array(t)
+        return None, None
+
+    def where(n):
+        return f"node {n.name or '(unnamed)'} ({n.op_type})"
+
+    qdq = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if not qdq:
+        out.append("graph: no QuantizeLinear/DequantizeLinear nodes: not a Q/DQ model")
+    for n in qdq:
+        # 1. zero point
+        if len(n.input) > 2 and n.input[2]:
+            _, zp = const(n.input[2])
+            if zp is None:
+                out.append(f"{where(n)}: zero point '{n.input[2]}' is not a constant")
+            elif np.any(zp.astype(np.float64) != 0):
+                out.append(f"{where(n)}: zero point is not 0 (TensorRT supports symmetric quantization only)")
+        # 2. scale
+        st, scale = const(n.input[1])
+        if scale is None:
+            out.append(f"{where(n)}: scale '{n.input[1]}' is not a build-time constant")
+            continue
+        if not np.all(np.isfinite(scale.astype(np.float64))) or np.any(scale.astype(np.float64) <= 0):
+            out.append(f"{where(n)}: scale has non-positive or non-finite values")
+        if st.data_type != onnx.TensorProto.FLOAT16:
+            out.append(f"{where(n)}: scale is {onnx.TensorProto.DataType.Name(st.data_type)}, not FLOAT16 "
+                       f"(the graph must be FP16 for a strongly typed TensorRT network)")
+        x_t, x = const(n.input[0]) if n.op_type == "DequantizeLinear" else (None, None)
+        block = next((a.i for a in n.attribute if a.name == "block_size"), 0)
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        if n.op_type == "QuantizeLinear" or x_t is None:
+            # 3. activations: per tensor, INT8
+            if scale.size != 1:
+                out.append(f"{where(n)}: activation scale has {scale.size} values; activations must be per tensor")
+            if n.op_type == "QuantizeLinear":
+                zp_t, _ = const(n.input[2]) if len(n.input) > 2 and n.input[2] else (None, None)
+                dt = zp_t.data_type if zp_t is not None else next(
+                    (a.i for a in n.attribute if a.name == "output_dtype"), onnx.TensorProto.UINT8)
+                if dt != onnx.TensorProto.INT8:
+                    out.append(f"{where(n)}: activations quantize to {onnx.TensorProto.DataType.Name(dt)}, not INT8")
+            continue
+        # weights
+        if x_t.data_type == onnx.TensorProto.INT32:
+            out.append(f"{where(n)}: INT32 DequantizeLinear (bias): TensorRT wants float biases")
+            continue
+        users = consumers.get(n.output[0], [])
+        rank = x.ndim
+        axis = axis % rank if rank else 0
+        is_int4 = x_t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+        for u in users:
+            if u.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm") or list(u.input).index(n.output[0]) != 1:
+                continue
+            ch_axis, blk_axis = _expected_axes(u.op_type, u, rank)
+            if is_int4 and u.op_type in ("Conv", "ConvTranspose"):
+                out.append(f"{where(u)}: INT4 weight on a {u.op_type}; TensorRT has no INT4 convolution "
+                           f"(store the 4-bit values as INT8)")
+            if block:
+                if blk_axis < 0 or axis != blk_axis % rank:
+                    out.append(f"{where(n)}: blocked on axis {axis}, expected {blk_axis % rank if blk_axis >= 0 else 'none'} "
+                               f"(K of the {u.op_type} weight)")
+            elif scale.size > 1 and axis != ch_axis % rank:
+                out.append(f"{where(n)}: per-channel axis {axis}, expected {ch_axis % rank} for a {u.op_type} weight")
+            if u.op_type in ("MatMul", "Gemm") and is_int4:
+                for j in u.input[:1]:
+                    p = producers.get(j)
+                    if p is not None and p.op_type == "DequantizeLinear":
+                        out.append(f"{where(u)}: INT4 weights are weight-only in TensorRT; the activation input is quantized too")
+        if is_int4:
+            if opset < 21:
+                out.append(f"{where(n)}: INT4 needs opset >= 21 (model has {opset})")
+            if model.ir_version < 10:
+                out.append(f"{where(n)}: INT4 needs IR version >= 10 (model has {model.ir_version})")
+            if x.size % 2:
+                out.append(f"{where(n)}: INT4 tensor with an odd element count ({x.size})")
+        if block:
+            differing = [d for d in range(rank) if scale.shape[d] != x.shape[d]]
+            if len(differing) != 1:
+                out.append(f"{where(n)}: block quantization must block exactly one axis (scale {scale.shape}, weight {x.shape})")
+    # 7. residual adds feeding quantized convs
+    for n in g.node:
+        if n.op_type not in ("Conv", "ConvTranspose"):
+            continue
+        p = producers.get(n.input[0])
+        if p is None or p.op_type != "DequantizeLinear":
+            continue
+        q = producers.get(p.input[0])
+        src = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
+        for _ in range(3):
+            node = producers.get(src) if src else None
+            if node is None:
+                break
+            if node.op_type in ("Div", "Mul") and const(node.input[1])[1] is not None:
+                src = node.input[0]
+                continue
+            if node.op_type == "Add" and all(const(i)[1] is None for i in node.input):
+                for i in node.input:
+                    pi = producers.get(i)
+                    if pi is None or pi.op_type != "DequantizeLinear":
+                        out.append(f"{where(node)}: residual Add feeding quantized {n.name} has an unquantized input '{i}'")
+            break
+    # 8. attention BMMs
+    shapes = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(onnx.load(path, load_external_data=False))
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    except Exception:  # shape inference is best effort here
+        pass
+    for n in g.node:
+        if n.op_type != "MatMul" or any(const(i)[1] is not None or
+                                        (producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                                         and const(producers[i].input[0])[1] is not None) for i in n.input):
+            continue
+        if any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input):
+            dims = [shapes.get(i) for i in n.input]
+            tokens = max([d[-2] or 0 for d in dims if d and len(d) >= 2] or [0])
+            if tokens == 0 or tokens > MAX_INT8_ATTENTION_TOKENS:
+                out.append(f"{where(n)}: quantized attention BMM with {tokens or 'unknown'} tokens; "
+                           f"keep BMMs over {MAX_INT8_ATTENTION_TOKENS} tokens in FP16 (INT8 is slower there)")
+    return out
