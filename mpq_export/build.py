@@ -95,8 +95,8 @@ def build_engine(onnx_path: str, info: ModelInfo, sample_shape: tuple[int, int, 
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # per-layer precisions in the inspector
     cache_bytes = b""
     if settings.timing_cache and os.path.exists(settings.timing_cache):
-        with open(settings.timing_cache, "rb") as f:
-            cache_bytes = f.read()
+        with open(settings.timing_cache, "rb") as cache_file:
+            cache_bytes = cache_file.read()
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, ignore_mismatch=False)
 
@@ -120,11 +120,11 @@ def build_engine(onnx_path: str, info: ModelInfo, sample_shape: tuple[int, int, 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise MPQError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
-    with open(engine_path, "wb") as f:
-        f.write(serialized)
+    with open(engine_path, "wb") as engine_file:
+        engine_file.write(serialized)
     if settings.timing_cache:
-        with open(settings.timing_cache, "wb") as f:
-            f.write(memoryview(config.get_timing_cache().serialize()))
+        with open(settings.timing_cache, "wb") as cache_out:
+            cache_out.write(memoryview(config.get_timing_cache().serialize()))
 
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(serialized)

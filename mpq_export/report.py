@@ -188,3 +188,33 @@ def write_report(report: dict, out_dir: str, importance_per_t: dict | None = Non
         json.dump(report, f, indent=2)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(render_markdown(report))
+
+
+def write_pareto(out_root: str, reports: list[dict]) -> None:
+    """For --budget lists: summary.json / summary.md and pareto.png (quality vs average bits)."""
+    plt = _plt()
+    rows = sorted(({"budget": r["budget"], "achieved_bits": r["achieved_bits"], "folder": os.path.basename(os.path.dirname(r["output_model"])),
+                    "mean_sqnr_db": r["validation"]["mean_sqnr_db"], "sample_psnr_db": r["validation"]["sample_psnr_db"],
+                    "method": r["allocation"]["method"], "scorer": r["allocation"]["scorer"]} for r in reports),
+                  key=lambda x: x["achieved_bits"])
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    bits = [r["achieved_bits"] for r in rows]
+    ax.plot(bits, [r["mean_sqnr_db"] for r in rows], "o-", label="mean noise SQNR (dB)")
+    ax.plot(bits, [r["sample_psnr_db"] for r in rows], "s-", label="final-sample PSNR vs FP32 (dB)")
+    ax.set_xlabel("average weight bits")
+    ax.set_ylabel("dB")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("quality vs size, one calibration")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_root, "pareto.png"), dpi=110)
+    plt.close(fig)
+    with open(os.path.join(out_root, "summary.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    md = ["# mpq-export budget sweep", "", "| budget | achieved bits | mean SQNR (dB) | sample PSNR (dB) | folder |",
+          "|---:|---:|---:|---:|---|"]
+    md += [f"| {r['budget']:g} | {r['achieved_bits']:.4f} | {r['mean_sqnr_db']:.2f} | {r['sample_psnr_db']:.2f} | "
+           f"[{r['folder']}]({r['folder']}/report.md) |" for r in rows]
+    md += ["", "![pareto](pareto.png)", ""]
+    with open(os.path.join(out_root, "summary.md"), "w") as f:
+        f.write("\n".join(md))
