@@ -242,11 +242,11 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
 def fp16_graph_validation(cfg, info, stats, shape):
     """The FP16 graph alone (no Q/DQ) against FP32: what the tensorrt target costs before quantizing."""
     from mpq_export.fp16_graph import to_fp16_graph
-    from mpq_export.quantize import _load_for_edit, save_model
+    from mpq_export.quantize import load_for_edit, save_model
 
     with tempfile.TemporaryDirectory(prefix="mpq-fp16-") as d:
         path = os.path.join(d, "model.fp16.onnx")
-        save_model(to_fp16_graph(_load_for_edit(info.path)), path)
+        save_model(to_fp16_graph(load_for_edit(info.path)), path)
         return validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
                         cfg.validation, cfg.calib_data, stats.settings.seq_len)
 

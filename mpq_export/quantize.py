@@ -139,7 +139,7 @@ def activation_scale(absmax: float) -> float:
     return max(float(absmax), 1e-6) / 127.0
 
 
-def _load_for_edit(path: str):
+def load_for_edit(path: str):
     """Load an ONNX model at opset >= 21 and IR >= 10 with its weights in memory."""
     import onnx
     from onnx import external_data_helper, version_converter
@@ -171,12 +171,16 @@ def save_model(model, path: str) -> None:
 
 
 def quantize(info: ModelInfo, allocation: BitAllocation, act_absmax: dict[str, float], out_path: str,
-             settings: QuantizeSettings) -> QuantizedModel:
-    """Write the Q/DQ model for `allocation` to out_path (the caller makes it atomic)."""
+             settings: QuantizeSettings, model=None) -> QuantizedModel:
+    """Write the Q/DQ model for `allocation` to out_path (the caller makes it atomic).
+
+    `model`: the FP32 model already loaded by `load_for_edit` (not modified), to skip reloading when
+    many variants of one model are written (the sensitivity scorer).
+    """
     import onnx_graphsurgeon as gs
 
     t0 = time.perf_counter()
-    model = _load_for_edit(info.path)
+    model = model if model is not None else load_for_edit(info.path)
     graph = gs.import_onnx(model)
     nodes = {n.name: n for n in graph.nodes}
     result = QuantizedModel(path=out_path, target=settings.target)
