@@ -1,0 +1,43 @@
+"""The sensitivity scorer on a model with a known answer."""
+
+import numpy as np
+import pytest
+
+import models
+from mpq_export.allocate import AllocationSettings, allocate
+from mpq_export.calibrate import CalibrationSettings, calibrate
+from mpq_export.layers import inspect_model
+from mpq_export.quantize import QuantizeSettings
+from mpq_export.sampler import NoiseSchedule
+from mpq_export.sensitivity import measure_sensitivity
+
+VICTIM = "mid_block.resnets.0.conv1"
+
+
+@pytest.fixture(scope="module")
+def sabotaged(tmp_path_factory):
+    """A UNet whose VICTIM conv has one huge weight per output channel: 4-bit per-channel scales then
+    round every other weight of that layer to zero, so the layer is far more sensitive than the rest."""
+    torch = pytest.importorskip("torch")
+    unet = models.tiny_unet2d(seed=5)
+    conv = dict(unet.named_modules())[VICTIM]
+    with torch.no_grad():
+        conv.weight[:, 0, 1, 1] = conv.weight.abs().amax(dim=(1, 2, 3)) * 30
+    path = models.export(unet, str(tmp_path_factory.mktemp("sabotaged")))
+    info = inspect_model(path)
+    stats = calibrate(info, CalibrationSettings(steps=10, timesteps=4, samples=8), NoiseSchedule())
+    return info, stats
+
+
+def test_artificially_sensitive_layer_gets_the_high_bits(sabotaged, tmp_path):
+    info, stats = sabotaged
+    s = AllocationSettings(budget=4.6)
+    sens = measure_sensitivity(info, stats, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
+    gain = {n: v["w4a8"] - v["w8a8"] for n, v in sens.scores.items() if "w4a8" in v}
+    assert max(gain, key=gain.get) == VICTIM
+    assert all(v["w8a8"] <= v.get("w4a8", v.get("w4a16", np.inf)) for v in sens.scores.values())
+    alloc = allocate(info.layers, s, sensitivity=sens.scores)
+    assert alloc.format_of(VICTIM).weight_bits == 8
+    assert alloc.achieved_bits <= 4.6
+    again = measure_sensitivity(info, stats, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
+    assert again.cached and again.scores == sens.scores
