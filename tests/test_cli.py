@@ -52,6 +52,11 @@ def test_conditional_unet_end_to_end_and_baselines(cond_unet_onnx, tmp_path):
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["stability"] and all(isinstance(v, int) for v in rep["stability"].values())
     assert "standard-normal" in (tmp_path / "o" / "report.md").read_text()
+    example = os.path.join(os.path.dirname(__file__), "..", "calib_data", "example_cond_unet.npz")
+    code, _, err = run_cli(cond_unet_onnx, "--budget", "6", "-o", tmp_path / "withdata", *FAST, "--calib-data", example)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "withdata" / "report.json").read_text())
+    assert rep["calibration"]["conditioning"].startswith("file") and "example_cond_unet.npz" in rep["calibration"]["conditioning"]
 
 
 def test_second_budget_reuses_the_calibration(unet_onnx, tmp_path):
