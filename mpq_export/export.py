@@ -45,7 +45,7 @@ def find_scheduler_config(unet_dir: str) -> str | None:
 def export_diffusers(unet_dir: str, out_path: str, opset: int = 17, seq_len: int = 77) -> ExportResult:
     """Export a diffusers UNet2DModel / UNet2DConditionModel folder to ONNX at out_path."""
     try:
-        import torch
+        import torch  # noqa: F401  (diffusers needs it; a clear message when it is missing)
         import diffusers
     except ImportError:
         raise MPQError("exporting a diffusers folder needs torch and diffusers: pip install 'mpq-export[torch]'") from None

@@ -23,7 +23,7 @@ from mpq_export.layers import ModelInfo, inspect_model
 from mpq_export.orm import LayerImportance, OrmSettings, compute_importance
 from mpq_export.progress import log
 from mpq_export.quantize import QuantizeSettings, count_weight_bits, quantize
-from mpq_export.sampler import DDIMSampler, NoiseSchedule
+from mpq_export.sampler import NoiseSchedule
 from mpq_export.validate import ValidationSettings, validate
 
 IMPORTANCES = ("orm", "sensitivity")
@@ -184,8 +184,8 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     out_dirs = [os.path.join(out_root, f"budget-{b:g}") if multi else out_root for b in cfg.budgets]
     for o in out_dirs:
         _check_out_dir(o)
-    if multi:
-        _check_out_dir(out_root) if not os.path.isdir(out_root) else None
+    if multi and os.path.exists(out_root) and not os.path.isdir(out_root):
+        raise MPQError(f"output path {out_root} exists and is not a folder; choose another -o")
 
     t = time.perf_counter()
     info = inspect_model(model_path, cfg.sample_name, cfg.timestep_name)
@@ -311,11 +311,9 @@ def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings,
             timings["build"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        sampler = DDIMSampler(stats.schedule, stats.settings.steps)
         val = validate(info, q_path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
                        cfg.validation, cfg.calib_data, stats.settings.seq_len)
         timings["validate"] = time.perf_counter() - t
-        del sampler
         np.savez(os.path.join(tmp, "validation_inputs.npz"), **val.inputs)
         pg = polygraphy_check.write_files(tmp, out, info, model_path)
         if cfg.sample_grid:

@@ -15,7 +15,6 @@ realises the same choices the way TensorRT builds them (module `mpq_export.trt_g
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -141,7 +140,6 @@ def activation_scale(absmax: float) -> float:
 
 def load_for_edit(path: str):
     """Load an ONNX model at opset >= 21 and IR >= 10 with its weights in memory."""
-    import onnx
     from onnx import external_data_helper, version_converter
 
     model = load_onnx(path, load_weights=False)  # convert the graph before pulling GBs of weights

@@ -112,7 +112,7 @@ def render_markdown(r: dict) -> str:
         + (f"; engine storage: {r['storage_bits']:.4f} (INT4 convs stored as INT8 for TensorRT)" if r.get("storage_bits") != r["counted_bits"] else ""),
         f"- allocation: {r['allocation']['method']} (scorer: {r['allocation']['scorer']}), "
         f"solver: {r['allocation']['solver_status'] or 'n/a'}",
-        f"- formats: " + ", ".join(f"{k}: {c}" for k, c in sorted(r["format_counts"].items())),
+        "- formats: " + ", ".join(f"{k}: {c}" for k, c in sorted(r["format_counts"].items())),
         f"- calibration: {r['calibration']['steps']}-step DDIM ({r['calibration']['schedule']}), "
         f"K={r['calibration']['profiled_timesteps']} profiled steps, N={r['calibration']['samples']} samples, "
         f"conditioning: {r['calibration']['conditioning']}" + (" (cached)" if r["calibration"]["cached"] else ""),

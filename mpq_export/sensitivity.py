@@ -100,7 +100,6 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, alloc_settings
 
 def _probe_session(info: ModelInfo, act_absmax: dict[str, float], threads: int):
     """(session, FP32 weights by name, mask input name per layer) of the probe model."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from mpq_export.errors import MPQError
@@ -142,7 +141,6 @@ def _probe_session(info: ModelInfo, act_absmax: dict[str, float], threads: int):
                         {t.name for t in g.initializer})
     del g.node[:]
     g.node.extend(ordered)
-    from mpq_export.runtime import ort_session
 
     return ort_session(model.SerializeToString(), threads), weights, masks
 

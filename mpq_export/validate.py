@@ -67,8 +67,7 @@ def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, step
              seq_len: int | None = None, reference_path: str | None = None) -> ValidationResult:
     """Compare `quantized_path` with the FP32 model (`reference_path`, default the model itself)."""
     t0 = time.perf_counter()
-    ext = None
-    fp = ort_session(reference_path or info.path, settings.threads, ext)
+    fp = ort_session(reference_path or info.path, settings.threads)
     q = ort_session(quantized_path, settings.threads)
     n = settings.samples
     cond, _ = load_conditioning(info, calib_data, n, settings.seed, seq_len)
