@@ -44,6 +44,8 @@ def tensorrt_status() -> tuple[bool, str]:
         import tensorrt as trt  # noqa: F401
     except Exception as e:  # ImportError, or OSError from a missing libnvinfer
         return False, f"TensorRT is not installed here ({type(e).__name__}); pip install 'mpq-export[trt]' on a GPU machine"
+    if not hasattr(trt, "Builder"):  # e.g. only tensorrt-stubs' .pyi files: a namespace package, no library
+        return False, "TensorRT is not installed here (only its type stubs); pip install 'mpq-export[trt]' on a GPU machine"
     try:
         import tensorrt as trt
 

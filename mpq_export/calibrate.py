@@ -22,7 +22,7 @@ import numpy as np
 from mpq_export.errors import MPQError
 from mpq_export.layers import ModelInfo
 from mpq_export.progress import Progress, log
-from mpq_export.runtime import build_feeds, check_finite, load_conditioning, ort_session
+from mpq_export.runtime import build_feeds, check_finite, fixed_batch, load_conditioning, ort_session, run_model
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise
 
 CACHE_VERSION = 3
@@ -197,9 +197,10 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     sess = ort_session(model_bytes, settings.threads, ext_dir, low_memory=True)
 
     # one batch-1 call measures every fetched tensor, so groups can be sized to the memory budget
-    x_probe = initial_noise(settings.seed, 1, shape)
-    probe = sess.run(wanted, build_feeds(info, x_probe, int(sampler.timesteps[0]), cond))
-    per_sample = {name: int(a.nbytes) for name, a in zip(wanted, probe)}
+    probe_n = fixed_batch(info) or 1
+    x_probe = initial_noise(settings.seed, probe_n, shape)
+    probe = run_model(sess, info, wanted, x_probe, int(sampler.timesteps[0]), cond)
+    per_sample = {name: int(a.nbytes) // probe_n for name, a in zip(wanted, probe)}
     del probe
     groups = _group(wanted, per_sample, n, settings.mem_budget_mb)
     log.info("[calibrate] %d layers, %d activation tensors, %d fetch group(s) per profiled step, N=%d, K=%d of %d steps",
@@ -218,7 +219,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     def predict(x, t, i):
         feeds = build_feeds(info, x, t, cond)
         if i not in profiled_set:
-            (eps,) = sess.run([info.output], feeds)
+            (eps,) = run_model(sess, info, [info.output], x, t, cond)
             check_finite(eps, f"the model output at t={t}")
             return eps
         k = profiled_set[i]
@@ -229,7 +230,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
         eps = None
         for g, names in enumerate(groups):
             fetch = ([info.output] if g == 0 else []) + names
-            res = sess.run(fetch, feeds)
+            res = run_model(sess, info, fetch, x, t, cond)
             if g == 0:
                 eps, res = res[0], res[1:]
                 check_finite(eps, f"the model output at t={t}")

@@ -127,8 +127,12 @@ def _module_path(node, weight_name: str) -> str:
                 scopes = [s for s in ast.literal_eval(p.value) if s]
             except (ValueError, SyntaxError):
                 scopes = []
-            if scopes:
-                return ".".join(scopes)
+            # ['', 'm', 'm.down_blocks.1', ..., 'm.down_blocks.1.attentions.0.to_q', 'linear_4']: the last
+            # entry names the op, the one before is the module's full path (older torch: relative names)
+            modules = scopes[:-1]
+            if modules:
+                cumulative = all(b.startswith(a + ".") for a, b in zip(modules, modules[1:]))
+                return modules[-1] if cumulative else ".".join(modules)
     # 3. TorchScript exporter: node names are module paths, "/m/down_blocks.1/attentions.0/to_q/MatMul"
     if node.name.startswith("/") and node.name.count("/") >= 2:
         return ".".join(node.name.strip("/").split("/")[:-1])

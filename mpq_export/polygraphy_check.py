@@ -1,5 +1,9 @@
 """Polygraphy replay of the validation: a data-loader script and the exact `polygraphy run` commands.
 
+The quantized run uses onnxruntime's basic optimisation level: the Q/DQ pairs then run as the
+float quantize-dequantize they specify (TensorRT's semantics), and onnxruntime 1.32's
+MatMulAddFusion, which breaks INT8 Q/DQ before a MatMul + bias, stays out of the way.
+
 The script serves the held-back validation inputs (validation_inputs.npz, saved by the pipeline)
 one profiled timestep at a time. The comparison uses Polygraphy's statistic-based checks (SNR and
 cosine similarity of the noise prediction), with thresholds a good quantization passes and a
@@ -14,6 +18,7 @@ import subprocess
 import sys
 
 from mpq_export.layers import ModelInfo
+from mpq_export.runtime import fixed_batch
 
 SNR_THRESHOLD_DB = 10.0
 COSINE_THRESHOLD = 0.95
@@ -26,18 +31,22 @@ import numpy as np
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE, TIMESTEP, TIMESTEP_RANK, TIMESTEP_DTYPE = {sample!r}, {timestep!r}, {t_rank}, {t_dtype!r}
 CONDITIONING = {cond!r}
+FIXED_BATCH = {fixed_batch!r}  # the model's batch size when it was exported with a fixed one
 
 
 def load_data():
     with np.load(os.path.join(_HERE, "validation_inputs.npz")) as z:
         xs, ts = z[SAMPLE], z["timesteps"]
         cond = {{name: z[name] for name in CONDITIONING}}
-    for x, t in zip(xs, ts):
-        n = x.shape[0]
-        feed = {{SAMPLE: x.astype(np.float32),
-                 TIMESTEP: (np.full((n,), t) if TIMESTEP_RANK else np.array(t)).astype(TIMESTEP_DTYPE)}}
-        feed.update({{name: c[:n] for name, c in cond.items()}})
-        yield feed
+    for x_all, t in zip(xs, ts):
+        step = FIXED_BATCH or len(x_all)
+        for i in range(0, len(x_all) - step + 1, step):
+            x = x_all[i: i + step]
+            n = x.shape[0]
+            feed = {{SAMPLE: x.astype(np.float32),
+                     TIMESTEP: (np.full((n,), t) if TIMESTEP_RANK else np.array(t)).astype(TIMESTEP_DTYPE)}}
+            feed.update({{name: c[i: i + n] for name, c in cond.items()}})
+            yield feed
 '''
 
 
@@ -45,7 +54,8 @@ def write_files(tmp_dir: str, final_dir: str, info: ModelInfo, fp32_model: str) 
     """Write polygraphy_data.py into tmp_dir; return the commands (with final_dir paths) for the report."""
     with open(os.path.join(tmp_dir, "polygraphy_data.py"), "w") as f:
         f.write(_LOADER.format(sample=info.sample.name, timestep=info.timestep.name, t_rank=len(info.timestep.shape),
-                               t_dtype=info.timestep.dtype, cond=[c.name for c in info.conditioning]))
+                               t_dtype=info.timestep.dtype, cond=[c.name for c in info.conditioning],
+                               fixed_batch=fixed_batch(info)))
     return {"commands": commands(final_dir, fp32_model), "snr_threshold_db": SNR_THRESHOLD_DB,
             "cosine_threshold": COSINE_THRESHOLD}
 
@@ -60,8 +70,8 @@ def commands(out_dir: str, fp32_model: str) -> dict[str, str]:
     return {
         "CPU: FP32 ONNX vs quantized ONNX (onnxruntime)":
             f"polygraphy run {shlex.quote(os.path.abspath(fp32_model))} --onnxrt --data-loader-script {loader} "
-            f"--save-outputs {ref} && polygraphy run {q} --onnxrt --data-loader-script {loader} "
-            f"--load-outputs {ref} {check}",
+            f"--save-outputs {ref} && polygraphy run {q} --onnxrt --graph-optimization-level ORT_ENABLE_BASIC "
+            f"--data-loader-script {loader} --load-outputs {ref} {check}",
         "GPU: TensorRT engine of the quantized ONNX vs onnxruntime (needs TensorRT)":
             f"polygraphy run {q} --trt --onnxrt --data-loader-script {loader} {check}",
     }

@@ -31,7 +31,11 @@ def ort_session(model: str | bytes, threads: int = 0, external_data_dir: str | N
     if external_data_dir is not None:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", external_data_dir)
     try:
-        return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+        # MatMulAddFusion rewrites MatMul+bias into Reshape/Gemm and breaks INT8 Q/DQ on the MatMul's
+        # input ("output_dtype INT8 does not match y_zero_point type UINT8", onnxruntime 1.32, seen on
+        # torch dynamo exports); it only reshapes, so leaving it out changes no numbers
+        return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=["MatMulAddFusion"])
     except Exception as e:
         where = model if isinstance(model, str) else "the model"
         raise MPQError(f"onnxruntime cannot load {where}: {str(e).splitlines()[0][:300]}") from None
@@ -44,12 +48,43 @@ def timestep_feed(spec: InputSpec, t: int, batch: int) -> np.ndarray:
     return np.full((batch,), t, dtype=dtype)
 
 
-def build_feeds(info: ModelInfo, x: np.ndarray, t: int, cond: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def build_feeds(info: ModelInfo, x: np.ndarray, t: int, cond: dict[str, np.ndarray], offset: int = 0) -> dict[str, np.ndarray]:
+    """Model inputs for the samples x (rows offset .. offset + len(x) of the conditioning)."""
     feeds = {info.sample.name: x.astype(np.dtype(info.sample.dtype), copy=False),
              info.timestep.name: timestep_feed(info.timestep, t, x.shape[0])}
     for spec in info.conditioning:
-        feeds[spec.name] = cond[spec.name][: x.shape[0]]
+        feeds[spec.name] = cond[spec.name][offset: offset + x.shape[0]]
     return feeds
+
+
+def fixed_batch(info: ModelInfo) -> int | None:
+    """The batch size the model was exported with, when it is not dynamic."""
+    d = info.sample.shape[0] if info.sample.shape else None
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def run_model(sess, info: ModelInfo, names: list[str], x: np.ndarray, t: int, cond: dict[str, np.ndarray],
+              extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """sess.run for any number of samples: models exported with a fixed batch run in chunks of it
+    (the last chunk padded by repeating its last sample, then trimmed)."""
+    b = fixed_batch(info)
+    n = x.shape[0]
+    if b is None or b == n:
+        feeds = build_feeds(info, x, t, cond)
+        feeds.update(extra or {})
+        return sess.run(names, feeds)
+    chunks = []
+    for i in range(0, n, b):
+        xi = x[i: i + b]
+        pad = b - len(xi)
+        ci = {k: v[i: i + b] for k, v in cond.items()}
+        if pad:
+            xi = np.concatenate([xi, np.repeat(xi[-1:], pad, axis=0)])
+            ci = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in ci.items()}
+        feeds = build_feeds(info, xi, t, ci)
+        feeds.update(extra or {})
+        chunks.append(sess.run(names, feeds))
+    return [np.concatenate([c[k] for c in chunks])[:n] for k in range(len(names))]
 
 
 def load_conditioning(info: ModelInfo, path: str | None, n: int, seed: int,

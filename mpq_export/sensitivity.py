@@ -28,7 +28,7 @@ from mpq_export.calibrate import CalibrationStats
 from mpq_export.layers import ModelInfo
 from mpq_export.progress import Progress, log
 from mpq_export.quantize import QuantizeSettings, activation_scale, quantize_layer_weight
-from mpq_export.runtime import build_feeds, ort_session
+from mpq_export.runtime import ort_session, run_model
 
 DEFAULT_SAMPLES = 8  # of the N calibration samples: enough to rank layers, 4x cheaper than 32
 
@@ -83,9 +83,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, alloc_settings
                 extra[masks[i]] = np.array(1.0, dtype=np.float32)
             err = 0.0
             for k in range(K):
-                feeds = build_feeds(info, xs[k], int(stats.timesteps[k]), cond)
-                feeds.update(extra)
-                (eps,) = sess.run([info.output], feeds)
+                (eps,) = run_model(sess, info, [info.output], xs[k], int(stats.timesteps[k]), cond, extra)
                 err += w[k] * float(((eps - refs[k]) ** 2).sum()) / ref_energy[k]
             scores[names[i]][fmt.name] = err
             p.update(done, names[i])

@@ -18,7 +18,7 @@ import numpy as np
 
 from mpq_export.layers import ModelInfo
 from mpq_export.progress import Progress
-from mpq_export.runtime import build_feeds, check_finite, load_conditioning, ort_session
+from mpq_export.runtime import check_finite, load_conditioning, ort_session, run_model
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise
 
 
@@ -76,7 +76,7 @@ def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, step
     per_t, xs, ts = [], [], []
 
     def run(sess, x, t):
-        (out,) = sess.run([info.output], build_feeds(info, x, t, cond))
+        (out,) = run_model(sess, info, [info.output], x, t, cond)
         return out
 
     def predict_fp(x, t, i):

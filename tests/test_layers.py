@@ -63,3 +63,40 @@ def test_no_quantizable_layers(tmp_path):
     g = helper.make_graph([helper.make_node("Relu", ["sample"], ["y"])], "g", [x, t], [y])
     with pytest.raises(MPQError, match="no quantizable layers"):
         inspect_model(_save(g, tmp_path / "m.onnx"))
+
+
+def test_dynamo_exported_model_keeps_module_names_and_quantizes(tmp_path):
+    """torch's dynamo exporter names nodes node_MatMul_161; module paths come from node metadata."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    import models
+    from conftest import run_cli
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, sample, timestep):
+            return self.m(sample, timestep, return_dict=False)[0]
+
+    path = str(tmp_path / "dynamo.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapper(models.tiny_unet2d()).eval(), (torch.randn(2, 1, 16, 16), torch.full((2,), 10.0)), path,
+                          dynamo=True, input_names=["sample", "timestep"], output_names=["out_sample"])
+    info = inspect_model(path)
+    names = {l.name for l in info.layers}
+    assert {"conv_in", "down_blocks.0.resnets.0.conv1", "down_blocks.1.attentions.0.to_q", "mid_block.attentions.0.to_out.0",
+            "time_embedding.linear_1"} <= names
+    assert not any(n.startswith("node_") for n in names)
+    assert info.sample.shape[0] == 2  # this exporter fixed the batch: calibration runs in chunks of 2
+    out = tmp_path / "out"
+    code, _, err = run_cli(path, "--budget", "6", "-o", out, "--steps", "6", "--timesteps", "2",
+                           "--samples", "6", "--val-samples", "4", "--no-stability")
+    assert code == 0, err
+    from mpq_export.polygraphy_check import run_cpu_check
+
+    passed, tail = run_cpu_check(str(out), path)
+    assert passed, tail

@@ -92,7 +92,12 @@ def main() -> None:
     ap.add_argument("--budgets", default="4.5,5,6")
     ap.add_argument("--random", type=int, default=10)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"))
+    ap.add_argument("--table-only", action="store_true", help="print the Markdown table of an existing quality.json")
     args = ap.parse_args()
+    if args.table_only:
+        with open(os.path.join(args.out, "quality.json")) as f:
+            print(table(json.load(f)))
+        return
     t_start = time.perf_counter()
     budgets = [float(b) for b in args.budgets.split(",")]
     cache = default_cache_dir()
@@ -178,7 +183,25 @@ def main() -> None:
     with open(os.path.join(args.out, "quality.json"), "w") as f:
         json.dump(result, f, indent=1)
     plot(result, os.path.join(args.out, "quality.png"))
+    print(table(result))
     print(f"done in {result['seconds']:.0f}s -> {args.out}/quality.json, quality.png")
+
+
+def table(result) -> str:
+    """The Markdown quality table of a quality.json result."""
+    fp = result["fp32"]
+    lines = [f"FP32 reference: digits-feature FID {fp['fid']:.2f} +- {fp['fid_std']:.2f} ({result['samples']} samples).", "",
+             "| budget | method | avg bits | sample PSNR vs FP32 (dB) | mean noise SQNR (dB) | digits-feature FID |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        if r.get("psnr_range"):
+            psnr = f"{r['psnr']:.2f} [{r['psnr_range'][0]:.2f}, {r['psnr_range'][1]:.2f}]"
+            sq = f"{r['sqnr']:.2f} [{r['sqnr_range'][0]:.2f}, {r['sqnr_range'][1]:.2f}]"
+            fd = f"{r['fid']:.2f} [{r['fid_range'][0]:.2f}, {r['fid_range'][1]:.2f}]"
+        else:
+            psnr, sq, fd = f"{r['psnr']:.2f} +- {r['psnr_se']:.2f}", f"{r['sqnr']:.2f}", f"{r['fid']:.2f} +- {r['fid_std']:.2f}"
+        lines.append(f"| {r['budget']:g} | {r['method']} | {r['bits']:.3f} | {psnr} | {sq} | {fd} |")
+    return "\n".join(lines)
 
 
 def plot(result, path):
