@@ -70,10 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--importance", choices=("orm", "sensitivity"), default="orm",
                    help="orm: the paper's orthogonality metric; sensitivity: measured per-layer output error")
     g.add_argument("--bits", type=_ints, default=(4, 8), help="candidate weight bit-widths (4, 8, 16)")
-    g.add_argument("--keep-fp16", action="append", default=[], metavar="REGEX", help="pin matching layers to FP16 (repeatable)")
+    g.add_argument("--keep-fp16", action="append", default=[], metavar="REGEX",
+                   help="pin matching layers to FP16 (repeatable; conv_in always, unless --no-default-pins)")
     g.add_argument("--min8", action="append", default=None, metavar="REGEX",
                    help="hold matching layers at >= 8 bits (repeatable; default: conv_in, conv_out, time_embedding.*)")
-    g.add_argument("--no-default-pins", action="store_true", help="do not hold conv_in/conv_out/time_embedding at >= 8 bits")
+    g.add_argument("--no-default-pins", action="store_true",
+                   help="drop the default pins (conv_in FP16; conv_out and time_embedding >= 8 bits)")
     g.add_argument("--seed", type=int, default=0, help="seed of --allocation random")
     o = p.add_argument_group("ORM importance")
     o.add_argument("--orm-estimator", choices=("biased", "unbiased"), default="biased", help="linear-CKA estimator")
@@ -108,23 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args):
     """PipelineConfig from parsed arguments (imports the pipeline: call after parsing)."""
-    from mpq_export.allocate import DEFAULT_MIN8, AllocationSettings
+    from mpq_export.allocate import DEFAULT_KEEP_FP16, DEFAULT_MIN8, AllocationSettings
     from mpq_export.calibrate import CalibrationSettings
     from mpq_export.orm import OrmSettings
     from mpq_export.pipeline import PipelineConfig
     from mpq_export.quantize import QuantizeSettings
     from mpq_export.validate import ValidationSettings
 
-    min8 = () if args.no_default_pins else tuple(args.min8) if args.min8 is not None else DEFAULT_MIN8
-    if args.no_default_pins and args.min8:
-        min8 = tuple(args.min8)
+    defaults = not args.no_default_pins
+    min8 = tuple(args.min8 or ()) + (DEFAULT_MIN8 if defaults and args.min8 is None else ())
+    keep_fp16 = tuple(args.keep_fp16) + (DEFAULT_KEEP_FP16 if defaults else ())
     for name in ("steps", "timesteps", "samples", "val_samples", "calib_mem_mb"):
         if getattr(args, name) <= 0:
             raise MPQError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     return PipelineConfig(
         model=args.model, budgets=args.budget, out_dir=args.output,
         allocation=AllocationSettings(budget=args.budget[0], bits=args.bits, method=args.allocation, seed=args.seed,
-                                      keep_fp16=tuple(args.keep_fp16), min8=min8),
+                                      keep_fp16=keep_fp16, min8=min8),
         importance=args.importance,
         orm=OrmSettings(estimator=args.orm_estimator, alpha=args.alpha, beta=args.beta, agg=args.agg),
         calibration=CalibrationSettings(steps=args.steps, timesteps=args.timesteps, samples=args.samples,

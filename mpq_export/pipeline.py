@@ -315,7 +315,7 @@ def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings,
                        cfg.validation, cfg.calib_data, stats.settings.seq_len)
         timings["validate"] = time.perf_counter() - t
         np.savez(os.path.join(tmp, "validation_inputs.npz"), **val.inputs)
-        pg = polygraphy_check.write_files(tmp, out, info, model_path)
+        pg = polygraphy_check.write_files(tmp, out, info, model_path, stats.schedule.num_train_timesteps)
         if cfg.sample_grid:
             sample_grid(val.samples_fp32, val.samples_quant, os.path.join(tmp, "samples.png"),
                         f"FP32 (top) vs {alloc.method} {alloc.achieved_bits:.2f} bits (bottom), same seeds")

@@ -143,7 +143,9 @@ def render_markdown(r: dict) -> str:
         lines += ["", f"TensorRT rule check: {r['check']}"]
     if r.get("polygraphy"):
         pg = r["polygraphy"]
-        lines += ["", "## Polygraphy", "", "Replay the comparison (inputs: the held-back validation steps):", ""]
+        lines += ["", "## Polygraphy", "", f"Replay the comparison on the held-back validation steps with t >= {pg.get('min_t', 0)} "
+                  f"(per step: SNR >= {pg['snr_threshold_db']:g} dB, cosine >= {pg['cosine_threshold']:g}; the steps nearest "
+                  "t = 0, where the noise prediction is fragile but barely reaches the sample, are covered by the table above):", ""]
         for name, cmd in pg["commands"].items():
             lines += [f"{name}:", "", "```", cmd, "```", ""]
         if pg.get("cpu_result"):

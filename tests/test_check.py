@@ -63,13 +63,14 @@ def test_printed_polygraphy_cpu_command_passes(trt_out, unet_onnx):
 
 
 def test_polygraphy_command_fails_a_broken_quantization(trt_out, unet_onnx, tmp_path):
-    """A scale 1000x too large on the network input must fail the same thresholds."""
+    """Activation scales 1000x too large (everything rounds to 0) must fail the same thresholds."""
     broken = tmp_path / "broken"
     shutil.copytree(trt_out, broken)
     m = onnx.load(str(broken / "model.mpq.onnx"))
-    for init in m.graph.initializer:
-        if init.name == "sample_act_scale":
-            init.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(init) * 1000).astype(np.float16), init.name))
+    scales = [i for i in m.graph.initializer if i.name.endswith("_act_scale")]
+    assert scales
+    for init in scales:
+        init.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(init) * 1000).astype(np.float16), init.name))
     onnx.save(m, str(broken / "model.mpq.onnx"))
     passed, tail = run_cpu_check(str(broken), unet_onnx)
     assert not passed, tail
