@@ -139,6 +139,16 @@ def reachable_range(layers: list[QuantLayer], cands: list[list[Format]]) -> tupl
     return float((p * lo).sum() / p.sum()), float((p * hi).sum() / p.sum())
 
 
+def check_budget(layers: list[QuantLayer], settings: AllocationSettings, budget: float,
+                 cands: list[list[Format]] | None = None) -> None:
+    """One-line error when no allocation can meet `budget`, stating the reachable range."""
+    lo, hi = reachable_range(layers, cands if cands is not None else candidates(layers, settings)[0])
+    if budget < lo - 1e-9 or budget > hi + 1e-9:
+        bits_txt = ",".join(map(str, sorted(set(settings.bits))))
+        raise MPQError(f"--budget {budget:g} is outside what this model can reach with --bits {bits_txt} "
+                       f"and its pins: {lo:.3f} to {hi:.3f} average weight bits; pick a budget in that range")
+
+
 @contextlib.contextmanager
 def _quiet_stdout():
     """HiGHS prints a banner on construction even with output_flag off (FACTS.md)."""
@@ -232,11 +242,7 @@ def allocate(layers: list[QuantLayer], settings: AllocationSettings, theta: np.n
     (layer -> format name -> measured error, minimised) drives the 'mpq' method."""
     t0 = time.perf_counter()
     cands, pins = candidates(layers, settings)
-    lo, hi = reachable_range(layers, cands)
-    bits_txt = ",".join(map(str, sorted(set(settings.bits))))
-    if settings.budget < lo - 1e-9 or settings.budget > hi + 1e-9:
-        raise MPQError(f"--budget {settings.budget:g} is outside what this model can reach with --bits {bits_txt} "
-                       f"and its pins: {lo:.3f} to {hi:.3f} average weight bits; pick a budget in that range")
+    check_budget(layers, settings, settings.budget, cands)
     params = [l.params for l in layers]
     capacity = int(np.floor(settings.budget * sum(params) + 1e-6))
     names = [l.name for l in layers]

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from mpq_export.allocate import AllocationSettings, BitAllocation, allocate
+from mpq_export.allocate import AllocationSettings, BitAllocation, allocate, check_budget
 from mpq_export.calibrate import CalibrationSettings, CalibrationStats, calibrate, sample_shape
 from mpq_export.errors import MPQError
 from mpq_export.layers import ModelInfo, inspect_model
@@ -193,16 +193,8 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     log.info("[inspect] %d quantizable layers, %d weight parameters; inputs: sample=%s timestep=%s%s",
              len(info.layers), info.total_params, info.sample.name, info.timestep.name,
              "".join(f" {c.name}" for c in info.conditioning))
-    # validate the budget range before the expensive part
-    from mpq_export.allocate import candidates, reachable_range
-
-    cands, _ = candidates(info.layers, cfg.allocation)
-    lo, hi = reachable_range(info.layers, cands)
-    for b in cfg.budgets:
-        if b < lo - 1e-9 or b > hi + 1e-9:
-            bits_txt = ",".join(map(str, sorted(set(cfg.allocation.bits))))
-            raise MPQError(f"--budget {b:g} is outside what this model can reach with --bits {bits_txt} and its pins: "
-                           f"{lo:.3f} to {hi:.3f} average weight bits; pick a budget in that range")
+    for b in cfg.budgets:  # before the expensive part
+        check_budget(info.layers, cfg.allocation, b)
 
     schedule = NoiseSchedule.from_config(sched_path)
     t = time.perf_counter()
