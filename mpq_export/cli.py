@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop the default pins (conv_in FP16; conv_out and time_embedding >= 8 bits)")
     g.add_argument("--seed", type=int, default=0, help="seed of --allocation random")
     o = p.add_argument_group("ORM importance")
-    o.add_argument("--orm-estimator", choices=("biased", "unbiased"), default="biased", help="linear-CKA estimator")
+    o.add_argument("--orm-estimator", choices=("biased", "unbiased"), default="unbiased",
+                   help="linear-CKA estimator: unbiased HSIC (default, see docs/quality.md) or OMPQ's biased one")
     o.add_argument("--alpha", type=float, default=1.0, help="timestep weight w_t = exp(-alpha t / T)")
     o.add_argument("--beta", type=float, default=None, help="theta = exp(-beta gamma); default 1/std(gamma)")
     o.add_argument("--agg", choices=("mean-of-exp", "exp-of-mean"), default="mean-of-exp", help="aggregation over timesteps")

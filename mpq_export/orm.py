@@ -26,7 +26,7 @@ _DEGENERATE_RTOL = 1e-7  # centred Gram norm relative to the raw one below which
 
 @dataclass(frozen=True)
 class OrmSettings:
-    estimator: str = "biased"
+    estimator: str = "unbiased"  # decided by docs/quality.md: better than or equal to biased at every budget
     alpha: float = 1.0  # timestep weighting w_t = exp(-alpha t / T); 0 = plain mean
     beta: float | None = None  # None: 1 / std(gamma), so beta * std(gamma) = 1
     agg: str = "mean-of-exp"

@@ -41,7 +41,7 @@ def test_budget_sweep_quality_rises_and_the_budget_holds(unet_onnx, tmp_path):
 
 def test_conditional_unet_end_to_end_and_baselines(cond_unet_onnx, tmp_path):
     for extra in ([], ["--allocation", "uniform"], ["--allocation", "random", "--seed", "3"],
-                  ["--orm-estimator", "unbiased", "--agg", "exp-of-mean"]):
+                  ["--orm-estimator", "biased", "--agg", "exp-of-mean"]):
         out = tmp_path / ("o" + "_".join(extra))
         code, _, err = run_cli(cond_unet_onnx, "--budget", "6", "-o", out, *FAST, *extra)
         assert code == 0, err

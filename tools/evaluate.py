@@ -4,8 +4,8 @@ bundled trained digits DDPM. Writes docs/quality.md, docs/quality.json and docs/
 
 For budgets 4.5, 5 and 6 average weight bits (and W8A8 everywhere but the FP16 conv_in, as a reference point), with one
 calibration, one set of seeds and one sampler (50-step DDIM) for every method:
-  orm            the paper's scorer (biased linear-CKA ORM), the 0/1 program
-  orm-unbiased   the same with the unbiased HSIC estimator
+  orm            the paper's scorer (OMPQ's biased linear-CKA ORM), the 0/1 program
+  orm-unbiased   the same with the unbiased HSIC estimator (mpq-export's default since this table)
   sensitivity    measured per-layer output error (`--importance sensitivity`), minimised
   uniform        every unpinned layer at the largest candidate <= budget (W4A8 with 8-bit pins)
   smallest-first 8 bits to the smallest layers first until the budget is used
@@ -147,7 +147,7 @@ def main() -> None:
         return {"bits": alloc.achieved_bits, "psnr": float(psnr.mean()), "psnr_se": float(psnr.std() / np.sqrt(n)),
                 "sqnr": float(np.mean(sq)), **metrics(final_q)}
 
-    imp_b = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(), 1000)
+    imp_b = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(estimator="biased"), 1000)
     imp_u = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(estimator="unbiased"), 1000)
     t = time.perf_counter()
     sens = measure_sensitivity(info, stats, AllocationSettings(budget=8), qs, OrmSettings().alpha, cache)
