@@ -102,8 +102,9 @@ def _prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> tuple[str, str
         p = os.path.join(cfg.model, name)
         if os.path.isfile(p):
             h.update(name.encode())
-            with open(p, "rb") as f:
-                h.update(hashlib.sha256(f.read()).digest())
+            with open(p, "rb") as f:  # chunked: SD-sized weights are GBs
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    h.update(chunk)
     folder = os.path.join(cache_dir or tempfile.mkdtemp(prefix="mpq-export-"), f"export-{h.hexdigest()[:20]}")
     onnx_path = os.path.join(folder, "model.onnx")
     sched = cfg.scheduler_config or find_scheduler_config(cfg.model)
