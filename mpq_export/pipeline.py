@@ -24,7 +24,7 @@ from mpq_export.orm import LayerImportance, OrmSettings, compute_importance
 from mpq_export.progress import log
 from mpq_export.quantize import QuantizeSettings, count_weight_bits, quantize
 from mpq_export.sampler import NoiseSchedule
-from mpq_export.validate import ValidationSettings, validate
+from mpq_export.validate import ValidationSettings, fp32_reference, validate
 
 IMPORTANCES = ("orm", "sensitivity")
 BUILD_MODES = ("auto", "yes", "no")
@@ -215,14 +215,18 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         timings["sensitivity"] = time.perf_counter() - t
 
     shape = sample_shape(info, cfg.calibration.resolution)
+    t = time.perf_counter()
+    ref = fp32_reference(info, stats.schedule, stats.settings.steps, stats.step_indices, shape, cfg.validation,
+                         cfg.calib_data, stats.settings.seq_len)  # one FP32 run serves every comparison below
+    timings["fp32_reference"] = time.perf_counter() - t
     fp16_val = None
     if cfg.quantize.target == "tensorrt":
         t = time.perf_counter()
-        fp16_val = fp16_graph_validation(cfg, info, stats, shape)
+        fp16_val = fp16_graph_validation(cfg, info, stats, shape, ref)
         timings["fp16_graph_validation"] = time.perf_counter() - t
     results = []
     for budget, out in zip(cfg.budgets, out_dirs):
-        res = _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, dict(timings), model_path, fp16_val)
+        res = _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, dict(timings), model_path, ref, fp16_val)
         results.append(res)
     if multi:
         from mpq_export.report import write_pareto
@@ -232,7 +236,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
                           out_root=out_root)
 
 
-def fp16_graph_validation(cfg, info, stats, shape):
+def fp16_graph_validation(cfg, info, stats, shape, ref):
     """The FP16 graph alone (no Q/DQ) against FP32: what the tensorrt target costs before quantizing."""
     from mpq_export.fp16_graph import to_fp16_graph
     from mpq_export.quantize import load_for_edit, save_model
@@ -241,17 +245,17 @@ def fp16_graph_validation(cfg, info, stats, shape):
         path = os.path.join(d, "model.fp16.onnx")
         save_model(to_fp16_graph(load_for_edit(info.path)), path)
         return validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
-                        cfg.validation, cfg.calib_data, stats.settings.seq_len)
+                        cfg.validation, reference=ref)
 
 
-def compare_targets(cfg, info, stats, alloc, shape, trt_val, fp16_val) -> dict:
+def compare_targets(cfg, info, stats, alloc, shape, trt_val, fp16_val, ref) -> dict:
     """Validation of the same allocation realised for the onnxruntime target (FP32 graph), and of the
     FP16 graph alone, next to the tensorrt target's figures."""
     with tempfile.TemporaryDirectory(prefix="mpq-ort-") as d:
         path = os.path.join(d, "model.ort.onnx")
         quantize(info, alloc, stats.act_absmax, path, replace(cfg.quantize, target="onnxruntime"))
         ort_val = validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
-                           cfg.validation, cfg.calib_data, stats.settings.seq_len)
+                           cfg.validation, reference=ref)
 
     def row(v):
         return {"mean_sqnr_db": v.mean_sqnr_db, "mean_cosine": v.mean_cosine, "sample_psnr_db": v.sample_psnr_db}
@@ -261,7 +265,7 @@ def compare_targets(cfg, info, stats, alloc, shape, trt_val, fp16_val) -> dict:
             "FP16 graph alone (no quantization)": row(fp16_val)}
 
 
-def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings, model_path, fp16_val=None) -> BudgetResult:
+def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings, model_path, ref, fp16_val=None) -> BudgetResult:
     from mpq_export import polygraphy_check
     from mpq_export.report import sample_grid, write_report
 
@@ -305,7 +309,7 @@ def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings,
 
         t = time.perf_counter()
         val = validate(info, q_path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
-                       cfg.validation, cfg.calib_data, stats.settings.seq_len)
+                       cfg.validation, reference=ref)
         timings["validate"] = time.perf_counter() - t
         np.savez(os.path.join(tmp, "validation_inputs.npz"), **val.inputs)
         pg = polygraphy_check.write_files(tmp, out, info, model_path, stats.schedule.num_train_timesteps)
@@ -353,7 +357,7 @@ def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings,
                             "conditioning": stats.conditioning_source, "cached": stats.cached,
                             "seconds": stats.seconds, "settings": asdict(stats.settings)},
             "validation": val.to_json(), "polygraphy": pg, "engine": engine, "notes": notes, "check": checker,
-            "validation_compare": compare_targets(cfg, info, stats, alloc, shape, val, fp16_val) if cfg.quantize.target == "tensorrt" else None,
+            "validation_compare": compare_targets(cfg, info, stats, alloc, shape, val, fp16_val, ref) if cfg.quantize.target == "tensorrt" else None,
             "stability": (allocation_stability(info, stats, cfg.orm, imp, alloc_settings, alloc)
                           if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer == "orm" else None),
             "timings": timings,

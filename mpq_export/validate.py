@@ -62,42 +62,67 @@ def psnr_db(ref: np.ndarray, test: np.ndarray, peak: float) -> float:
     return float(10 * np.log10(peak ** 2 / max(mse, 1e-30)))
 
 
-def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, steps: int, profiled: np.ndarray,
-             sample_shape: tuple[int, ...], settings: ValidationSettings, calib_data: str | None = None,
-             seq_len: int | None = None, reference_path: str | None = None) -> ValidationResult:
-    """Compare `quantized_path` with the FP32 model (`reference_path`, default the model itself)."""
-    t0 = time.perf_counter()
-    fp = ort_session(reference_path or info.path, settings.threads)
-    q = ort_session(quantized_path, settings.threads)
-    n = settings.samples
-    cond, _ = load_conditioning(info, calib_data, n, settings.seed, seq_len)
-    sampler = DDIMSampler(schedule, steps)
+@dataclass
+class FP32Reference:
+    """The FP32 model's trajectory on the held-back seeds: computed once, compared with many models."""
+    xs: np.ndarray  # [K, n, ...] x_t at the profiled steps
+    timesteps: np.ndarray  # [K]
+    eps: np.ndarray  # [K, n, ...] FP32 output at those x_t
+    final: np.ndarray  # [n, ...] final samples
+    x_T: np.ndarray
+    cond: dict[str, np.ndarray]
+
+
+def fp32_reference(info: ModelInfo, schedule: NoiseSchedule, steps: int, profiled: np.ndarray,
+                   sample_shape: tuple[int, ...], settings: ValidationSettings, calib_data: str | None = None,
+                   seq_len: int | None = None) -> FP32Reference:
+    fp = ort_session(info.path, settings.threads)
+    cond, _ = load_conditioning(info, calib_data, settings.samples, settings.seed, seq_len)
     profiled_set = {int(i) for i in profiled}
-    per_t, xs, ts = [], [], []
+    xs, ts, eps_k = [], [], []
 
-    def run(sess, x, t):
-        (out,) = run_model(sess, info, [info.output], x, t, cond)
-        return out
-
-    def predict_fp(x, t, i):
-        eps = run(fp, x, t)
+    def predict(x, t, i):
+        (eps,) = run_model(fp, info, [info.output], x, t, cond)
         check_finite(eps, f"the FP32 output at t={t}")
         if i in profiled_set:
-            eq = run(q, x, t)
-            per_t.append({"t": t, "sqnr_db": sqnr_db(eps, eq), "cosine": cosine(eps, eq),
-                          "max_abs_err": float(np.abs(eps - eq).max())})
             xs.append(x.copy())
             ts.append(t)
+            eps_k.append(eps)
         return eps
 
-    x_T = initial_noise(settings.seed, n, sample_shape)
-    with Progress("validate", 2 * steps) as p:
-        final_fp = sampler.sample(x_T, predict_fp, on_step=lambda d: p.update(d, "FP32 steps"))
-        final_q = sampler.sample(x_T, lambda x, t, i: run(q, x, t), on_step=lambda d: p.update(steps + d, "quantized steps"))
+    x_T = initial_noise(settings.seed, settings.samples, sample_shape)
+    with Progress("validate: FP32 reference", steps) as p:
+        final = DDIMSampler(schedule, steps).sample(x_T, predict, on_step=lambda d: p.update(d, "steps"))
+    return FP32Reference(xs=np.stack(xs), timesteps=np.asarray(ts, dtype=np.int64), eps=np.stack(eps_k), final=final,
+                         x_T=x_T, cond=cond)
+
+
+def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, steps: int, profiled: np.ndarray,
+             sample_shape: tuple[int, ...], settings: ValidationSettings, calib_data: str | None = None,
+             seq_len: int | None = None, reference: FP32Reference | None = None) -> ValidationResult:
+    """Compare `quantized_path` with the FP32 model; pass `reference` to reuse one FP32 run."""
+    t0 = time.perf_counter()
+    ref = reference or fp32_reference(info, schedule, steps, profiled, sample_shape, settings, calib_data, seq_len)
+    q = ort_session(quantized_path, settings.threads)
+    n = len(ref.final)
+
+    def run(x, t):
+        (out,) = run_model(q, info, [info.output], x, t, ref.cond)
+        return out
+
+    per_t = []
+    for x, t, eps in zip(ref.xs, ref.timesteps, ref.eps):
+        eq = run(x, int(t))
+        per_t.append({"t": int(t), "sqnr_db": sqnr_db(eps, eq), "cosine": cosine(eps, eq),
+                      "max_abs_err": float(np.abs(eps - eq).max())})
+    with Progress("validate", steps) as p:
+        final_q = DDIMSampler(schedule, steps).sample(ref.x_T, lambda x, t, i: run(x, t),
+                                                      on_step=lambda d: p.update(d, "quantized steps"))
+    final_fp = ref.final
     peak = float(final_fp.max() - final_fp.min()) or 1.0
     per_sample = [psnr_db(final_fp[j], final_q[j], peak) for j in range(n)]
-    inputs = {info.sample.name: np.stack(xs), "timesteps": np.asarray(ts, dtype=np.int64)}
-    inputs.update({k: v for k, v in cond.items()})
+    inputs = {info.sample.name: ref.xs, "timesteps": ref.timesteps}
+    inputs.update({k: v for k, v in ref.cond.items()})
     return ValidationResult(
         per_timestep=per_t, mean_sqnr_db=float(np.mean([r["sqnr_db"] for r in per_t])),
         mean_cosine=float(np.mean([r["cosine"] for r in per_t])), sample_psnr_db=float(np.mean(per_sample)),
