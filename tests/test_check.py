@@ -160,6 +160,10 @@ def test_checker_passes_other_unet_configurations(variant, tmp_path, cond_unet_o
     assert code == 0, err
     for b in ("4.5", "6"):
         assert check_model(str(out / f"budget-{b}" / "model.mpq.onnx")) == []
+    summary = json.loads((out / "summary.json").read_text())  # one calibration, a Pareto summary over budgets
+    assert [r["budget"] for r in summary] == [4.5, 6.0]
+    assert summary[0]["achieved_bits"] < summary[1]["achieved_bits"] <= 6.0
+    assert (out / "pareto.png").exists() and "budget-6" in (out / "summary.md").read_text()
 
 
 def test_build_engine_yes_fails_clearly_without_tensorrt(unet_onnx, tmp_path):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import onnx
+import numpy as np
 import pytest
 from conftest import run_cli
 from onnx import TensorProto, helper
@@ -155,3 +156,16 @@ def test_help_is_fast_and_does_not_import_torch():
     assert p.returncode == 0, p.stderr
     p = subprocess.run([sys.executable, "-m", "mpq_export.cli", "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "--budget" in p.stdout
+
+
+def test_sensitivity_scorer_through_the_cli(unet_onnx, tmp_path):
+    out = tmp_path / "sens"
+    code, _, err = run_cli(unet_onnx, "--budget", "5", "-o", out, *FAST, "--importance", "sensitivity", "--no-stability")
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["allocation"]["scorer"] == "sensitivity" and rep["achieved_bits"] <= 5
+    eight = [l for l in rep["layers"] if l["format"] == "w8a8" and l["pin"] is None]
+    four = [l for l in rep["layers"] if l["format"] in ("w4a8", "w4a16")]
+    # the program bought 8 bits where the measured gain per parameter was largest
+    gain = lambda l: (max(v for k, v in l["sensitivity"].items() if k.startswith("w4")) - l["sensitivity"]["w8a8"]) / l["params"]
+    assert eight and four and np.median([gain(l) for l in eight]) > np.median([gain(l) for l in four])
