@@ -164,11 +164,17 @@ def render_markdown(r: dict) -> str:
         lines += [f"| {k} | {c} |" for k, c in s.items()]
     lines += ["", "## Timings", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {k} | {t:.2f} |" for k, t in r["timings"].items()]
-    lines += ["", "## Layers", "", "| # | layer | op | params | format | bits | importance | weight SQNR (dB) |",
-              "|---:|---|---|---:|---|---:|---:|---:|"]
+    sens = any(l.get("sensitivity") for l in r["layers"])
+    lines += ["", "## Layers", "", "| # | layer | op | params | format | bits | ORM importance |"
+              + (" sensitivity at 4 / 8 bits |" if sens else "") + " weight SQNR (dB) |",
+              "|---:|---|---|---:|---|---:|---:|" + ("---:|" if sens else "") + "---:|"]
     for i, l in enumerate(r["layers"]):
+        s = l.get("sensitivity") or {}
+        s4 = next((v for k, v in s.items() if k.startswith("w4")), None)
+        g = lambda v: "—" if v is None else f"{v:.3g}"  # noqa: E731
+        sens_cell = f" {g(s4)} / {g(s.get('w8a8'))} |" if sens else ""
         lines.append(f"| {i} | `{l['name']}` | {l['op_type']} | {l['params']:,} | {l['format']} | {l['weight_bits']} | "
-                     f"{l['importance']:.4g} | {_fmt(l.get('weight_sqnr_db'), 1)} |")
+                     f"{l['importance']:.4g} |{sens_cell} {_fmt(l.get('weight_sqnr_db'), 1)} |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r.get("plots", [])]
     return "\n".join(lines) + "\n"
 
