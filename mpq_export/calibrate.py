@@ -217,13 +217,13 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     profiled_set = {int(i): k for k, i in enumerate(profiled)}
 
     def predict(x, t, i):
-        feeds = build_feeds(info, x, t, cond)
         if i not in profiled_set:
             (eps,) = run_model(sess, info, [info.output], x, t, cond)
             check_finite(eps, f"the model output at t={t}")
             return eps
         k = profiled_set[i]
         xs[k] = x
+        feeds = build_feeds(info, x, t, cond)  # graph inputs' ranges (they are not fetched tensors)
         for name in (info.sample.name, *(c.name for c in info.conditioning)):
             if name in absmax:
                 absmax[name] = max(absmax[name], float(np.abs(feeds[name]).max()))
