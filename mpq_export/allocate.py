@@ -19,6 +19,7 @@ import numpy as np
 
 from mpq_export.errors import MPQError
 from mpq_export.layers import QuantLayer
+from mpq_export.targets import DEFAULT_TARGET, FP16, WHY_NOT, Format, check_target, format_for, formats_for
 
 METHODS = ("mpq", "uniform", "random", "smallest-first")
 # Layers the literature keeps at >= 8 bits: the first and last convs and the time embedding.
@@ -31,38 +32,6 @@ DEFAULT_KEEP_FP16 = (r"^conv_in$",)
 
 
 @dataclass(frozen=True)
-class Format:
-    name: str  # w4a8 | w4a16 | w8a8 | fp16
-    weight_bits: int  # what the budget counts
-    act_bits: int | None  # 8: the layer's input gets an INT8 per-tensor Q/DQ; None: left in float
-
-    @property
-    def quantized(self) -> bool:
-        return self.weight_bits < 16
-
-
-FP16 = Format("fp16", 16, None)
-
-
-def format_for(op_type: str, bits: int) -> Format:
-    """DESIGN.md's format table: 4-bit Conv is W4A8; 4-bit MatMul/Gemm is weight-only (W4A16)."""
-    if bits == 16:
-        return FP16
-    if bits == 8:
-        return Format("w8a8", 8, 8)
-    if bits == 4:
-        return Format("w4a8", 4, 8) if op_type in ("Conv", "ConvTranspose") else Format("w4a16", 4, None)
-    raise MPQError(f"unsupported bit-width {bits}; --bits takes 4, 8 and 16")
-
-
-def parse_format(name: str) -> Format:
-    for f in (FP16, Format("w8a8", 8, 8), Format("w4a8", 4, 8), Format("w4a16", 4, None)):
-        if f.name == name:
-            return f
-    raise MPQError(f"unknown format '{name}' (fp16, w8a8, w4a8, w4a16)")
-
-
-@dataclass(frozen=True)
 class AllocationSettings:
     budget: float
     bits: tuple[int, ...] = (4, 8)
@@ -70,8 +39,10 @@ class AllocationSettings:
     seed: int = 0
     keep_fp16: tuple[str, ...] = DEFAULT_KEEP_FP16  # regexes (re.search on the layer name) pinned to FP16
     min8: tuple[str, ...] = DEFAULT_MIN8  # regexes held at >= 8 bits
+    target: str = DEFAULT_TARGET  # whose format table the candidates come from (targets.py)
 
     def __post_init__(self):
+        check_target(self.target)
         if self.method not in METHODS:
             raise MPQError(f"--allocation must be one of {', '.join(METHODS)}, got '{self.method}'")
         bad = [b for b in self.bits if b not in (4, 8, 16)]
@@ -117,7 +88,7 @@ class BitAllocation:
 
 
 def candidates(layers: list[QuantLayer], settings: AllocationSettings) -> tuple[list[list[Format]], dict[str, str]]:
-    """Legal formats per layer after pins (smallest bits first)."""
+    """Legal formats per layer on the settings' target after pins (smallest bits first)."""
     out, pins = [], {}
     for l in layers:
         if any(re.search(rx, l.name) for rx in settings.keep_fp16):
@@ -128,7 +99,15 @@ def candidates(layers: list[QuantLayer], settings: AllocationSettings) -> tuple[
         if any(re.search(rx, l.name) for rx in settings.min8):
             bits = [b for b in bits if b >= 8] or [8]
             pins[l.name] = ">= 8 bits (sensitive layer)"
-        out.append([format_for(l.op_type, b) for b in bits])
+        fmts = [f for f in (format_for(l.op_type, b, settings.target) for b in bits) if f is not None]
+        if not fmts:
+            why = "; ".join(sorted({WHY_NOT[(settings.target, l.op_type, b)] for b in bits
+                                    if (settings.target, l.op_type, b) in WHY_NOT}))
+            have = ",".join(str(f.weight_bits) for f in formats_for(l.op_type, settings.target))
+            raise MPQError(f"--bits {','.join(map(str, bits))} leaves {l.op_type} layer {l.name} without a format on the "
+                           f"{settings.target} target{f' ({why})' if why else ''}; it stores {have} bits: add one of "
+                           f"them to --bits" + (" or use --target onnxruntime" if settings.target == "tensorrt" else ""))
+        out.append(fmts)
     return out, pins
 
 
@@ -141,12 +120,23 @@ def reachable_range(layers: list[QuantLayer], cands: list[list[Format]]) -> tupl
 
 def check_budget(layers: list[QuantLayer], settings: AllocationSettings, budget: float,
                  cands: list[list[Format]] | None = None) -> None:
-    """One-line error when no allocation can meet `budget`, stating the reachable range."""
+    """One-line error when no allocation can meet `budget`, stating the reachable range (and why, per target)."""
+    if not np.isfinite(budget):
+        raise MPQError(f"--budget must be a finite number of average weight bits, got {budget:g}")
     lo, hi = reachable_range(layers, cands if cands is not None else candidates(layers, settings)[0])
     if budget < lo - 1e-9 or budget > hi + 1e-9:
         bits_txt = ",".join(map(str, sorted(set(settings.bits))))
-        raise MPQError(f"--budget {budget:g} is outside what this model can reach with --bits {bits_txt} "
-                       f"and its pins: {lo:.3f} to {hi:.3f} average weight bits; pick a budget in that range")
+        why = ""
+        if budget < lo and settings.target == "tensorrt" and 4 in settings.bits:
+            from dataclasses import replace
+
+            ort_lo, _ = reachable_range(layers, candidates(layers, replace(settings, target="onnxruntime"))[0])
+            if ort_lo < lo - 1e-9:
+                why = (f" (TensorRT has no INT4 convolution, so convolutions store at least 8 bits; "
+                       f"--target onnxruntime stores 4-bit convolutions and reaches down to {ort_lo:.3f})")
+        raise MPQError(f"--budget {budget:g} is outside what this model can reach on the {settings.target} target with "
+                       f"--bits {bits_txt} and its pins: {lo:.3f} to {hi:.3f} average weight bits{why}; "
+                       f"pick a budget in that range")
 
 
 @contextlib.contextmanager

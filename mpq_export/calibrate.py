@@ -2,7 +2,8 @@
 
 At K evenly spaced steps of an S-step DDIM trajectory (N samples from fixed seeds) we keep, per
 quantizable layer, the N x N Gram matrix of its flattened output (float64; what ORM needs), and
-per activation tensor the largest |value| (the INT8 per-tensor scale). Raw activations are never
+per activation tensor a histogram of |x| with its max and energy (`act_ranges`: the INT8 clipping
+thresholds are chosen from these afterwards, by any method, without re-running). Raw activations are never
 kept: layer outputs are fetched a group at a time, each group sized to `mem_budget_mb`, and
 reduced to Grams at once. The sampler's own inputs at the profiled steps are kept too (they are
 small) so the sensitivity scorer and Polygraphy can reuse them without re-running the sampler.
@@ -19,13 +20,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from mpq_export.act_ranges import ActivationHistograms
 from mpq_export.errors import MPQError
 from mpq_export.layers import ModelInfo
 from mpq_export.progress import Progress, log
 from mpq_export.runtime import build_feeds, check_finite, fixed_batch, load_conditioning, ort_session, run_model
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class CalibrationStats:
     timesteps: np.ndarray  # [K] model timesteps t of the profiled steps
     step_indices: np.ndarray  # [K] indices into the sampler's steps
     grams: np.ndarray  # [K, L, N, N] float64, uncentred Y Y^T of each layer output
-    act_absmax: dict[str, float]  # activation tensor -> max |x| over all profiled steps
+    act_hist: ActivationHistograms  # per activation tensor and profiled step: |x| histogram, max, energy
     inputs: dict[str, np.ndarray]  # sample: [K, N, C, H, W]; conditioning name: [N, ...]
     outputs: np.ndarray  # [K, N, C, H, W] FP32 model output at each profiled x_t
     settings: CalibrationSettings
@@ -62,13 +64,14 @@ class CalibrationStats:
         return int(self.grams.shape[2])
 
     def save(self, path: str) -> None:
-        meta = {"layer_names": self.layer_names, "act_absmax": self.act_absmax, "settings": asdict(self.settings),
+        meta = {"layer_names": self.layer_names, "act_names": self.act_hist.names, "settings": asdict(self.settings),
                 "schedule": asdict(self.schedule), "conditioning_source": self.conditioning_source,
                 "model_sha256": self.model_sha256, "seconds": self.seconds, "version": CACHE_VERSION,
                 "input_names": sorted(self.inputs)}
         tmp = path + ".tmp.npz"
         np.savez(tmp, meta=np.array(json.dumps(meta)), timesteps=self.timesteps, step_indices=self.step_indices,
-                 grams=self.grams, outputs=self.outputs, **{f"in_{k}": v for k, v in self.inputs.items()})
+                 grams=self.grams, outputs=self.outputs, act_counts=self.act_hist.counts, act_amax=self.act_hist.amax,
+                 act_sumsq=self.act_hist.sumsq, **{f"in_{k}": v for k, v in self.inputs.items()})
         os.replace(tmp, path)  # never leave a truncated cache entry behind
 
     @classmethod
@@ -78,7 +81,8 @@ class CalibrationStats:
             s = meta["settings"]
             s["resolution"] = tuple(s["resolution"]) if s["resolution"] else None
             return cls(layer_names=meta["layer_names"], timesteps=z["timesteps"], step_indices=z["step_indices"],
-                       grams=z["grams"], act_absmax=meta["act_absmax"],
+                       grams=z["grams"], act_hist=ActivationHistograms(meta["act_names"], z["act_counts"],
+                                                                       z["act_amax"], z["act_sumsq"]),
                        inputs={k: z[f"in_{k}"] for k in meta["input_names"]}, outputs=z["outputs"],
                        settings=CalibrationSettings(**s), schedule=NoiseSchedule(**meta["schedule"]),
                        conditioning_source=meta["conditioning_source"], model_sha256=meta["model_sha256"],
@@ -208,7 +212,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
 
     L, K = len(info.layers), len(profiled)
     grams = np.zeros((K, L, n, n), dtype=np.float64)
-    absmax = {a: 0.0 for a in act_tensors}
+    hist = ActivationHistograms.empty(act_tensors, K)
     layer_index = {}
     for i, l in enumerate(info.layers):
         layer_index.setdefault(l.output, []).append(i)
@@ -225,8 +229,8 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
         xs[k] = x
         feeds = build_feeds(info, x, t, cond)  # graph inputs' ranges (they are not fetched tensors)
         for name in (info.sample.name, *(c.name for c in info.conditioning)):
-            if name in absmax:
-                absmax[name] = max(absmax[name], float(np.abs(feeds[name]).max()))
+            if name in hist:
+                hist.add(name, k, feeds[name])
         eps = None
         for g, names in enumerate(groups):
             fetch = ([info.output] if g == 0 else []) + names
@@ -241,8 +245,8 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
                     gram = y @ y.T
                     for li in layer_index[name]:
                         grams[k, li] = gram
-                if name in absmax:
-                    absmax[name] = max(absmax[name], float(np.abs(arr).max()))
+                if name in hist:
+                    hist.add(name, k, arr)
             del res
         outs[k] = eps
         return eps
@@ -253,7 +257,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
 
     stats = CalibrationStats(
         layer_names=[l.name for l in info.layers], timesteps=sampler.timesteps[profiled].copy(),
-        step_indices=profiled.astype(np.int64), grams=grams, act_absmax=absmax,
+        step_indices=profiled.astype(np.int64), grams=grams, act_hist=hist,
         inputs={info.sample.name: xs, **cond}, outputs=outs, settings=settings, schedule=schedule,
         conditioning_source=cond_source, model_sha256=sha, seconds=time.perf_counter() - t0)
     if cache_path:

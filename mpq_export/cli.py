@@ -1,6 +1,6 @@
 """The `mpq-export` command: a thin argparse layer over mpq_export.pipeline.run_pipeline.
 
-    mpq-export MODEL [--budget 4.5] [-o DIR] ...     quantize (ONNX file or diffusers UNet folder)
+    mpq-export MODEL --budget B [-o DIR] ...         quantize (ONNX file or diffusers UNet folder)
     mpq-export --demo [--budget B] [-o DIR]          the whole pipeline on the bundled trained model
     mpq-export check MODEL.mpq.onnx                  check a Q/DQ model against TensorRT's rules
 
@@ -14,7 +14,9 @@ import argparse
 import logging
 import sys
 
+from mpq_export.act_ranges import ACT_CALIB_METHODS, DEFAULT_ACT_CALIB
 from mpq_export.errors import MPQError
+from mpq_export.targets import DEFAULT_TARGET, TARGETS
 
 PROG = "mpq-export"
 
@@ -60,10 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="FP32 ONNX UNet (inputs sample, timestep[, encoder_hidden_states]) "
                    "or a diffusers UNet folder (config.json + weights)")
     p.add_argument("--demo", action="store_true", help="run on the bundled trained digits DDPM (needs the [torch] extra)")
-    p.add_argument("--budget", type=_floats, default=(4.5,), help="average weight bits; a comma list gives one output per budget")
+    p.add_argument("--budget", type=_floats, default=None,
+                   help="average stored weight bits (FP16 counts 16); a comma list gives one output per budget. "
+                        "A budget the model cannot reach on the target is refused with the reachable range. "
+                        "With --demo: 7.5 on tensorrt, 4.5 on onnxruntime")
     p.add_argument("-o", "--output", help="output folder (default ./<model>.mpq)")
-    p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt",
-                   help="tensorrt: FP16 graph + Q/DQ TensorRT builds; onnxruntime: FP32 graph + Q/DQ for its CPU kernels")
+    p.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET,
+                   help="tensorrt: FP16 graph + Q/DQ TensorRT builds (INT8 convs, INT4 weight-only GEMMs); "
+                        "onnxruntime: FP32 graph + Q/DQ for its CPU kernels (also INT4 convs)")
     g = p.add_argument_group("allocation")
     g.add_argument("--allocation", choices=("mpq", "uniform", "random", "smallest-first"), default="mpq",
                    help="mpq: the 0/1 program over the importance scores; others are baselines")
@@ -96,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timestep-name", default=None, help="name of the timestep input (default: detected)")
     c.add_argument("--cache-dir", default=None, help="calibration cache (default $MPQ_EXPORT_CACHE or ~/.cache/mpq-export)")
     c.add_argument("--no-cache", action="store_true", help="neither read nor write the calibration cache")
+    c.add_argument("--act-calib", choices=ACT_CALIB_METHODS, default=DEFAULT_ACT_CALIB,
+                   help="how each INT8 activation threshold is chosen from the calibration histograms (docs/quality.md)")
+    c.add_argument("--act-percentile", type=float, default=99.99, help="percentile of |x| for --act-calib percentile")
     c.add_argument("--calib-mem-mb", type=int, default=256, help="layer outputs fetched per onnxruntime call (MB)")
     v = p.add_argument_group("quantization, engine, validation")
     v.add_argument("--block-size", type=int, default=128, help="INT4 block size along K for MatMul/Gemm weights")
@@ -111,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args):
     """PipelineConfig from parsed arguments (imports the pipeline: call after parsing)."""
+    from mpq_export.act_ranges import ActCalibSettings
     from mpq_export.allocate import DEFAULT_KEEP_FP16, DEFAULT_MIN8, AllocationSettings
     from mpq_export.calibrate import CalibrationSettings
     from mpq_export.orm import OrmSettings
@@ -127,12 +137,13 @@ def config_from_args(args):
     return PipelineConfig(
         model=args.model, budgets=args.budget, out_dir=args.output,
         allocation=AllocationSettings(budget=args.budget[0], bits=args.bits, method=args.allocation, seed=args.seed,
-                                      keep_fp16=keep_fp16, min8=min8),
+                                      keep_fp16=keep_fp16, min8=min8, target=args.target),
         importance=args.importance,
         orm=OrmSettings(estimator=args.orm_estimator, alpha=args.alpha, beta=args.beta, agg=args.agg),
         calibration=CalibrationSettings(steps=args.steps, timesteps=args.timesteps, samples=args.samples,
                                         seed=args.calib_seed, resolution=args.resolution, seq_len=args.seq_len,
                                         mem_budget_mb=args.calib_mem_mb, threads=args.threads),
+        act_calib=ActCalibSettings(method=args.act_calib, percentile=args.act_percentile),
         validation=ValidationSettings(samples=args.val_samples, threads=args.threads),
         quantize=QuantizeSettings(target=args.target, block_size=args.block_size, clip_search=not args.no_clip_search),
         calib_data=args.calib_data, scheduler_config=args.scheduler_config,
@@ -172,13 +183,18 @@ def _main_run(argv: list[str]) -> int:
     if args.demo:
         if args.model:
             raise MPQError("--demo runs on the bundled model; drop the MODEL argument or drop --demo")
-        from mpq_export.demo import demo_model
+        from mpq_export.demo import DEMO_BUDGETS, demo_model
 
         args.model = demo_model()
+        if args.budget is None:
+            args.budget = (DEMO_BUDGETS[args.target],)
         if args.output is None:
             args.output = "demo.mpq"
     if not args.model:
         raise MPQError(f"give a model (an .onnx file or a diffusers UNet folder), or --demo; see {PROG} --help")
+    if args.budget is None:
+        raise MPQError("give --budget B, the average stored weight bits to aim for (e.g. 8 for W8A8 on tensorrt, "
+                       "4.5 on onnxruntime); an unreachable budget is answered with the model's range")
     cfg = config_from_args(args)
     from mpq_export.pipeline import run_pipeline
 

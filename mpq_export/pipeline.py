@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from mpq_export.act_ranges import ActCalibSettings, ActivationRanges, choose_ranges
 from mpq_export.allocate import AllocationSettings, BitAllocation, allocate, check_budget
 from mpq_export.calibrate import CalibrationSettings, CalibrationStats, calibrate, sample_shape
 from mpq_export.errors import MPQError
@@ -40,6 +41,7 @@ class PipelineConfig:
     importance: str = "orm"  # orm | sensitivity
     orm: OrmSettings = field(default_factory=OrmSettings)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    act_calib: ActCalibSettings = field(default_factory=ActCalibSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
     calib_data: str | None = None
@@ -60,7 +62,9 @@ class PipelineConfig:
         if not self.budgets:
             raise MPQError("give at least one --budget")
         if self.allocation is None:
-            self.allocation = AllocationSettings(budget=self.budgets[0])
+            self.allocation = AllocationSettings(budget=self.budgets[0], target=self.quantize.target)
+        # one target for the format table the allocator picks from and the graph quantize writes
+        self.allocation = replace(self.allocation, target=self.quantize.target)
 
 
 @dataclass
@@ -77,6 +81,7 @@ class PipelineResult:
     info: ModelInfo
     stats: CalibrationStats
     importance: LayerImportance | None
+    act_ranges: ActivationRanges
     results: list[BudgetResult]
     out_root: str
 
@@ -85,7 +90,7 @@ def default_cache_dir() -> str:
     return os.environ.get("MPQ_EXPORT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mpq-export")
 
 
-def _prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> tuple[str, str | None, list[str]]:
+def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> tuple[str, str | None, list[str]]:
     """(FP32 ONNX path, scheduler config, notes): exports a diffusers folder once per content hash."""
     from mpq_export.export import export_diffusers, find_scheduler_config, is_diffusers_folder
 
@@ -175,7 +180,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     timings: dict[str, float] = {}
     cache_dir = default_cache_dir() if cfg.cache_dir is None else (cfg.cache_dir or None)
     t = time.perf_counter()
-    model_path, sched_path, notes = _prepare_model(cfg, cache_dir)
+    model_path, sched_path, notes = prepare_model(cfg, cache_dir)
     notes = list(cfg.notes) + notes
     timings["export"] = time.perf_counter() - t
 
@@ -201,6 +206,11 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     t = time.perf_counter()
     stats = calibrate(info, cfg.calibration, schedule, cfg.calib_data, cache_dir)
     timings["calibrate"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ranges = choose_ranges(stats.act_hist, cfg.act_calib)
+    timings["activation_ranges"] = time.perf_counter() - t
+    log.info("[calibrate] activation ranges by %s: thresholds at %.2f of the observed max on average",
+             cfg.act_calib.method, ranges.clipped_fraction())
 
     imp = None
     sens = None
@@ -211,7 +221,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         from mpq_export.sensitivity import measure_sensitivity
 
         t = time.perf_counter()
-        sens = measure_sensitivity(info, stats, cfg.allocation, cfg.quantize, cfg.orm.alpha, cache_dir)
+        sens = measure_sensitivity(info, stats, ranges.amax, cfg.allocation, cfg.quantize, cfg.orm.alpha, cache_dir)
         timings["sensitivity"] = time.perf_counter() - t
 
     shape = sample_shape(info, cfg.calibration.resolution)
@@ -226,13 +236,14 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         timings["fp16_graph_validation"] = time.perf_counter() - t
     results = []
     for budget, out in zip(cfg.budgets, out_dirs):
-        res = _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, dict(timings), model_path, ref, fp16_val)
+        res = _run_budget(cfg, info, stats, ranges, imp, sens, budget, out, shape, notes, dict(timings), model_path,
+                          ref, fp16_val)
         results.append(res)
     if multi:
         from mpq_export.report import write_pareto
 
         write_pareto(out_root, [r.report for r in results])
-    return PipelineResult(model_path=model_path, info=info, stats=stats, importance=imp, results=results,
+    return PipelineResult(model_path=model_path, info=info, stats=stats, importance=imp, act_ranges=ranges, results=results,
                           out_root=out_root)
 
 
@@ -248,12 +259,12 @@ def fp16_graph_validation(cfg, info, stats, shape, ref):
                         cfg.validation, reference=ref)
 
 
-def compare_targets(cfg, info, stats, alloc, shape, trt_val, fp16_val, ref) -> dict:
+def compare_targets(cfg, info, stats, act_amax, alloc, shape, trt_val, fp16_val, ref) -> dict:
     """Validation of the same allocation realised for the onnxruntime target (FP32 graph), and of the
     FP16 graph alone, next to the tensorrt target's figures."""
     with tempfile.TemporaryDirectory(prefix="mpq-ort-") as d:
         path = os.path.join(d, "model.ort.onnx")
-        quantize(info, alloc, stats.act_absmax, path, replace(cfg.quantize, target="onnxruntime"))
+        quantize(info, alloc, act_amax, path, replace(cfg.quantize, target="onnxruntime"))
         ort_val = validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
                            cfg.validation, reference=ref)
 
@@ -265,7 +276,7 @@ def compare_targets(cfg, info, stats, alloc, shape, trt_val, fp16_val, ref) -> d
             "FP16 graph alone (no quantization)": row(fp16_val)}
 
 
-def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings, model_path, ref, fp16_val=None) -> BudgetResult:
+def _run_budget(cfg, info, stats, ranges, imp, sens, budget, out, shape, notes, timings, model_path, ref, fp16_val=None) -> BudgetResult:
     from mpq_export import polygraphy_check
     from mpq_export.report import sample_grid, write_report
 
@@ -286,9 +297,12 @@ def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings,
     try:
         q_path = os.path.join(tmp, OUTPUT_MODEL)
         t = time.perf_counter()
-        qm = quantize(info, alloc, stats.act_absmax, q_path, cfg.quantize)
+        qm = quantize(info, alloc, ranges.amax, q_path, cfg.quantize)
         timings["quantize"] = time.perf_counter() - t
         counted, _ = count_weight_bits(q_path, info)
+        if abs(counted - alloc.achieved_bits) > 1e-6:  # the budget, the report and the file count one number
+            raise MPQError(f"internal: the written model stores {counted:.4f} average weight bits, the allocation "
+                           f"{alloc.achieved_bits:.4f}")
         checker = None
         if cfg.quantize.target == "tensorrt":
             from mpq_export.check import check_model
@@ -325,9 +339,6 @@ def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings,
                            "importance": float(imp.theta[i]) if imp is not None else None,
                            "sensitivity": sens.scores[l.name] if sens is not None else None,
                            "weight_sqnr_db": qm.layer_storage[l.name]["weight_sqnr_db"], "pin": alloc.pins.get(l.name)})
-        storage_bits = sum((4 if qm.layer_storage[l.name]["weight_dtype"] == "int4" else
-                            8 if qm.layer_storage[l.name]["weight_dtype"] == "int8" else 16) * l.params
-                           for l in info.layers) / info.total_params
         fc: dict[str, int] = {}
         for f in alloc.formats:
             fc[f.name] = fc.get(f.name, 0) + 1
@@ -345,7 +356,7 @@ def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings,
             "tool": "mpq-export", "model": os.path.abspath(model_path), "input": os.path.abspath(cfg.model),
             "output_model": os.path.join(os.path.abspath(out), OUTPUT_MODEL),
             "budget": budget, "achieved_bits": alloc.achieved_bits, "counted_bits": counted,
-            "storage_bits": storage_bits, "within_budget": alloc.within_budget, "target": cfg.quantize.target,
+            "within_budget": alloc.within_budget, "target": cfg.quantize.target,
             "importance_method": cfg.importance if alloc.method == "mpq" else "none",
             "total_params": info.total_params, "format_counts": fc, "allocation": alloc.to_json(),
             "layers": layers, "importance": imp_json,
@@ -355,9 +366,12 @@ def _run_budget(cfg, info, stats, imp, sens, budget, out, shape, notes, timings,
             "calibration": {"steps": stats.settings.steps, "profiled_timesteps": len(stats.timesteps),
                             "samples": stats.n_samples, "seed": stats.settings.seed, "schedule": stats.schedule.source,
                             "conditioning": stats.conditioning_source, "cached": stats.cached,
-                            "seconds": stats.seconds, "settings": asdict(stats.settings)},
+                            "seconds": stats.seconds, "settings": asdict(stats.settings),
+                            "activation_ranges": {"method": ranges.settings.method, "settings": asdict(ranges.settings),
+                                                  "threshold_over_max_mean": ranges.clipped_fraction(),
+                                                  "amax": ranges.amax, "observed_max": ranges.observed_max}},
             "validation": val.to_json(), "polygraphy": pg, "engine": engine, "notes": notes, "check": checker,
-            "validation_compare": compare_targets(cfg, info, stats, alloc, shape, val, fp16_val, ref) if cfg.quantize.target == "tensorrt" else None,
+            "validation_compare": compare_targets(cfg, info, stats, ranges.amax, alloc, shape, val, fp16_val, ref) if cfg.quantize.target == "tensorrt" else None,
             "stability": (allocation_stability(info, stats, cfg.orm, imp, alloc_settings, alloc)
                           if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer == "orm" else None),
             "timings": timings,

@@ -23,8 +23,8 @@ import numpy as np
 from mpq_export.allocate import BitAllocation, Format
 from mpq_export.errors import MPQError
 from mpq_export.layers import ModelInfo, QuantLayer, load_onnx
+from mpq_export.targets import DEFAULT_TARGET, TENSORRT_INT4_BLOCK_SIZES, TARGETS, check_target, formats_for
 
-TARGETS = ("tensorrt", "onnxruntime")
 QDQ_OPSET = 21  # INT4 and blocked DequantizeLinear
 MIN_IR_VERSION = 10  # INT4 tensors
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf cannot serialise >2 GB in one message
@@ -32,16 +32,18 @@ _EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf cannot serialise >2 GB in o
 
 @dataclass(frozen=True)
 class QuantizeSettings:
-    target: str = "onnxruntime"
+    target: str = DEFAULT_TARGET
     block_size: int = 128  # INT4 block along K for MatMul/Gemm weights
     clip_search: bool = True  # MSE clipping search for weight scales (False: plain |max|)
     clip_grid: int = 20  # candidate clip ratios in [0.5, 1]
 
     def __post_init__(self):
-        if self.target not in TARGETS:
-            raise MPQError(f"--target must be one of {', '.join(TARGETS)}, got '{self.target}'")
+        check_target(self.target)
         if self.block_size < 2 or self.block_size % 2:
             raise MPQError(f"--block-size must be an even number >= 2, got {self.block_size}")
+        if self.target == "tensorrt" and self.block_size not in TENSORRT_INT4_BLOCK_SIZES:
+            raise MPQError(f"--block-size {self.block_size} cannot be built by TensorRT (INT4 blocks of "
+                           f"{' or '.join(map(str, TENSORRT_INT4_BLOCK_SIZES))}); use one of those or --target onnxruntime")
 
 
 @dataclass
@@ -133,9 +135,10 @@ def quantize_layer_weight(layer: QuantLayer, w: np.ndarray, fmt: Format, setting
     return quantize_weight(w, fmt.weight_bits, layer.weight_axis, clip_search=settings.clip_search, grid=settings.clip_grid)
 
 
-def activation_scale(absmax: float) -> float:
-    """INT8 per-tensor symmetric scale; strictly positive (a TensorRT rule, and 0 would divide by 0)."""
-    return max(float(absmax), 1e-6) / 127.0
+def activation_scale(amax: float) -> float:
+    """INT8 per-tensor symmetric scale of clipping threshold `amax` (act_ranges); strictly positive
+    (a TensorRT rule, and 0 would divide by 0)."""
+    return max(float(amax), 1e-6) / 127.0
 
 
 def load_for_edit(path: str):
@@ -168,10 +171,11 @@ def save_model(model, path: str) -> None:
     onnx.checker.check_model(path)  # a path, not a proto: works beyond 2 GB
 
 
-def quantize(info: ModelInfo, allocation: BitAllocation, act_absmax: dict[str, float], out_path: str,
+def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, float], out_path: str,
              settings: QuantizeSettings, model=None) -> QuantizedModel:
     """Write the Q/DQ model for `allocation` to out_path (the caller makes it atomic).
 
+    `act_amax`: activation tensor -> INT8 clipping threshold (act_ranges.choose_ranges).
     `model`: the FP32 model already loaded by `load_for_edit` (not modified), to skip reloading when
     many variants of one model are written (the sensitivity scorer).
     """
@@ -196,9 +200,9 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_absmax: dict[str, f
     def quantized_activation(name: str, tensor) -> gs.Variable:
         """One INT8 Q/DQ pair per activation tensor, shared by every consumer that wants it."""
         if name not in act_qdq:
-            if name not in act_absmax:
+            if name not in act_amax:
                 raise MPQError(f"internal: no calibrated range for activation '{name}'")
-            scale = activation_scale(act_absmax[name])
+            scale = activation_scale(act_amax[name])
             result.act_scales[name] = scale
             s = gs.Constant(f"{name}_act_scale", np.array(scale, dtype=float_dtype))
             zp = gs.Constant(f"{name}_act_zero_point", np.array(0, dtype=np.int8))
@@ -215,6 +219,9 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_absmax: dict[str, f
         node = nodes.get(layer.node_name)
         if node is None:
             raise MPQError(f"internal: node {layer.node_name} vanished after the opset conversion")
+        if fmt not in formats_for(layer.op_type, settings.target):
+            raise MPQError(f"format {fmt.name} of layer {layer.name} ({layer.op_type}) is not stored by the "
+                           f"{settings.target} target; allocate with target='{settings.target}'")
         if not fmt.quantized:
             result.layer_storage[layer.name] = {"format": fmt.name, "weight_dtype": "float", "storage_bits": 16,
                                                 "weight_sqnr_db": None}
@@ -223,7 +230,7 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_absmax: dict[str, f
         qw = quantize_layer_weight(layer, w, fmt, settings)
         from mpq_export.trt_graph import weight_storage
 
-        values, storage = weight_storage(qw, fmt, layer, settings.target)
+        values, storage = weight_storage(qw, fmt)
         qc = gs.Constant(f"{layer.name}.weight_quantized", values)
         sc = gs.Constant(f"{layer.name}.weight_scale", qw.scale.astype(float_dtype))
         attrs = {"axis": qw.axis}
@@ -265,15 +272,12 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_absmax: dict[str, f
 def count_weight_bits(path: str, info: ModelInfo) -> tuple[float, dict[str, int]]:
     """Average weight bits of the quantizable layers counted from the file itself.
 
-    A layer whose weight reaches it through DequantizeLinear counts its integer width: INT4 4,
-    INT8 8, except INT8 whose values all lie in [-7, 7] (the tensorrt target's 4-bit conv weights
-    in INT8 storage), which count 4. A float weight counts 16, as the budget does.
+    A layer whose weight reaches it through DequantizeLinear counts its stored integer width (INT4 4,
+    INT8 8); a float weight counts 16, as the budget does. This is the number the budget bounds.
     """
     import onnx
-    from onnx import external_data_helper, numpy_helper
 
     model = onnx.load(path, load_external_data=False)
-    base = os.path.dirname(os.path.abspath(path))
     inits = {i.name: i for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
     by_name = {n.name: n for n in model.graph.node}
@@ -289,11 +293,6 @@ def count_weight_bits(path: str, info: ModelInfo) -> tuple[float, dict[str, int]
             if q is not None:
                 b = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT8: 8,
                      onnx.TensorProto.UINT8: 8}.get(q.data_type, 16)
-                if q.data_type == onnx.TensorProto.INT8:
-                    if external_data_helper.uses_external_data(q):
-                        external_data_helper.load_external_data_for_tensor(q, base)
-                    if np.abs(numpy_helper.to_array(q).astype(np.int16)).max() <= 7:
-                        b = 4
         bits[layer.name] = b
     total = sum(l.params for l in info.layers)
     return sum(bits[l.name] * l.params for l in info.layers) / total, bits

@@ -108,14 +108,16 @@ def render_markdown(r: dict) -> str:
         f"- model: `{r['model']}` ({r['total_params']:,} quantizable weight parameters in {len(r['layers'])} layers)",
         f"- target: **{r['target']}**; output: `{r['output_model']}`",
         f"- budget: **{r['budget']:g}** average weight bits; achieved (allocation): **{r['achieved_bits']:.4f}**; "
-        f"counted from the file: {r['counted_bits']:.4f}"
-        + (f"; engine storage: {r['storage_bits']:.4f} (INT4 convs stored as INT8 for TensorRT)" if r.get("storage_bits") != r["counted_bits"] else ""),
+        f"counted from the file (= stored by the {r['target']} target): {r['counted_bits']:.4f}",
         f"- allocation: {r['allocation']['method']} (scorer: {r['allocation']['scorer']}), "
         f"solver: {r['allocation']['solver_status'] or 'n/a'}",
         "- formats: " + ", ".join(f"{k}: {c}" for k, c in sorted(r["format_counts"].items())),
         f"- calibration: {r['calibration']['steps']}-step DDIM ({r['calibration']['schedule']}), "
         f"K={r['calibration']['profiled_timesteps']} profiled steps, N={r['calibration']['samples']} samples, "
         f"conditioning: {r['calibration']['conditioning']}" + (" (cached)" if r["calibration"]["cached"] else ""),
+        f"- activation ranges: {r['calibration']['activation_ranges']['method']} "
+        f"(thresholds at {r['calibration']['activation_ranges']['threshold_over_max_mean']:.2f} of the observed max "
+        f"on average)",
     ]
     if imp:
         lines.append(f"- ORM: estimator {imp['estimator']}, aggregation {imp['agg']}, alpha {imp['alpha']:g}, "

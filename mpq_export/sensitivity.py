@@ -41,14 +41,15 @@ class SensitivityScores:
     cached: bool = False
 
 
-def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, alloc_settings: AllocationSettings,
+def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict[str, float],
+                        alloc_settings: AllocationSettings,
                         qsettings: QuantizeSettings, alpha: float, cache_dir: str | None = None,
                         samples: int = DEFAULT_SAMPLES) -> SensitivityScores:
     cands, _ = candidates(info.layers, alloc_settings)
     qs = QuantizeSettings(target="onnxruntime", block_size=qsettings.block_size, clip_search=qsettings.clip_search,
                           clip_grid=qsettings.clip_grid)
     key_blob = json.dumps({"calib": stats.model_sha256, "settings": asdict(stats.settings), "alpha": alpha,
-                           "samples": samples, "q": asdict(qs),
+                           "samples": samples, "q": asdict(qs), "act_amax": act_amax,
                            "cands": {l.name: [f.name for f in c] for l, c in zip(info.layers, cands)}}, sort_keys=True)
     key = hashlib.sha256(key_blob.encode()).hexdigest()[:24]
     cache_path = os.path.join(cache_dir, f"sens-{key}.json") if cache_dir else None
@@ -66,7 +67,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, alloc_settings
     cond = {c.name: stats.inputs[c.name][:n] for c in info.conditioning}
     refs = stats.outputs[:, :n].astype(np.float64)
     ref_energy = np.array([max(float((refs[k] ** 2).sum()), 1e-30) for k in range(K)])
-    sess, weights, masks = _probe_session(info, stats.act_absmax, stats.settings.threads)
+    sess, weights, masks = _probe_session(info, act_amax, stats.settings.threads)
     names = [l.name for l in info.layers]
     scores: dict[str, dict[str, float]] = {l.name: {} for l in info.layers}
     jobs = [(i, f) for i, c in enumerate(cands) for f in c]
@@ -96,7 +97,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, alloc_settings
     return SensitivityScores(scores=scores, samples=n, seconds=time.perf_counter() - t0)
 
 
-def _probe_session(info: ModelInfo, act_absmax: dict[str, float], threads: int):
+def _probe_session(info: ModelInfo, act_amax: dict[str, float], threads: int):
     """(session, FP32 weights by name, mask input name per layer) of the probe model."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -123,7 +124,7 @@ def _probe_session(info: ModelInfo, act_absmax: dict[str, float], threads: int):
     for i, l in enumerate(info.layers):
         x = l.activation_input
         s, zp, m = f"sens_scale_{i}", f"sens_zp_{i}", f"sens_mask_{i}"
-        g.initializer.extend([numpy_helper.from_array(np.array(activation_scale(act_absmax.get(x, 1.0)), np.float32), s),
+        g.initializer.extend([numpy_helper.from_array(np.array(activation_scale(act_amax.get(x, 1.0)), np.float32), s),
                               numpy_helper.from_array(np.array(0, np.int8), zp),
                               numpy_helper.from_array(np.array(0.0, np.float32), m)])
         g.input.append(helper.make_tensor_value_info(m, TensorProto.FLOAT, []))

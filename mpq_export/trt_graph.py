@@ -1,9 +1,8 @@
 """Target-specific realisation of quantized weights and of the final graph.
 
-onnxruntime: INT4 weights stored as packed INT4 (Conv per-channel, MatMul/Gemm blocked), FP32 graph.
-tensorrt: TensorRT has no INT4 convolution, so a 4-bit Conv weight is stored as INT8 holding the
-same 4-bit values (the numbers are identical; engine storage is 8 bits and is reported so);
-MatMul/Gemm INT4 stays a blocked INT4 DQ. The graph is then converted to FP16 (see fp16_graph).
+INT4 weights are stored packed (opset 21): per-channel for Conv (onnxruntime target only, see
+targets.py), blocked along K for MatMul/Gemm. onnxruntime keeps the FP32 graph; tensorrt's graph is
+converted to FP16 (see fp16_graph).
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from mpq_export.allocate import Format
-from mpq_export.layers import QuantLayer
 
 
 def _int4_constant(values: np.ndarray, name_hint: str = "int4"):
@@ -23,12 +21,10 @@ def _int4_constant(values: np.ndarray, name_hint: str = "int4"):
     return LazyValues(numpy_helper.from_array(values.astype(ml_dtypes.int4), name_hint))
 
 
-def weight_storage(qw, fmt: Format, layer: QuantLayer, target: str):
-    """(constant values for gs.Constant, storage dtype name) of a quantized weight."""
+def weight_storage(qw, fmt: Format):
+    """(constant values for gs.Constant, storage dtype name) of a quantized weight: its own width."""
     if fmt.weight_bits == 8:
         return qw.values.astype(np.int8), "int8"
-    if target == "tensorrt" and layer.op_type in ("Conv", "ConvTranspose"):
-        return qw.values.astype(np.int8), "int8"  # INT4 values in INT8 storage: no INT4 conv in TensorRT
     return _int4_constant(qw.values), "int4"
 
 

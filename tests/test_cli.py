@@ -78,24 +78,24 @@ def _one_line_error(code, err, *needles):
 
 
 def test_bad_input_gets_one_line_errors(unet_onnx, tmp_path):
-    code, _, err = run_cli(tmp_path / "missing.onnx")
+    code, _, err = run_cli(tmp_path / "missing.onnx", "--budget", "8")
     _one_line_error(code, err, "not found")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00garbage")
-    _one_line_error(*run_cli(junk)[::2], "not a readable ONNX")
+    _one_line_error(*run_cli(junk, "--budget", "8")[::2], "not a readable ONNX")
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
     w = helper.make_tensor("w", TensorProto.FLOAT, [3, 3, 1, 1], [0.0] * 9)
     g = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["y"])], "g", [x], [y], [w])
     no_t = tmp_path / "no_t.onnx"
     onnx.save(helper.make_model(g), str(no_t))
-    _one_line_error(*run_cli(no_t)[::2], "timestep")
+    _one_line_error(*run_cli(no_t, "--budget", "8")[::2], "timestep")
     g2 = helper.make_graph([helper.make_node("Relu", ["sample"], ["y"])], "g",
                            [helper.make_tensor_value_info("sample", TensorProto.FLOAT, [1, 3, 8, 8]),
                             helper.make_tensor_value_info("timestep", TensorProto.FLOAT, [1])], [y])
     no_layers = tmp_path / "nolayers.onnx"
     onnx.save(helper.make_model(g2), str(no_layers))
-    _one_line_error(*run_cli(no_layers)[::2], "no quantizable layers")
+    _one_line_error(*run_cli(no_layers, "--budget", "8")[::2], "no quantizable layers")
     _one_line_error(*run_cli(unet_onnx, "--budget", "3", "-o", tmp_path / "x")[::2], "outside", "average weight bits")
     assert not (tmp_path / "x").exists()
     ro = tmp_path / "ro"
@@ -108,11 +108,16 @@ def test_bad_input_gets_one_line_errors(unet_onnx, tmp_path):
             target = blocker / "out"
         else:
             target = ro / "out"
-        _one_line_error(*run_cli(unet_onnx, "-o", target, *FAST)[::2], "output")
+        _one_line_error(*run_cli(unet_onnx, "--budget", "8", "-o", target, *FAST)[::2], "output")
     finally:
         ro.chmod(0o700)
     code, _, err = run_cli(unet_onnx, "--budget", "abc")
     assert code == 2 and len(err.strip().splitlines()) == 1
+    _one_line_error(*run_cli(unet_onnx, "-o", tmp_path / "nob")[::2], "give --budget")
+    _one_line_error(*run_cli(unet_onnx, "--budget", "nan", "-o", tmp_path / "nan")[::2], "finite")
+    _one_line_error(*run_cli(unet_onnx, "--budget", "5", "--target", "tensorrt", "-o", tmp_path / "t")[::2],
+                    "no INT4 convolution", "--target onnxruntime")
+    assert not (tmp_path / "t").exists()
 
 
 def test_nan_from_the_model_is_a_clean_error(tmp_path):
@@ -142,7 +147,7 @@ def test_a_failed_run_leaves_no_output_that_looks_complete(unet_onnx, tmp_path, 
 
     monkeypatch.setattr(pipeline_mod, "validate", boom)
     out = tmp_path / "out"
-    code, _, err = run_cli(unet_onnx, "-o", out, *FAST)
+    code, _, err = run_cli(unet_onnx, "--budget", "8", "-o", out, *FAST)
     assert code == 130 and "no output was published" in err
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # temp folder removed

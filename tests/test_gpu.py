@@ -24,7 +24,7 @@ FAST = ["--steps", "10", "--timesteps", "4", "--samples", "8", "--val-samples", 
 @pytest.fixture(scope="module")
 def engine_out(unet_onnx, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu") / "out"
-    code, _, err = run_cli(unet_onnx, "--budget", "5", "-o", out, *FAST, "--target", "tensorrt", "--build-engine", "yes")
+    code, _, err = run_cli(unet_onnx, "--budget", "7.7", "-o", out, *FAST, "--target", "tensorrt", "--build-engine", "yes")
     assert code == 0, err
     return out
 

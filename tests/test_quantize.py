@@ -2,6 +2,7 @@ import numpy as np
 import onnx
 import pytest
 
+from mpq_export.act_ranges import ActCalibSettings, choose_ranges
 from mpq_export.allocate import AllocationSettings, allocate
 from mpq_export.calibrate import CalibrationSettings, calibrate
 from mpq_export.layers import inspect_model
@@ -52,9 +53,10 @@ def calibrated(unet_onnx):
 def test_qdq_graph_follows_the_allocation(calibrated, tmp_path):
     info, stats = calibrated
     theta = np.linspace(0.1, 1, len(info.layers))
-    alloc = allocate(info.layers, AllocationSettings(budget=5.0), theta=theta)
+    alloc = allocate(info.layers, AllocationSettings(budget=5.0, target="onnxruntime"), theta=theta)
     out = str(tmp_path / "q.onnx")
-    qm = quantize(info, alloc, stats.act_absmax, out, QuantizeSettings(target="onnxruntime"))
+    ranges = choose_ranges(stats.act_hist, ActCalibSettings())
+    qm = quantize(info, alloc, ranges.amax, out, QuantizeSettings(target="onnxruntime"))
     counted, per_layer = count_weight_bits(out, info)
     assert counted == pytest.approx(alloc.achieved_bits, abs=1e-12)
     assert all(per_layer[n] == f.weight_bits for n, f in zip(alloc.layer_names, alloc.formats))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import models
+from mpq_export.act_ranges import ActCalibSettings, choose_ranges
 from mpq_export.allocate import AllocationSettings, allocate
 from mpq_export.calibrate import CalibrationSettings, calibrate
 from mpq_export.layers import inspect_model
@@ -31,8 +32,9 @@ def sabotaged(tmp_path_factory):
 
 def test_artificially_sensitive_layer_gets_the_high_bits(sabotaged, tmp_path):
     info, stats = sabotaged
-    s = AllocationSettings(budget=4.6)
-    sens = measure_sensitivity(info, stats, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
+    s = AllocationSettings(budget=4.6, target="onnxruntime")
+    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    sens = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
     gain = {n: v["w4a8"] - v["w8a8"] for n, v in sens.scores.items() if "w4a8" in v}
     assert max(gain, key=gain.get) == VICTIM
     assert all(v["w8a8"] <= v.get("w4a8", v.get("w4a16", np.inf)) for v in sens.scores.values() if "w8a8" in v)
@@ -40,5 +42,5 @@ def test_artificially_sensitive_layer_gets_the_high_bits(sabotaged, tmp_path):
     alloc = allocate(info.layers, s, sensitivity=sens.scores)
     assert alloc.format_of(VICTIM).weight_bits == 8
     assert alloc.achieved_bits <= 4.6
-    again = measure_sensitivity(info, stats, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
+    again = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
     assert again.cached and again.scores == sens.scores

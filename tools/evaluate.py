@@ -38,7 +38,7 @@ from mpq_export.calibrate import CalibrationSettings, calibrate  # noqa: E402
 from mpq_export.demo import demo_model  # noqa: E402
 from mpq_export.layers import inspect_model  # noqa: E402
 from mpq_export.orm import OrmSettings, compute_importance  # noqa: E402
-from mpq_export.pipeline import PipelineConfig, _prepare_model, default_cache_dir  # noqa: E402
+from mpq_export.pipeline import PipelineConfig, prepare_model, default_cache_dir  # noqa: E402
 from mpq_export.quantize import QuantizeSettings, quantize  # noqa: E402
 from mpq_export.runtime import build_feeds, ort_session  # noqa: E402
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise  # noqa: E402
@@ -101,7 +101,7 @@ def main() -> None:
     t_start = time.perf_counter()
     budgets = [float(b) for b in args.budgets.split(",")]
     cache = default_cache_dir()
-    model_path, sched_path, _ = _prepare_model(PipelineConfig(model=demo_model()), cache)
+    model_path, sched_path, _ = prepare_model(PipelineConfig(model=demo_model()), cache)
     info = inspect_model(model_path)
     schedule = NoiseSchedule.from_config(sched_path)
     cs = CalibrationSettings()

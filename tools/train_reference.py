@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""Train the bundled reference model: a diffusers UNet2DModel DDPM on scikit-learn's digits.
+"""Train the bundled reference models: diffusers UNet2DModel DDPMs on data that ships with scikit-learn.
 
-Offline (the 1,797 8x8 digits ship inside scikit-learn), seeded and deterministic on one machine.
-Images are upsampled to 16x16 and scaled to [-1, 1]. Architecture: blocks 32/64/64 with
-self-attention at 8x8 and 4x4, cosine noise schedule, epsilon prediction, AdamW 1e-3, batch 64,
-EMA 0.995. The EMA weights are saved in FP16 (half the bytes; loaded back as FP32 by diffusers)
-to mpq_export/assets/digits_ddpm/{unet,scheduler}/, with train_log.json (time, loss curve).
+Offline, seeded and deterministic on one machine; two models on different data, so that no quality
+claim rests on one model:
+  digits   the 1,797 8x8 digits upsampled to 16x16, 1 channel; blocks 32/64/64, self-attention
+           at 8x8 and 4x4 (mpq_export/assets/digits_ddpm, the demo model)
+  patches  16x16 RGB crops (random position, random flip) of scikit-learn's two sample photographs
+           (china.jpg, flower.jpg) at quarter resolution: natural-image colour and texture, 3
+           channels; blocks 32/64/96, self-attention at 8x8 and 4x4 (mpq_export/assets/patches_ddpm)
+Both: pixels in [-1, 1], cosine noise schedule, epsilon prediction, AdamW 1e-3, batch 64, EMA 0.995.
+The EMA weights are saved in FP16 (half the bytes; loaded back as FP32 by diffusers) to
+OUT/{unet,scheduler}/, with train_log.json (time, loss curve).
 
-    python tools/train_reference.py [--steps 1500] [--out mpq_export/assets/digits_ddpm]
+    python tools/train_reference.py [--data digits|patches] [--steps 1500] [--out DIR]
 
 Measured on the project's 2-core CPU machine: see train_log.json beside the weights.
 """
@@ -31,9 +36,39 @@ def digits_16x16():
     return x.clamp(0, 1) * 2 - 1
 
 
-def make_unet():
+def photo_patches():
+    """The two sample photographs at quarter resolution, [2, 3, H, W] in [-1, 1]; crops are drawn per step."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_sample_images
+
+    imgs = np.stack(load_sample_images().images).astype(np.float32) / 255.0  # [2, 427, 640, 3]
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2)
+    x = torch.nn.functional.avg_pool2d(x, 4)  # [2, 3, 106, 160]
+    return x * 2 - 1
+
+
+def random_crops(images, n: int, g, size: int = 16):
+    import torch
+
+    _, _, h, w = images.shape
+    idx = torch.randint(0, images.shape[0], (n,), generator=g)
+    ys = torch.randint(0, h - size + 1, (n,), generator=g)
+    xs = torch.randint(0, w - size + 1, (n,), generator=g)
+    flip = torch.rand(n, generator=g) < 0.5
+    out = torch.stack([images[i, :, y:y + size, x:x + size] for i, y, x in zip(idx.tolist(), ys.tolist(), xs.tolist())])
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def make_unet(data: str = "digits"):
     from diffusers import UNet2DModel
 
+    if data == "patches":
+        return UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64, 96),
+                           layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                           up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                           attention_head_dim=16)
     return UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
                        layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
@@ -42,27 +77,32 @@ def make_unet():
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", choices=("digits", "patches"), default="digits")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "mpq_export", "assets", "digits_ddpm"))
+    ap.add_argument("--out", default=None, help="default mpq_export/assets/{digits,patches}_ddpm")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = os.path.join(os.path.dirname(__file__), "..", "mpq_export", "assets", f"{args.data}_ddpm")
 
     import torch
     from diffusers import DDPMScheduler
 
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
-    data = digits_16x16()
-    unet = make_unet()
+    data = digits_16x16() if args.data == "digits" else photo_patches()
+    unet = make_unet(args.data)
     ema = copy.deepcopy(unet).eval()
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True)
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=1e-4)
     g = torch.Generator().manual_seed(args.seed)
     losses, t0 = [], time.perf_counter()
     for step in range(1, args.steps + 1):
-        idx = torch.randint(0, len(data), (args.batch,), generator=g)
-        x0 = data[idx]
+        if args.data == "digits":
+            x0 = data[torch.randint(0, len(data), (args.batch,), generator=g)]
+        else:
+            x0 = random_crops(data, args.batch, g)
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, 1000, (args.batch,), generator=g)
         loss = torch.nn.functional.mse_loss(unet(sched.add_noise(x0, noise, t), t).sample, noise)
@@ -82,12 +122,12 @@ def main() -> None:
     ema.to(torch.float16).save_pretrained(os.path.join(out, "unet"))
     sched.save_pretrained(os.path.join(out, "scheduler"))
     with open(os.path.join(out, "train_log.json"), "w") as f:
-        json.dump({"steps": args.steps, "batch": args.batch, "seed": args.seed, "seconds": round(seconds, 1),
+        json.dump({"data": args.data, "steps": args.steps, "batch": args.batch, "seed": args.seed, "seconds": round(seconds, 1),
                    "threads": torch.get_num_threads(), "params": sum(p.numel() for p in unet.parameters()),
                    "loss_per_100_steps": [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 4)
                                           for i in range(0, len(losses), 100)],
                    "command": "python tools/train_reference.py " + " ".join(f"--{k} {v}" for k, v in
-                                                                         (("steps", args.steps), ("batch", args.batch), ("seed", args.seed)))},
+                                                                         (("data", args.data), ("steps", args.steps), ("batch", args.batch), ("seed", args.seed)))},
                   f, indent=1)
     print(f"saved {out} ({seconds:.0f}s)")
 

@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""Our quantizers against the tools users would pick instead, on one model, in one run, one metric.
+
+Every model below is scored the same way: the full sampler (50-step DDIM, the model's own
+trajectory) from the same held-back seeds as the FP32 model, final-sample PSNR vs FP32 (mean +-
+standard error over the seeds), mean per-step noise SQNR on the FP32 trajectory's x_t, and weight
+bits counted from each file (INT8 8, INT4 4, float 16 as the budget counts it). Every quantizer
+gets the same calibration inputs: the x_t, t (and conditioning) our calibration saw at its K
+profiled steps, N samples each.
+
+Rows:
+  ours W8A8, onnxruntime target, one row per --act-calib method (max, percentile, entropy, mse with
+       both aggregations over timesteps), default pins (conv_in FP16)
+  ours W8A8, tensorrt target (FP16 graph), default activation calibration
+  ours W8, activations float (the W8A8 file with its activation Q/DQ removed): what activation
+       quantization costs
+  ours MPQ at each --budgets value, onnxruntime target (ORM, the defaults)
+  onnxruntime quantize_static (QDQ, symmetric INT8 activations and per-channel INT8 weights), MinMax
+       and Entropy calibration, in this environment
+  ModelOpt ONNX PTQ INT8 (`modelopt.onnx.quantization.quantize`, entropy and max calibration, FP16
+       graph, calibrated on the CPU), in its own virtual environment: nvidia-modelopt pins other
+       onnx/onnxruntime versions, so it never enters the project's environment. Created on first use
+       under --peer-venv (about 6 GB with its torch); --no-modelopt skips it.
+
+    python tools/compare_peers.py [--model digits|patches|MODEL] [--seeds 64] [--budgets 4.5] [--json OUT]
+
+MODEL may be an FP32 .onnx file or a diffusers UNet folder; digits and patches are the bundled
+trained models (tools/train_reference.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from mpq_export.act_ranges import ActCalibSettings, choose_ranges  # noqa: E402
+from mpq_export.allocate import AllocationSettings, allocate  # noqa: E402
+from mpq_export.calibrate import CalibrationSettings, calibrate, sample_shape  # noqa: E402
+from mpq_export.demo import ASSET_DIR  # noqa: E402
+from mpq_export.layers import inspect_model  # noqa: E402
+from mpq_export.orm import OrmSettings, compute_importance  # noqa: E402
+from mpq_export.pipeline import PipelineConfig, default_cache_dir, prepare_model  # noqa: E402
+from mpq_export.quantize import QuantizeSettings, quantize  # noqa: E402
+from mpq_export.sampler import NoiseSchedule  # noqa: E402
+from mpq_export.validate import ValidationSettings, fp32_reference, validate  # noqa: E402
+
+EVAL_SEED = 50_000  # disjoint from calibration (0..N-1) and the pipeline's validation (10,000..)
+MODELOPT_REQUIREMENT = "nvidia-modelopt[onnx]==0.47.0"
+BUNDLED = {"digits": os.path.join(ASSET_DIR, "unet"),
+           "patches": os.path.join(os.path.dirname(ASSET_DIR), "patches_ddpm", "unet")}
+
+MODELOPT_SCRIPT = r"""
+import sys
+import numpy as np
+from modelopt.onnx.quantization import quantize
+src, data, out, method = sys.argv[1:5]
+z = np.load(data)
+quantize(src, quantize_mode="int8", calibration_data={k: z[k] for k in z.files}, calibration_method=method,
+         calibration_eps=["cpu"], output_path=out, high_precision_dtype="fp16", log_level="WARNING")
+"""
+
+
+def count_bits(path: str, info) -> float:
+    """Average weight bits of the FP32 model's layers in any Q/DQ file (ours or a peer's).
+
+    Each layer is found by its output tensor (peers rename nodes, not tensors); its weight is
+    followed back through Cast/Transpose/Reshape/DequantizeLinear to the stored initializer. A weight
+    left in float counts 16, as our budget counts it (ours and ModelOpt's are FP16 where TensorRT runs them).
+    """
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    inits = {i.name: i for i in m.graph.initializer}
+    producers = {o: n for n in m.graph.node for o in n.output}
+    by_name = {n.name: n for n in m.graph.node}
+    width = {onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}
+    total = bits = 0.0
+    for layer in info.layers:
+        node = producers.get(layer.output)
+        if node is None or node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            node = by_name.get(layer.node_name)
+        b = 16
+        if node is not None:
+            src = node.input[1]
+            while src in producers and producers[src].op_type in ("Cast", "Transpose", "Reshape", "DequantizeLinear"):
+                p = producers[src]
+                if p.op_type == "DequantizeLinear":
+                    if p.input[0] in inits:  # stored quantized
+                        b = width.get(inits[p.input[0]].data_type, 16)
+                        break
+                    q = producers.get(p.input[0])
+                    if q is not None and q.op_type == "QuantizeLinear":
+                        # a float weight through Q/DQ (ModelOpt's form): TensorRT folds it and stores the
+                        # Q's integer type (the zero point's; UINT8 when absent)
+                        zp = inits.get(q.input[2]) if len(q.input) > 2 else None
+                        b = width.get(zp.data_type, 16) if zp is not None else 8
+                        break
+                src = p.input[0]
+        bits += b * layer.params
+        total += layer.params
+    return bits / total
+
+
+def strip_activation_qdq(src: str, dst: str) -> None:
+    """The same model with every activation Q/DQ pair made an identity (weights stay quantized)."""
+    import onnx
+
+    m = onnx.load(src)
+    consts = {i.name for i in m.graph.initializer} | {o for n in m.graph.node if n.op_type == "Constant" for o in n.output}
+    consumers = {}
+    for n in m.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    changed = set()
+    for q in m.graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] in consts:
+            continue
+        dqs = consumers.get(q.output[0], [])
+        if not dqs or any(dq.op_type != "DequantizeLinear" for dq in dqs):
+            continue
+        for n in (q, *dqs):
+            x = n.input[0]
+            n.op_type = "Identity"
+            del n.input[:]
+            n.input.append(x)
+            del n.attribute[:]
+            changed.add(n.output[0])
+    keep_vi = [vi for vi in m.graph.value_info if vi.name not in changed]
+    del m.graph.value_info[:]
+    m.graph.value_info.extend(keep_vi)
+    onnx.save(m, dst)
+
+
+def calibration_feeds(info, stats) -> list[dict[str, np.ndarray]]:
+    """One feed dict per profiled step: exactly what our calibration saw (x_t at t, N samples)."""
+    from mpq_export.runtime import build_feeds
+
+    cond = {c.name: stats.inputs[c.name] for c in info.conditioning}
+    xs = stats.inputs[info.sample.name]
+    return [build_feeds(info, xs[k], int(t), cond) for k, t in enumerate(stats.timesteps)]
+
+
+def ort_quantize_static(model_path: str, feeds: list[dict], out: str, method: str) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    # only the weighted layers, as ours and ModelOpt's: by default quantize_static also quantizes every
+    # Add/Mul/Concat/Reshape, including the sinusoidal timestep embedding and the output, which leaves a
+    # diffusion UNet at ~8 dB (measured on the digits model)
+    quantize_static(model_path, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    op_types_to_quantize=["Conv", "ConvTranspose", "MatMul", "Gemm"],
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}[method],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+
+
+def modelopt_python(venv: str) -> str:
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(py):
+        print(f"[peers] creating the ModelOpt environment {venv} ({MODELOPT_REQUIREMENT}; several GB, minutes)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", MODELOPT_REQUIREMENT], check=True)
+    return py
+
+
+def modelopt_quantize(py: str, model_path: str, feeds: list[dict], out: str, method: str, workdir: str) -> None:
+    data = os.path.join(workdir, "modelopt_calib.npz")
+    np.savez(data, **{k: np.concatenate([f[k] if f[k].ndim else f[k][None] for f in feeds]) for k in feeds[0]})
+    script = os.path.join(workdir, "modelopt_quantize.py")
+    with open(script, "w") as f:
+        f.write(MODELOPT_SCRIPT)
+    p = subprocess.run([py, script, model_path, data, out, method], capture_output=True, text=True)
+    if p.returncode != 0 or not os.path.exists(out):
+        raise RuntimeError(f"ModelOpt failed:\n{p.stderr[-3000:]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="digits", help="digits | patches | an .onnx file or diffusers UNet folder")
+    ap.add_argument("--seeds", type=int, default=64)
+    ap.add_argument("--budgets", default="4.5", help="MPQ rows (onnxruntime target); empty for none")
+    ap.add_argument("--peer-venv", default=os.path.join(default_cache_dir(), "peers", "modelopt-0.47.0"))
+    ap.add_argument("--no-modelopt", action="store_true")
+    ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--act-methods", default="max,percentile,entropy,mse-pooled,mse",
+                    help="activation calibrations of our W8A8 rows (mse-pooled: mse over pooled steps)")
+    ap.add_argument("--json", default=None, help="write the rows here")
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+
+    cache = default_cache_dir()
+    model_path, sched_path, _ = prepare_model(PipelineConfig(model=BUNDLED.get(args.model, args.model)), cache)
+    info = inspect_model(model_path)
+    schedule = NoiseSchedule.from_config(sched_path)
+    cs = CalibrationSettings()
+    stats = calibrate(info, cs, schedule, cache_dir=cache)
+    shape = sample_shape(info, None)
+    vs = ValidationSettings(samples=args.seeds, seed=EVAL_SEED)
+    ref = fp32_reference(info, schedule, cs.steps, stats.step_indices, shape, vs)
+    rows = []
+
+    def score(name: str, path: str, **extra) -> None:
+        t = time.perf_counter()
+        v = validate(info, path, schedule, cs.steps, stats.step_indices, shape, vs, reference=ref)
+        ps = np.asarray(v.sample_psnr_per_sample)
+        row = {"method": name, "bits": count_bits(path, info), "psnr": float(ps.mean()),
+               "psnr_se": float(ps.std(ddof=1) / np.sqrt(len(ps))), "sqnr": v.mean_sqnr_db,
+               "sqnr_per_t": [round(r["sqnr_db"], 2) for r in v.per_timestep], **extra}
+        rows.append(row)
+        print(f"{name:55s} bits {row['bits']:.3f}  PSNR {row['psnr']:6.2f} +- {row['psnr_se']:.2f}  "
+              f"SQNR {row['sqnr']:6.2f}  ({time.perf_counter() - t:.0f}s)", flush=True)
+
+    w8 = AllocationSettings(budget=8, method="uniform", target="onnxruntime")
+    alloc8 = allocate(info.layers, w8)
+    with tempfile.TemporaryDirectory(prefix="mpq-peers-") as d:
+        for m in [s for s in args.act_methods.split(",") if s]:
+            act = ActCalibSettings(method="mse", over_steps="pooled") if m == "mse-pooled" else ActCalibSettings(method=m)
+            ranges = choose_ranges(stats.act_hist, act)
+            path = os.path.join(d, f"w8a8-{m}.onnx")
+            quantize(info, alloc8, ranges.amax, path, QuantizeSettings(target="onnxruntime"))
+            score(f"ours W8A8 onnxruntime, act {m}", path, act_calib=m)
+        default_ranges = choose_ranges(stats.act_hist, ActCalibSettings())
+        path = os.path.join(d, "w8a8-default.onnx")
+        quantize(info, alloc8, default_ranges.amax, path, QuantizeSettings(target="onnxruntime"))
+        strip_activation_qdq(path, os.path.join(d, "w8-only.onnx"))
+        score("ours W8, activations float (act Q/DQ removed)", os.path.join(d, "w8-only.onnx"))
+        trt = os.path.join(d, "w8a8-trt.onnx")
+        quantize(info, allocate(info.layers, replace(w8, target="tensorrt")), default_ranges.amax, trt,
+                 QuantizeSettings(target="tensorrt"))
+        score(f"ours W8A8 tensorrt (FP16 graph), act {default_ranges.settings.method}", trt)
+        imp = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(),
+                                 schedule.num_train_timesteps)
+        for b in [float(x) for x in args.budgets.split(",") if x]:
+            alloc = allocate(info.layers, AllocationSettings(budget=b, target="onnxruntime"), theta=imp.theta)
+            path = os.path.join(d, f"mpq-{b:g}.onnx")
+            quantize(info, alloc, default_ranges.amax, path, QuantizeSettings(target="onnxruntime"))
+            score(f"ours MPQ {b:g} bits onnxruntime (ORM)", path, budget=b)
+
+        feeds = calibration_feeds(info, stats)
+        if not args.no_ort:
+            for method in ("minmax", "entropy"):
+                path = os.path.join(d, f"ort-{method}.onnx")
+                ort_quantize_static(model_path, feeds, path, method)
+                score(f"onnxruntime quantize_static QDQ S8S8 per-channel (Conv/MatMul/Gemm), {method}", path)
+        if not args.no_modelopt:
+            py = modelopt_python(args.peer_venv)
+            for method in ("entropy", "max"):
+                path = os.path.join(d, f"modelopt-{method}.onnx")
+                modelopt_quantize(py, model_path, feeds, path, method, d)
+                score(f"ModelOpt 0.47 ONNX PTQ INT8 (FP16 graph), {method}", path)
+
+    result = {"model": os.path.abspath(BUNDLED.get(args.model, args.model)), "onnx": model_path, "seeds": args.seeds,
+              "eval_seed": EVAL_SEED, "calibration": {"steps": cs.steps, "K": cs.timesteps, "N": cs.samples},
+              "rows": rows, "seconds": time.perf_counter() - t_start,
+              "command": "python tools/compare_peers.py " + " ".join(sys.argv[1:])}
+    print(table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+def table(result: dict) -> str:
+    lines = [f"{os.path.basename(os.path.dirname(result['model'])) or result['model']}: {result['seeds']} seeds, "
+             f"{result['calibration']['steps']}-step DDIM", "",
+             "| quantizer | weight bits (file) | final-sample PSNR vs FP32 (dB) | mean noise SQNR (dB) |",
+             "|---|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['method']} | {r['bits']:.3f} | {r['psnr']:.2f} +- {r['psnr_se']:.2f} | {r['sqnr']:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
