@@ -68,7 +68,7 @@ class CalibrationStats:
                 "schedule": asdict(self.schedule), "conditioning_source": self.conditioning_source,
                 "model_sha256": self.model_sha256, "seconds": self.seconds, "version": CACHE_VERSION,
                 "input_names": sorted(self.inputs)}
-        tmp = path + ".tmp.npz"
+        tmp = f"{path}.tmp-{os.getpid()}.npz"
         np.savez(tmp, meta=np.array(json.dumps(meta)), timesteps=self.timesteps, step_indices=self.step_indices,
                  grams=self.grams, outputs=self.outputs, act_counts=self.act_hist.counts, act_amax=self.act_hist.amax,
                  act_sumsq=self.act_hist.sumsq, **{f"in_{k}": v for k, v in self.inputs.items()})
@@ -89,12 +89,47 @@ class CalibrationStats:
                        seconds=meta["seconds"], cached=True)
 
 
-def model_sha256(path: str) -> str:
-    """Hash of the .onnx file plus the names and sizes of its external data files."""
+_HASH_MEMO = "file-hashes.json"
+
+
+def file_sha256(path: str, memo_dir: str | None = None) -> str:
+    """SHA-256 of a file's content. Multi-GB weights are hashed once: the digest is remembered in
+    `memo_dir` under (real path, size, mtime, inode), so an edited or replaced file is hashed again."""
+    st = os.stat(path)
+    key = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    memo_path = os.path.join(memo_dir, _HASH_MEMO) if memo_dir else None
+    memo = {}
+    if memo_path and os.path.exists(memo_path):
+        try:
+            with open(memo_path) as f:
+                memo = json.load(f)
+        except (OSError, ValueError):
+            memo = {}
+        if isinstance(memo, dict) and isinstance(memo.get(key), str):
+            return memo[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(1 << 24), b""):
             h.update(chunk)
+    digest = h.hexdigest()
+    if memo_path and st.st_size >= (1 << 26):  # only large files are worth remembering
+        memo = memo if isinstance(memo, dict) else {}
+        memo[key] = digest
+        try:  # the memo is an optimisation: never fail a run on it
+            os.makedirs(memo_dir, exist_ok=True)
+            tmp = f"{memo_path}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(memo, f)
+            os.replace(tmp, memo_path)
+        except OSError:
+            pass
+    return digest
+
+
+def model_sha256(path: str, memo_dir: str | None = None) -> str:
+    """Hash of the model's content: the .onnx file and every external data file it uses (by content,
+    so a fine-tuned model saved with the same file sizes never reuses another model's statistics)."""
+    h = hashlib.sha256(file_sha256(path, memo_dir).encode())
     folder = os.path.dirname(os.path.abspath(path))
     from onnx import external_data_helper
 
@@ -104,15 +139,19 @@ def model_sha256(path: str) -> str:
     for loc in sorted({external_data_helper.ExternalDataInfo(t).location for t in model.graph.initializer
                        if external_data_helper.uses_external_data(t)}):
         full = os.path.join(folder, loc)
-        h.update(f"{loc}:{os.path.getsize(full) if os.path.exists(full) else -1}".encode())
+        if not os.path.isfile(full):
+            raise MPQError(f"{path} keeps weights in {loc}, which is missing beside it; copy the .data file(s) "
+                           f"along with the .onnx")
+        h.update(f"{loc}:{file_sha256(full, memo_dir)}".encode())
     return h.hexdigest()
 
 
 def _file_sha(path: str | None) -> str:
     if path is None:
         return ""
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    if not os.path.isfile(path):
+        raise MPQError(f"--calib-data file not found: {path}")
+    return file_sha256(path)
 
 
 def cache_key(sha: str, settings: CalibrationSettings, schedule: NoiseSchedule, calib_data: str | None) -> str:
@@ -170,7 +209,7 @@ def sample_shape(info: ModelInfo, resolution: tuple[int, int] | None) -> tuple[i
 def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSchedule,
               calib_data: str | None = None, cache_dir: str | None = None) -> CalibrationStats:
     """Profile the FP32 model along a real DDIM trajectory; load from cache when nothing changed."""
-    sha = model_sha256(info.path)
+    sha = model_sha256(info.path, cache_dir)
     key = cache_key(sha, settings, schedule, calib_data)
     cache_path = os.path.join(cache_dir, f"calib-{key}.npz") if cache_dir else None
     if cache_path and os.path.exists(cache_path):
@@ -261,6 +300,13 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
         inputs={info.sample.name: xs, **cond}, outputs=outs, settings=settings, schedule=schedule,
         conditioning_source=cond_source, model_sha256=sha, seconds=time.perf_counter() - t0)
     if cache_path:
-        os.makedirs(cache_dir, exist_ok=True)
-        stats.save(cache_path)
+        try:  # the cache is optional: a full disk or a read-only cache folder never fails the run
+            os.makedirs(cache_dir, exist_ok=True)
+            stats.save(cache_path)
+        except OSError as e:
+            log.warning("[calibrate] could not write the calibration cache %s (%s); continuing without it",
+                        cache_path, e.strerror or e)
+            for leftover in (f"{cache_path}.tmp-{os.getpid()}.npz",):
+                if os.path.exists(leftover):
+                    os.remove(leftover)
     return stats

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build a TensorRT engine (auto: when TensorRT and a GPU are present)")
     v.add_argument("--val-samples", type=int, default=8, help="held-back samples for validation")
     v.add_argument("--no-stability", action="store_true", help="skip the allocation-stability study in the report")
+    v.add_argument("--no-act-costs", action="store_true",
+                   help="skip measuring each activation quantizer alone for the report (one forward per tensor and step)")
     v.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     return p
@@ -148,7 +150,8 @@ def config_from_args(args):
         quantize=QuantizeSettings(target=args.target, block_size=args.block_size, clip_search=not args.no_clip_search),
         calib_data=args.calib_data, scheduler_config=args.scheduler_config,
         cache_dir="" if args.no_cache else args.cache_dir, sample_name=args.sample_name,
-        timestep_name=args.timestep_name, build_engine=args.build_engine, stability=not args.no_stability)
+        timestep_name=args.timestep_name, build_engine=args.build_engine, stability=not args.no_stability,
+        act_costs=not args.no_act_costs)
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -195,6 +198,8 @@ def _main_run(argv: list[str]) -> int:
     if args.budget is None:
         raise MPQError("give --budget B, the average stored weight bits to aim for (e.g. 8 for W8A8 on tensorrt, "
                        "4.5 on onnxruntime); an unreachable budget is answered with the model's range")
+    if args.output is not None and not args.output.strip():
+        raise MPQError("-o is empty; give an output folder name (default ./<model>.mpq)")
     cfg = config_from_args(args)
     from mpq_export.pipeline import run_pipeline
 

@@ -96,9 +96,34 @@ def load_onnx(path: str, load_weights: bool = True):
     if os.path.isdir(path):
         raise MPQError(f"{path} is a folder; give an .onnx file or a diffusers UNet folder with config.json")
     try:
-        return onnx.load(path, load_external_data=load_weights)
+        model = onnx.load(path, load_external_data=load_weights)
+    except FileNotFoundError as e:
+        raise MPQError(f"{path} refers to external weights that are missing ({os.path.basename(str(e.filename or e))}); "
+                       f"keep the .data file(s) beside the .onnx") from None
     except Exception as e:  # onnx raises DecodeError / google.protobuf errors, several types
         raise MPQError(f"{path} is not a readable ONNX model ({type(e).__name__}); give an .onnx file exported from your UNet") from None
+    if not model.graph.node:
+        raise MPQError(f"{path} holds no graph (empty or not an ONNX model); give an .onnx file exported from your UNet")
+    name_nodes(model.graph)
+    return model
+
+
+def name_nodes(graph) -> None:
+    """Give every unnamed or duplicate-named node a unique name (ONNX allows both; the stages look
+    nodes up by name). Deterministic: the same file always gets the same names."""
+    seen = {n.name for n in graph.node if n.name}
+    used: set[str] = set()
+    for i, n in enumerate(graph.node):
+        if n.name and n.name not in used:
+            used.add(n.name)
+            continue
+        base = f"{n.op_type}_{i}" if not n.name else f"{n.name}_{i}"
+        name, k = base, 0
+        while name in seen or name in used:
+            k += 1
+            name = f"{base}_{k}"
+        n.name = name
+        used.add(name)
 
 
 def _dim(d) -> int | str | None:

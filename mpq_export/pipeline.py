@@ -51,6 +51,7 @@ class PipelineConfig:
     timestep_name: str | None = None
     build_engine: str = "auto"
     stability: bool = True  # report how many layers move when K, alpha, beta change
+    act_costs: bool = True  # measure each activation quantizer alone for the report
     sample_grid: bool = True
     notes: list[str] = field(default_factory=list)
 
@@ -125,12 +126,51 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> tuple[str, str 
     return onnx_path, sched, [f"exported from diffusers folder {os.path.abspath(cfg.model)} ({res.model_class})"]
 
 
+# Every file an output folder of ours can hold. A folder is replaced only when it holds nothing else
+# and its report.json says mpq-export wrote it: any other folder may be a user's, and is never touched.
+OUTPUT_FILES = frozenset({OUTPUT_MODEL, OUTPUT_MODEL + ".data", "model.mpq.plan", "model.mpq.layers.json", "report.json",
+                          "report.md", "allocation.json", "bits.png", "validation.png", "importance.png", "samples.png",
+                          "validation_inputs.npz", "polygraphy_data.py", "fp32_outputs.json", "summary.json",
+                          "summary.md", "pareto.png"})
+
+
+def is_our_output(folder: str) -> bool:
+    """True when `folder` is an mpq-export output (single budget, or a budget list's parent) and nothing more."""
+    import json
+
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return False
+    for e in entries:
+        p = os.path.join(folder, e)
+        if e.startswith("budget-") and os.path.isdir(p) and not os.path.islink(p):
+            if not is_our_output(p):
+                return False
+        elif e not in OUTPUT_FILES or not os.path.isfile(p) or os.path.islink(p):
+            return False
+    report = os.path.join(folder, "report.json")
+    summary = os.path.join(folder, "summary.json")
+    if os.path.isfile(report):
+        try:
+            with open(report) as f:
+                return json.load(f).get("tool") == "mpq-export"
+        except (OSError, ValueError, AttributeError):
+            return False
+    return os.path.isfile(summary) and any(e.startswith("budget-") for e in entries)
+
+
 def _check_out_dir(out: str) -> None:
-    parent = os.path.dirname(os.path.abspath(out)) or "."
+    absolute = os.path.abspath(out)
+    parent = os.path.dirname(absolute) or "."
+    if absolute == os.getcwd() or absolute == parent:
+        raise MPQError(f"-o {out} is the working directory or a root; the output is a folder of its own: give a new "
+                       f"folder name (e.g. -o out.mpq)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise MPQError(f"output path {out} exists and is not a folder; choose another -o")
-    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, "report.json")):
-        raise MPQError(f"output folder {out} exists and is not an mpq-export output; choose another -o or empty it")
+    if os.path.isdir(out) and os.listdir(out) and not is_our_output(out):
+        raise MPQError(f"output folder {out} holds files mpq-export did not write; choose another -o or empty it "
+                       f"(only an earlier mpq-export output is replaced)")
     probe_dir = parent
     while not os.path.exists(probe_dir):
         probe_dir = os.path.dirname(probe_dir)
@@ -142,6 +182,9 @@ def _publish(tmp: str, out: str) -> None:
     """Move a finished temporary folder into place, replacing an earlier mpq-export output."""
     old = None
     if os.path.exists(out):
+        if not is_our_output(out):  # someone put files there while we ran: keep them, and say so
+            raise MPQError(f"output folder {out} changed during the run and now holds files mpq-export did not write; "
+                           f"nothing was replaced: choose another -o")
         old = f"{out}.old-{os.getpid()}"
         os.replace(out, old)
     os.replace(tmp, out)
@@ -190,8 +233,11 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     out_dirs = [os.path.join(out_root, f"budget-{b:g}") if multi else out_root for b in cfg.budgets]
     for o in out_dirs:
         _check_out_dir(o)
-    if multi and os.path.exists(out_root) and not os.path.isdir(out_root):
-        raise MPQError(f"output path {out_root} exists and is not a folder; choose another -o")
+    if multi:
+        _check_out_dir(out_root)  # summary files are written there: it must be empty or ours
+        if os.path.exists(os.path.join(out_root, "report.json")):
+            raise MPQError(f"output folder {out_root} holds a single-budget output; a budget list writes budget-* "
+                           f"folders: choose another -o")
 
     t = time.perf_counter()
     info = inspect_model(model_path, cfg.sample_name, cfg.timestep_name)
@@ -208,6 +254,11 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     timings["calibrate"] = time.perf_counter() - t
     t = time.perf_counter()
     ranges = choose_ranges(stats.act_hist, cfg.act_calib)
+    act_costs = None
+    if cfg.act_costs:
+        from mpq_export.sensitivity import activation_costs
+
+        act_costs = activation_costs(info, stats, ranges.amax, ranges.observed_max)
     timings["activation_ranges"] = time.perf_counter() - t
     log.info("[calibrate] activation ranges by %s: thresholds at %.2f of the observed max on average",
              cfg.act_calib.method, ranges.clipped_fraction())
@@ -236,7 +287,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         timings["fp16_graph_validation"] = time.perf_counter() - t
     results = []
     for budget, out in zip(cfg.budgets, out_dirs):
-        res = _run_budget(cfg, info, stats, ranges, imp, sens, budget, out, shape, notes, dict(timings), model_path,
+        res = _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, shape, notes, dict(timings), model_path,
                           ref, fp16_val)
         results.append(res)
     if multi:
@@ -276,7 +327,7 @@ def compare_targets(cfg, info, stats, act_amax, alloc, shape, trt_val, fp16_val,
             "FP16 graph alone (no quantization)": row(fp16_val)}
 
 
-def _run_budget(cfg, info, stats, ranges, imp, sens, budget, out, shape, notes, timings, model_path, ref, fp16_val=None) -> BudgetResult:
+def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, shape, notes, timings, model_path, ref, fp16_val=None) -> BudgetResult:
     from mpq_export import polygraphy_check
     from mpq_export.report import sample_grid, write_report
 
@@ -369,7 +420,8 @@ def _run_budget(cfg, info, stats, ranges, imp, sens, budget, out, shape, notes, 
                             "seconds": stats.seconds, "settings": asdict(stats.settings),
                             "activation_ranges": {"method": ranges.settings.method, "settings": asdict(ranges.settings),
                                                   "threshold_over_max_mean": ranges.clipped_fraction(),
-                                                  "amax": ranges.amax, "observed_max": ranges.observed_max}},
+                                                  "amax": ranges.amax, "observed_max": ranges.observed_max,
+                                                  "costliest": [asdict(c) for c in act_costs] if act_costs else None}},
             "validation": val.to_json(), "polygraphy": pg, "engine": engine, "notes": notes, "check": checker,
             "validation_compare": compare_targets(cfg, info, stats, ranges.amax, alloc, shape, val, fp16_val, ref) if cfg.quantize.target == "tensorrt" else None,
             "stability": (allocation_stability(info, stats, cfg.orm, imp, alloc_settings, alloc)

@@ -277,7 +277,7 @@ def count_weight_bits(path: str, info: ModelInfo) -> tuple[float, dict[str, int]
     """
     import onnx
 
-    model = onnx.load(path, load_external_data=False)
+    model = load_onnx(path, load_weights=False)
     inits = {i.name: i for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
     by_name = {n.name: n for n in model.graph.node}

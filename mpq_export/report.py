@@ -159,6 +159,14 @@ def render_markdown(r: dict) -> str:
             lines.append(f"- engine: `{e['path']}` ({e.get('seconds', 0):.1f} s to build)")
         if e.get("layer_precisions"):
             lines.append("- per-layer precision (engine inspector): " + ", ".join(f"{k}: {c}" for k, c in e["layer_precisions"].items()))
+    costs = r["calibration"]["activation_ranges"].get("costliest")
+    if costs:
+        lines += ["", "## Activation quantizers that cost the most", "",
+                  "Each layer-input activation quantized alone to INT8 at its calibrated threshold (weights float); "
+                  "noise-prediction SQNR at the profiled calibration steps (higher is better), the worst first:", "",
+                  "| activation | read by | SQNR alone (dB) | threshold | observed max |", "|---|---|---:|---:|---:|"]
+        lines += [f"| `{c['tensor']}` | {', '.join(f'`{n}`' for n in c['layers'][:3])}{' ...' if len(c['layers']) > 3 else ''} | "
+                  f"{c['sqnr_db']:.2f} | {c['threshold']:.4g} | {c['observed_max']:.4g} |" for c in costs[:10]]
     if r.get("stability"):
         s = r["stability"]
         lines += ["", "## Allocation stability", "", "Layers that change format when a setting changes (same budget):", "",

@@ -49,6 +49,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
     qs = QuantizeSettings(target="onnxruntime", block_size=qsettings.block_size, clip_search=qsettings.clip_search,
                           clip_grid=qsettings.clip_grid)
     key_blob = json.dumps({"calib": stats.model_sha256, "settings": asdict(stats.settings), "alpha": alpha,
+                           "schedule": asdict(stats.schedule), "conditioning": stats.conditioning_source,
                            "samples": samples, "q": asdict(qs), "act_amax": act_amax,
                            "cands": {l.name: [f.name for f in c] for l, c in zip(info.layers, cands)}}, sort_keys=True)
     key = hashlib.sha256(key_blob.encode()).hexdigest()[:24]
@@ -95,6 +96,44 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
             json.dump(scores, f)
         os.replace(tmp, cache_path)
     return SensitivityScores(scores=scores, samples=n, seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class ActivationCost:
+    tensor: str
+    layers: list[str]  # the layers reading it
+    sqnr_db: float  # noise-prediction SQNR with only this activation quantized (mean over profiled steps)
+    threshold: float
+    observed_max: float
+
+
+def activation_costs(info: ModelInfo, stats: CalibrationStats, act_amax: dict[str, float],
+                     observed_max: dict[str, float], samples: int = 4) -> list[ActivationCost]:
+    """Each layer-input activation quantizer alone (INT8 at its calibrated threshold, weights float):
+    the noise-prediction SQNR at the profiled steps, worst first. Shows where activation error comes from."""
+    n = min(samples, stats.n_samples)
+    K = len(stats.timesteps)
+    xs = stats.inputs[info.sample.name][:, :n]
+    cond = {c.name: stats.inputs[c.name][:n] for c in info.conditioning}
+    refs = stats.outputs[:, :n].astype(np.float64)
+    sess, _, masks = _probe_session(info, act_amax, stats.settings.threads)
+    by_tensor: dict[str, list[int]] = {}
+    for i, l in enumerate(info.layers):
+        if l.activation_input in act_amax:
+            by_tensor.setdefault(l.activation_input, []).append(i)
+    out = []
+    with Progress("activation costs", len(by_tensor)) as p:
+        for done, (tensor, idx) in enumerate(by_tensor.items(), 1):
+            on = {masks[i]: np.array(1.0, dtype=np.float32) for i in idx}
+            sq = []
+            for k in range(K):
+                (eps,) = run_model(sess, info, [info.output], xs[k], int(stats.timesteps[k]), cond, on)
+                err = float(((eps - refs[k]) ** 2).sum())
+                sq.append(10 * np.log10(max(float((refs[k] ** 2).sum()), 1e-30) / max(err, 1e-30)))
+            out.append(ActivationCost(tensor=tensor, layers=[info.layers[i].name for i in idx], sqnr_db=float(np.mean(sq)),
+                                      threshold=float(act_amax[tensor]), observed_max=float(observed_max.get(tensor, 0.0))))
+            p.update(done)
+    return sorted(out, key=lambda c: c.sqnr_db)
 
 
 def _probe_session(info: ModelInfo, act_amax: dict[str, float], threads: int):
