@@ -39,6 +39,7 @@ class CalibrationSettings:
     resolution: tuple[int, int] | None = None  # (H, W) when the model does not fix it
     seq_len: int | None = None  # encoder_hidden_states length when dynamic
     mem_budget_mb: int = 256  # bytes of layer outputs fetched per onnxruntime call
+    input_hessians: bool = False  # per-layer input statistics H = X^T X for GPTQ rounding (rounding.py)
     threads: int = 0
 
 
@@ -51,6 +52,7 @@ class CalibrationStats:
     act_hist: ActivationHistograms  # per activation tensor and profiled step: |x| histogram, max, energy
     inputs: dict[str, np.ndarray]  # sample: [K, N, C, H, W]; conditioning name: [N, ...]
     outputs: np.ndarray  # [K, N, C, H, W] FP32 model output at each profiled x_t
+    hessians: dict[str, np.ndarray]  # layer -> sum_t H_t / tr(H_t) of its input (only with input_hessians)
     settings: CalibrationSettings
     schedule: NoiseSchedule
     conditioning_source: str
@@ -67,11 +69,12 @@ class CalibrationStats:
         meta = {"layer_names": self.layer_names, "act_names": self.act_hist.names, "settings": asdict(self.settings),
                 "schedule": asdict(self.schedule), "conditioning_source": self.conditioning_source,
                 "model_sha256": self.model_sha256, "seconds": self.seconds, "version": CACHE_VERSION,
-                "input_names": sorted(self.inputs)}
+                "input_names": sorted(self.inputs), "hessian_layers": sorted(self.hessians)}
         tmp = f"{path}.tmp-{os.getpid()}.npz"
         np.savez(tmp, meta=np.array(json.dumps(meta)), timesteps=self.timesteps, step_indices=self.step_indices,
                  grams=self.grams, outputs=self.outputs, act_counts=self.act_hist.counts, act_amax=self.act_hist.amax,
-                 act_sumsq=self.act_hist.sumsq, **{f"in_{k}": v for k, v in self.inputs.items()})
+                 act_sumsq=self.act_hist.sumsq, **{f"in_{k}": v for k, v in self.inputs.items()},
+                 **{f"h_{i}": self.hessians[n] for i, n in enumerate(sorted(self.hessians))})
         os.replace(tmp, path)  # never leave a truncated cache entry behind
 
     @classmethod
@@ -84,6 +87,7 @@ class CalibrationStats:
                        grams=z["grams"], act_hist=ActivationHistograms(meta["act_names"], z["act_counts"],
                                                                        z["act_amax"], z["act_sumsq"]),
                        inputs={k: z[f"in_{k}"] for k in meta["input_names"]}, outputs=z["outputs"],
+                       hessians={n: z[f"h_{i}"] for i, n in enumerate(meta.get("hessian_layers", []))},
                        settings=CalibrationSettings(**s), schedule=NoiseSchedule(**meta["schedule"]),
                        conditioning_source=meta["conditioning_source"], model_sha256=meta["model_sha256"],
                        seconds=meta["seconds"], cached=True)
@@ -252,6 +256,24 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     L, K = len(info.layers), len(profiled)
     grams = np.zeros((K, L, n, n), dtype=np.float64)
     hist = ActivationHistograms.empty(act_tensors, K)
+    hessians: dict[str, np.ndarray] = {}
+    readers: dict[str, list] = {}
+    if settings.input_hessians:
+        for l in info.layers:
+            readers.setdefault(l.activation_input, []).append(l)
+    h_rng = np.random.default_rng(settings.seed + 104729)
+
+    def add_hessians(name: str, arr: np.ndarray) -> None:
+        from mpq_export.rounding import layer_rows
+
+        for l in readers.get(name, ()):
+            rows = layer_rows(arr, l, h_rng)
+            if rows is None:
+                continue
+            h = (rows.T @ rows).astype(np.float64)
+            tr = float(np.trace(h))
+            if tr > 0:
+                hessians[l.name] = hessians.get(l.name, 0.0) + h / tr
     layer_index = {}
     for i, l in enumerate(info.layers):
         layer_index.setdefault(l.output, []).append(i)
@@ -270,6 +292,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
         for name in (info.sample.name, *(c.name for c in info.conditioning)):
             if name in hist:
                 hist.add(name, k, feeds[name])
+            add_hessians(name, feeds[name])
         eps = None
         for g, names in enumerate(groups):
             fetch = ([info.output] if g == 0 else []) + names
@@ -286,6 +309,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
                         grams[k, li] = gram
                 if name in hist:
                     hist.add(name, k, arr)
+                add_hessians(name, arr)
             del res
         outs[k] = eps
         return eps
@@ -297,7 +321,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     stats = CalibrationStats(
         layer_names=[l.name for l in info.layers], timesteps=sampler.timesteps[profiled].copy(),
         step_indices=profiled.astype(np.int64), grams=grams, act_hist=hist,
-        inputs={info.sample.name: xs, **cond}, outputs=outs, settings=settings, schedule=schedule,
+        inputs={info.sample.name: xs, **cond}, outputs=outs, hessians=hessians, settings=settings, schedule=schedule,
         conditioning_source=cond_source, model_sha256=sha, seconds=time.perf_counter() - t0)
     if cache_path:
         try:  # the cache is optional: a full disk or a read-only cache folder never fails the run

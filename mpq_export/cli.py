@@ -16,6 +16,7 @@ import sys
 
 from mpq_export.act_ranges import ACT_CALIB_METHODS, DEFAULT_ACT_CALIB
 from mpq_export.errors import MPQError
+from mpq_export.rounding import DEFAULT_ROUNDING, ROUNDINGS
 from mpq_export.targets import DEFAULT_TARGET, TARGETS
 
 PROG = "mpq-export"
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib-mem-mb", type=int, default=256, help="layer outputs fetched per onnxruntime call (MB)")
     v = p.add_argument_group("quantization, engine, validation")
     v.add_argument("--block-size", type=int, default=128, help="INT4 block size along K for MatMul/Gemm weights")
+    v.add_argument("--weight-rounding", choices=ROUNDINGS, default=DEFAULT_ROUNDING,
+                   help="nearest: round-to-nearest; gptq: GPTQ on the layers' calibration inputs (docs/quality.md)")
     v.add_argument("--no-clip-search", action="store_true", help="plain |max| weight scales instead of the MSE clip search")
     v.add_argument("--build-engine", choices=("auto", "yes", "no"), default="auto",
                    help="build a TensorRT engine (auto: when TensorRT and a GPU are present)")
@@ -147,7 +150,8 @@ def config_from_args(args):
                                         mem_budget_mb=args.calib_mem_mb, threads=args.threads),
         act_calib=ActCalibSettings(method=args.act_calib, percentile=args.act_percentile),
         validation=ValidationSettings(samples=args.val_samples, threads=args.threads),
-        quantize=QuantizeSettings(target=args.target, block_size=args.block_size, clip_search=not args.no_clip_search),
+        quantize=QuantizeSettings(target=args.target, block_size=args.block_size, clip_search=not args.no_clip_search,
+                                  rounding=args.weight_rounding),
         calib_data=args.calib_data, scheduler_config=args.scheduler_config,
         cache_dir="" if args.no_cache else args.cache_dir, sample_name=args.sample_name,
         timestep_name=args.timestep_name, build_engine=args.build_engine, stability=not args.no_stability,

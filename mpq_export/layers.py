@@ -57,6 +57,9 @@ class QuantLayer:
     output: str
     weight_axis: int  # the output-channel axis of the weight (per-channel scales live here)
     reduction_axis: int  # the K axis of MatMul/Gemm weights (INT4 blocks run along it); -1 for convs
+    # Conv geometry (strides, pads [top, left, bottom, right], dilations, group) for the input statistics
+    # of GPTQ rounding; () for other ops or when the attributes are not plain 2-D
+    conv_geometry: tuple = ()
 
 
 @dataclass
@@ -174,6 +177,19 @@ def _strip_common_prefix(names: list[str]) -> list[str]:
     return names
 
 
+def _conv_geometry(node, wshape) -> tuple:
+    if node.op_type != "Conv" or len(wshape) != 4:
+        return ()
+    a = {x.name: x for x in node.attribute}
+    if "auto_pad" in a and a["auto_pad"].s not in (b"", b"NOTSET"):
+        return ()
+    strides = tuple(a["strides"].ints) if "strides" in a else (1, 1)
+    pads = tuple(a["pads"].ints) if "pads" in a else (0, 0, 0, 0)
+    dil = tuple(a["dilations"].ints) if "dilations" in a else (1, 1)
+    group = a["group"].i if "group" in a else 1
+    return (strides, pads, dil, group)
+
+
 def _weight_axes(op_type: str, node, rank: int) -> tuple[int, int]:
     """(output-channel axis, reduction axis) of the weight for per-channel / blocked scales."""
     if op_type == "Conv":
@@ -255,7 +271,7 @@ def inspect_model(path: str, sample_name: str | None = None, timestep_name: str 
         layers.append(QuantLayer(name=name, node_name=node.name, op_type=node.op_type, weight_name=weight,
                                  weight_shape=tuple(int(d) for d in wshape), params=int(np.prod(wshape)),
                                  activation_input=act, output=node.output[0], weight_axis=out_axis,
-                                 reduction_axis=red_axis))
+                                 reduction_axis=red_axis, conv_geometry=_conv_geometry(node, wshape)))
 
     residual = _residual_adds(graph, shapes, layers)
     meta = {p.key: p.value for p in model.metadata_props}

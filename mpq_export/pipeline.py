@@ -66,6 +66,9 @@ class PipelineConfig:
             self.allocation = AllocationSettings(budget=self.budgets[0], target=self.quantize.target)
         # one target for the format table the allocator picks from and the graph quantize writes
         self.allocation = replace(self.allocation, target=self.quantize.target)
+        # GPTQ rounding needs the layers' input statistics from calibration
+        if self.quantize.rounding == "gptq" and not self.calibration.input_hessians:
+            self.calibration = replace(self.calibration, input_hessians=True)
 
 
 @dataclass
@@ -315,7 +318,7 @@ def compare_targets(cfg, info, stats, act_amax, alloc, shape, trt_val, fp16_val,
     FP16 graph alone, next to the tensorrt target's figures."""
     with tempfile.TemporaryDirectory(prefix="mpq-ort-") as d:
         path = os.path.join(d, "model.ort.onnx")
-        quantize(info, alloc, act_amax, path, replace(cfg.quantize, target="onnxruntime"))
+        quantize(info, alloc, act_amax, path, replace(cfg.quantize, target="onnxruntime"), hessians=stats.hessians)
         ort_val = validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
                            cfg.validation, reference=ref)
 
@@ -348,7 +351,7 @@ def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, sha
     try:
         q_path = os.path.join(tmp, OUTPUT_MODEL)
         t = time.perf_counter()
-        qm = quantize(info, alloc, ranges.amax, q_path, cfg.quantize)
+        qm = quantize(info, alloc, ranges.amax, q_path, cfg.quantize, hessians=stats.hessians)
         timings["quantize"] = time.perf_counter() - t
         counted, _ = count_weight_bits(q_path, info)
         if abs(counted - alloc.achieved_bits) > 1e-6:  # the budget, the report and the file count one number

@@ -23,6 +23,7 @@ import numpy as np
 from mpq_export.allocate import BitAllocation, Format
 from mpq_export.errors import MPQError
 from mpq_export.layers import ModelInfo, QuantLayer, load_onnx
+from mpq_export.rounding import DEFAULT_ROUNDING, ROUNDINGS
 from mpq_export.targets import DEFAULT_TARGET, TENSORRT_INT4_BLOCK_SIZES, TARGETS, check_target, formats_for
 
 QDQ_OPSET = 21  # INT4 and blocked DequantizeLinear
@@ -36,9 +37,12 @@ class QuantizeSettings:
     block_size: int = 128  # INT4 block along K for MatMul/Gemm weights
     clip_search: bool = True  # MSE clipping search for weight scales (False: plain |max|)
     clip_grid: int = 20  # candidate clip ratios in [0.5, 1]
+    rounding: str = DEFAULT_ROUNDING  # nearest | gptq (needs calibration's input statistics; rounding.py)
 
     def __post_init__(self):
         check_target(self.target)
+        if self.rounding not in ROUNDINGS:
+            raise MPQError(f"--weight-rounding must be one of {', '.join(ROUNDINGS)}, got '{self.rounding}'")
         if self.block_size < 2 or self.block_size % 2:
             raise MPQError(f"--block-size must be an even number >= 2, got {self.block_size}")
         if self.target == "tensorrt" and self.block_size not in TENSORRT_INT4_BLOCK_SIZES:
@@ -53,14 +57,17 @@ class QuantizedWeight:
     axis: int
     block_size: int | None  # None for per-channel
 
-    def dequantize(self) -> np.ndarray:
+    def scale_like(self) -> np.ndarray:
+        """The scale of every weight element (the weight's shape)."""
         if self.block_size is None:
             shape = [1] * self.values.ndim
             shape[self.axis] = -1
-            return self.values.astype(np.float32) * self.scale.reshape(shape)
+            return np.broadcast_to(self.scale.reshape(shape), self.values.shape)
         s = np.repeat(self.scale, self.block_size, axis=self.axis)
-        s = np.take(s, np.arange(self.values.shape[self.axis]), axis=self.axis)
-        return self.values.astype(np.float32) * s
+        return np.take(s, np.arange(self.values.shape[self.axis]), axis=self.axis)
+
+    def dequantize(self) -> np.ndarray:
+        return self.values.astype(np.float32) * self.scale_like()
 
 
 @dataclass
@@ -126,13 +133,25 @@ def weight_sqnr_db(w: np.ndarray, qw: QuantizedWeight) -> float:
     return float(10 * np.log10(float((w.astype(np.float64) ** 2).sum()) / max(err, 1e-30)))
 
 
-def quantize_layer_weight(layer: QuantLayer, w: np.ndarray, fmt: Format, settings: QuantizeSettings) -> QuantizedWeight:
-    """The weight of one layer in its format: per-channel, or INT4 blocks along K for MatMul/Gemm."""
+def quantize_layer_weight(layer: QuantLayer, w: np.ndarray, fmt: Format, settings: QuantizeSettings,
+                          hessian: np.ndarray | None = None) -> QuantizedWeight:
+    """The weight of one layer in its format: per-channel, or INT4 blocks along K for MatMul/Gemm.
+    With rounding 'gptq' and the layer's input statistics, the integers minimise the output error."""
     blocked = fmt.weight_bits == 4 and layer.op_type in ("MatMul", "Gemm")
     if blocked:
-        return quantize_weight(w, 4, layer.weight_axis, block_axis=layer.reduction_axis,
-                               block_size=settings.block_size, clip_search=settings.clip_search, grid=settings.clip_grid)
-    return quantize_weight(w, fmt.weight_bits, layer.weight_axis, clip_search=settings.clip_search, grid=settings.clip_grid)
+        qw = quantize_weight(w, 4, layer.weight_axis, block_axis=layer.reduction_axis,
+                             block_size=settings.block_size, clip_search=settings.clip_search, grid=settings.clip_grid)
+    else:
+        qw = quantize_weight(w, fmt.weight_bits, layer.weight_axis, clip_search=settings.clip_search,
+                             grid=settings.clip_grid)
+    if settings.rounding == "gptq" and hessian is not None:
+        from mpq_export.rounding import from_matrix, gptq_round, weight_matrix
+
+        qmax = 2 ** (fmt.weight_bits - 1) - 1
+        q = gptq_round(weight_matrix(np.asarray(w, np.float32), layer), weight_matrix(qw.scale_like(), layer),
+                       hessian, qmax)
+        qw.values = from_matrix(q, w.shape, layer).astype(np.int8)
+    return qw
 
 
 def activation_scale(amax: float) -> float:
@@ -172,10 +191,11 @@ def save_model(model, path: str) -> None:
 
 
 def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, float], out_path: str,
-             settings: QuantizeSettings, model=None) -> QuantizedModel:
+             settings: QuantizeSettings, model=None, hessians: dict[str, np.ndarray] | None = None) -> QuantizedModel:
     """Write the Q/DQ model for `allocation` to out_path (the caller makes it atomic).
 
     `act_amax`: activation tensor -> INT8 clipping threshold (act_ranges.choose_ranges).
+    `hessians`: layer -> input statistics (CalibrationStats.hessians), used by rounding 'gptq'.
     `model`: the FP32 model already loaded by `load_for_edit` (not modified), to skip reloading when
     many variants of one model are written (the sensitivity scorer).
     """
@@ -227,7 +247,7 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
                                                 "weight_sqnr_db": None}
             continue
         w = weight_values(node.inputs[1])
-        qw = quantize_layer_weight(layer, w, fmt, settings)
+        qw = quantize_layer_weight(layer, w, fmt, settings, (hessians or {}).get(layer.name))
         from mpq_export.trt_graph import weight_storage
 
         values, storage = weight_storage(qw, fmt)

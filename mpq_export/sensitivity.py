@@ -47,7 +47,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
                         samples: int = DEFAULT_SAMPLES) -> SensitivityScores:
     cands, _ = candidates(info.layers, alloc_settings)
     qs = QuantizeSettings(target="onnxruntime", block_size=qsettings.block_size, clip_search=qsettings.clip_search,
-                          clip_grid=qsettings.clip_grid)
+                          clip_grid=qsettings.clip_grid, rounding=qsettings.rounding)
     key_blob = json.dumps({"calib": stats.model_sha256, "settings": asdict(stats.settings), "alpha": alpha,
                            "schedule": asdict(stats.schedule), "conditioning": stats.conditioning_source,
                            "samples": samples, "q": asdict(qs), "act_amax": act_amax,
@@ -79,7 +79,8 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
                 scores[names[i]][fmt.name] = 0.0
                 p.update(done)
                 continue
-            w_fake = quantize_layer_weight(layer, weights[layer.weight_name], fmt, qs).dequantize().astype(np.float32)
+            w_fake = quantize_layer_weight(layer, weights[layer.weight_name], fmt, qs,
+                                           stats.hessians.get(layer.name)).dequantize().astype(np.float32)
             extra = {layer.weight_name: w_fake}
             if fmt.act_bits == 8:
                 extra[masks[i]] = np.array(1.0, dtype=np.float32)

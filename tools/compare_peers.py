@@ -200,6 +200,7 @@ def main() -> None:
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--act-methods", default="max,percentile,entropy,mse-pooled,mse",
                     help="activation calibrations of our W8A8 rows (mse-pooled: mse over pooled steps)")
+    ap.add_argument("--roundings", default="nearest,gptq", help="weight roundings of our default-calibrated rows")
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -208,7 +209,7 @@ def main() -> None:
     model_path, sched_path, _ = prepare_model(PipelineConfig(model=BUNDLED.get(args.model, args.model)), cache)
     info = inspect_model(model_path)
     schedule = NoiseSchedule.from_config(sched_path)
-    cs = CalibrationSettings()
+    cs = CalibrationSettings(input_hessians=True)  # the GPTQ rows need them; nothing else changes
     stats = calibrate(info, cs, schedule, cache_dir=cache)
     shape = sample_shape(info, None)
     vs = ValidationSettings(samples=args.seeds, seed=EVAL_SEED)
@@ -236,6 +237,13 @@ def main() -> None:
             quantize(info, alloc8, ranges.amax, path, QuantizeSettings(target="onnxruntime"))
             score(f"ours W8A8 onnxruntime, act {m}", path, act_calib=m)
         default_ranges = choose_ranges(stats.act_hist, ActCalibSettings())
+        roundings = [r for r in args.roundings.split(",") if r]
+        for r in roundings:
+            if r != "nearest":
+                path = os.path.join(d, f"w8a8-{r}.onnx")
+                quantize(info, alloc8, default_ranges.amax, path, QuantizeSettings(target="onnxruntime", rounding=r),
+                         hessians=stats.hessians)
+                score(f"ours W8A8 onnxruntime, act {default_ranges.settings.method}, {r} rounding", path, rounding=r)
         path = os.path.join(d, "w8a8-default.onnx")
         quantize(info, alloc8, default_ranges.amax, path, QuantizeSettings(target="onnxruntime"))
         strip_activation_qdq(path, os.path.join(d, "w8-only.onnx"))
@@ -248,9 +256,11 @@ def main() -> None:
                                  schedule.num_train_timesteps)
         for b in [float(x) for x in args.budgets.split(",") if x]:
             alloc = allocate(info.layers, AllocationSettings(budget=b, target="onnxruntime"), theta=imp.theta)
-            path = os.path.join(d, f"mpq-{b:g}.onnx")
-            quantize(info, alloc, default_ranges.amax, path, QuantizeSettings(target="onnxruntime"))
-            score(f"ours MPQ {b:g} bits onnxruntime (ORM)", path, budget=b)
+            for r in roundings:
+                path = os.path.join(d, f"mpq-{b:g}-{r}.onnx")
+                quantize(info, alloc, default_ranges.amax, path, QuantizeSettings(target="onnxruntime", rounding=r),
+                         hessians=stats.hessians)
+                score(f"ours MPQ {b:g} bits onnxruntime (ORM), {r} rounding", path, budget=b, rounding=r)
 
         feeds = calibration_feeds(info, stats)
         if not args.no_ort:

@@ -1,0 +1,105 @@
+"""Weight rounding better than round-to-nearest: GPTQ (Frantar et al., 2023) on calibration statistics.
+
+Round-to-nearest minimises each weight's own error; what matters is the layer's output error
+||X W^T - X Q^T||^2 over the inputs X the layer really sees. GPTQ quantizes one input column at a
+time and spreads each column's rounding error over the columns not yet quantized, weighted by the
+inverse of H = X^T X. Scales are fixed beforehand (per channel, or per INT4 block, with the same MSE
+clip search as round-to-nearest), so the file format does not change: only which integers are stored.
+
+Input statistics: calibration accumulates, per layer and profiled timestep, H_t = X_t^T X_t of the
+layer's input (im2col patches for a Conv, rows for MatMul/Gemm; at most `MAX_ROWS` rows per step,
+drawn with a fixed seed) and stores sum_t H_t / trace(H_t): every profiled timestep weighs the same,
+as in the activation ranges. H is K x K (K = Cin * kh * kw): layers with K above `MAX_K` keep
+round-to-nearest, which bounds memory (a 4608 x 4608 float64 H is 170 MB).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ROUNDINGS = ("nearest", "gptq")
+DEFAULT_ROUNDING = "nearest"  # decided by docs/quality.md
+MAX_ROWS = 4096  # input rows per layer and step that enter H
+MAX_K = 4608  # largest reduction size that gets an H (and GPTQ)
+DAMP = 0.01  # diagonal damping, a fraction of the mean diagonal (GPTQ's default)
+
+
+def layer_rows(x: np.ndarray, layer, rng: np.random.Generator) -> np.ndarray | None:
+    """The layer's input as rows of its reduction dimension [rows, K] (float32), subsampled to
+    MAX_ROWS; None when the layer's geometry is not supported (then it keeps round-to-nearest)."""
+    if layer.op_type == "Conv":
+        if not layer.conv_geometry or x.ndim != 4:
+            return None
+        (sh, sw), pads, (dh, dw), group = layer.conv_geometry
+        if group != 1 or (dh, dw) != (1, 1) or len(pads) != 4:
+            return None
+        kh, kw = layer.weight_shape[2], layer.weight_shape[3]
+        if layer.weight_shape[1] * kh * kw > MAX_K:
+            return None
+        xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # [n, C, Ho, Wo, kh, kw]
+        n, c, ho, wo = win.shape[:4]
+        total = n * ho * wo
+        idx = rng.choice(total, size=min(MAX_ROWS, total), replace=False)
+        ni, rest = np.divmod(idx, ho * wo)
+        hi, wi = np.divmod(rest, wo)
+        return win[ni, :, hi, wi].reshape(len(idx), c * kh * kw).astype(np.float32)
+    if layer.op_type in ("MatMul", "Gemm"):
+        k = layer.weight_shape[layer.reduction_axis]
+        if k > MAX_K or x.shape[-1] != k:
+            return None
+        rows = x.reshape(-1, k)
+        if len(rows) > MAX_ROWS:
+            rows = rows[rng.choice(len(rows), size=MAX_ROWS, replace=False)]
+        return rows.astype(np.float32)
+    return None
+
+
+def weight_matrix(w: np.ndarray, layer) -> np.ndarray:
+    """The weight as [output channels, K] in the column order of `layer_rows`."""
+    if layer.op_type == "Conv":
+        return w.reshape(w.shape[0], -1)
+    return w if layer.reduction_axis == 1 else w.T  # MatMul [K, N] / Gemm [K, N] -> [N, K]; Gemm transB [N, K]
+
+
+def from_matrix(m: np.ndarray, w_shape: tuple, layer) -> np.ndarray:
+    if layer.op_type == "Conv":
+        return m.reshape(w_shape)
+    return m if layer.reduction_axis == 1 else m.T
+
+
+def gptq_round(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmax: int, damp: float = DAMP,
+               block: int = 128) -> np.ndarray:
+    """Integers q [R, K] for weights w [R, K] at fixed scales [R, K], minimising the output error under H [K, K]."""
+    w = w.astype(np.float64).copy()
+    r, k = w.shape
+    h = h.astype(np.float64).copy()
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
+    try:
+        hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper: Hinv = U^T U
+    except np.linalg.LinAlgError:
+        return np.clip(np.round(w / scale), -qmax, qmax)
+    q = np.zeros_like(w)
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        w1 = w[:, i1:i2].copy()
+        err1 = np.zeros_like(w1)
+        u = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            s = scale[:, i1 + i]
+            qi = np.clip(np.round(w1[:, i] / s), -qmax, qmax)
+            q[:, i1 + i] = qi
+            e = (w1[:, i] - qi * s) / u[i, i]
+            w1[:, i:] -= np.outer(e, u[i, i:])
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return q
+
+
+def output_error(w: np.ndarray, w_hat: np.ndarray, h: np.ndarray) -> float:
+    """tr((W - W^) H (W - W^)^T): the layer's output error under input statistics H."""
+    d = (w - w_hat).astype(np.float64)
+    return float(np.einsum("ik,kl,il->", d, h, d))

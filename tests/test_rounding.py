@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from mpq_export.act_ranges import ActCalibSettings, choose_ranges
+from mpq_export.allocate import AllocationSettings, allocate
+from mpq_export.calibrate import CalibrationSettings, calibrate
+from mpq_export.layers import QuantLayer, inspect_model
+from mpq_export.quantize import QuantizeSettings, quantize, quantize_layer_weight, quantize_weight
+from mpq_export.rounding import gptq_round, layer_rows, output_error, weight_matrix
+from mpq_export.sampler import NoiseSchedule
+from mpq_export.targets import W4A8, W4A16
+
+
+def _correlated_inputs(rng, rows, k):
+    mix = rng.standard_normal((k, k)) / np.sqrt(k)
+    return (rng.standard_normal((rows, k)) * np.linspace(0.1, 3, k)) @ mix
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_gptq_lowers_the_output_error_at_the_same_scales(bits):
+    rng = np.random.default_rng(0)
+    x = _correlated_inputs(rng, 4000, 96)
+    w = rng.standard_normal((32, 96)).astype(np.float32)
+    h = x.T @ x
+    qw = quantize_weight(w, bits, axis=0)
+    qmax = 2 ** (bits - 1) - 1
+    q = gptq_round(w, qw.scale_like(), h, qmax)
+    assert np.abs(q).max() <= qmax and np.allclose(q, np.round(q))
+    rtn = output_error(w, qw.dequantize(), h)
+    gptq = output_error(w, q * qw.scale_like(), h)
+    assert gptq < 0.8 * rtn, (gptq, rtn)
+
+
+def test_conv_rows_match_the_convolution():
+    """The im2col rows and the weight matrix reproduce the Conv's output (so H is the right one)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    layer = QuantLayer(name="c", node_name="c", op_type="Conv", weight_name="w", weight_shape=w.shape, params=w.size,
+                       activation_input="x", output="y", weight_axis=0, reduction_axis=-1,
+                       conv_geometry=((2, 2), (1, 1, 1, 1), (1, 1), 1))
+    rows = layer_rows(x, layer, np.random.default_rng(0))  # 2 * 5 * 5 = 50 rows, all kept
+    y = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=2, padding=1).numpy()
+    got = np.sort((rows @ weight_matrix(w, layer).T).ravel())
+    np.testing.assert_allclose(got, np.sort(y.transpose(0, 2, 3, 1).reshape(-1, 5).ravel()), rtol=1e-4, atol=1e-4)
+
+
+def test_gptq_through_calibration_and_quantize(unet_onnx, tmp_path):
+    info = inspect_model(unet_onnx)
+    stats = calibrate(info, CalibrationSettings(steps=6, timesteps=2, samples=6, input_hessians=True), NoiseSchedule())
+    conv = info.layer("mid_block.resnets.0.conv1")
+    attn = next(l for l in info.layers if l.op_type in ("MatMul", "Gemm") and l.name.endswith("to_q"))
+    assert conv.name in stats.hessians and attn.name in stats.hessians
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(unet_onnx).graph.initializer}
+    for layer, fmt in ((conv, W4A8), (attn, W4A16)):
+        w, h = inits[layer.weight_name], stats.hessians[layer.name]
+        rtn = quantize_layer_weight(layer, w, fmt, QuantizeSettings(target="onnxruntime"))
+        gq = quantize_layer_weight(layer, w, fmt, QuantizeSettings(target="onnxruntime", rounding="gptq"), h)
+        np.testing.assert_array_equal(rtn.scale, gq.scale)  # same file format, other integers
+        e = lambda q: output_error(weight_matrix(w, layer), weight_matrix(q.dequantize(), layer), h)  # noqa: E731
+        assert e(gq) < e(rtn)
+    alloc = allocate(info.layers, AllocationSettings(budget=4.5, target="onnxruntime"), theta=np.ones(len(info.layers)))
+    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    quantize(info, alloc, amax, str(tmp_path / "g.onnx"), QuantizeSettings(target="onnxruntime", rounding="gptq"),
+             hessians=stats.hessians)
+    assert (tmp_path / "g.onnx").exists()
