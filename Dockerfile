@@ -1,6 +1,6 @@
 # GPU deployment image: CUDA + TensorRT (NVIDIA's TensorRT container) + mpq-export.
 #   docker build -t mpq-export .
-#   docker run --gpus all --rm -v "$PWD/models:/models" mpq-export /models/unet --budget 4.5 -o /models/unet.mpq --build-engine yes
+#   docker run --gpus all --rm -v "$PWD/models:/models" mpq-export /models/unet --budget 8 -o /models/unet.mpq --build-engine yes
 # The base image carries TensorRT's Python bindings, so `--build-engine` builds a .plan beside the ONNX.
 FROM nvcr.io/nvidia/tensorrt:25.10-py3
 

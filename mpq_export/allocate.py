@@ -141,7 +141,7 @@ def check_budget(layers: list[QuantLayer], settings: AllocationSettings, budget:
 
 @contextlib.contextmanager
 def _quiet_stdout():
-    """HiGHS prints a banner on construction even with output_flag off (FACTS.md)."""
+    """HiGHS prints a banner on construction even with output_flag off."""
     try:
         fd = os.dup(1)
     except OSError:
@@ -162,7 +162,7 @@ def solve_01(values: list[list[float]], costs: list[list[int]], capacity: int, m
 
     Returns (chosen option per row, objective, HiGHS model status). Objective values are
     rescaled to max |v| = 1 and the relative MIP gap set to 0: theta = exp(-beta gamma) can span
-    orders of magnitude and a default gap stops early with budget left unused (DESIGN.md).
+    orders of magnitude and a default gap stops early with budget left unused (docs/design.md).
     """
     import highspy
 

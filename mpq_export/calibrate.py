@@ -39,7 +39,7 @@ class CalibrationSettings:
     resolution: tuple[int, int] | None = None  # (H, W) when the model does not fix it
     seq_len: int | None = None  # encoder_hidden_states length when dynamic
     mem_budget_mb: int = 256  # bytes of layer outputs fetched per onnxruntime call
-    input_hessians: bool = False  # per-layer input statistics H = X^T X for GPTQ rounding (rounding.py)
+    input_hessians: bool = True  # per-layer input statistics H = X^T X for GPTQ rounding (rounding.py)
     threads: int = 0
 
 
@@ -140,12 +140,20 @@ def model_sha256(path: str, memo_dir: str | None = None) -> str:
     from mpq_export.layers import load_onnx
 
     model = load_onnx(path, load_weights=False)
-    for loc in sorted({external_data_helper.ExternalDataInfo(t).location for t in model.graph.initializer
-                       if external_data_helper.uses_external_data(t)}):
+    needed: dict[str, int] = {}  # location -> bytes the model reads from it
+    for t in model.graph.initializer:
+        if external_data_helper.uses_external_data(t):
+            info = external_data_helper.ExternalDataInfo(t)
+            end = (info.offset or 0) + (info.length or 0)
+            needed[info.location] = max(needed.get(info.location, 0), end)
+    for loc in sorted(needed):
         full = os.path.join(folder, loc)
         if not os.path.isfile(full):
             raise MPQError(f"{path} keeps weights in {loc}, which is missing beside it; copy the .data file(s) "
                            f"along with the .onnx")
+        if os.path.getsize(full) < needed[loc]:
+            raise MPQError(f"{full} is truncated ({os.path.getsize(full):,} bytes; the model reads up to "
+                           f"{needed[loc]:,}); copy it again")
         h.update(f"{loc}:{file_sha256(full, memo_dir)}".encode())
     return h.hexdigest()
 
@@ -200,6 +208,13 @@ def _group(names: list[str], bytes_per_sample: dict[str, int], n: int, budget_mb
     return groups
 
 
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def sample_shape(info: ModelInfo, resolution: tuple[int, int] | None) -> tuple[int, int, int]:
     hw = resolution or info.sample_size
     if hw is None:
@@ -248,12 +263,23 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     x_probe = initial_noise(settings.seed, probe_n, shape)
     probe = run_model(sess, info, wanted, x_probe, int(sampler.timesteps[0]), cond)
     per_sample = {name: int(a.nbytes) // probe_n for name, a in zip(wanted, probe)}
+    (eps_probe,) = run_model(sess, info, [info.output], x_probe, int(sampler.timesteps[0]), cond)
+    if eps_probe.shape != x_probe.shape:
+        raise MPQError(f"the model's output '{info.output}' has shape {list(eps_probe.shape)} for a sample of shape "
+                       f"{list(x_probe.shape)}; a diffusion UNet predicts noise of the sample's shape (is "
+                       f"--sample-name the noisy sample, and the first output the prediction?)")
     del probe
     groups = _group(wanted, per_sample, n, settings.mem_budget_mb)
     log.info("[calibrate] %d layers, %d activation tensors, %d fetch group(s) per profiled step, N=%d, K=%d of %d steps",
              len(layer_outputs), len(act_tensors), len(groups), n, len(profiled), settings.steps)
 
     L, K = len(info.layers), len(profiled)
+    need = 8 * K * L * n * n + 2 * 4 * K * n * int(np.prod(shape))
+    avail = _physical_memory()
+    if avail and need > 0.5 * avail:
+        raise MPQError(f"--samples {n} needs {need / 2**30:.1f} GiB of statistics (N x N Grams for {L} layers at {K} "
+                       f"steps, plus the stored inputs) on a machine with {avail / 2**30:.0f} GiB; lower --samples "
+                       f"or --timesteps")
     grams = np.zeros((K, L, n, n), dtype=np.float64)
     hist = ActivationHistograms.empty(act_tensors, K)
     hessians: dict[str, np.ndarray] = {}
@@ -263,13 +289,21 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
             readers.setdefault(l.activation_input, []).append(l)
     h_rng = np.random.default_rng(settings.seed + 104729)
 
+    h_bytes = [0]
+
     def add_hessians(name: str, arr: np.ndarray) -> None:
-        from mpq_export.rounding import layer_rows
+        from mpq_export.rounding import HESSIAN_MEM_MB, layer_rows
 
         for l in readers.get(name, ()):
+            if l.name not in hessians:
+                k = int(np.prod(l.weight_shape)) // l.weight_shape[l.weight_axis]
+                if h_bytes[0] + 8 * k * k > HESSIAN_MEM_MB * (1 << 20):
+                    continue  # over the memory cap: this layer keeps round-to-nearest
             rows = layer_rows(arr, l, h_rng)
             if rows is None:
                 continue
+            if l.name not in hessians:
+                h_bytes[0] += 8 * rows.shape[1] ** 2
             h = (rows.T @ rows).astype(np.float64)
             tr = float(np.trace(h))
             if tr > 0:

@@ -1,4 +1,4 @@
-"""`mpq-export check`: a static checker of the rules TensorRT sets for Q/DQ graphs (DESIGN.md).
+"""`mpq-export check`: a static checker of the rules TensorRT sets for Q/DQ graphs (docs/design.md).
 
 Each violation names the offending node. Rules (strongly typed networks, TensorRT 10.12+ / 11.x):
  1. zero points absent or 0;
@@ -57,6 +57,12 @@ def check_model(path: str) -> list[str]:
             consumers.setdefault(i, []).append(n)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     base = os.path.dirname(os.path.abspath(path))
+    missing = sorted({onnx.external_data_helper.ExternalDataInfo(t).location for t in g.initializer
+                      if onnx.external_data_helper.uses_external_data(t)
+                      and not os.path.isfile(os.path.join(base, onnx.external_data_helper.ExternalDataInfo(t).location))})
+    if missing:
+        raise MPQError(f"{path} keeps weights in {', '.join(missing)}, missing beside it; copy the .data file(s) "
+                       f"along with the .onnx")
     out: list[str] = []
 
     def const(name):

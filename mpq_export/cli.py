@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip measuring each activation quantizer alone for the report (one forward per tensor and step)")
     v.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="on an unexpected failure, print the Python traceback")
     return p
 
 
@@ -139,6 +140,10 @@ def config_from_args(args):
     for name in ("steps", "timesteps", "samples", "val_samples", "calib_mem_mb"):
         if getattr(args, name) <= 0:
             raise MPQError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.seq_len is not None and args.seq_len <= 0:
+        raise MPQError(f"--seq-len must be positive, got {args.seq_len}")
+    if args.timesteps > args.steps:
+        raise MPQError(f"--timesteps {args.timesteps} exceeds --steps {args.steps}: profile at most every step")
     return PipelineConfig(
         model=args.model, budgets=args.budget, out_dir=args.output,
         allocation=AllocationSettings(budget=args.budget[0], bits=args.bits, method=args.allocation, seed=args.seed,
@@ -169,7 +174,7 @@ def _setup_logging(quiet: bool) -> None:
 
 def _main_check(argv: list[str]) -> int:
     p = _Parser(prog=f"{PROG} check", description="Check a Q/DQ ONNX model against TensorRT's quantization rules "
-                "(DESIGN.md); prints every offending node, exits 1 if any rule is broken.")
+                "(docs/design.md); prints every offending node, exits 1 if any rule is broken.")
     p.add_argument("model", help="the Q/DQ ONNX model (e.g. out/model.mpq.onnx)")
     args = p.parse_args(argv)
     from mpq_export.check import check_model
@@ -218,8 +223,19 @@ def _main_run(argv: list[str]) -> int:
     return 0
 
 
+def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C: temporary folders are removed
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in argv or "--verbose" in argv
+    import signal
+    import threading
+
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _terminate)
     try:
         if argv and argv[0] == "check":
             return _main_check(argv[1:])
@@ -232,6 +248,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no output was published", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"{PROG}: error: out of memory; lower --samples, --resolution or --calib-mem-mb", file=sys.stderr)
+        return 1
+    except OSError as e:  # disk full, permissions, ... on a path the checks above could not foresee
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"{PROG}: error: {e.strerror or e}{where}; free space or choose other paths (-o, --cache-dir)",
+              file=sys.stderr)
+        if verbose:
+            raise
+        return 1
+    except Exception as e:  # the last line of defence: one line, the traceback only on request
+        if verbose:
+            raise
+        msg = str(e).splitlines()[0][:300] if str(e) else ""
+        print(f"{PROG}: error: unexpected {type(e).__name__}: {msg} (this is a bug or an unsupported model; "
+              f"rerun with -v for the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

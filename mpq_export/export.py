@@ -32,6 +32,20 @@ def is_diffusers_folder(path: str) -> bool:
     return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
 
 
+def read_unet_config(unet_dir: str) -> dict:
+    """The folder's config.json as a dict, or a one-line error."""
+    path = os.path.join(unet_dir, "config.json")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise MPQError(f"{path} is not readable JSON ({type(e).__name__}); give a diffusers UNet folder saved with "
+                       f"save_pretrained") from None
+    if not isinstance(cfg, dict):
+        raise MPQError(f"{path} is not a JSON object; give a diffusers UNet folder saved with save_pretrained")
+    return cfg
+
+
 def find_scheduler_config(unet_dir: str) -> str | None:
     """diffusers pipelines keep it at ../scheduler/scheduler_config.json; single folders beside the UNet."""
     for cand in (os.path.join(unet_dir, "scheduler_config.json"),
@@ -49,8 +63,7 @@ def export_diffusers(unet_dir: str, out_path: str, opset: int = 17, seq_len: int
         import diffusers
     except ImportError:
         raise MPQError("exporting a diffusers folder needs torch and diffusers: pip install 'mpq-export[torch]'") from None
-    with open(os.path.join(unet_dir, "config.json")) as f:
-        cfg = json.load(f)
+    cfg = read_unet_config(unet_dir)
     cls_name = cfg.get("_class_name", "")
     if cls_name not in SUPPORTED:
         raise MPQError(f"{unet_dir}/config.json describes a '{cls_name or 'unknown'}' model; supported: {', '.join(SUPPORTED)}")

@@ -23,7 +23,9 @@ def to_fp16_graph(model):
     # the converter's shape inference serialises the model: impossible past protobuf's 2 GB
     import onnx_graphsurgeon as gs
 
-    too_big = model.ByteSize() > 1_800_000_000
+    from mpq_export.onnx_utils import too_big_to_serialise
+
+    too_big = too_big_to_serialise(model)  # ByteSize() itself raises past 2 GB
     converted = convert_float_to_float16(model, keep_io_types=True,
                                          op_block_list=list(DEFAULT_OP_BLOCK_LIST) + KEEP_FP32_OPS,
                                          disable_shape_infer=too_big)

@@ -234,6 +234,9 @@ def inspect_model(path: str, sample_name: str | None = None, timestep_name: str 
         None, lambda i: len(i.shape) == 4 and i.dtype.startswith("float"), "sample")
     if sample is None:
         raise MPQError(f"{path} has no 4-D float input for the noisy sample; name it with --sample-name")
+    if sample.dtype != "float32":
+        raise MPQError(f"{path} takes a {sample.dtype} sample; mpq-export quantizes FP32 models (the tensorrt target "
+                       f"makes the FP16 graph itself): give the FP32 export")
     timestep = pick(timestep_name, lambda i: i.name.lower() in TIMESTEP_NAMES, "timestep") or pick(
         None, lambda i: "timestep" in i.name.lower() and len(i.shape) <= 1, "timestep")
     if timestep is None:

@@ -4,7 +4,7 @@ For layer l at profiled step t, G_l = Y_l Y_l^T (N x N, from calibrate). ORM(i, 
 CKA between layers i and j: the cosine of their centred Grams. gamma_i(t) is the mean ORM of
 layer i with every other layer, and theta_i(t) = exp(-beta * gamma_i(t)): the more orthogonal
 a layer's features are to the rest of the network, the more it matters. theta_i aggregates
-theta_i(t) with weights w_t = exp(-alpha * t / T) (DESIGN.md).
+theta_i(t) with weights w_t = exp(-alpha * t / T) (docs/design.md).
 
 Two estimators: "biased" (OMPQ's: H G H) and "unbiased" (the U-statistic HSIC; diagonal-free
 U-centring). With N much smaller than the feature dimension, biased CKA of unrelated features

@@ -94,39 +94,67 @@ def default_cache_dir() -> str:
     return os.environ.get("MPQ_EXPORT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mpq-export")
 
 
-def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> tuple[str, str | None, list[str]]:
-    """(FP32 ONNX path, scheduler config, notes): exports a diffusers folder once per content hash."""
-    from mpq_export.export import export_diffusers, find_scheduler_config, is_diffusers_folder
+@dataclass
+class PreparedModel:
+    onnx_path: str  # the FP32 ONNX the run starts from
+    scheduler_config: str | None
+    notes: list[str]
+    temp_dir: str | None = None  # an export made without a cache: the caller removes it when done
+
+
+def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
+    """The FP32 ONNX of cfg.model: the file itself, or a diffusers folder exported once per content hash."""
+    from mpq_export.calibrate import file_sha256
+    from mpq_export.export import export_diffusers, find_scheduler_config, is_diffusers_folder, read_unet_config
+    from mpq_export.layers import load_onnx
 
     if not os.path.exists(cfg.model):
         raise MPQError(f"model not found: {cfg.model} (give an .onnx file or a diffusers UNet folder)")
     if not is_diffusers_folder(cfg.model):
         if os.path.isdir(cfg.model):
             raise MPQError(f"{cfg.model} is a folder without config.json; give an .onnx file or a diffusers UNet folder")
-        return cfg.model, cfg.scheduler_config, []
+        return PreparedModel(cfg.model, cfg.scheduler_config, [])
+    read_unet_config(cfg.model)  # a broken config.json is a one-line error before hashing GBs
     import hashlib
 
     h = hashlib.sha256()
     for name in sorted(os.listdir(cfg.model)):
         p = os.path.join(cfg.model, name)
-        if os.path.isfile(p):
+        if os.path.isfile(p):  # SD-sized weights are GBs: hashed once, remembered in the cache
             h.update(name.encode())
-            with open(p, "rb") as f:  # chunked: SD-sized weights are GBs
-                for chunk in iter(lambda: f.read(1 << 24), b""):
-                    h.update(chunk)
-    folder = os.path.join(cache_dir or tempfile.mkdtemp(prefix="mpq-export-"), f"export-{h.hexdigest()[:20]}")
+            h.update(file_sha256(p, cache_dir).encode())
+    temp_dir = None if cache_dir else tempfile.mkdtemp(prefix="mpq-export-")
+    folder = os.path.join(cache_dir or temp_dir, f"export-{h.hexdigest()[:20]}")
     onnx_path = os.path.join(folder, "model.onnx")
     sched = cfg.scheduler_config or find_scheduler_config(cfg.model)
+    source = os.path.abspath(cfg.model)
     if os.path.exists(onnx_path):
-        log.info("[export] reusing %s", onnx_path)
-        return onnx_path, sched, [f"exported from diffusers folder {os.path.abspath(cfg.model)} (cached export)"]
+        try:
+            load_onnx(onnx_path, load_weights=True)  # a truncated or damaged export is healed, not reused
+            log.info("[export] reusing %s", onnx_path)
+            return PreparedModel(onnx_path, sched, [f"exported from diffusers folder {source} (cached export)"])
+        except MPQError as e:
+            log.warning("[export] the cached export %s is damaged (%s); exporting again", onnx_path, e)
+            shutil.rmtree(folder, ignore_errors=True)
     tmp = folder + f".tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("[export] %s -> ONNX (torch)", cfg.model)
-    res = export_diffusers(cfg.model, os.path.join(tmp, "model.onnx"))
-    os.replace(tmp, folder)
+    try:
+        res = export_diffusers(cfg.model, os.path.join(tmp, "model.onnx"))
+        if os.path.exists(folder):  # another run exported the same model meanwhile
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
     log.info("[export] %s, %d parameters, %.1fs", res.model_class, res.params, res.seconds)
-    return onnx_path, sched, [f"exported from diffusers folder {os.path.abspath(cfg.model)} ({res.model_class})"]
+    notes = [f"exported from diffusers folder {source} ({res.model_class})"]
+    if temp_dir:
+        notes.append("the FP32 export was made for this run only (--no-cache) and is removed at its end: the "
+                     "Polygraphy commands below need the model exported again (run without --no-cache)")
+    return PreparedModel(onnx_path, sched, notes, temp_dir)
 
 
 # Every file an output folder of ours can hold. A folder is replaced only when it holds nothing else
@@ -179,6 +207,42 @@ def _check_out_dir(out: str) -> None:
         probe_dir = os.path.dirname(probe_dir)
     if not os.access(probe_dir, os.W_OK | os.X_OK):
         raise MPQError(f"cannot write the output folder {out} ({probe_dir} is not writable); choose another -o")
+    # really try it (read-only mounts, /proc, quotas): before calibration, not after it
+    try:
+        os.makedirs(parent, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=f".{os.path.basename(absolute)}.probe-{os.getpid()}-", dir=parent)
+        with open(os.path.join(probe, "w"), "wb") as f:
+            f.write(b"0" * 4096)
+        shutil.rmtree(probe)
+    except OSError as e:
+        raise MPQError(f"cannot write the output folder {out} ({e.strerror or e}); choose another -o") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(parent: str, base: str) -> None:
+    """Temporary folders of runs killed with SIGKILL (.BASE.tmp-PID-xxxx) whose process is gone."""
+    import re
+
+    rx = re.compile(rf"^\.{re.escape(base)}\.(?:tmp|probe)-(\d+)-")
+    for e in os.listdir(parent):
+        m = rx.match(e)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(parent, e), ignore_errors=True)
 
 
 def _publish(tmp: str, out: str) -> None:
@@ -225,9 +289,22 @@ def allocation_stability(info: ModelInfo, stats: CalibrationStats, orm: OrmSetti
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     timings: dict[str, float] = {}
     cache_dir = default_cache_dir() if cfg.cache_dir is None else (cfg.cache_dir or None)
+    if cache_dir and os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+        log.warning("[cache] %s is not a folder; running without the cache", cache_dir)
+        cache_dir = None
     t = time.perf_counter()
-    model_path, sched_path, notes = prepare_model(cfg, cache_dir)
-    notes = list(cfg.notes) + notes
+    prepared = prepare_model(cfg, cache_dir)
+    try:
+        return _run_prepared(cfg, prepared, cache_dir, timings, t)
+    finally:
+        if prepared.temp_dir:  # an export made for this run only (--no-cache)
+            shutil.rmtree(prepared.temp_dir, ignore_errors=True)
+
+
+def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str | None, timings: dict,
+                  t: float) -> PipelineResult:
+    model_path, sched_path = prepared.onnx_path, prepared.scheduler_config
+    notes = list(cfg.notes) + prepared.notes
     timings["export"] = time.perf_counter() - t
 
     stem = os.path.splitext(os.path.basename(os.path.normpath(cfg.model)))[0]
@@ -340,6 +417,9 @@ def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, sha
                      sensitivity=sens.scores if sens is not None else None)
     timings["allocate"] = time.perf_counter() - t
     log.info("[allocate] %s: %.4f average bits (budget %g)", alloc.method, alloc.achieved_bits, budget)
+    if not any(f.quantized for f in alloc.formats):
+        raise MPQError(f"at --budget {budget:g} every layer stays FP16 (pins or a budget that needs no quantization): "
+                       f"there is nothing to quantize; lower the budget or drop --keep-fp16 patterns")
     notes = list(notes)
     if not alloc.within_budget:
         notes.append(f"the {alloc.method} allocation sits at {alloc.achieved_bits:.4f} bits, above the budget "
@@ -347,7 +427,9 @@ def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, sha
 
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    _remove_stale_temporaries(parent, os.path.basename(out))
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-{os.getpid()}-", dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; an output folder honours the umask like any other
     try:
         q_path = os.path.join(tmp, OUTPUT_MODEL)
         t = time.perf_counter()

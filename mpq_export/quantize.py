@@ -1,6 +1,6 @@
 """quantize stage: write per-layer Q/DQ nodes (onnx-graphsurgeon) for a BitAllocation.
 
-Per DESIGN.md's format table:
+Per docs/design.md's format table:
 - w8a8: INT8 symmetric per-output-channel weights; the layer's input through an INT8 per-tensor
   Q/DQ pair (zero point 0, scale from the calibrated |max|).
 - w4a8 (Conv/ConvTranspose): INT4 symmetric per-channel weights, INT8 per-tensor input.
@@ -28,7 +28,6 @@ from mpq_export.targets import DEFAULT_TARGET, TENSORRT_INT4_BLOCK_SIZES, TARGET
 
 QDQ_OPSET = 21  # INT4 and blocked DequantizeLinear
 MIN_IR_VERSION = 10  # INT4 tensors
-_EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf cannot serialise >2 GB in one message
 
 
 @dataclass(frozen=True)
@@ -181,9 +180,10 @@ def save_model(model, path: str) -> None:
     """Save (with one external .data file when large) and check the result from its path."""
     import onnx
 
-    size = model.ByteSize() if hasattr(model, "ByteSize") else 0
+    from mpq_export.onnx_utils import too_big_to_serialise
+
     data_name = os.path.basename(path) + ".data"
-    if size > _EXTERNAL_DATA_THRESHOLD or size < 0:
+    if too_big_to_serialise(model):  # ByteSize() itself raises past 2 GB
         onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
     else:
         onnx.save(model, path)
@@ -268,7 +268,7 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
 
     if settings.target == "tensorrt":
         # TensorRT fuses a residual Add into the conv before it only when both Add inputs are
-        # quantized; do it for every Add that feeds a conv whose input is INT8 (DESIGN.md)
+        # quantized; do it for every Add that feeds a conv whose input is INT8 (docs/design.md)
         fmt_of = dict(zip(allocation.layer_names, allocation.formats))
         for add_name, (a, b, fed) in info.residual_adds.items():
             if not any(fmt_of[n].act_bits == 8 for n in fed):

@@ -16,7 +16,7 @@ def ort_session(model: str | bytes, threads: int = 0, external_data_dir: str | N
 
     `qdq_matmulnbits_accuracy_level = 0` keeps INT4 DQ+MatMul at float activations: by default
     onnxruntime fuses it into MatMulNBits with 8-bit activations, which is not the numerics a
-    TensorRT weight-only INT4 GEMM has (FACTS.md), so reference figures would be off.
+    TensorRT weight-only INT4 GEMM has (measured with onnxruntime 1.32), so reference figures would be off.
     """
     import onnxruntime as ort
 
@@ -26,7 +26,7 @@ def ort_session(model: str | bytes, threads: int = 0, external_data_dir: str | N
         so.intra_op_num_threads = threads
     so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     if low_memory:
-        # the default arena keeps the peak of the largest call for the whole run (FACTS.md)
+        # the default arena keeps the peak of the largest call for the whole run (measured with onnxruntime 1.32)
         so.enable_cpu_mem_arena = False
     if external_data_dir is not None:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", external_data_dir)
@@ -63,6 +63,19 @@ def fixed_batch(info: ModelInfo) -> int | None:
     return d if isinstance(d, int) and d > 0 else None
 
 
+def _run(sess, names, feeds, info: ModelInfo):
+    try:
+        return sess.run(names, feeds)
+    except Exception as e:  # onnxruntime raises its own exception types with multi-line texts
+        if isinstance(e, (MemoryError, KeyboardInterrupt)):
+            raise
+        text = " ".join(str(e).split())
+        shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feeds.items() if k in
+                           (info.sample.name, info.timestep.name, *(c.name for c in info.conditioning)))
+        raise MPQError(f"onnxruntime cannot run the model on inputs {shapes}: {text[:240]}; check --resolution "
+                       f"(UNets need multiples of 8), --seq-len, --sample-name / --timestep-name and --calib-data") from None
+
+
 def run_model(sess, info: ModelInfo, names: list[str], x: np.ndarray, t: int, cond: dict[str, np.ndarray],
               extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
     """sess.run for any number of samples: models exported with a fixed batch run in chunks of it
@@ -72,7 +85,7 @@ def run_model(sess, info: ModelInfo, names: list[str], x: np.ndarray, t: int, co
     if b is None or b == n:
         feeds = build_feeds(info, x, t, cond)
         feeds.update(extra or {})
-        return sess.run(names, feeds)
+        return _run(sess, names, feeds, info)
     chunks = []
     for i in range(0, n, b):
         xi = x[i: i + b]
@@ -83,7 +96,7 @@ def run_model(sess, info: ModelInfo, names: list[str], x: np.ndarray, t: int, co
             ci = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in ci.items()}
         feeds = build_feeds(info, xi, t, ci)
         feeds.update(extra or {})
-        chunks.append(sess.run(names, feeds))
+        chunks.append(_run(sess, names, feeds, info))
     return [np.concatenate([c[k] for c in chunks])[:n] for k in range(len(names))]
 
 
@@ -96,21 +109,38 @@ def load_conditioning(info: ModelInfo, path: str | None, n: int, seed: int,
     which the report states, since such conditioning is not what the model sees in use.
     """
     if not info.conditioning:
+        if path is not None:
+            raise MPQError(f"--calib-data {path} is given but the model has no conditioning inputs (only "
+                           f"'{info.sample.name}' and '{info.timestep.name}'); drop --calib-data")
         return {}, "none (unconditional model)"
     out: dict[str, np.ndarray] = {}
     if path is not None:
         if not os.path.exists(path):
             raise MPQError(f"--calib-data file not found: {path}")
         try:
-            data = np.load(path)
+            data = np.load(path, allow_pickle=False)
         except Exception as e:
             raise MPQError(f"--calib-data {path} is not a readable .npz ({type(e).__name__}); save it with numpy.savez") from None
+        if not hasattr(data, "files"):
+            raise MPQError(f"--calib-data {path} is a single array (.npy); save the inputs by name with "
+                           f"numpy.savez(FILE.npz, {info.conditioning[0].name}=...)")
         for spec in info.conditioning:
-            if spec.name not in data:
+            if spec.name not in data.files:
                 raise MPQError(f"--calib-data {path} has no array '{spec.name}' (has: {', '.join(data.files)}); add it")
-            arr = np.asarray(data[spec.name]).astype(np.dtype(spec.dtype))
-            if len(arr.shape) != len(spec.shape):
-                raise MPQError(f"'{spec.name}' in {path} has rank {arr.ndim}, the model wants {len(spec.shape)} ({spec.shape})")
+            raw = np.asarray(data[spec.name])
+            if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_):
+                raise MPQError(f"'{spec.name}' in {path} holds {raw.dtype} values; it must be numeric ({spec.dtype})")
+            if raw.ndim != len(spec.shape):
+                raise MPQError(f"'{spec.name}' in {path} has rank {raw.ndim}, the model wants {len(spec.shape)} ({spec.shape})")
+            if raw.shape[0] == 0:
+                raise MPQError(f"'{spec.name}' in {path} has no rows; give at least one")
+            for axis, d in enumerate(spec.shape[1:], 1):
+                if isinstance(d, int) and d > 0 and raw.shape[axis] != d:
+                    raise MPQError(f"'{spec.name}' in {path} has shape {list(raw.shape)}; the model wants "
+                                   f"{[str(x) for x in spec.shape]} (dimension {axis} must be {d})")
+            if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
+                raise MPQError(f"'{spec.name}' in {path} contains NaN/Inf; give finite values")
+            arr = raw.astype(np.dtype(spec.dtype))
             reps = int(np.ceil(n / arr.shape[0]))
             out[spec.name] = np.concatenate([arr] * reps)[:n]
         return out, f"file {os.path.abspath(path)}"

@@ -2,7 +2,7 @@
 
 Calibration and validation both run the model inside this sampler so the inputs x_t are the
 ones the model really sees. The schedule comes from a diffusers scheduler config when one is
-given, else the standard linear beta schedule with T = 1000 (DESIGN.md).
+given, else the standard linear beta schedule with T = 1000 (docs/design.md).
 """
 
 from __future__ import annotations
@@ -37,8 +37,22 @@ class NoiseSchedule:
                 cfg = json.load(f)
         except (OSError, ValueError) as e:
             raise MPQError(f"cannot read scheduler config {path}: {e}; give a diffusers scheduler_config.json") from None
+        if not isinstance(cfg, dict):
+            raise MPQError(f"scheduler config {path} is not a JSON object; give a diffusers scheduler_config.json")
         kw = {k: cfg[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
                                   "prediction_type", "clip_sample", "steps_offset") if k in cfg}
+        for k, kind in (("num_train_timesteps", int), ("steps_offset", int), ("beta_start", float), ("beta_end", float)):
+            v = kw.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or (kind is int and float(v) != int(v))):
+                raise MPQError(f"'{k}' in {path} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+            if v is not None and kind is int:
+                kw[k] = int(v)
+        if kw.get("num_train_timesteps", 1000) < 2:
+            raise MPQError(f"num_train_timesteps in {path} must be at least 2, got {kw['num_train_timesteps']}")
+        b0, b1 = kw.get("beta_start", 0.0001), kw.get("beta_end", 0.02)
+        if not (0 < b0 < 1 and 0 < b1 < 1):
+            raise MPQError(f"beta_start / beta_end in {path} must lie in (0, 1), got {b0!r} / {b1!r}")
         s = cls(**kw, source=os.path.abspath(path))
         if s.beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
             raise MPQError(f"unsupported beta_schedule '{s.beta_schedule}' in {path} (linear, scaled_linear, squaredcos_cap_v2)")

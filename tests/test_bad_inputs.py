@@ -128,3 +128,245 @@ def test_an_unwritable_cache_does_not_fail_the_run(unet_onnx, tmp_path):
     code, _, err = run_cli(unet_onnx, "-o", tmp_path / "o", "--cache-dir", blocker, *FAST)
     assert code == 0, err
     assert (tmp_path / "o" / "report.json").exists()
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("case,needles", [
+    ("sched_not_object", ["not a JSON object"]),
+    ("sched_string_T", ["num_train_timesteps", "integer"]),
+    ("sched_float_T", ["num_train_timesteps", "integer"]),
+    ("sched_absurd_betas", ["beta_start"]),
+    ("calib_npy", ["no conditioning inputs"]),
+    ("seq_len_0", ["--seq-len must be positive"]),
+    ("timesteps_over_steps", ["exceeds --steps"]),
+])
+def test_bad_side_files_and_options(unet_onnx, tmp_path, case, needles):
+    extra = {
+        "sched_not_object": lambda: ["--scheduler-config", _write(tmp_path / "s.json", "[1, 2]")],
+        "sched_string_T": lambda: ["--scheduler-config", _write(tmp_path / "s.json", '{"num_train_timesteps": "1000"}')],
+        "sched_float_T": lambda: ["--scheduler-config", _write(tmp_path / "s.json", '{"num_train_timesteps": 999.5}')],
+        "sched_absurd_betas": lambda: ["--scheduler-config", _write(tmp_path / "s.json", '{"beta_start": 5, "beta_end": 9}')],
+        "calib_npy": lambda: ["--calib-data", str(tmp_path / "c.npy")],
+        "seq_len_0": lambda: ["--seq-len", "0"],
+        "timesteps_over_steps": lambda: ["--steps", "3", "--timesteps", "5"],
+    }[case]()
+    if case == "calib_npy":
+        np.save(tmp_path / "c.npy", np.zeros((2, 8, 16), np.float32))
+    _one_line_error(*run_cli(unet_onnx, "-o", tmp_path / "o", *FAST, *extra)[::2], *needles)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("case,needles", [
+    ("npy", ["single array"]),
+    ("zero_rows", ["no rows"]),
+    ("strings", ["numeric"]),
+    ("wrong_shape", ["dimension 2 must be 16"]),
+    ("nan", ["NaN"]),
+])
+def test_bad_conditioning_files(cond_unet_onnx, tmp_path, case, needles):
+    f = tmp_path / ("c.npy" if case == "npy" else "c.npz")
+    arr = {"npy": None, "zero_rows": np.zeros((0, 8, 16), np.float32), "strings": np.array([["a"] * 16] * 8)[None],
+           "wrong_shape": np.zeros((2, 8, 15), np.float32), "nan": np.full((2, 8, 16), np.nan, np.float32)}[case]
+    if case == "npy":
+        np.save(f, np.zeros((2, 8, 16), np.float32))
+    else:
+        np.savez(f, encoder_hidden_states=arr)
+    _one_line_error(*run_cli(cond_unet_onnx, "-o", tmp_path / "o", *FAST, "--calib-data", f)[::2], *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_runtime_failures_of_onnxruntime_are_one_line(unet_onnx, tmp_path):
+    # a resolution the UNet cannot run (its down/up-sampling needs multiples of 4 here)
+    _one_line_error(*run_cli(unet_onnx, "-o", tmp_path / "o", *FAST, "--resolution", "7")[::2],
+                    "onnxruntime cannot run the model", "--resolution")
+    assert not (tmp_path / "o").exists()
+
+
+def test_fp16_input_model_is_refused_up_front(unet_onnx, tmp_path):
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("sample", onnx.TensorProto.FLOAT16, ["b", 1, 8, 8])
+    t = helper.make_tensor_value_info("timestep", onnx.TensorProto.FLOAT16, ["b"])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, ["b", 1, 8, 8])
+    w = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float16), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["sample", "w"], ["y"])], "g", [x, t], [y], [w])
+    path = tmp_path / "fp16.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    _one_line_error(*run_cli(path, "-o", tmp_path / "o", *FAST)[::2], "FP32")
+
+
+def test_unexpected_failures_are_one_line_with_a_pointer_to_verbose(unet_onnx, tmp_path, monkeypatch):
+    import mpq_export.pipeline as pipeline_mod
+
+    def boom(*a, **k):
+        raise ValueError("something nobody foresaw\nsecond line")
+
+    monkeypatch.setattr(pipeline_mod, "compute_importance_for", boom)
+    code, _, err = run_cli(unet_onnx, "-o", tmp_path / "o", *FAST)
+    _one_line_error(code, err, "ValueError", "something nobody foresaw", "-v")
+    assert "second line" not in err
+    with pytest.raises(ValueError):
+        run_cli(unet_onnx, "-o", tmp_path / "o", *FAST, "-v")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("where", ["/proc/mpq-out", "/sys/mpq-out"])
+def test_unwritable_output_locations_fail_before_calibration(unet_onnx, tmp_path, where):
+    code, _, err = run_cli(unet_onnx, "-o", where, *FAST)
+    _one_line_error(code, err, "cannot write the output folder")
+    assert "[calibrate]" not in err
+
+
+def test_an_allocation_that_quantizes_nothing_is_a_clear_error(unet_onnx, tmp_path):
+    code, _, err = run_cli(unet_onnx, "-o", tmp_path / "o", *FAST[:-1], "16", "--bits", "4,8,16", "--keep-fp16", ".*")
+    _one_line_error(code, err, "nothing to quantize")
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_cache_leaves_no_export_behind(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import tempfile
+
+    import models
+
+    unet = tmp_path / "unet"
+    models.tiny_unet2d(channels=(8, 16), attention=False).save_pretrained(str(unet))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    code, _, err = run_cli(unet, "-o", tmp_path / "o", *FAST, "--no-cache")
+    assert code == 0, err
+    assert [p.name for p in scratch.iterdir()] == []  # the export made for this run is gone
+
+
+def test_a_damaged_cached_export_is_made_again(tmp_path):
+    pytest.importorskip("torch")
+    import models
+
+    unet = tmp_path / "unet"
+    models.tiny_unet2d(channels=(8, 16), attention=False).save_pretrained(str(unet))
+    cache = tmp_path / "cache"
+    assert run_cli(unet, "-o", tmp_path / "a", *FAST, "--cache-dir", cache)[0] == 0
+    (exported,) = cache.glob("export-*/model.onnx")
+    exported.write_bytes(exported.read_bytes()[:100])  # truncated, as by a full disk
+    code, _, err = run_cli(unet, "-o", tmp_path / "b", *FAST, "--cache-dir", cache)
+    assert code == 0, err
+    assert "damaged" in err
+
+
+def test_check_on_a_model_without_its_data_file(unet_onnx, tmp_path):
+    m = onnx.load(unet_onnx)
+    path = tmp_path / "q.onnx"
+    onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="q.onnx.data",
+              size_threshold=0)
+    os.remove(tmp_path / "q.onnx.data")
+    _one_line_error(*run_cli("check", path)[::2], "q.onnx.data")
+
+
+def test_output_folder_honours_the_umask_and_stale_temporaries_are_swept(unet_onnx, tmp_path):
+    stale = tmp_path / ".o.tmp-999999-abcd"  # a run killed with SIGKILL (no such pid)
+    stale.mkdir()
+    (stale / "model.mpq.onnx").write_text("half")
+    old = os.umask(0o022)
+    try:
+        assert run_cli(unet_onnx, "-o", tmp_path / "o", *FAST)[0] == 0
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "o").st_mode & 0o777) == 0o755
+    assert not stale.exists()
+
+
+def test_output_shape_unlike_the_sample_is_named(tmp_path):
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("sample", onnx.TensorProto.FLOAT, ["b", 1, 8, 8])
+    t = helper.make_tensor_value_info("timestep", onnx.TensorProto.FLOAT, ["b"])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", 2, 8, 8])
+    w = numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["sample", "w"], ["y"])], "g", [x, t], [y], [w])
+    path = tmp_path / "two_channels.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    _one_line_error(*run_cli(path, "-o", tmp_path / "o", *FAST[:-1], "8")[::2], "predicts noise of the sample's shape")
+
+
+def test_timestep_name_naming_the_wrong_input(cond_unet_onnx, tmp_path):
+    code, _, err = run_cli(cond_unet_onnx, "-o", tmp_path / "o", *FAST, "--timestep-name", "encoder_hidden_states")
+    _one_line_error(code, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_samples_beyond_memory_fail_before_sampling(unet_onnx, tmp_path):
+    code, _, err = run_cli(unet_onnx, "-o", tmp_path / "o", *FAST, "--samples", "2000000")
+    _one_line_error(code, err, "--samples 2000000 needs")
+    assert "[calibrate] started" not in err
+
+
+def test_a_full_disk_while_caching_is_a_warning_and_leaves_no_temporary(unet_onnx, tmp_path, monkeypatch):
+    import errno
+
+    import mpq_export.calibrate as calibrate_mod
+
+    real = np.savez
+
+    cache = tmp_path / "cache"
+
+    def full(path, *a, **k):
+        if not str(path).startswith(str(cache)):  # only the cache's disk is full
+            return real(path, *a, **k)
+        with open(path, "wb") as f:  # a partial file, then the disk is full
+            f.write(b"PK")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(calibrate_mod.np, "savez", full)
+    code, _, err = run_cli(unet_onnx, "-o", tmp_path / "o", *FAST, "--cache-dir", cache)
+    monkeypatch.setattr(calibrate_mod.np, "savez", real)
+    assert code == 0, err
+    assert "could not write the calibration cache" in err
+    assert not list(cache.glob("*tmp*")) and not list(cache.glob("calib-*"))
+
+
+def test_diffusers_config_that_is_not_json(tmp_path):
+    unet = tmp_path / "unet"
+    unet.mkdir()
+    (unet / "config.json").write_text("{not json")
+    _one_line_error(*run_cli(unet, "-o", tmp_path / "o", *FAST)[::2], "config.json is not readable JSON")
+
+
+def test_truncated_external_data(unet_onnx, tmp_path):
+    m = onnx.load(unet_onnx)
+    path = tmp_path / "ext.onnx"
+    onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.onnx.data",
+              size_threshold=0)
+    data = tmp_path / "ext.onnx.data"
+    data.write_bytes(data.read_bytes()[:1000])
+    _one_line_error(*run_cli(path, "-o", tmp_path / "o", *FAST)[::2], "truncated")
+
+
+def test_sigterm_unwinds_like_ctrl_c(unet_onnx, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o"
+    p = subprocess.Popen([sys.executable, "-m", "mpq_export.cli", unet_onnx, "-o", str(out),  
+                          "--steps", "400", "--timesteps", "2", "--samples", "4", "--val-samples", "2",
+                          "--target", "onnxruntime", "--no-stability", "--no-act-costs", "--budget", "6",
+                          "--cache-dir", str(tmp_path / "cache")],
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    seen = ""
+    while time.time() < deadline:  # wait until calibration runs, then terminate
+        line = p.stderr.readline()
+        seen += line
+        if "[calibrate] started" in line:
+            break
+    p.send_signal(signal.SIGTERM)
+    _, rest = p.communicate(timeout=60)
+    assert p.returncode == 130, seen + rest
+    assert "no output was published" in rest and "Traceback" not in rest
+    assert not out.exists() and not [x for x in tmp_path.iterdir() if x.name.startswith(".o.")]

@@ -24,7 +24,7 @@ def test_independent_low_dimensional_features_are_near_orthogonal():
 
 
 def test_high_dimensional_bias_and_the_unbiased_estimator():
-    """DESIGN.md: N=32 independent Gaussians give biased CKA ~0.04 at d=2, ~0.77 at d=100, ~0.997 at d=10,000."""
+    """docs/design.md: N=32 independent Gaussians give biased CKA ~0.04 at d=2, ~0.77 at d=100, ~0.997 at d=10,000."""
     rng = np.random.default_rng(2)
 
     def mean_cka(d, est, reps=30):

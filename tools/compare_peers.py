@@ -14,7 +14,8 @@ Rows:
   ours W8A8, tensorrt target (FP16 graph), default activation calibration
   ours W8, activations float (the W8A8 file with its activation Q/DQ removed): what activation
        quantization costs
-  ours MPQ at each --budgets value, onnxruntime target (ORM, the defaults)
+  ours MPQ at each --budgets value, onnxruntime target, per scorer (ORM, measured sensitivity) and
+       weight rounding (nearest, GPTQ)
   onnxruntime quantize_static (QDQ, symmetric INT8 activations and per-channel INT8 weights, on
        Conv/MatMul/Gemm), MinMax and Percentile (99.999) calibration, in this environment
   ModelOpt ONNX PTQ INT8 (`modelopt.onnx.quantization.quantize`, entropy and max calibration, FP16
@@ -200,13 +201,15 @@ def main() -> None:
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--act-methods", default="max,percentile,entropy,mse-pooled,mse",
                     help="activation calibrations of our W8A8 rows (mse-pooled: mse over pooled steps)")
+    ap.add_argument("--scorers", default="orm,sensitivity", help="importance scorers of the MPQ rows")
     ap.add_argument("--roundings", default="nearest,gptq", help="weight roundings of our default-calibrated rows")
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args()
     t_start = time.perf_counter()
 
     cache = default_cache_dir()
-    model_path, sched_path, _ = prepare_model(PipelineConfig(model=BUNDLED.get(args.model, args.model)), cache)
+    prepared = prepare_model(PipelineConfig(model=BUNDLED.get(args.model, args.model)), cache)
+    model_path, sched_path = prepared.onnx_path, prepared.scheduler_config
     info = inspect_model(model_path)
     schedule = NoiseSchedule.from_config(sched_path)
     cs = CalibrationSettings(input_hessians=True)  # the GPTQ rows need them; nothing else changes
@@ -222,7 +225,8 @@ def main() -> None:
         ps = np.asarray(v.sample_psnr_per_sample)
         row = {"method": name, "bits": count_bits(path, info), "psnr": float(ps.mean()),
                "psnr_se": float(ps.std(ddof=1) / np.sqrt(len(ps))), "sqnr": v.mean_sqnr_db,
-               "sqnr_per_t": [round(r["sqnr_db"], 2) for r in v.per_timestep], **extra}
+               "sqnr_per_t": [round(r["sqnr_db"], 2) for r in v.per_timestep],
+               "psnr_per_sample": [round(float(x), 3) for x in ps], **extra}
         rows.append(row)
         print(f"{name:55s} bits {row['bits']:.3f}  PSNR {row['psnr']:6.2f} +- {row['psnr_se']:.2f}  "
               f"SQNR {row['sqnr']:6.2f}  ({time.perf_counter() - t:.0f}s)", flush=True)
@@ -254,13 +258,26 @@ def main() -> None:
         score(f"ours W8A8 tensorrt (FP16 graph), act {default_ranges.settings.method}", trt)
         imp = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(),
                                  schedule.num_train_timesteps)
-        for b in [float(x) for x in args.budgets.split(",") if x]:
-            alloc = allocate(info.layers, AllocationSettings(budget=b, target="onnxruntime"), theta=imp.theta)
-            for r in roundings:
-                path = os.path.join(d, f"mpq-{b:g}-{r}.onnx")
-                quantize(info, alloc, default_ranges.amax, path, QuantizeSettings(target="onnxruntime", rounding=r),
-                         hessians=stats.hessians)
-                score(f"ours MPQ {b:g} bits onnxruntime (ORM), {r} rounding", path, budget=b, rounding=r)
+        budgets = [float(x) for x in args.budgets.split(",") if x]
+        scorers = [x for x in args.scorers.split(",") if x]
+        for r in roundings if budgets else []:
+            qs = QuantizeSettings(target="onnxruntime", rounding=r)
+            sens = None
+            if "sensitivity" in scorers:
+                from mpq_export.sensitivity import measure_sensitivity
+
+                sens = measure_sensitivity(info, stats, default_ranges.amax,
+                                           AllocationSettings(budget=8, target="onnxruntime"), qs, OrmSettings().alpha,
+                                           cache)
+            for b in budgets:
+                for scorer in scorers:
+                    alloc = allocate(info.layers, AllocationSettings(budget=b, target="onnxruntime"),
+                                     theta=imp.theta if scorer == "orm" else None,
+                                     sensitivity=sens.scores if scorer == "sensitivity" else None)
+                    path = os.path.join(d, f"mpq-{b:g}-{r}-{scorer}.onnx")
+                    quantize(info, alloc, default_ranges.amax, path, qs, hessians=stats.hessians)
+                    score(f"ours MPQ {b:g} bits onnxruntime ({scorer}), {r} rounding", path, budget=b, rounding=r,
+                          scorer=scorer)
 
         feeds = calibration_feeds(info, stats)
         if not args.no_ort:
@@ -285,6 +302,14 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+
+
+def paired(result: dict, a: str, b: str) -> tuple[float, float]:
+    """Mean and standard error of the per-seed PSNR difference a - b (same seeds: far tighter than
+    the two rows' own standard errors)."""
+    rows = {r["method"]: np.asarray(r["psnr_per_sample"]) for r in result["rows"]}
+    d = rows[a] - rows[b]
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def table(result: dict) -> str:

@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from mpq_export.act_ranges import ActCalibSettings, choose_ranges  # noqa: E402
 from mpq_export.allocate import AllocationSettings, allocate  # noqa: E402
 from mpq_export.calibrate import CalibrationSettings, calibrate  # noqa: E402
 from mpq_export.demo import demo_model  # noqa: E402
@@ -101,10 +102,11 @@ def main() -> None:
     t_start = time.perf_counter()
     budgets = [float(b) for b in args.budgets.split(",")]
     cache = default_cache_dir()
-    model_path, sched_path, _ = prepare_model(PipelineConfig(model=demo_model()), cache)
+    prepared = prepare_model(PipelineConfig(model=demo_model()), cache)
+    model_path, sched_path = prepared.onnx_path, prepared.scheduler_config
     info = inspect_model(model_path)
     schedule = NoiseSchedule.from_config(sched_path)
-    cs = CalibrationSettings()
+    cs = CalibrationSettings(input_hessians=True)  # GPTQ rounding needs the layers' input statistics
     stats = calibrate(info, cs, schedule, cache_dir=cache)
     sampler = DDIMSampler(schedule, cs.steps)
     profiled = set(int(i) for i in stats.step_indices)
@@ -132,11 +134,12 @@ def main() -> None:
 
     fp_metrics = metrics(final_fp)
     qs = QuantizeSettings(target="onnxruntime")
+    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
 
     def evaluate(alloc):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "q.onnx")
-            quantize(info, alloc, stats.act_absmax, path, qs)
+            quantize(info, alloc, amax, path, qs, hessians=stats.hessians)
             q = ort_session(path)
             final_q = sampler.sample(x_T, lambda x, t, i: q.run([info.output], build_feeds(info, x, t, {}))[0])
             sq = [sqnr_db(eps_fp[i], q.run([info.output], build_feeds(info, traj[i], int(sampler.timesteps[i]), {}))[0])
@@ -150,29 +153,31 @@ def main() -> None:
     imp_b = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(estimator="biased"), 1000)
     imp_u = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(estimator="unbiased"), 1000)
     t = time.perf_counter()
-    sens = measure_sensitivity(info, stats, AllocationSettings(budget=8), qs, OrmSettings().alpha, cache)
+    sens = measure_sensitivity(info, stats, amax, AllocationSettings(budget=8, target="onnxruntime"), qs, OrmSettings().alpha, cache)
     sens_seconds = time.perf_counter() - t
     rows = []
     for budget in budgets:
-        base = AllocationSettings(budget=budget)
+        base = AllocationSettings(budget=budget, target="onnxruntime")
         runs = {"orm": allocate(info.layers, base, theta=imp_b.theta),
                 "orm-unbiased": allocate(info.layers, base, theta=imp_u.theta),
                 "sensitivity": allocate(info.layers, base, sensitivity=sens.scores),
-                "uniform": allocate(info.layers, AllocationSettings(budget=budget, method="uniform")),
-                "smallest-first": allocate(info.layers, AllocationSettings(budget=budget, method="smallest-first"))}
+                "uniform": allocate(info.layers, AllocationSettings(budget=budget, method="uniform", target="onnxruntime")),
+                "smallest-first": allocate(info.layers, AllocationSettings(budget=budget, method="smallest-first",
+                                                                          target="onnxruntime"))}
         for name, alloc in runs.items():
             r = evaluate(alloc)
             rows.append({"budget": budget, "method": name, **r})
             print(f"budget {budget:g} {name:15s} bits {r['bits']:.3f} PSNR {r['psnr']:.2f} SQNR {r['sqnr']:.2f} "
                   f"FID {r['fid']:.2f}", flush=True)
-        rand = [evaluate(allocate(info.layers, AllocationSettings(budget=budget, method="random", seed=s)))
+        rand = [evaluate(allocate(info.layers, AllocationSettings(budget=budget, method="random", seed=s,
+                                                                target="onnxruntime")))
                 for s in range(args.random)]
         med = {k: float(np.median([r[k] for r in rand])) for k in ("bits", "psnr", "sqnr", "fid")}
         spread = {k + "_range": [float(min(r[k] for r in rand)), float(max(r[k] for r in rand))] for k in ("psnr", "sqnr", "fid")}
         rows.append({"budget": budget, "method": f"random (median of {args.random})", **med, "psnr_se": None,
                      "fid_std": None, **spread})
         print(f"budget {budget:g} random median PSNR {med['psnr']:.2f} range {spread['psnr_range']}", flush=True)
-    w8 = evaluate(allocate(info.layers, AllocationSettings(budget=8, method="uniform")))
+    w8 = evaluate(allocate(info.layers, AllocationSettings(budget=8, method="uniform", target="onnxruntime")))
     rows.append({"budget": 8.0, "method": "W8A8 (conv_in FP16)", **w8})
     result = {"model": model_path, "samples": n, "eval_seed": EVAL_SEED, "calibration": {"K": cs.timesteps, "N": cs.samples,
               "steps": cs.steps}, "classifier_accuracy": clf_acc, "fp32": fp_metrics, "rows": rows,
