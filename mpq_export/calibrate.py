@@ -40,6 +40,21 @@ class CalibrationSettings:
     seq_len: int | None = None  # encoder_hidden_states length when dynamic
     mem_budget_mb: int = 256  # bytes of layer outputs fetched per onnxruntime call
     input_hessians: bool = True  # per-layer input statistics H = X^T X for GPTQ rounding (rounding.py)
+
+    def __post_init__(self):
+        for name, flag in (("steps", "--steps"), ("timesteps", "--timesteps"), ("samples", "--samples"),
+                           ("mem_budget_mb", "--calib-mem-mb")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise MPQError(f"{flag} must be a positive integer, got {v!r}")
+        if self.samples < 4:
+            raise MPQError(f"--samples must be at least 4 for the ORM Grams (got {self.samples})")
+        if self.timesteps > self.steps:
+            raise MPQError(f"--timesteps {self.timesteps} exceeds --steps {self.steps}: profile at most every step")
+        if self.seq_len is not None and self.seq_len <= 0:
+            raise MPQError(f"--seq-len must be positive, got {self.seq_len}")
+        if self.resolution is not None and (len(self.resolution) != 2 or min(self.resolution) <= 0):
+            raise MPQError(f"--resolution must be H or HxW with positive sizes, got {self.resolution}")
     threads: int = 0
 
 

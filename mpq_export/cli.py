@@ -14,10 +14,10 @@ import argparse
 import logging
 import sys
 
-from mpq_export.act_ranges import ACT_CALIB_METHODS, DEFAULT_ACT_CALIB
+from mpq_export.act_ranges import ACT_CALIB_METHODS
 from mpq_export.errors import MPQError
-from mpq_export.rounding import DEFAULT_ROUNDING, ROUNDINGS
-from mpq_export.targets import DEFAULT_TARGET, TARGETS
+from mpq_export.rounding import ROUNDINGS
+from mpq_export.targets import TARGETS
 
 PROG = "mpq-export"
 
@@ -56,7 +56,25 @@ def _resolution(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def _default(cls, name: str):
+    """A settings dataclass's default for `name`: the library is the one source of defaults."""
+    import dataclasses
+
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # settings classes and choice lists come from the library (numpy-only modules: --help stays light)
+    from mpq_export.act_ranges import ActCalibSettings
+    from mpq_export.allocate import METHODS, AllocationSettings
+    from mpq_export.calibrate import CalibrationSettings
+    from mpq_export.orm import AGGREGATIONS, ESTIMATORS, OrmSettings
+    from mpq_export.pipeline import BUILD_MODES, IMPORTANCES, PipelineConfig
+    from mpq_export.quantize import QuantizeSettings
+    from mpq_export.validate import ValidationSettings
+
+    C, Q, O, A = CalibrationSettings, QuantizeSettings, OrmSettings, AllocationSettings
     p = _Parser(prog=PROG, description="Mixed-precision INT4/INT8 Q/DQ export of a diffusion UNet (MPQ-Diff).",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                 epilog=f"Also: '{PROG} check MODEL.onnx' checks a Q/DQ model against TensorRT's rules.")
@@ -68,33 +86,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "A budget the model cannot reach on the target is refused with the reachable range. "
                         "With --demo: 7.5 on tensorrt, 4.5 on onnxruntime")
     p.add_argument("-o", "--output", help="output folder (default ./<model>.mpq)")
-    p.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET,
+    p.add_argument("--target", choices=TARGETS, default=_default(Q, "target"),
                    help="tensorrt: FP16 graph + Q/DQ TensorRT builds (INT8 convs, INT4 weight-only GEMMs); "
                         "onnxruntime: FP32 graph + Q/DQ for its CPU kernels (also INT4 convs)")
     g = p.add_argument_group("allocation")
-    g.add_argument("--allocation", choices=("mpq", "uniform", "random", "smallest-first"), default="mpq",
+    g.add_argument("--allocation", choices=METHODS, default=_default(A, "method"),
                    help="mpq: the 0/1 program over the importance scores; others are baselines")
-    g.add_argument("--importance", choices=("orm", "sensitivity"), default="orm",
+    g.add_argument("--importance", choices=IMPORTANCES, default=_default(PipelineConfig, "importance"),
                    help="orm: the paper's orthogonality metric; sensitivity: measured per-layer output error")
-    g.add_argument("--bits", type=_ints, default=(4, 8), help="candidate weight bit-widths (4, 8, 16)")
+    g.add_argument("--bits", type=_ints, default=_default(A, "bits"), help="candidate weight bit-widths (4, 8, 16)")
     g.add_argument("--keep-fp16", action="append", default=[], metavar="REGEX",
                    help="pin matching layers to FP16 (repeatable; conv_in always, unless --no-default-pins)")
     g.add_argument("--min8", action="append", default=None, metavar="REGEX",
                    help="hold matching layers at >= 8 bits (repeatable; default: conv_in, conv_out, time_embedding.*)")
     g.add_argument("--no-default-pins", action="store_true",
                    help="drop the default pins (conv_in FP16; conv_out and time_embedding >= 8 bits)")
-    g.add_argument("--seed", type=int, default=0, help="seed of --allocation random")
+    g.add_argument("--seed", type=int, default=_default(A, "seed"), help="seed of --allocation random")
     o = p.add_argument_group("ORM importance")
-    o.add_argument("--orm-estimator", choices=("biased", "unbiased"), default="unbiased",
+    o.add_argument("--orm-estimator", choices=ESTIMATORS, default=_default(O, "estimator"),
                    help="linear-CKA estimator: unbiased HSIC (default, see docs/quality.md) or OMPQ's biased one")
-    o.add_argument("--alpha", type=float, default=1.0, help="timestep weight w_t = exp(-alpha t / T)")
+    o.add_argument("--alpha", type=float, default=_default(O, "alpha"), help="timestep weight w_t = exp(-alpha t / T)")
     o.add_argument("--beta", type=float, default=None, help="theta = exp(-beta gamma); default 1/std(gamma)")
-    o.add_argument("--agg", choices=("mean-of-exp", "exp-of-mean"), default="mean-of-exp", help="aggregation over timesteps")
+    o.add_argument("--agg", choices=AGGREGATIONS, default=_default(O, "agg"), help="aggregation over timesteps")
     c = p.add_argument_group("calibration")
-    c.add_argument("--steps", type=int, default=50, help="DDIM steps of the sampling trajectory")
-    c.add_argument("--timesteps", type=int, default=10, help="profiled steps K, evenly spaced")
-    c.add_argument("--samples", type=int, default=32, help="samples N per profiled step")
-    c.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration samples")
+    c.add_argument("--steps", type=int, default=_default(C, "steps"), help="DDIM steps of the sampling trajectory")
+    c.add_argument("--timesteps", type=int, default=_default(C, "timesteps"), help="profiled steps K, evenly spaced")
+    c.add_argument("--samples", type=int, default=_default(C, "samples"), help="samples N per profiled step")
+    c.add_argument("--calib-seed", type=int, default=_default(C, "seed"), help="seed of the calibration samples")
     c.add_argument("--resolution", type=_resolution, default=None, help="sample H or HxW when the model does not fix it")
     c.add_argument("--seq-len", type=int, default=None, help="encoder_hidden_states length when dynamic")
     c.add_argument("--calib-data", default=None, metavar="FILE.npz", help="conditioning inputs (arrays named like the model inputs)")
@@ -103,18 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timestep-name", default=None, help="name of the timestep input (default: detected)")
     c.add_argument("--cache-dir", default=None, help="calibration cache (default $MPQ_EXPORT_CACHE or ~/.cache/mpq-export)")
     c.add_argument("--no-cache", action="store_true", help="neither read nor write the calibration cache")
-    c.add_argument("--act-calib", choices=ACT_CALIB_METHODS, default=DEFAULT_ACT_CALIB,
+    c.add_argument("--act-calib", choices=ACT_CALIB_METHODS, default=_default(ActCalibSettings, "method"),
                    help="how each INT8 activation threshold is chosen from the calibration histograms (docs/quality.md)")
-    c.add_argument("--act-percentile", type=float, default=99.99, help="percentile of |x| for --act-calib percentile")
-    c.add_argument("--calib-mem-mb", type=int, default=256, help="layer outputs fetched per onnxruntime call (MB)")
+    c.add_argument("--act-percentile", type=float, default=_default(ActCalibSettings, "percentile"), help="percentile of |x| for --act-calib percentile")
+    c.add_argument("--calib-mem-mb", type=int, default=_default(C, "mem_budget_mb"), help="layer outputs fetched per onnxruntime call (MB)")
     v = p.add_argument_group("quantization, engine, validation")
-    v.add_argument("--block-size", type=int, default=128, help="INT4 block size along K for MatMul/Gemm weights")
-    v.add_argument("--weight-rounding", choices=ROUNDINGS, default=DEFAULT_ROUNDING,
+    v.add_argument("--block-size", type=int, default=_default(Q, "block_size"), help="INT4 block size along K for MatMul/Gemm weights")
+    v.add_argument("--weight-rounding", choices=ROUNDINGS, default=_default(Q, "rounding"),
                    help="nearest: round-to-nearest; gptq: GPTQ on the layers' calibration inputs (docs/quality.md)")
     v.add_argument("--no-clip-search", action="store_true", help="plain |max| weight scales instead of the MSE clip search")
-    v.add_argument("--build-engine", choices=("auto", "yes", "no"), default="auto",
+    v.add_argument("--build-engine", choices=BUILD_MODES, default=_default(PipelineConfig, "build_engine"),
                    help="build a TensorRT engine (auto: when TensorRT and a GPU are present)")
-    v.add_argument("--val-samples", type=int, default=8, help="held-back samples for validation")
+    v.add_argument("--val-samples", type=int, default=_default(ValidationSettings, "samples"), help="held-back samples for validation")
     v.add_argument("--no-stability", action="store_true", help="skip the allocation-stability study in the report")
     v.add_argument("--no-act-costs", action="store_true",
                    help="skip measuring each activation quantizer alone for the report (one forward per tensor and step)")
@@ -137,13 +155,6 @@ def config_from_args(args):
     defaults = not args.no_default_pins
     min8 = tuple(args.min8 or ()) + (DEFAULT_MIN8 if defaults and args.min8 is None else ())
     keep_fp16 = tuple(args.keep_fp16) + (DEFAULT_KEEP_FP16 if defaults else ())
-    for name in ("steps", "timesteps", "samples", "val_samples", "calib_mem_mb"):
-        if getattr(args, name) <= 0:
-            raise MPQError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.seq_len is not None and args.seq_len <= 0:
-        raise MPQError(f"--seq-len must be positive, got {args.seq_len}")
-    if args.timesteps > args.steps:
-        raise MPQError(f"--timesteps {args.timesteps} exceeds --steps {args.steps}: profile at most every step")
     return PipelineConfig(
         model=args.model, budgets=args.budget, out_dir=args.output,
         allocation=AllocationSettings(budget=args.budget[0], bits=args.bits, method=args.allocation, seed=args.seed,

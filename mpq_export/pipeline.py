@@ -506,7 +506,8 @@ def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, sha
                             "activation_ranges": {"method": ranges.settings.method, "settings": asdict(ranges.settings),
                                                   "threshold_over_max_mean": ranges.clipped_fraction(),
                                                   "amax": ranges.amax, "observed_max": ranges.observed_max,
-                                                  "costliest": [asdict(c) for c in act_costs] if act_costs else None}},
+                                                  "costliest": [{**asdict(c), "quantized_here": c.tensor in qm.act_scales}
+                                                                for c in act_costs] if act_costs else None}},
             "validation": val.to_json(), "polygraphy": pg, "engine": engine, "notes": notes, "check": checker,
             "validation_compare": compare_targets(cfg, info, stats, ranges.amax, alloc, shape, val, fp16_val, ref) if cfg.quantize.target == "tensorrt" else None,
             "stability": (allocation_stability(info, stats, cfg.orm, imp, alloc_settings, alloc)

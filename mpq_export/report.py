@@ -164,9 +164,11 @@ def render_markdown(r: dict) -> str:
         lines += ["", "## Activation quantizers that cost the most", "",
                   "Each layer-input activation quantized alone to INT8 at its calibrated threshold (weights float); "
                   "noise-prediction SQNR at the profiled calibration steps (higher is better), the worst first:", "",
-                  "| activation | read by | SQNR alone (dB) | threshold | observed max |", "|---|---|---:|---:|---:|"]
+                  "| activation | read by | quantized in this model | SQNR alone (dB) | threshold | observed max |",
+                  "|---|---|---|---:|---:|---:|"]
         lines += [f"| `{c['tensor']}` | {', '.join(f'`{n}`' for n in c['layers'][:3])}{' ...' if len(c['layers']) > 3 else ''} | "
-                  f"{c['sqnr_db']:.2f} | {c['threshold']:.4g} | {c['observed_max']:.4g} |" for c in costs[:10]]
+                  f"{'yes' if c.get('quantized_here') else 'no'} | {c['sqnr_db']:.2f} | {c['threshold']:.4g} | "
+                  f"{c['observed_max']:.4g} |" for c in costs[:10]]
     if r.get("stability"):
         s = r["stability"]
         lines += ["", "## Allocation stability", "", "Layers that change format when a setting changes (same budget):", "",

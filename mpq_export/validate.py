@@ -28,6 +28,12 @@ class ValidationSettings:
     seed: int = 10_000  # held-back seeds: calibration uses seed .. seed + N - 1 with its own base
     threads: int = 0
 
+    def __post_init__(self):
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples <= 0:
+            from mpq_export.errors import MPQError
+
+            raise MPQError(f"--val-samples must be a positive integer, got {self.samples!r}")
+
 
 @dataclass
 class ValidationResult:

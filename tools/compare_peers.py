@@ -10,10 +10,11 @@ profiled steps, N samples each.
 
 Rows:
   ours W8A8, onnxruntime target, one row per --act-calib method (max, percentile, entropy, mse with
-       both aggregations over timesteps), default pins (conv_in FP16)
-  ours W8A8, tensorrt target (FP16 graph), default activation calibration
-  ours W8, activations float (the W8A8 file with its activation Q/DQ removed): what activation
-       quantization costs
+       both aggregations over timesteps), round-to-nearest weights: the activation ablation
+  ours W8A8 with the defaults, per weight rounding (nearest, GPTQ); default pins (conv_in FP16)
+  ours W8, activations float (the default W8A8 file with its activation Q/DQ removed): what
+       activation quantization costs
+  ours W8A8, tensorrt target (FP16 graph), defaults
   ours MPQ at each --budgets value, onnxruntime target, per scorer (ORM, measured sensitivity) and
        weight rounding (nearest, GPTQ)
   onnxruntime quantize_static (QDQ, symmetric INT8 activations and per-channel INT8 weights, on
@@ -52,6 +53,7 @@ from mpq_export.layers import inspect_model  # noqa: E402
 from mpq_export.orm import OrmSettings, compute_importance  # noqa: E402
 from mpq_export.pipeline import PipelineConfig, default_cache_dir, prepare_model  # noqa: E402
 from mpq_export.quantize import QuantizeSettings, quantize  # noqa: E402
+from mpq_export.rounding import DEFAULT_ROUNDING  # noqa: E402
 from mpq_export.sampler import NoiseSchedule  # noqa: E402
 from mpq_export.validate import ValidationSettings, fp32_reference, validate  # noqa: E402
 
@@ -199,8 +201,9 @@ def main() -> None:
     ap.add_argument("--peer-venv", default=os.path.join(default_cache_dir(), "peers", "modelopt-0.47.0"))
     ap.add_argument("--no-modelopt", action="store_true")
     ap.add_argument("--no-ort", action="store_true")
-    ap.add_argument("--act-methods", default="max,percentile,entropy,mse-pooled,mse",
-                    help="activation calibrations of our W8A8 rows (mse-pooled: mse over pooled steps)")
+    ap.add_argument("--act-methods", default="max,percentile,entropy,mse-relative,mse",
+                    help="activation calibrations of the ablation rows (round-to-nearest weights); mse-relative: "
+                         "mse averaged over steps as error / energy")
     ap.add_argument("--scorers", default="orm,sensitivity", help="importance scorers of the MPQ rows")
     ap.add_argument("--roundings", default="nearest,gptq", help="weight roundings of our default-calibrated rows")
     ap.add_argument("--json", default=None, help="write the rows here")
@@ -234,28 +237,29 @@ def main() -> None:
     w8 = AllocationSettings(budget=8, method="uniform", target="onnxruntime")
     alloc8 = allocate(info.layers, w8)
     with tempfile.TemporaryDirectory(prefix="mpq-peers-") as d:
+        # ablation of the activation calibration, round-to-nearest weights
         for m in [s for s in args.act_methods.split(",") if s]:
-            act = ActCalibSettings(method="mse", over_steps="pooled") if m == "mse-pooled" else ActCalibSettings(method=m)
+            act = ActCalibSettings(method="mse", over_steps="relative") if m == "mse-relative" else ActCalibSettings(method=m)
             ranges = choose_ranges(stats.act_hist, act)
             path = os.path.join(d, f"w8a8-{m}.onnx")
-            quantize(info, alloc8, ranges.amax, path, QuantizeSettings(target="onnxruntime"))
-            score(f"ours W8A8 onnxruntime, act {m}", path, act_calib=m)
+            quantize(info, alloc8, ranges.amax, path, QuantizeSettings(target="onnxruntime", rounding="nearest"))
+            score(f"ours W8A8 onnxruntime, act {m}, nearest rounding", path, act_calib=m, rounding="nearest")
         default_ranges = choose_ranges(stats.act_hist, ActCalibSettings())
         roundings = [r for r in args.roundings.split(",") if r]
-        for r in roundings:
-            if r != "nearest":
-                path = os.path.join(d, f"w8a8-{r}.onnx")
-                quantize(info, alloc8, default_ranges.amax, path, QuantizeSettings(target="onnxruntime", rounding=r),
-                         hessians=stats.hessians)
-                score(f"ours W8A8 onnxruntime, act {default_ranges.settings.method}, {r} rounding", path, rounding=r)
-        path = os.path.join(d, "w8a8-default.onnx")
-        quantize(info, alloc8, default_ranges.amax, path, QuantizeSettings(target="onnxruntime"))
-        strip_activation_qdq(path, os.path.join(d, "w8-only.onnx"))
-        score("ours W8, activations float (act Q/DQ removed)", os.path.join(d, "w8-only.onnx"))
+        for r in roundings:  # the defaults (act mse), per weight rounding
+            path = os.path.join(d, f"w8a8-default-{r}.onnx")
+            quantize(info, alloc8, default_ranges.amax, path, QuantizeSettings(target="onnxruntime", rounding=r),
+                     hessians=stats.hessians)
+            score(f"ours W8A8 onnxruntime, defaults (act {default_ranges.settings.method}), {r} rounding", path,
+                  rounding=r, default=r == DEFAULT_ROUNDING)
+            if r == DEFAULT_ROUNDING:
+                strip_activation_qdq(path, os.path.join(d, "w8-only.onnx"))
+                score(f"ours W8, activations float (the row above with its act Q/DQ removed)",
+                      os.path.join(d, "w8-only.onnx"))
         trt = os.path.join(d, "w8a8-trt.onnx")
         quantize(info, allocate(info.layers, replace(w8, target="tensorrt")), default_ranges.amax, trt,
-                 QuantizeSettings(target="tensorrt"))
-        score(f"ours W8A8 tensorrt (FP16 graph), act {default_ranges.settings.method}", trt)
+                 QuantizeSettings(target="tensorrt"), hessians=stats.hessians)
+        score(f"ours W8A8 tensorrt (FP16 graph), defaults", trt, default=True)
         imp = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(),
                                  schedule.num_train_timesteps)
         budgets = [float(x) for x in args.budgets.split(",") if x]
@@ -299,6 +303,7 @@ def main() -> None:
               "rows": rows, "seconds": time.perf_counter() - t_start,
               "command": "python tools/compare_peers.py " + " ".join(sys.argv[1:])}
     print(table(result))
+    print(summary(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
@@ -310,6 +315,24 @@ def paired(result: dict, a: str, b: str) -> tuple[float, float]:
     rows = {r["method"]: np.asarray(r["psnr_per_sample"]) for r in result["rows"]}
     d = rows[a] - rows[b]
     return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def summary(result: dict) -> str:
+    """Paired differences (same seeds) between the headline rows."""
+    rows = result["rows"]
+    ours = next((r for r in rows if r.get("default") and "onnxruntime" in r["method"]), None)
+    ours_trt = next((r for r in rows if r.get("default") and "tensorrt" in r["method"]), None)
+    peers = [r for r in rows if r["method"].startswith(("ModelOpt", "onnxruntime quantize_static"))]
+    mpq = [r for r in rows if r.get("budget") is not None and r.get("rounding") == DEFAULT_ROUNDING]
+    lines = []
+    for a in (ours, ours_trt):
+        for p in peers if a else []:
+            m, se = paired(result, a["method"], p["method"])
+            lines.append(f"{a['method']} - {p['method']}: {m:+.2f} +- {se:.2f} dB (paired over seeds)")
+    for r in mpq if ours else []:
+        m, se = paired(result, r["method"], ours["method"])
+        lines.append(f"{r['method']} - our W8A8: {m:+.2f} +- {se:.2f} dB (paired)")
+    return "\n".join(lines)
 
 
 def table(result: dict) -> str:
