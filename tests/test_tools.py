@@ -1,0 +1,54 @@
+"""The scripts under tools/ that other figures depend on."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import run_cli
+
+TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
+
+
+def test_make_unet_writes_a_folder_the_cli_quantizes(tmp_path):
+    pytest.importorskip("torch")
+    p = subprocess.run([sys.executable, os.path.join(TOOLS, "make_unet.py"), "tiny", str(tmp_path / "m")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "m" / "unet" / "config.json").exists()
+    code, _, err = run_cli(tmp_path / "m" / "unet", "--budget", "8", "-o", tmp_path / "o", "--steps", "4",
+                           "--timesteps", "2", "--samples", "4", "--val-samples", "2", "--no-stability",
+                           "--no-act-costs", "--seq-len", "8")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert "scheduler_config.json" in rep["calibration"]["schedule"]  # found in the folder's scheduler/
+
+
+def test_compare_peers_counts_bits_of_any_qdq_file(unet_onnx, tmp_path):
+    """Its bit counter follows weight Q/DQ (ModelOpt's form) as well as stored integers (ours)."""
+    sys.path.insert(0, TOOLS)
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    import compare_peers
+    from mpq_export.layers import inspect_model
+
+    info = inspect_model(unet_onnx)
+    m = onnx.load(unet_onnx)
+    inits = {i.name: i for i in m.graph.initializer}
+    layer = info.layers[3]
+    node = next(n for n in m.graph.node if n.name == layer.node_name)
+    w = layer.weight_name
+    m.graph.initializer.extend([numpy_helper.from_array(np.array(0.01, np.float32), "s"),
+                                numpy_helper.from_array(np.array(0, np.int8), "z")])
+    m.graph.node.extend([helper.make_node("QuantizeLinear", [w, "s", "z"], ["wq"]),
+                         helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wdq"])])
+    node.input[1] = "wdq"
+    path = tmp_path / "qdq.onnx"
+    onnx.save(m, str(path))
+    total = sum(l.params for l in info.layers)
+    want = (16 * (total - layer.params) + 8 * layer.params) / total
+    assert compare_peers.count_bits(str(path), info) == pytest.approx(want)
+    assert inits  # the model had initializers to begin with
