@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -74,7 +74,6 @@ class CalibrationStats:
     model_sha256: str
     seconds: float = 0.0
     cached: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:

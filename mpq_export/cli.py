@@ -96,11 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="orm: the paper's orthogonality metric; sensitivity: measured per-layer output error")
     g.add_argument("--bits", type=_ints, default=_default(A, "bits"), help="candidate weight bit-widths (4, 8, 16)")
     g.add_argument("--keep-fp16", action="append", default=[], metavar="REGEX",
-                   help="pin matching layers to FP16 (repeatable; conv_in always, unless --no-default-pins)")
+                   help="pin matching layers to FP16 (repeatable; conv_in and conv_out always, unless --no-default-pins)")
     g.add_argument("--min8", action="append", default=None, metavar="REGEX",
-                   help="hold matching layers at >= 8 bits (repeatable; default: conv_in, conv_out, time_embedding.*)")
+                   help="hold matching layers at >= 8 bits (repeatable; default: time_embedding.*, and conv_in/conv_out "
+                        "when they are not FP16)")
     g.add_argument("--no-default-pins", action="store_true",
-                   help="drop the default pins (conv_in FP16; conv_out and time_embedding >= 8 bits)")
+                   help="drop the default pins (conv_in and conv_out FP16; time_embedding >= 8 bits)")
     g.add_argument("--seed", type=int, default=_default(A, "seed"), help="seed of --allocation random")
     o = p.add_argument_group("ORM importance")
     o.add_argument("--orm-estimator", choices=ESTIMATORS, default=_default(O, "estimator"),

@@ -40,6 +40,12 @@ class OrmSettings:
             raise MPQError(f"--beta must be positive, got {self.beta}")
 
 
+def timestep_weights(timesteps: np.ndarray, alpha: float, num_train_timesteps: int) -> np.ndarray:
+    """w_t = exp(-alpha t / T), normalised to sum 1: how much each profiled step counts (ORM and sensitivity)."""
+    w = np.exp(-alpha * np.asarray(timesteps, dtype=np.float64) / num_train_timesteps)
+    return w / w.sum()
+
+
 @dataclass
 class LayerImportance:
     layer_names: list[str]
@@ -136,8 +142,7 @@ def compute_importance(grams: np.ndarray, timesteps: np.ndarray, layer_names: li
         stds = [np.nanstd(g) for g in gammas if np.isfinite(g).sum() >= 2]
         s = float(np.mean(stds)) if stds else 0.0
         beta = 1.0 / s if s > 1e-12 else 1.0
-    w = np.exp(-settings.alpha * timesteps.astype(np.float64) / num_train_timesteps)
-    w = w / w.sum()
+    w = timestep_weights(timesteps, settings.alpha, num_train_timesteps)
     theta_t = np.exp(-beta * gammas)
     for k in range(K):  # layers without per-sample signal at t take the median of the rest
         bad = ~np.isfinite(theta_t[k])

@@ -343,7 +343,6 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     log.info("[calibrate] activation ranges by %s: thresholds at %.2f of the observed max on average",
              cfg.act_calib.method, ranges.clipped_fraction())
 
-    imp = None
     sens = None
     t = time.perf_counter()
     imp = compute_importance_for(stats, cfg.orm)

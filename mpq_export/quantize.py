@@ -128,8 +128,9 @@ def quantize_weight(w: np.ndarray, bits: int, axis: int, block_axis: int | None 
 
 
 def weight_sqnr_db(w: np.ndarray, qw: QuantizedWeight) -> float:
-    err = float(((qw.dequantize() - w) ** 2).sum())
-    return float(10 * np.log10(float((w.astype(np.float64) ** 2).sum()) / max(err, 1e-30)))
+    from mpq_export.validate import sqnr_db
+
+    return sqnr_db(w, qw.dequantize())
 
 
 def quantize_layer_weight(layer: QuantLayer, w: np.ndarray, fmt: Format, settings: QuantizeSettings,

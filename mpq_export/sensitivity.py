@@ -26,6 +26,7 @@ import numpy as np
 from mpq_export.allocate import AllocationSettings, candidates
 from mpq_export.calibrate import CalibrationStats
 from mpq_export.layers import ModelInfo
+from mpq_export.orm import timestep_weights
 from mpq_export.progress import Progress, log
 from mpq_export.quantize import QuantizeSettings, activation_scale, quantize_layer_weight
 from mpq_export.runtime import ort_session, run_model
@@ -62,8 +63,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
     t0 = time.perf_counter()
     n = min(samples, stats.n_samples)
     K = len(stats.timesteps)
-    w = np.exp(-alpha * stats.timesteps.astype(np.float64) / stats.schedule.num_train_timesteps)
-    w = w / w.sum()
+    w = timestep_weights(stats.timesteps, alpha, stats.schedule.num_train_timesteps)
     xs = stats.inputs[info.sample.name][:, :n]
     cond = {c.name: stats.inputs[c.name][:n] for c in info.conditioning}
     refs = stats.outputs[:, :n].astype(np.float64)

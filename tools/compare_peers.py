@@ -204,8 +204,10 @@ def main() -> None:
     ap.add_argument("--act-methods", default="max,percentile,entropy,mse-relative,mse",
                     help="activation calibrations of the ablation rows (round-to-nearest weights); mse-relative: "
                          "mse averaged over steps as error / energy")
+    ap.add_argument("--trt-budgets", default="7.5", help="MPQ rows on the tensorrt target")
     ap.add_argument("--scorers", default="orm,sensitivity", help="importance scorers of the MPQ rows")
-    ap.add_argument("--roundings", default="nearest,gptq", help="weight roundings of our default-calibrated rows")
+    ap.add_argument("--roundings", default="nearest,gptq", help="weight roundings of our default W8A8 rows")
+    ap.add_argument("--mpq-roundings", default=DEFAULT_ROUNDING, help="weight roundings of the MPQ rows")
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -264,7 +266,7 @@ def main() -> None:
                                  schedule.num_train_timesteps)
         budgets = [float(x) for x in args.budgets.split(",") if x]
         scorers = [x for x in args.scorers.split(",") if x]
-        for r in roundings if budgets else []:
+        for r in [x for x in args.mpq_roundings.split(",") if x] if budgets else []:
             qs = QuantizeSettings(target="onnxruntime", rounding=r)
             sens = None
             if "sensitivity" in scorers:
@@ -282,6 +284,16 @@ def main() -> None:
                     quantize(info, alloc, default_ranges.amax, path, qs, hessians=stats.hessians)
                     score(f"ours MPQ {b:g} bits onnxruntime ({scorer}), {r} rounding", path, budget=b, rounding=r,
                           scorer=scorer)
+            for b in [float(x) for x in args.trt_budgets.split(",") if x]:  # the tensorrt target's own range
+                for scorer in scorers:
+                    alloc = allocate(info.layers, AllocationSettings(budget=b, target="tensorrt"),
+                                     theta=imp.theta if scorer == "orm" else None,
+                                     sensitivity=sens.scores if scorer == "sensitivity" else None)
+                    path = os.path.join(d, f"mpq-trt-{b:g}-{r}-{scorer}.onnx")
+                    quantize(info, alloc, default_ranges.amax, path, replace(qs, target="tensorrt"),
+                             hessians=stats.hessians)
+                    score(f"ours MPQ {b:g} bits tensorrt ({scorer}), {r} rounding", path, budget=b, rounding=r,
+                          scorer=scorer, target="tensorrt")
 
         feeds = calibration_feeds(info, stats)
         if not args.no_ort:
