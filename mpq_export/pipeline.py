@@ -141,9 +141,12 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
     log.info("[export] %s -> ONNX (torch)", cfg.model)
     try:
         res = export_diffusers(cfg.model, os.path.join(tmp, "model.onnx"))
-        if os.path.exists(folder):  # another run exported the same model meanwhile
-            shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another run exported the same model meanwhile (and may be reading it): use theirs
+            if not os.path.exists(onnx_path):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if temp_dir:

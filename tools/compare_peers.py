@@ -209,7 +209,15 @@ def main() -> None:
     ap.add_argument("--roundings", default="nearest,gptq", help="weight roundings of our default W8A8 rows")
     ap.add_argument("--mpq-roundings", default=DEFAULT_ROUNDING, help="weight roundings of the MPQ rows")
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--table-only", metavar="JSON", help="print the tables of an earlier run's JSON and stop")
     args = ap.parse_args()
+    if args.table_only:
+        with open(args.table_only) as f:
+            result = json.load(f)
+        print(table(result))
+        print()
+        print(summary(result))
+        return
     t_start = time.perf_counter()
 
     cache = default_cache_dir()
@@ -340,10 +348,10 @@ def summary(result: dict) -> str:
     for a in (ours, ours_trt):
         for p in peers if a else []:
             m, se = paired(result, a["method"], p["method"])
-            lines.append(f"{a['method']} - {p['method']}: {m:+.2f} +- {se:.2f} dB (paired over seeds)")
+            lines.append(f"- {a['method']} minus {p['method']}: **{m:+.2f} +- {se:.2f} dB**")
     for r in mpq if ours else []:
         m, se = paired(result, r["method"], ours["method"])
-        lines.append(f"{r['method']} - our W8A8: {m:+.2f} +- {se:.2f} dB (paired)")
+        lines.append(f"- {r['method']} minus our W8A8: **{m:+.2f} +- {se:.2f} dB**")
     return "\n".join(lines)
 
 
