@@ -90,6 +90,32 @@ class PipelineResult:
     out_root: str
 
 
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+    except (ImportError, OSError):
+        return 0.0
+
+
+class StageTimes(dict):
+    """stage -> seconds, and `peak_rss_mb`: stage -> the process's peak resident memory when it ended."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.peak_rss_mb: dict[str, float] = {}
+
+    def __setitem__(self, stage: str, seconds: float) -> None:
+        super().__setitem__(stage, seconds)
+        self.peak_rss_mb[stage] = _peak_rss_mb()
+
+    def copy(self) -> "StageTimes":
+        c = StageTimes(self)
+        c.peak_rss_mb = dict(self.peak_rss_mb)
+        return c
+
+
 def default_cache_dir() -> str:
     return os.environ.get("MPQ_EXPORT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mpq-export")
 
@@ -290,7 +316,7 @@ def allocation_stability(info: ModelInfo, stats: CalibrationStats, orm: OrmSetti
 
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
-    timings: dict[str, float] = {}
+    timings = StageTimes()
     cache_dir = default_cache_dir() if cfg.cache_dir is None else (cfg.cache_dir or None)
     if cache_dir and os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
         log.warning("[cache] %s is not a folder; running without the cache", cache_dir)
@@ -369,7 +395,7 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
         timings["fp16_graph_validation"] = time.perf_counter() - t
     results = []
     for budget, out in zip(cfg.budgets, out_dirs):
-        res = _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, shape, notes, dict(timings), model_path,
+        res = _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, shape, notes, timings.copy(), model_path,
                           ref, fp16_val)
         results.append(res)
     if multi:
@@ -514,7 +540,7 @@ def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, sha
             "validation_compare": compare_targets(cfg, info, stats, ranges.amax, alloc, shape, val, fp16_val, ref) if cfg.quantize.target == "tensorrt" else None,
             "stability": (allocation_stability(info, stats, cfg.orm, imp, alloc_settings, alloc)
                           if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer == "orm" else None),
-            "timings": timings,
+            "timings": dict(timings), "peak_rss_mb": dict(timings.peak_rss_mb),
         }
         with open(os.path.join(tmp, "allocation.json"), "w") as f:
             import json

@@ -174,8 +174,9 @@ def render_markdown(r: dict) -> str:
         lines += ["", "## Allocation stability", "", "Layers that change format when a setting changes (same budget):", "",
                   "| change | layers changed |", "|---|---:|"]
         lines += [f"| {k} | {c} |" for k, c in s.items()]
-    lines += ["", "## Timings", "", "| stage | seconds |", "|---|---:|"]
-    lines += [f"| {k} | {t:.2f} |" for k, t in r["timings"].items()]
+    rss = r.get("peak_rss_mb") or {}
+    lines += ["", "## Timings", "", "| stage | seconds | peak RSS of the process so far (MB) |", "|---|---:|---:|"]
+    lines += [f"| {k} | {t:.2f} | {_fmt(rss.get(k), 0)} |" for k, t in r["timings"].items()]
     sens = any(l.get("sensitivity") for l in r["layers"])
     lines += ["", "## Layers", "", "| # | layer | op | params | format | bits | ORM importance |"
               + (" sensitivity at 4 / 8 bits |" if sens else "") + " weight SQNR (dB) |",

@@ -30,6 +30,7 @@ def test_budget_sweep_quality_rises_and_the_budget_holds(unet_onnx, tmp_path):
         assert {"model", "budget", "achieved_bits", "target", "layers", "importance_per_timestep", "validation",
                 "timings"} <= set(rep)
         assert rep["model"] == os.path.abspath(unet_onnx)
+        assert set(rep["peak_rss_mb"]) == set(rep["timings"]) and min(rep["peak_rss_mb"].values()) > 10
         assert {"name", "op_type", "params", "format", "weight_bits", "importance"} <= set(rep["layers"][0])
         alloc = json.loads((out / "allocation.json").read_text())
         assert set(alloc["layers"]) == {l["name"] for l in rep["layers"]}
