@@ -67,9 +67,11 @@ import sys
 import numpy as np
 from modelopt.onnx.quantization import quantize
 src, data, out, method = sys.argv[1:5]
+exclude = sys.argv[5].split(",") if len(sys.argv) > 5 and sys.argv[5] else None
 z = np.load(data)
 quantize(src, quantize_mode="int8", calibration_data={k: z[k] for k in z.files}, calibration_method=method,
-         calibration_eps=["cpu"], output_path=out, high_precision_dtype="fp16", log_level="WARNING")
+         calibration_eps=["cpu"], output_path=out, high_precision_dtype="fp16", log_level="WARNING",
+         nodes_to_exclude=exclude)
 """
 
 
@@ -153,7 +155,8 @@ def calibration_feeds(info, stats) -> list[dict[str, np.ndarray]]:
     return [build_feeds(info, xs[k], int(t), cond) for k, t in enumerate(stats.timesteps)]
 
 
-def ort_quantize_static(model_path: str, feeds: list[dict], out: str, method: str) -> None:
+def ort_quantize_static(model_path: str, feeds: list[dict], out: str, method: str,
+                        exclude: list[str] | None = None) -> None:
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -167,7 +170,7 @@ def ort_quantize_static(model_path: str, feeds: list[dict], out: str, method: st
     # Add/Mul/Concat/Reshape, including the sinusoidal timestep embedding and the output, which leaves a
     # diffusion UNet at ~8 dB (measured on the digits model)
     quantize_static(model_path, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    op_types_to_quantize=["Conv", "ConvTranspose", "MatMul", "Gemm"],
+                    op_types_to_quantize=["Conv", "ConvTranspose", "MatMul", "Gemm"], nodes_to_exclude=exclude,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method],
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
@@ -182,13 +185,17 @@ def modelopt_python(venv: str) -> str:
     return py
 
 
-def modelopt_quantize(py: str, model_path: str, feeds: list[dict], out: str, method: str, workdir: str) -> None:
+def modelopt_quantize(py: str, model_path: str, feeds: list[dict], out: str, method: str, workdir: str,
+                      exclude: list[str] | None = None) -> None:
     data = os.path.join(workdir, "modelopt_calib.npz")
     np.savez(data, **{k: np.concatenate([f[k] if f[k].ndim else f[k][None] for f in feeds]) for k in feeds[0]})
     script = os.path.join(workdir, "modelopt_quantize.py")
     with open(script, "w") as f:
         f.write(MODELOPT_SCRIPT)
-    p = subprocess.run([py, script, model_path, data, out, method], capture_output=True, text=True)
+    import re
+
+    regexes = ",".join(f"^{re.escape(n)}$" for n in exclude or [])
+    p = subprocess.run([py, script, model_path, data, out, method, regexes], capture_output=True, text=True)
     if p.returncode != 0 or not os.path.exists(out):
         raise RuntimeError(f"ModelOpt failed:\n{p.stderr[-3000:]}")
 
@@ -304,6 +311,13 @@ def main() -> None:
                           scorer=scorer, target="tensorrt")
 
         feeds = calibration_feeds(info, stats)
+        # the layers our default pins keep float: the peers' rows "with our pins" exclude the same nodes,
+        # so the comparison separates calibration and rounding from the choice of float layers
+        import re
+
+        from mpq_export.allocate import DEFAULT_KEEP_FP16
+
+        pinned = [l.node_name for l in info.layers if any(re.search(rx, l.name) for rx in DEFAULT_KEEP_FP16)]
         if not args.no_ort:
             # not Entropy: through quantize_static it gets 128 histogram bins for 128 quantized bins, so its
             # threshold search has one candidate and it equals MinMax (onnxruntime 1.2x/1.3x, measured here)
@@ -311,12 +325,18 @@ def main() -> None:
                 path = os.path.join(d, f"ort-{method}.onnx")
                 ort_quantize_static(model_path, feeds, path, method)
                 score(f"onnxruntime quantize_static QDQ S8S8 per-channel (Conv/MatMul/Gemm), {method}", path)
+            path = os.path.join(d, "ort-percentile-pins.onnx")
+            ort_quantize_static(model_path, feeds, path, "percentile", pinned)
+            score("onnxruntime quantize_static, percentile, with our pins (conv_in, conv_out float)", path)
         if not args.no_modelopt:
             py = modelopt_python(args.peer_venv)
             for method in ("entropy", "max"):
                 path = os.path.join(d, f"modelopt-{method}.onnx")
                 modelopt_quantize(py, model_path, feeds, path, method, d)
                 score(f"ModelOpt 0.47 ONNX PTQ INT8 (FP16 graph), {method}", path)
+            path = os.path.join(d, "modelopt-entropy-pins.onnx")
+            modelopt_quantize(py, model_path, feeds, path, "entropy", d, pinned)
+            score("ModelOpt 0.47 ONNX PTQ INT8 (FP16 graph), entropy, with our pins (conv_in, conv_out float)", path)
 
     result = {"model": os.path.abspath(BUNDLED.get(args.model, args.model)), "onnx": model_path, "seeds": args.seeds,
               "eval_seed": EVAL_SEED, "calibration": {"steps": cs.steps, "K": cs.timesteps, "N": cs.samples},
