@@ -31,6 +31,12 @@ def test_budget_sweep_quality_rises_and_the_budget_holds(unet_onnx, tmp_path):
                 "timings"} <= set(rep)
         assert rep["model"] == os.path.abspath(unet_onnx)
         assert set(rep["peak_rss_mb"]) == set(rep["timings"]) and min(rep["peak_rss_mb"].values()) > 10
+        md = (out / "report.md").read_text()
+        assert "## Activation quantizers that cost the most" in md and "peak RSS" in md
+        costs = rep["calibration"]["activation_ranges"]["costliest"]
+        assert costs and costs == sorted(costs, key=lambda c: c["sqnr_db"])  # worst first
+        assert any(c["quantized_here"] for c in costs) and not any(  # conv_in's input is FP16-pinned
+            c["quantized_here"] for c in costs if c["layers"] == ["conv_in"])
         assert {"name", "op_type", "params", "format", "weight_bits", "importance"} <= set(rep["layers"][0])
         alloc = json.loads((out / "allocation.json").read_text())
         assert set(alloc["layers"]) == {l["name"] for l in rep["layers"]}
