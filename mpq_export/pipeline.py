@@ -149,7 +149,7 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
         if os.path.isfile(p):  # SD-sized weights are GBs: hashed once, remembered in the cache
             h.update(name.encode())
             h.update(file_sha256(p, cache_dir).encode())
-    temp_dir = None if cache_dir else tempfile.mkdtemp(prefix="mpq-export-")
+    temp_dir = None if cache_dir else tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}export-{os.getpid()}-")
     folder = os.path.join(cache_dir or temp_dir, f"export-{h.hexdigest()[:20]}")
     onnx_path = os.path.join(folder, "model.onnx")
     sched = cfg.scheduler_config or find_scheduler_config(cfg.model)
@@ -263,6 +263,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+SCRATCH_PREFIX = "mpq-export-"  # scratch folders in the system temp dir: mpq-export-KIND-PID-xxxx
+
+
+def remove_stale_scratch() -> None:
+    """Scratch folders of runs that were killed (SIGKILL, power loss) and whose process is gone."""
+    import re
+
+    root = tempfile.gettempdir()
+    rx = re.compile(rf"^{re.escape(SCRATCH_PREFIX)}[a-z0-9]+-(\d+)-")
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return
+    for e in entries:
+        m = rx.match(e)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(root, e), ignore_errors=True)
+
+
 def _remove_stale_temporaries(parent: str, base: str) -> None:
     """Temporary folders of runs killed with SIGKILL (.BASE.tmp-PID-xxxx) whose process is gone."""
     import re
@@ -317,6 +336,7 @@ def allocation_stability(info: ModelInfo, stats: CalibrationStats, orm: OrmSetti
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     timings = StageTimes()
+    remove_stale_scratch()
     cache_dir = default_cache_dir() if cfg.cache_dir is None else (cfg.cache_dir or None)
     if cache_dir and os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
         log.warning("[cache] %s is not a folder; running without the cache", cache_dir)
@@ -411,7 +431,7 @@ def fp16_graph_validation(cfg, info, stats, shape, ref):
     from mpq_export.fp16_graph import to_fp16_graph
     from mpq_export.quantize import load_for_edit, save_model
 
-    with tempfile.TemporaryDirectory(prefix="mpq-fp16-") as d:
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}fp16-{os.getpid()}-") as d:
         path = os.path.join(d, "model.fp16.onnx")
         save_model(to_fp16_graph(load_for_edit(info.path)), path)
         return validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
@@ -421,7 +441,7 @@ def fp16_graph_validation(cfg, info, stats, shape, ref):
 def compare_targets(cfg, info, stats, act_amax, alloc, shape, trt_val, fp16_val, ref) -> dict:
     """Validation of the same allocation realised for the onnxruntime target (FP32 graph), and of the
     FP16 graph alone, next to the tensorrt target's figures."""
-    with tempfile.TemporaryDirectory(prefix="mpq-ort-") as d:
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}ort-{os.getpid()}-") as d:
         path = os.path.join(d, "model.ort.onnx")
         quantize(info, alloc, act_amax, path, replace(cfg.quantize, target="onnxruntime"), hessians=stats.hessians)
         ort_val = validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape,

@@ -370,3 +370,32 @@ def test_sigterm_unwinds_like_ctrl_c(unet_onnx, tmp_path):
     assert p.returncode == 130, seen + rest
     assert "no output was published" in rest and "Traceback" not in rest
     assert not out.exists() and not [x for x in tmp_path.iterdir() if x.name.startswith(".o.")]
+
+
+def test_scratch_of_a_killed_run_is_swept(unet_onnx, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    dead = scratch / "mpq-export-fp16-999999-abcd"  # no such process
+    dead.mkdir()
+    (dead / "model.fp16.onnx").write_text("x")
+    mine = scratch / "someone-elses-folder"
+    mine.mkdir()
+    assert run_cli(unet_onnx, "-o", tmp_path / "o", *FAST)[0] == 0
+    assert not dead.exists() and mine.exists()
+
+
+def test_two_concurrent_runs_into_one_folder_leave_one_complete_output(unet_onnx, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "mpq_export.cli", unet_onnx, "-o", str(out), *FAST, "--cache-dir", str(tmp_path / "c")]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["tool"] == "mpq-export" and (out / "model.mpq.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "o"]  # no temporaries or .old folders left
