@@ -51,7 +51,8 @@ class PipelineConfig:
     timestep_name: str | None = None
     build_engine: str = "auto"
     stability: bool = True  # report how many layers move when K, alpha, beta change
-    act_costs: bool = True  # measure each activation quantizer alone for the report
+    act_costs: bool = True  # measure each activation quantizer alone for the report ...
+    act_costs_limit_s: float = 120.0  # ... unless that would take longer than this (large models)
     sample_grid: bool = True
     notes: list[str] = field(default_factory=list)
 
@@ -387,7 +388,11 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     if cfg.act_costs:
         from mpq_export.sensitivity import activation_costs
 
-        act_costs = activation_costs(info, stats, ranges.amax, ranges.observed_max)
+        act_costs, secs = activation_costs(info, stats, ranges.amax, ranges.observed_max,
+                                           time_limit_s=cfg.act_costs_limit_s)
+        if act_costs is None:
+            notes.append(f"the activation-cost table was skipped: measuring every activation quantizer alone "
+                         f"would take about {secs:.0f} s here (limit {cfg.act_costs_limit_s:.0f} s)")
     timings["activation_ranges"] = time.perf_counter() - t
     log.info("[calibrate] activation ranges by %s: thresholds at %.2f of the observed max on average",
              cfg.act_calib.method, ranges.clipped_fraction())

@@ -109,9 +109,13 @@ class ActivationCost:
 
 
 def activation_costs(info: ModelInfo, stats: CalibrationStats, act_amax: dict[str, float],
-                     observed_max: dict[str, float], samples: int = 4) -> list[ActivationCost]:
+                     observed_max: dict[str, float], samples: int = 4,
+                     time_limit_s: float | None = None) -> tuple[list[ActivationCost] | None, float]:
     """Each layer-input activation quantizer alone (INT8 at its calibrated threshold, weights float):
-    the noise-prediction SQNR at the profiled steps, worst first. Shows where activation error comes from."""
+    the noise-prediction SQNR at the profiled steps, worst first. Shows where activation error comes from.
+
+    Returns (costs, seconds). With `time_limit_s`, the first tensor's probes are timed and when all of
+    them would take longer, nothing more is measured: (None, projected seconds)."""
     n = min(samples, stats.n_samples)
     K = len(stats.timesteps)
     xs = stats.inputs[info.sample.name][:, :n]
@@ -123,8 +127,13 @@ def activation_costs(info: ModelInfo, stats: CalibrationStats, act_amax: dict[st
         if l.activation_input in act_amax:
             by_tensor.setdefault(l.activation_input, []).append(i)
     out = []
+    t0 = time.perf_counter()
     with Progress("activation costs", len(by_tensor)) as p:
         for done, (tensor, idx) in enumerate(by_tensor.items(), 1):
+            if done == 2 and time_limit_s is not None:
+                projected = (time.perf_counter() - t0) * len(by_tensor)
+                if projected > time_limit_s:
+                    return None, projected
             on = {masks[i]: np.array(1.0, dtype=np.float32) for i in idx}
             sq = []
             for k in range(K):
@@ -134,7 +143,7 @@ def activation_costs(info: ModelInfo, stats: CalibrationStats, act_amax: dict[st
             out.append(ActivationCost(tensor=tensor, layers=[info.layers[i].name for i in idx], sqnr_db=float(np.mean(sq)),
                                       threshold=float(act_amax[tensor]), observed_max=float(observed_max.get(tensor, 0.0))))
             p.update(done)
-    return sorted(out, key=lambda c: c.sqnr_db)
+    return sorted(out, key=lambda c: c.sqnr_db), time.perf_counter() - t0
 
 
 def _probe_session(info: ModelInfo, act_amax: dict[str, float], threads: int):

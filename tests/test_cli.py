@@ -181,3 +181,18 @@ def test_sensitivity_scorer_through_the_cli(unet_onnx, tmp_path):
     # the program bought 8 bits where the measured gain per parameter was largest
     gain = lambda l: (max(v for k, v in l["sensitivity"].items() if k.startswith("w4")) - l["sensitivity"]["w8a8"]) / l["params"]
     assert eight and four and np.median([gain(l) for l in eight]) > np.median([gain(l) for l in four])
+
+
+def test_activation_cost_table_is_skipped_when_it_would_take_too_long(unet_onnx, tmp_path):
+    from mpq_export.calibrate import CalibrationSettings
+    from mpq_export.pipeline import PipelineConfig, run_pipeline
+    from mpq_export.quantize import QuantizeSettings
+    from mpq_export.validate import ValidationSettings
+
+    res = run_pipeline(PipelineConfig(model=unet_onnx, budgets=(6.0,), out_dir=str(tmp_path / "o"), stability=False,
+                                      calibration=CalibrationSettings(steps=4, timesteps=2, samples=4),
+                                      validation=ValidationSettings(samples=2),
+                                      quantize=QuantizeSettings(target="onnxruntime"), act_costs_limit_s=0.0))
+    rep = res.results[0].report
+    assert rep["calibration"]["activation_ranges"]["costliest"] is None
+    assert any("activation-cost table was skipped" in n for n in rep["notes"])
