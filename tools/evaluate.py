@@ -178,7 +178,7 @@ def main() -> None:
                      "fid_std": None, **spread})
         print(f"budget {budget:g} random median PSNR {med['psnr']:.2f} range {spread['psnr_range']}", flush=True)
     w8 = evaluate(allocate(info.layers, AllocationSettings(budget=8, method="uniform", target="onnxruntime")))
-    rows.append({"budget": 8.0, "method": "W8A8 (conv_in FP16)", **w8})
+    rows.append({"budget": 8.0, "method": "W8A8 (conv_in, conv_out FP16)", **w8})
     result = {"model": model_path, "samples": n, "eval_seed": EVAL_SEED, "calibration": {"K": cs.timesteps, "N": cs.samples,
               "steps": cs.steps}, "classifier_accuracy": clf_acc, "fp32": fp_metrics, "rows": rows,
               "sensitivity_seconds": sens_seconds, "seconds": time.perf_counter() - t_start,
@@ -216,14 +216,14 @@ def plot(result, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    methods = sorted({r["method"] for r in result["rows"] if r["method"] != "W8A8 (conv_in FP16)"})
+    methods = sorted({r["method"] for r in result["rows"] if r["method"] != "W8A8 (conv_in, conv_out FP16)"})
     for m in methods:
         rs = sorted([r for r in result["rows"] if r["method"] == m], key=lambda r: r["bits"])
         axes[0].plot([r["bits"] for r in rs], [r["psnr"] for r in rs], "o-", label=m)
         axes[1].plot([r["bits"] for r in rs], [r["fid"] for r in rs], "o-", label=m)
-    w8 = next(r for r in result["rows"] if r["method"] == "W8A8 (conv_in FP16)")
-    axes[0].axhline(w8["psnr"], color="k", ls=":", label="W8A8 (conv_in FP16)")
-    axes[1].axhline(w8["fid"], color="k", ls=":", label="W8A8 (conv_in FP16)")
+    w8 = next(r for r in result["rows"] if r["method"] == "W8A8 (conv_in, conv_out FP16)")
+    axes[0].axhline(w8["psnr"], color="k", ls=":", label="W8A8 (conv_in, conv_out FP16)")
+    axes[1].axhline(w8["fid"], color="k", ls=":", label="W8A8 (conv_in, conv_out FP16)")
     axes[1].axhline(result["fp32"]["fid"], color="gray", ls="--", label="FP32")
     axes[0].set_ylabel("final-sample PSNR vs FP32 (dB)")
     axes[1].set_ylabel("digits-feature FID (lower is better)")
