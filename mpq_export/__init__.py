@@ -1,7 +1,8 @@
 """mpq-export: mixed-precision INT4/INT8/FP16 Q/DQ export of diffusion UNets.
 
 Stages, one module each, data flowing one way:
-export -> layers (inspect) -> calibrate -> orm -> allocate -> quantize -> build -> validate -> report.
+export -> layers (inspect) -> calibrate -> act_ranges / orm -> allocate (targets) -> quantize (rounding)
+-> build -> validate -> report.
 `mpq_export.pipeline.run_pipeline` chains them; the CLI (`mpq_export.cli`) is a thin wrapper.
 Heavy imports (torch, diffusers, tensorrt) happen inside the functions that need them.
 """
