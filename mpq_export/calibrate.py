@@ -153,22 +153,15 @@ def model_sha256(path: str, memo_dir: str | None = None) -> str:
 
     from mpq_export.layers import load_onnx
 
+    from mpq_export.onnx_utils import external_data_problem
+
     model = load_onnx(path, load_weights=False)
-    needed: dict[str, int] = {}  # location -> bytes the model reads from it
-    for t in model.graph.initializer:
-        if external_data_helper.uses_external_data(t):
-            info = external_data_helper.ExternalDataInfo(t)
-            end = (info.offset or 0) + (info.length or 0)
-            needed[info.location] = max(needed.get(info.location, 0), end)
-    for loc in sorted(needed):
-        full = os.path.join(folder, loc)
-        if not os.path.isfile(full):
-            raise MPQError(f"{path} keeps weights in {loc}, which is missing beside it; copy the .data file(s) "
-                           f"along with the .onnx")
-        if os.path.getsize(full) < needed[loc]:
-            raise MPQError(f"{full} is truncated ({os.path.getsize(full):,} bytes; the model reads up to "
-                           f"{needed[loc]:,}); copy it again")
-        h.update(f"{loc}:{file_sha256(full, memo_dir)}".encode())
+    problem = external_data_problem(model, folder)
+    if problem:
+        raise MPQError(f"{path}: {problem}")
+    for loc in sorted({external_data_helper.ExternalDataInfo(t).location for t in model.graph.initializer
+                       if external_data_helper.uses_external_data(t)}):
+        h.update(f"{loc}:{file_sha256(os.path.join(folder, loc), memo_dir)}".encode())
     return h.hexdigest()
 
 

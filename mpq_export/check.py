@@ -57,12 +57,11 @@ def check_model(path: str) -> list[str]:
             consumers.setdefault(i, []).append(n)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     base = os.path.dirname(os.path.abspath(path))
-    missing = sorted({onnx.external_data_helper.ExternalDataInfo(t).location for t in g.initializer
-                      if onnx.external_data_helper.uses_external_data(t)
-                      and not os.path.isfile(os.path.join(base, onnx.external_data_helper.ExternalDataInfo(t).location))})
-    if missing:
-        raise MPQError(f"{path} keeps weights in {', '.join(missing)}, missing beside it; copy the .data file(s) "
-                       f"along with the .onnx")
+    from mpq_export.onnx_utils import external_data_problem
+
+    problem = external_data_problem(model, base)
+    if problem:
+        raise MPQError(f"{path}: {problem}")
     out: list[str] = []
 
     def const(name):

@@ -24,5 +24,27 @@ def weights_nbytes(model) -> int:
     return total
 
 
+def external_data_problem(model, folder: str) -> str | None:
+    """Why the external weight files of `model` (loaded without them) cannot be read from `folder`,
+    or None when every file exists and is long enough for the tensors that point into it."""
+    import os
+
+    from onnx import external_data_helper
+
+    needed: dict[str, int] = {}
+    for t in model.graph.initializer:
+        if external_data_helper.uses_external_data(t):
+            info = external_data_helper.ExternalDataInfo(t)
+            needed[info.location] = max(needed.get(info.location, 0), (info.offset or 0) + (info.length or 0))
+    for loc in sorted(needed):
+        full = os.path.join(folder, loc)
+        if not os.path.isfile(full):
+            return f"it keeps weights in {loc}, which is missing beside it; copy the .data file(s) along with the .onnx"
+        if os.path.getsize(full) < needed[loc]:
+            return (f"{full} is truncated ({os.path.getsize(full):,} bytes; the model reads up to {needed[loc]:,}); "
+                    f"copy it again")
+    return None
+
+
 def too_big_to_serialise(model) -> bool:
     return weights_nbytes(model) > PROTO_LIMIT

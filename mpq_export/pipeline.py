@@ -156,13 +156,17 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
     sched = cfg.scheduler_config or find_scheduler_config(cfg.model)
     source = os.path.abspath(cfg.model)
     if os.path.exists(onnx_path):
-        try:
-            load_onnx(onnx_path, load_weights=True)  # a truncated or damaged export is healed, not reused
+        from mpq_export.onnx_utils import external_data_problem
+
+        try:  # a truncated or damaged export is healed, not reused (checked without loading the weights)
+            problem = external_data_problem(load_onnx(onnx_path, load_weights=False), folder)
+        except MPQError as e:
+            problem = str(e)
+        if problem is None:
             log.info("[export] reusing %s", onnx_path)
             return PreparedModel(onnx_path, sched, [f"exported from diffusers folder {source} (cached export)"])
-        except MPQError as e:
-            log.warning("[export] the cached export %s is damaged (%s); exporting again", onnx_path, e)
-            shutil.rmtree(folder, ignore_errors=True)
+        log.warning("[export] the cached export %s is damaged (%s); exporting again", onnx_path, problem)
+        shutil.rmtree(folder, ignore_errors=True)
     tmp = folder + f".tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("[export] %s -> ONNX (torch)", cfg.model)
