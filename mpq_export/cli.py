@@ -227,8 +227,8 @@ def _main_run(argv: list[str]) -> int:
     result = run_pipeline(cfg)
     for r in result.results:
         rep = r.report
-        print(f"{r.out_dir}: {rep['achieved_bits']:.3f} avg weight bits (budget {r.budget:g}, {rep['allocation']['method']}), "
-              f"noise SQNR {rep['validation']['mean_sqnr_db']:.2f} dB, sample PSNR {rep['validation']['sample_psnr_db']:.2f} dB "
+        print(f"{r.out_dir}: {rep.achieved_bits:.3f} avg weight bits (budget {r.budget:g}, {r.allocation.method}), "
+              f"noise SQNR {rep.validation['mean_sqnr_db']:.2f} dB, sample PSNR {rep.validation['sample_psnr_db']:.2f} dB "
               f"-> {r.out_dir}/report.md")
     if args.demo:
         print(f"sample grid (FP32 top, quantized bottom): {result.results[0].out_dir}/samples.png")

@@ -24,6 +24,7 @@ from mpq_export.layers import ModelInfo, inspect_model
 from mpq_export.orm import LayerImportance, OrmSettings, compute_importance
 from mpq_export.progress import log
 from mpq_export.quantize import QuantizeSettings, count_weight_bits, quantize
+from mpq_export.report import Report
 from mpq_export.sampler import NoiseSchedule
 from mpq_export.validate import ValidationSettings, fp32_reference, validate
 
@@ -77,7 +78,7 @@ class BudgetResult:
     budget: float
     out_dir: str
     allocation: BitAllocation
-    report: dict
+    report: Report
 
 
 @dataclass
@@ -466,7 +467,7 @@ def compare_targets(cfg, info, stats, act_amax, alloc, shape, trt_val, fp16_val,
 
 def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, shape, notes, timings, model_path, ref, fp16_val=None) -> BudgetResult:
     from mpq_export import polygraphy_check
-    from mpq_export.report import sample_grid, write_report
+    from mpq_export.report import calibration_summary, importance_summary, layer_rows, sample_grid, write_report
 
     alloc_settings = replace(cfg.allocation, budget=budget)
     t = time.perf_counter()
@@ -524,58 +525,32 @@ def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, sha
             sample_grid(val.samples_fp32, val.samples_quant, os.path.join(tmp, "samples.png"),
                         f"FP32 (top) vs {alloc.method} {alloc.achieved_bits:.2f} bits (bottom), same seeds")
 
-        layers = []
-        for i, (l, f) in enumerate(zip(info.layers, alloc.formats)):
-            layers.append({"name": l.name, "op_type": l.op_type, "params": l.params, "weight_shape": list(l.weight_shape),
-                           "format": f.name, "weight_bits": f.weight_bits, "act_bits": f.act_bits,
-                           "storage": qm.layer_storage[l.name]["weight_dtype"],
-                           "importance": float(imp.theta[i]) if imp is not None else None,
-                           "sensitivity": sens.scores[l.name] if sens is not None else None,
-                           "weight_sqnr_db": qm.layer_storage[l.name]["weight_sqnr_db"], "pin": alloc.pins.get(l.name)})
         fc: dict[str, int] = {}
         for f in alloc.formats:
             fc[f.name] = fc.get(f.name, 0) + 1
-        imp_json = None
-        if imp is not None:
-            spread_mean = [s["mean"] for s in imp.orm_spread if s["mean"] is not None]
-            spread_std = [s["std"] for s in imp.orm_spread if s["std"] is not None]
-            m = float(np.mean(spread_mean)) if spread_mean else None
-            sd = float(np.mean(spread_std)) if spread_std else None
-            imp_json = {"estimator": imp.settings.estimator, "agg": imp.settings.agg, "alpha": imp.settings.alpha,
-                        "beta": imp.beta, "excluded": imp.excluded, "spread_per_t": imp.orm_spread,
-                        "spread_mean": m, "spread_std": sd,
-                        "collapsed": bool(m is not None and sd is not None and m > 0.95 and sd < 0.02)}
-        report = {
-            "tool": "mpq-export", "model": os.path.abspath(model_path), "input": os.path.abspath(cfg.model),
-            "output_model": os.path.join(os.path.abspath(out), OUTPUT_MODEL),
-            "budget": budget, "achieved_bits": alloc.achieved_bits, "counted_bits": counted,
-            "within_budget": alloc.within_budget, "target": cfg.quantize.target,
-            "importance_method": cfg.importance if alloc.method == "mpq" else "none",
-            "total_params": info.total_params, "format_counts": fc, "allocation": alloc.to_json(),
-            "layers": layers, "importance": imp_json,
-            "importance_per_timestep": {"timesteps": [int(x) for x in stats.timesteps],
-                                        "weights": [float(x) for x in imp.weights] if imp is not None else None,
-                                        "theta": imp.theta_per_t.tolist() if imp is not None else None},
-            "calibration": {"steps": stats.settings.steps, "profiled_timesteps": len(stats.timesteps),
-                            "samples": stats.n_samples, "seed": stats.settings.seed, "schedule": stats.schedule.source,
-                            "conditioning": stats.conditioning_source, "cached": stats.cached,
-                            "seconds": stats.seconds, "settings": asdict(stats.settings),
-                            "activation_ranges": {"method": ranges.settings.method, "settings": asdict(ranges.settings),
-                                                  "threshold_over_max_mean": ranges.clipped_fraction(),
-                                                  "amax": ranges.amax, "observed_max": ranges.observed_max,
-                                                  "costliest": [{**asdict(c), "quantized_here": c.tensor in qm.act_scales}
-                                                                for c in act_costs] if act_costs else None}},
-            "validation": val.to_json(), "polygraphy": pg, "engine": engine, "notes": notes, "check": checker,
-            "validation_compare": compare_targets(cfg, info, stats, ranges.amax, alloc, shape, val, fp16_val, ref) if cfg.quantize.target == "tensorrt" else None,
-            "stability": (allocation_stability(info, stats, cfg.orm, imp, alloc_settings, alloc)
-                          if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer == "orm" else None),
-            "timings": dict(timings), "peak_rss_mb": dict(timings.peak_rss_mb),
-        }
+        report = Report(
+            model=os.path.abspath(model_path), input=os.path.abspath(cfg.model),
+            output_model=os.path.join(os.path.abspath(out), OUTPUT_MODEL), budget=budget,
+            achieved_bits=alloc.achieved_bits, counted_bits=counted, within_budget=alloc.within_budget,
+            target=cfg.quantize.target, importance_method=cfg.importance if alloc.method == "mpq" else "none",
+            total_params=info.total_params, format_counts=fc, allocation=alloc.to_json(),
+            layers=layer_rows(info, alloc, qm.layer_storage, imp, sens), importance=importance_summary(imp),
+            importance_per_timestep={"timesteps": [int(x) for x in stats.timesteps],
+                                     "weights": [float(x) for x in imp.weights] if imp is not None else None,
+                                     "theta": imp.theta_per_t.tolist() if imp is not None else None},
+            calibration=calibration_summary(stats, ranges, act_costs, qm.act_scales),
+            validation=val.to_json(), polygraphy=pg, engine=engine, notes=notes, check=checker,
+            validation_compare=(compare_targets(cfg, info, stats, ranges.amax, alloc, shape, val, fp16_val, ref)
+                                if cfg.quantize.target == "tensorrt" else None),
+            stability=(allocation_stability(info, stats, cfg.orm, imp, alloc_settings, alloc)
+                       if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer == "orm"
+                       else None),
+            timings=dict(timings), peak_rss_mb=dict(timings.peak_rss_mb))
         with open(os.path.join(tmp, "allocation.json"), "w") as f:
             import json
 
             json.dump(alloc.to_json(), f, indent=2)
-        write_report(report, tmp, report["importance_per_timestep"] if imp is not None else None)
+        write_report(report, tmp)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,15 +1,103 @@
-"""report stage: report.json (for programs), report.md (for people) and plots (PNG).
+"""report stage: a typed `Report` built from the stage results, written as report.json (for
+programs), report.md (for people) and plots (PNG).
 
-The JSON is the contract; report.md is rendered from the same dict so the two never disagree.
-matplotlib is imported lazily, with the Agg backend (no display on build machines).
+report.json is `Report.to_json()`; report.md is rendered from that same dict so the two never
+disagree. matplotlib is imported lazily, with the Agg backend (no display on build machines).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+
+@dataclass
+class LayerRow:
+    """One quantizable layer in the report."""
+    name: str
+    op_type: str
+    params: int
+    weight_shape: list[int]
+    format: str
+    weight_bits: int
+    act_bits: int | None
+    storage: str  # int4 | int8 | float: the weight's dtype in the written file
+    importance: float | None  # ORM theta
+    sensitivity: dict[str, float] | None  # format -> measured error (--importance sensitivity)
+    weight_sqnr_db: float | None
+    pin: str | None
+
+
+@dataclass
+class Report:
+    """Everything one output folder says about itself; `to_json()` is report.json."""
+    model: str  # the FP32 ONNX the run started from
+    input: str  # what the user gave (ONNX file or diffusers folder)
+    output_model: str
+    budget: float
+    achieved_bits: float  # the allocation's average stored weight bits
+    counted_bits: float  # the same, counted from the written file
+    within_budget: bool
+    target: str
+    importance_method: str
+    total_params: int
+    format_counts: dict[str, int]
+    allocation: dict  # BitAllocation.to_json()
+    layers: list[LayerRow]
+    importance: dict | None  # ORM settings, beta, spread (None without ORM)
+    importance_per_timestep: dict
+    calibration: dict  # settings, schedule, conditioning, activation ranges and their costliest quantizers
+    validation: dict  # ValidationResult.to_json()
+    polygraphy: dict
+    engine: dict
+    notes: list[str]
+    check: str | None  # the TensorRT rule checker's verdict (tensorrt target)
+    validation_compare: dict | None  # the same allocation per target (tensorrt target)
+    stability: dict | None
+    timings: dict[str, float]
+    peak_rss_mb: dict[str, float]
+    tool: str = "mpq-export"  # how mpq-export recognises its own output folders
+    plots: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        return {"tool": d.pop("tool"), **d}
+
+
+def layer_rows(info, alloc, layer_storage: dict, imp, sens) -> list[LayerRow]:
+    return [LayerRow(name=l.name, op_type=l.op_type, params=l.params, weight_shape=list(l.weight_shape), format=f.name,
+                     weight_bits=f.weight_bits, act_bits=f.act_bits, storage=layer_storage[l.name]["weight_dtype"],
+                     importance=float(imp.theta[i]) if imp is not None else None,
+                     sensitivity=sens.scores[l.name] if sens is not None else None,
+                     weight_sqnr_db=layer_storage[l.name]["weight_sqnr_db"], pin=alloc.pins.get(l.name))
+            for i, (l, f) in enumerate(zip(info.layers, alloc.formats))]
+
+
+def importance_summary(imp) -> dict | None:
+    """ORM's settings and the spread of its off-diagonal values (a collapse toward 1 is flagged)."""
+    if imp is None:
+        return None
+    spread_mean = [s["mean"] for s in imp.orm_spread if s["mean"] is not None]
+    spread_std = [s["std"] for s in imp.orm_spread if s["std"] is not None]
+    m = float(np.mean(spread_mean)) if spread_mean else None
+    sd = float(np.mean(spread_std)) if spread_std else None
+    return {"estimator": imp.settings.estimator, "agg": imp.settings.agg, "alpha": imp.settings.alpha,
+            "beta": imp.beta, "excluded": imp.excluded, "spread_per_t": imp.orm_spread, "spread_mean": m,
+            "spread_std": sd, "collapsed": bool(m is not None and sd is not None and m > 0.95 and sd < 0.02)}
+
+
+def calibration_summary(stats, ranges, act_costs, quantized_activations) -> dict:
+    return {"steps": stats.settings.steps, "profiled_timesteps": len(stats.timesteps), "samples": stats.n_samples,
+            "seed": stats.settings.seed, "schedule": stats.schedule.source, "conditioning": stats.conditioning_source,
+            "cached": stats.cached, "seconds": stats.seconds, "settings": asdict(stats.settings),
+            "activation_ranges": {"method": ranges.settings.method, "settings": asdict(ranges.settings),
+                                  "threshold_over_max_mean": ranges.clipped_fraction(), "amax": ranges.amax,
+                                  "observed_max": ranges.observed_max,
+                                  "costliest": [{**asdict(c), "quantized_here": c.tensor in quantized_activations}
+                                                for c in act_costs] if act_costs else None}}
 
 
 def _plt():
@@ -192,7 +280,10 @@ def render_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict, out_dir: str, importance_per_t: dict | None = None) -> None:
+def write_report(rep: Report, out_dir: str) -> None:
+    """report.json, report.md and the plots of one output folder."""
+    report = rep.to_json()
+    importance_per_t = report["importance_per_timestep"] if report["importance"] is not None else None
     plots = []
     plot_bits(report, os.path.join(out_dir, "bits.png"))
     plots.append("bits.png")
@@ -204,15 +295,16 @@ def write_report(report: dict, out_dir: str, importance_per_t: dict | None = Non
         plots.append("importance.png")
     if os.path.exists(os.path.join(out_dir, "samples.png")):
         plots.append("samples.png")
-    report["plots"] = plots
+    report["plots"] = rep.plots = plots
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(render_markdown(report))
 
 
-def write_pareto(out_root: str, reports: list[dict]) -> None:
+def write_pareto(out_root: str, reports: list[Report]) -> None:
     """For --budget lists: summary.json / summary.md and pareto.png (quality vs average bits)."""
+    reports = [r.to_json() for r in reports]
     plt = _plt()
     rows = sorted(({"budget": r["budget"], "achieved_bits": r["achieved_bits"], "folder": os.path.basename(os.path.dirname(r["output_model"])),
                     "mean_sqnr_db": r["validation"]["mean_sqnr_db"], "sample_psnr_db": r["validation"]["sample_psnr_db"],

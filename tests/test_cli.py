@@ -193,6 +193,9 @@ def test_activation_cost_table_is_skipped_when_it_would_take_too_long(unet_onnx,
                                       calibration=CalibrationSettings(steps=4, timesteps=2, samples=4),
                                       validation=ValidationSettings(samples=2),
                                       quantize=QuantizeSettings(target="onnxruntime"), act_costs_limit_s=0.0))
-    rep = res.results[0].report
-    assert rep["calibration"]["activation_ranges"]["costliest"] is None
-    assert any("activation-cost table was skipped" in n for n in rep["notes"])
+    rep = res.results[0].report  # the typed Report; report.json is its to_json()
+    assert rep.calibration["activation_ranges"]["costliest"] is None
+    assert any("activation-cost table was skipped" in n for n in rep.notes)
+    on_disk = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(rep.to_json())) and on_disk["tool"] == "mpq-export"
+    assert on_disk["layers"][0]["name"] == rep.layers[0].name and rep.plots
