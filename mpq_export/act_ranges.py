@@ -78,7 +78,7 @@ class ActivationHistograms:
     counts: np.ndarray  # [A, K, N_BINS] float64
     amax: np.ndarray  # [A, K] float64
     sumsq: np.ndarray  # [A, K] float64
-    _index: dict[str, int] = field(default_factory=dict, repr=False)
+    _index: dict[str, int] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self):
         self._index = {n: i for i, n in enumerate(self.names)}
