@@ -20,20 +20,11 @@ import os
 import numpy as np
 
 from mpq_export.errors import MPQError
+from mpq_export.onnx_utils import opset_of, weight_axes
 
 MAX_INT8_ATTENTION_TOKENS = 512
 
 
-def _expected_axes(op: str, node, rank: int) -> tuple[int, int]:
-    """(per-channel axis, blocked axis) of a weight feeding `op` as its second input."""
-    if op == "Conv":
-        return 0, -1
-    if op == "ConvTranspose":
-        return 1, -1
-    if op == "MatMul":
-        return rank - 1, rank - 2
-    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-    return (0, 1) if trans_b else (1, 0)
 
 
 def check_model(path: str) -> list[str]:
@@ -55,7 +46,7 @@ def check_model(path: str) -> list[str]:
     for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = opset_of(model)
     base = os.path.dirname(os.path.abspath(path))
     from mpq_export.onnx_utils import external_data_problem
 
@@ -125,7 +116,7 @@ def check_model(path: str) -> list[str]:
         for u in users:
             if u.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm") or list(u.input).index(n.output[0]) != 1:
                 continue
-            ch_axis, blk_axis = _expected_axes(u.op_type, u, rank)
+            ch_axis, blk_axis = weight_axes(u.op_type, u, rank)
             if is_int4 and u.op_type in ("Conv", "ConvTranspose"):
                 out.append(f"{where(u)}: INT4 weight on a {u.op_type}; TensorRT has no INT4 convolution "
                            f"(store the 4-bit values as INT8)")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mpq_export.errors import MPQError
+from mpq_export.onnx_utils import opset_of, weight_axes
 
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "time", "sigma")
@@ -190,16 +191,6 @@ def _conv_geometry(node, wshape) -> tuple:
     return (strides, pads, dil, group)
 
 
-def _weight_axes(op_type: str, node, rank: int) -> tuple[int, int]:
-    """(output-channel axis, reduction axis) of the weight for per-channel / blocked scales."""
-    if op_type == "Conv":
-        return 0, -1
-    if op_type == "ConvTranspose":
-        return 1, -1
-    if op_type == "MatMul":  # weight is [K, N]
-        return rank - 1, rank - 2
-    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-    return (0, 1) if trans_b else (1, 0)  # Gemm: B is [N, K] when transB else [K, N]
 
 
 def inspect_model(path: str, sample_name: str | None = None, timestep_name: str | None = None) -> ModelInfo:
@@ -257,7 +248,7 @@ def inspect_model(path: str, sample_name: str | None = None, timestep_name: str 
         wshape = shapes[weight]
         if node.op_type in ("MatMul", "Gemm") and len(wshape) != 2:
             continue
-        out_axis, red_axis = _weight_axes(node.op_type, node, len(wshape))
+        out_axis, red_axis = weight_axes(node.op_type, node, len(wshape))
         raw.append((node, act, weight, wshape, out_axis, red_axis))
     if not raw:
         raise MPQError(f"{path} has no quantizable layers (Conv/ConvTranspose/MatMul/Gemm with constant weights)")
@@ -284,7 +275,7 @@ def inspect_model(path: str, sample_name: str | None = None, timestep_name: str 
     elif SAMPLE_SIZE_KEY in meta:
         h, w = (int(v) for v in meta[SAMPLE_SIZE_KEY].split(","))
         sample_size = (h, w)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = opset_of(model)
     return ModelInfo(path=os.path.abspath(path), sample=sample, timestep=timestep, conditioning=conditioning,
                      output=graph.output[0].name, layers=layers, opset=opset, sample_size=sample_size,
                      has_external_data=any(external_data_helper.uses_external_data(t) for t in graph.initializer),

@@ -7,6 +7,25 @@ from __future__ import annotations
 PROTO_LIMIT = 1_800_000_000
 
 
+def opset_of(model) -> int:
+    """The default-domain opset the model imports (0 when none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def weight_axes(op_type: str, node, rank: int) -> tuple[int, int]:
+    """(output-channel axis, reduction axis) of the weight a Conv/ConvTranspose/MatMul/Gemm takes as its
+    second input: where per-channel scales live and along which INT4 blocks run (-1: none). One table
+    for the inspector and the TensorRT rule checker, so they cannot drift apart."""
+    if op_type == "Conv":
+        return 0, -1
+    if op_type == "ConvTranspose":
+        return 1, -1
+    if op_type == "MatMul":  # weight is [K, N]
+        return rank - 1, rank - 2
+    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+    return (0, 1) if trans_b else (1, 0)  # Gemm: B is [N, K] when transB else [K, N]
+
+
 def tensor_nbytes(t) -> int:
     """Bytes a TensorProto holds in memory (raw or typed fields), without serialising it."""
     if t.raw_data:

@@ -165,7 +165,9 @@ def load_for_edit(path: str):
     from onnx import external_data_helper, version_converter
 
     model = load_onnx(path, load_weights=False)  # convert the graph before pulling GBs of weights
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    from mpq_export.onnx_utils import opset_of
+
+    opset = opset_of(model)
     if opset < QDQ_OPSET:
         try:
             model = version_converter.convert_version(model, QDQ_OPSET)
