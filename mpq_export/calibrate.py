@@ -27,7 +27,7 @@ from mpq_export.progress import Progress, log
 from mpq_export.runtime import build_feeds, check_finite, fixed_batch, load_conditioning, ort_session, run_model
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise
 
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class CalibrationStats:
     act_hist: ActivationHistograms  # per activation tensor and profiled step: |x| histogram, max, energy
     inputs: dict[str, np.ndarray]  # sample: [K, N, C, H, W]; conditioning name: [N, ...]
     outputs: np.ndarray  # [K, N, C, H, W] FP32 model output at each profiled x_t
-    hessians: dict[str, np.ndarray]  # layer -> sum_t H_t / tr(H_t) of its input (only with input_hessians)
+    hessians: dict[str, np.ndarray]  # layer -> sum_t H_t / tr(H_t) of its input, float32 (with input_hessians)
     settings: CalibrationSettings
     schedule: NoiseSchedule
     conditioning_source: str
@@ -304,17 +304,21 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
         for l in readers.get(name, ()):
             if l.name not in hessians:
                 k = int(np.prod(l.weight_shape)) // l.weight_shape[l.weight_axis]
-                if h_bytes[0] + 8 * k * k > HESSIAN_MEM_MB * (1 << 20):
+                if h_bytes[0] + 4 * k * k > HESSIAN_MEM_MB * (1 << 20):
                     continue  # over the memory cap: this layer keeps round-to-nearest
             rows = layer_rows(arr, l, h_rng)
             if rows is None:
                 continue
             if l.name not in hessians:
-                h_bytes[0] += 8 * rows.shape[1] ** 2
-            h = (rows.T @ rows).astype(np.float64)
-            tr = float(np.trace(h))
+                h_bytes[0] += 4 * rows.shape[1] ** 2
+            h = rows.T @ rows  # float32: K x K, accumulated in place (GPTQ itself works in float64)
+            tr = float(np.trace(h, dtype=np.float64))
             if tr > 0:
-                hessians[l.name] = hessians.get(l.name, 0.0) + h / tr
+                h /= tr
+                if l.name in hessians:
+                    hessians[l.name] += h
+                else:
+                    hessians[l.name] = h
     layer_index = {}
     for i, l in enumerate(info.layers):
         layer_index.setdefault(l.output, []).append(i)

@@ -9,8 +9,8 @@ clip search as round-to-nearest), so the file format does not change: only which
 Input statistics: calibration accumulates, per layer and profiled timestep, H_t = X_t^T X_t of the
 layer's input (im2col patches for a Conv, rows for MatMul/Gemm; at most `MAX_ROWS` rows per step,
 drawn with a fixed seed) and stores sum_t H_t / trace(H_t): every profiled timestep weighs the same,
-as in the activation ranges. H is K x K (K = Cin * kh * kw): layers with K above `MAX_K` keep
-round-to-nearest, which bounds memory (a 4608 x 4608 float64 H is 170 MB).
+as in the activation ranges. H is K x K float32 (K = Cin * kh * kw): layers with K above `MAX_K`
+keep round-to-nearest, which bounds memory (a 4608 x 4608 H is 85 MB).
 """
 
 from __future__ import annotations
