@@ -62,9 +62,11 @@ def bin_edges() -> np.ndarray:
     return np.concatenate([[0.0], e])
 
 
-def abs_histogram(x: np.ndarray) -> np.ndarray:
+def abs_histogram(x: np.ndarray, is_abs: bool = False) -> np.ndarray:
     """Counts of |x| on the fixed log2 grid (float64, [N_BINS]); values beyond the grid fall in the end bins."""
-    a = np.abs(np.asarray(x, dtype=np.float32).ravel())
+    a = np.asarray(x, dtype=np.float32).ravel()
+    if not is_abs:
+        a = np.abs(a)
     with np.errstate(divide="ignore"):
         idx = np.floor((np.log2(a) - LOG2_LO) * BINS_PER_OCTAVE) + 1
     idx = np.clip(np.nan_to_num(idx, nan=0.0, neginf=0.0), 0, N_BINS - 1).astype(np.int64)
@@ -93,9 +95,10 @@ class ActivationHistograms:
 
     def add(self, name: str, step: int, x: np.ndarray) -> None:
         i = self._index[name]
-        self.counts[i, step] += abs_histogram(x)
-        self.amax[i, step] = max(self.amax[i, step], float(np.abs(x).max()) if x.size else 0.0)
-        self.sumsq[i, step] += float(np.square(x, dtype=np.float64).sum())
+        a = np.abs(np.asarray(x, dtype=np.float32)).ravel()  # once: histogram, max and energy all read it
+        self.counts[i, step] += abs_histogram(a, is_abs=True)
+        self.amax[i, step] = max(self.amax[i, step], float(a.max()) if a.size else 0.0)
+        self.sumsq[i, step] += float(np.dot(a.astype(np.float64), a))
 
     def select_steps(self, keep: np.ndarray) -> "ActivationHistograms":
         return ActivationHistograms(self.names, self.counts[:, keep], self.amax[:, keep], self.sumsq[:, keep])

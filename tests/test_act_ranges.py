@@ -82,10 +82,13 @@ def test_linear_rebinning_keeps_the_mass():
     assert lin.sum() == pytest.approx(x.size) and (lin >= 0).all()
 
 
-def test_a_tensor_that_is_always_zero_gets_a_positive_threshold_for_quantize():
-    h = _hists([np.zeros(100)])
-    r = choose_ranges(h, ActCalibSettings(method="mse"))
-    assert r.amax["x"] == 0.0 and r.observed_max["x"] == 0.0
+def test_a_tensor_that_is_always_zero_gets_a_positive_scale():
+    from mpq_export.quantize import activation_scale
+
+    for method in ("mse", "entropy", "percentile", "max"):
+        r = choose_ranges(_hists([np.zeros(100)]), ActCalibSettings(method=method))
+        assert r.amax["x"] == 0.0 and r.observed_max["x"] == 0.0
+        assert activation_scale(r.amax["x"]) > 0  # TensorRT needs a positive scale; 0 would divide by 0
 
 
 def test_bad_settings_are_one_line_errors():

@@ -186,16 +186,22 @@ def test_runtime_failures_of_onnxruntime_are_one_line(unet_onnx, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_fp16_input_model_is_refused_up_front(unet_onnx, tmp_path):
+def _one_conv_model(path, dtype=np.float32, out_channels: int = 1) -> str:
+    """sample [b, 1, 8, 8] -> one 1x1 Conv -> y [b, out_channels, 8, 8], plus an unused timestep input."""
     from onnx import helper
 
-    x = helper.make_tensor_value_info("sample", onnx.TensorProto.FLOAT16, ["b", 1, 8, 8])
-    t = helper.make_tensor_value_info("timestep", onnx.TensorProto.FLOAT16, ["b"])
-    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, ["b", 1, 8, 8])
-    w = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float16), "w")
+    et = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    x = helper.make_tensor_value_info("sample", et, ["b", 1, 8, 8])
+    t = helper.make_tensor_value_info("timestep", et, ["b"])
+    y = helper.make_tensor_value_info("y", et, ["b", out_channels, 8, 8])
+    w = numpy_helper.from_array(np.ones((out_channels, 1, 1, 1), dtype), "w")
     g = helper.make_graph([helper.make_node("Conv", ["sample", "w"], ["y"])], "g", [x, t], [y], [w])
-    path = tmp_path / "fp16.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def test_fp16_input_model_is_refused_up_front(tmp_path):
+    path = _one_conv_model(tmp_path / "fp16.onnx", np.float16)
     _one_line_error(*run_cli(path, "-o", tmp_path / "o", *FAST)[::2], "FP32")
 
 
@@ -281,21 +287,13 @@ def test_output_folder_honours_the_umask_and_stale_temporaries_are_swept(unet_on
 
 
 def test_output_shape_unlike_the_sample_is_named(tmp_path):
-    from onnx import helper
-
-    x = helper.make_tensor_value_info("sample", onnx.TensorProto.FLOAT, ["b", 1, 8, 8])
-    t = helper.make_tensor_value_info("timestep", onnx.TensorProto.FLOAT, ["b"])
-    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", 2, 8, 8])
-    w = numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "w")
-    g = helper.make_graph([helper.make_node("Conv", ["sample", "w"], ["y"])], "g", [x, t], [y], [w])
-    path = tmp_path / "two_channels.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    path = _one_conv_model(tmp_path / "two_channels.onnx", out_channels=2)
     _one_line_error(*run_cli(path, "-o", tmp_path / "o", *FAST[:-1], "8")[::2], "predicts noise of the sample's shape")
 
 
 def test_timestep_name_naming_the_wrong_input(cond_unet_onnx, tmp_path):
     code, _, err = run_cli(cond_unet_onnx, "-o", tmp_path / "o", *FAST, "--timestep-name", "encoder_hidden_states")
-    _one_line_error(code, err)
+    _one_line_error(code, err, "onnxruntime cannot run the model", "--timestep-name")
     assert not (tmp_path / "o").exists()
 
 
