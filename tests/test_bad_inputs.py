@@ -23,6 +23,13 @@ def _one_line_error(code, err, *needles):
         assert n in lines[-1], (n, lines[-1])
 
 
+def _with_external_data(src: str, path) -> str:
+    """A copy of the model at `path` with every weight in PATH.data beside it."""
+    onnx.save(onnx.load(src), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=os.path.basename(str(path)) + ".data", size_threshold=0)
+    return path
+
+
 def _tree(folder):
     return sorted((os.path.relpath(os.path.join(d, f), folder), open(os.path.join(d, f), "rb").read())
                   for d, _, files in os.walk(folder) for f in files)
@@ -79,10 +86,7 @@ def test_bad_options_are_one_line_errors(unet_onnx, tmp_path, monkeypatch, args,
 
 
 def test_missing_external_data_is_one_line(unet_onnx, tmp_path):
-    m = onnx.load(unet_onnx)
-    path = tmp_path / "ext.onnx"
-    onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.onnx.data",
-              size_threshold=0)
+    path = _with_external_data(unet_onnx, tmp_path / "ext.onnx")
     os.remove(tmp_path / "ext.onnx.data")
     _one_line_error(*run_cli(path, "-o", tmp_path / "o", *FAST)[::2], "ext.onnx.data")
     assert not (tmp_path / "o").exists()
@@ -265,10 +269,7 @@ def test_a_damaged_cached_export_is_made_again(tmp_path):
 
 
 def test_check_on_a_model_without_its_data_file(unet_onnx, tmp_path):
-    m = onnx.load(unet_onnx)
-    path = tmp_path / "q.onnx"
-    onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="q.onnx.data",
-              size_threshold=0)
+    path = _with_external_data(unet_onnx, tmp_path / "q.onnx")
     os.remove(tmp_path / "q.onnx.data")
     _one_line_error(*run_cli("check", path)[::2], "q.onnx.data")
 
@@ -335,10 +336,7 @@ def test_diffusers_config_that_is_not_json(tmp_path):
 
 
 def test_truncated_external_data(unet_onnx, tmp_path):
-    m = onnx.load(unet_onnx)
-    path = tmp_path / "ext.onnx"
-    onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.onnx.data",
-              size_threshold=0)
+    path = _with_external_data(unet_onnx, tmp_path / "ext.onnx")
     data = tmp_path / "ext.onnx.data"
     data.write_bytes(data.read_bytes()[:1000])
     _one_line_error(*run_cli(path, "-o", tmp_path / "o", *FAST)[::2], "truncated")
