@@ -26,8 +26,9 @@ from mpq_export.layers import ModelInfo
 from mpq_export.progress import Progress, log
 from mpq_export.runtime import build_feeds, check_finite, fixed_batch, load_conditioning, ort_session, run_model
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise
+from mpq_export.targets import CONV_OPS
 
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -258,8 +259,11 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
 
     layer_outputs = [l.output for l in info.layers]
     graph_inputs = {info.sample.name, info.timestep.name, *(c.name for c in info.conditioning)}
+    # layer inputs and residual-Add inputs get Q/DQ; conv outputs too on the onnxruntime target,
+    # whose integer convolution (QLinearConv) writes INT8 (quantize.py)
     act_tensors = sorted({l.activation_input for l in info.layers}
-                         | {t for a, b, _ in info.residual_adds.values() for t in (a, b)})
+                         | {t for a, b, _ in info.residual_adds.values() for t in (a, b)}
+                         | {l.output for l in info.layers if l.op_type in CONV_OPS})
     fetch_acts = [a for a in act_tensors if a not in graph_inputs]
     wanted = list(dict.fromkeys(layer_outputs + fetch_acts))
     model_bytes, ext_dir = _augmented_model(info, wanted)

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--block-size", type=int, default=_default(Q, "block_size"), help="INT4 block size along K for MatMul/Gemm weights")
     v.add_argument("--weight-rounding", choices=ROUNDINGS, default=_default(Q, "rounding"),
                    help="nearest: round-to-nearest; gptq: GPTQ on the layers' calibration inputs (docs/quality.md)")
+    v.add_argument("--float-conv-outputs", action="store_true",
+                   help="onnxruntime target: leave W8A8 convolution outputs in float (a little more accurate; "
+                        "onnxruntime then runs float convolutions instead of QLinearConv, docs/speed.md)")
     v.add_argument("--no-clip-search", action="store_true", help="plain |max| weight scales instead of the MSE clip search")
     v.add_argument("--build-engine", choices=BUILD_MODES, default=_default(PipelineConfig, "build_engine"),
                    help="build a TensorRT engine (auto: when TensorRT and a GPU are present)")
@@ -168,7 +171,7 @@ def config_from_args(args):
         act_calib=ActCalibSettings(method=args.act_calib, percentile=args.act_percentile),
         validation=ValidationSettings(samples=args.val_samples, threads=args.threads),
         quantize=QuantizeSettings(target=args.target, block_size=args.block_size, clip_search=not args.no_clip_search,
-                                  rounding=args.weight_rounding),
+                                  rounding=args.weight_rounding, integer_conv=not args.float_conv_outputs),
         calib_data=args.calib_data, scheduler_config=args.scheduler_config,
         cache_dir="" if args.no_cache else args.cache_dir, sample_name=args.sample_name,
         timestep_name=args.timestep_name, build_engine=args.build_engine, stability=not args.no_stability,

@@ -8,8 +8,13 @@ Per docs/design.md's format table:
 - fp16: untouched.
 Weight scales come from an MSE clipping search per channel / block, not plain min-max.
 
-Targets: "onnxruntime" keeps the FP32 graph so onnxruntime's CPU kernels run it; "tensorrt"
-realises the same choices the way TensorRT builds them (module `mpq_export.trt_graph`).
+Targets: "tensorrt" realises the choices the way TensorRT builds them (FP16 graph, one shared Q/DQ
+pair per activation, quantized residual Adds; module `mpq_export.trt_graph`). "onnxruntime" keeps the
+FP32 graph and writes it so that onnxruntime's CPU provider fuses the Q/DQ into its integer kernels
+(docs/speed.md): UINT8 activations with zero point 128 (the same grid as symmetric INT8), one
+DequantizeLinear per consumer, each INT8-input convolution's output quantized too (QLinearConv needs
+it; `QuantizeSettings.integer_conv`), INT4 conv weights widened by a Cast that onnxruntime folds at
+load; MatMul/Gemm become MatMulIntegerToFloat (w8a8) and MatMulNBits (w4a16).
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ class QuantizeSettings:
     clip_search: bool = True  # MSE clipping search for weight scales (False: plain |max|)
     clip_grid: int = 20  # candidate clip ratios in [0.5, 1]
     rounding: str = DEFAULT_ROUNDING  # nearest | gptq (needs calibration's input statistics; rounding.py)
+    # onnxruntime target: quantize each w8a8 convolution's output too, so that onnxruntime's CPU
+    # provider fuses DQ -> Conv -> Q into QLinearConv (an INT8 kernel; without the output Q it
+    # runs the float convolution after dequantizing the weight at every call)
+    integer_conv: bool = True
 
     def __post_init__(self):
         check_target(self.target)
@@ -203,6 +212,7 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
     many variants of one model are written (the sensitivity scorer).
     """
     import onnx_graphsurgeon as gs
+    from onnx import TensorProto
 
     t0 = time.perf_counter()
     model = model if model is not None else load_for_edit(info.path)
@@ -220,21 +230,48 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
             return np.asarray(producer.attrs["value"].values)
         raise MPQError(f"weight {tensor.name} is not a constant")
 
+    ort = settings.target == "onnxruntime"
+    # onnxruntime's CPU integer kernels take UINT8 activations: zero point 128 gives exactly the
+    # symmetric INT8 grid (q - 128 in [-128, 127]) without the S8->U8 rewrite onnxruntime would add.
+    # Its QDQ fusions also want one DequantizeLinear per consumer; TensorRT takes one shared pair.
+    zero_point = np.array(128, dtype=np.uint8) if ort else np.array(0, dtype=np.int8)
+    act_q: dict[str, tuple] = {}
+    dq_count: dict[str, int] = {}
+
     def quantized_activation(name: str, tensor) -> gs.Variable:
-        """One INT8 Q/DQ pair per activation tensor, shared by every consumer that wants it."""
-        if name not in act_qdq:
+        """The tensor through its INT8 Q/DQ (act_amax[name]); one Q per tensor."""
+        if name in act_qdq:
+            return act_qdq[name]
+        if name not in act_q:
             if name not in act_amax:
                 raise MPQError(f"internal: no calibrated range for activation '{name}'")
             scale = activation_scale(act_amax[name])
             result.act_scales[name] = scale
             s = gs.Constant(f"{name}_act_scale", np.array(scale, dtype=float_dtype))
-            zp = gs.Constant(f"{name}_act_zero_point", np.array(0, dtype=np.int8))
-            q = gs.Variable(f"{name}_quantized", dtype=np.int8, shape=tensor.shape)
-            dq = gs.Variable(f"{name}_dequantized", dtype=tensor.dtype, shape=tensor.shape)
+            zp = gs.Constant(f"{name}_act_zero_point", zero_point)
+            q = gs.Variable(f"{name}_quantized", dtype=zero_point.dtype, shape=tensor.shape)
             graph.nodes.append(gs.Node("QuantizeLinear", name=f"{name}_QuantizeLinear", inputs=[tensor, s, zp], outputs=[q]))
-            graph.nodes.append(gs.Node("DequantizeLinear", name=f"{name}_DequantizeLinear", inputs=[q, s, zp], outputs=[dq]))
+            act_q[name] = (q, s, zp)
+        q, s, zp = act_q[name]
+        i = dq_count[name] = dq_count.get(name, -1) + 1
+        suffix = f"_{i}" if i else ""
+        dq = gs.Variable(f"{name}_dequantized{suffix}", dtype=tensor.dtype, shape=tensor.shape)
+        graph.nodes.append(gs.Node("DequantizeLinear", name=f"{name}_DequantizeLinear{suffix}", inputs=[q, s, zp],
+                                   outputs=[dq]))
+        if not ort:
             act_qdq[name] = dq
-        return act_qdq[name]
+        return dq
+
+    def quantize_output(name: str, node) -> None:
+        """Q/DQ on a layer's output, keeping the output tensor's name for its consumers."""
+        if name in act_q:  # already quantized where a consumer reads it: leave the output float
+            return
+        y = node.outputs[0]
+        raw = gs.Variable(f"{name}_before_output_quantizer", dtype=y.dtype, shape=y.shape)
+        node.outputs[0] = raw
+        dq = quantized_activation(name, raw)
+        dq_node = dq.inputs[0]
+        dq_node.outputs[0] = y  # the DequantizeLinear now produces the original tensor
 
     for layer, fmt in zip(info.layers, allocation.formats):
         if layer.name != allocation.layer_names[len(result.layer_storage)]:
@@ -259,12 +296,21 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
         attrs = {"axis": qw.axis}
         if qw.block_size is not None:
             attrs["block_size"] = qw.block_size
+        if ort and storage == "int4" and layer.op_type == "Conv":
+            # onnxruntime has no INT4 convolution: a Cast to INT8, folded once when a session loads the
+            # model, lets its QLinearConv fusion take the layer while the file keeps 4-bit storage
+            w8 = gs.Variable(f"{layer.name}.weight_int8", dtype=np.int8, shape=list(w.shape))
+            graph.nodes.append(gs.Node("Cast", name=f"{layer.name}.weight_Cast", inputs=[qc], outputs=[w8],
+                                       attrs={"to": int(TensorProto.INT8)}))
+            qc = w8
         wdq = gs.Variable(f"{layer.name}.weight_dequantized", dtype=float_dtype, shape=list(w.shape))
         graph.nodes.append(gs.Node("DequantizeLinear", name=f"{layer.name}.weight_DequantizeLinear",
                                    inputs=[qc, sc], outputs=[wdq], attrs=attrs))
         node.inputs[1] = wdq
         if fmt.act_bits == 8:
             node.inputs[0] = quantized_activation(layer.activation_input, node.inputs[0])
+            if ort and settings.integer_conv and layer.op_type == "Conv":
+                quantize_output(layer.output, node)
         result.layer_storage[layer.name] = {"format": fmt.name, "weight_dtype": storage,
                                             "storage_bits": 4 if storage == "int4" else 8,
                                             "weight_sqnr_db": weight_sqnr_db(w, qw)}
@@ -312,7 +358,10 @@ def count_weight_bits(path: str, info: ModelInfo) -> tuple[float, dict[str, int]
             src = producers[src].input[0]
         b = 16
         if src in producers and producers[src].op_type == "DequantizeLinear":
-            q = inits.get(producers[src].input[0])
+            stored = producers[src].input[0]
+            if stored in producers and producers[stored].op_type == "Cast":  # INT4 widened at load (onnxruntime)
+                stored = producers[stored].input[0]
+            q = inits.get(stored)
             if q is not None:
                 b = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT8: 8,
                      onnx.TensorProto.UINT8: 8}.get(q.data_type, 16)

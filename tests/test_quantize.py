@@ -63,11 +63,56 @@ def test_qdq_graph_follows_the_allocation(calibrated, tmp_path):
     m = onnx.load(out)
     assert m.opset_import[0].version == 21 and m.ir_version >= 10
     inits = {i.name: i for i in m.graph.initializer}
+    consumers = {}
+    for node in m.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
     for node in m.graph.node:
         if node.op_type == "QuantizeLinear":
+            # onnxruntime's integer kernels take UINT8: zero point 128 is the symmetric INT8 grid
             zp = onnx.numpy_helper.to_array(inits[node.input[2]])
-            assert zp.dtype == np.int8 and zp.item() == 0
+            assert zp.dtype == np.uint8 and zp.item() == 128
             assert onnx.numpy_helper.to_array(inits[node.input[1]]).size == 1  # per-tensor activations
+        users = consumers.get(node.output[0], [])
+        if node.op_type == "DequantizeLinear" and any(u.op_type in ("Conv", "MatMul", "Gemm") for u in users):
+            assert len(users) == 1  # one DQ per quantized layer, as onnxruntime's fusions want
     n_int4 = sum(i.data_type == onnx.TensorProto.INT4 for i in m.graph.initializer)
     assert n_int4 == sum(f.weight_bits == 4 for f in alloc.formats)
     assert all(v["weight_sqnr_db"] > 10 for v in qm.layer_storage.values() if v["weight_sqnr_db"] is not None)
+
+
+def _optimised_ops(path, tmp_path) -> list[str]:
+    """The op types onnxruntime's CPU provider runs after its graph optimisations."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # no hardware layouts
+    ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
+@pytest.mark.parametrize("integer_conv", [True, False])
+def test_onnxruntime_runs_the_quantized_layers_on_integer_kernels(calibrated, tmp_path, integer_conv):
+    """Every quantized conv (INT8 and INT4 weights) becomes QLinearConv; INT4 GEMMs become MatMulNBits;
+    with integer_conv off no QLinearConv appears (the float-output form)."""
+    info, stats = calibrated
+    conv_idx = [i for i, l in enumerate(info.layers) if l.op_type == "Conv"]
+    # MatMuls least important, so that some get INT4 (onnxruntime's MatMulNBits fusion takes MatMul, not Gemm)
+    theta = np.where([l.op_type == "MatMul" for l in info.layers], 0.01, np.linspace(0.1, 1, len(info.layers)))
+    alloc = allocate(info.layers, AllocationSettings(budget=6.0, target="onnxruntime", keep_fp16=(), min8=()),
+                     theta=theta)
+    q_conv = [i for i in conv_idx if alloc.formats[i].quantized]
+    assert {alloc.formats[i].weight_bits for i in q_conv} == {4, 8}, "the test wants both conv widths"
+    w4_gemm = sum(f.name == "w4a16" for l, f in zip(info.layers, alloc.formats) if l.op_type == "MatMul")
+    assert w4_gemm > 0, "the test wants INT4 MatMuls"
+    out = str(tmp_path / "q.onnx")
+    ranges = choose_ranges(stats.act_hist, ActCalibSettings())
+    quantize(info, alloc, ranges.amax, out, QuantizeSettings(target="onnxruntime", integer_conv=integer_conv, block_size=16))
+    assert count_weight_bits(out, info)[0] == pytest.approx(alloc.achieved_bits, abs=1e-12)  # Cast-widened INT4 counts 4
+    ops = _optimised_ops(out, tmp_path)
+    assert ops.count("QLinearConv") == (len(q_conv) if integer_conv else 0)
+    assert ops.count("MatMulNBits") == w4_gemm
+    float_convs = sum(f.quantized is False for i, f in enumerate(alloc.formats) if i in conv_idx)
+    assert ops.count("Conv") + ops.count("FusedConv") == float_convs + (0 if integer_conv else len(q_conv))

@@ -100,8 +100,11 @@ def count_bits(path: str, info) -> float:
             while src in producers and producers[src].op_type in ("Cast", "Transpose", "Reshape", "DequantizeLinear"):
                 p = producers[src]
                 if p.op_type == "DequantizeLinear":
-                    if p.input[0] in inits:  # stored quantized
-                        b = width.get(inits[p.input[0]].data_type, 16)
+                    stored = p.input[0]
+                    while stored in producers and producers[stored].op_type == "Cast":  # INT4 widened at load
+                        stored = producers[stored].input[0]
+                    if stored in inits:  # stored quantized
+                        b = width.get(inits[stored].data_type, 16)
                         break
                     q = producers.get(p.input[0])
                     if q is not None and q.op_type == "QuantizeLinear":

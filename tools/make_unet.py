@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Random-weight diffusers UNet folders of real architectures, for reproducing size and memory figures.
 
-    python tools/make_unet.py {sd15,sd21,sdxl,tiny} OUT_DIR [--seed 0]
+    python tools/make_unet.py {sd15,sd15-mini,sd21,sdxl,tiny} OUT_DIR [--seed 0]
 
 Writes OUT_DIR/unet (config.json + safetensors, FP32) and OUT_DIR/scheduler/scheduler_config.json.
 The weights are random (no model hub is reachable here): good for sizes, memory and speed, not for
@@ -36,6 +36,13 @@ CONFIGS = {
                  projection_class_embeddings_input_dim=2816,
                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
+    # SD 1.5's layout (blocks, attention, cross-attention) at a fifth of its width: 35 M parameters,
+    # small enough to benchmark on a 2-core machine in minutes (tools/bench_ort.py)
+    "sd15-mini": dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                      block_out_channels=(64, 128, 256, 256), cross_attention_dim=768, attention_head_dim=8,
+                      norm_num_groups=32,
+                      down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                      up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
     "tiny": dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
                  cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8,
                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
