@@ -273,6 +273,10 @@ def main() -> None:
             score(f"ours W8A8 onnxruntime, defaults (act {default_ranges.settings.method}), {r} rounding", path,
                   rounding=r, default=r == DEFAULT_ROUNDING)
             if r == DEFAULT_ROUNDING:
+                fc = os.path.join(d, "w8a8-float-conv.onnx")
+                quantize(info, alloc8, default_ranges.amax, fc,
+                         QuantizeSettings(target="onnxruntime", rounding=r, integer_conv=False), hessians=stats.hessians)
+                score("ours W8A8 onnxruntime, defaults, --float-conv-outputs", fc, rounding=r, float_conv_outputs=True)
                 strip_activation_qdq(path, os.path.join(d, "w8-only.onnx"))
                 score(f"ours W8, activations float (the row above with its act Q/DQ removed)",
                       os.path.join(d, "w8-only.onnx"))
