@@ -25,7 +25,7 @@ from mpq_export.errors import MPQError
 from mpq_export.layers import ModelInfo
 from mpq_export.progress import Progress, log
 from mpq_export.runtime import build_feeds, check_finite, fixed_batch, load_conditioning, ort_session, run_model
-from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise
+from mpq_export.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise
 from mpq_export.targets import CONV_OPS
 
 CACHE_VERSION = 6
@@ -41,6 +41,9 @@ class CalibrationSettings:
     seq_len: int | None = None  # encoder_hidden_states length when dynamic
     mem_budget_mb: int = 256  # bytes of layer outputs fetched per onnxruntime call
     input_hessians: bool = True  # per-layer input statistics H = X^T X for GPTQ rounding (rounding.py)
+    # classifier-free guidance of the sampler: != 1 runs the UNet on an unconditional and a conditional
+    # row per sample, as the deployed pipeline does, and gathers statistics from both (sampler.guided)
+    guidance_scale: float = 1.0
 
     def __post_init__(self):
         for name, flag in (("steps", "--steps"), ("timesteps", "--timesteps"), ("samples", "--samples"),
@@ -54,6 +57,9 @@ class CalibrationSettings:
             raise MPQError(f"--timesteps {self.timesteps} exceeds --steps {self.steps}: profile at most every step")
         if self.seq_len is not None and self.seq_len <= 0:
             raise MPQError(f"--seq-len must be positive, got {self.seq_len}")
+        g = self.guidance_scale
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not np.isfinite(g) or g < 1:
+            raise MPQError(f"--guidance-scale must be a number >= 1 (1: no guidance), got {g!r}")
         if self.resolution is not None and (len(self.resolution) != 2 or min(self.resolution) <= 0):
             raise MPQError(f"--resolution must be H or HxW with positive sizes, got {self.resolution}")
     threads: int = 0
@@ -255,7 +261,8 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     shape = sample_shape(info, settings.resolution)
     sampler = DDIMSampler(schedule, settings.steps)
     profiled = sampler.profiled_indices(settings.timesteps)
-    cond, cond_source = load_conditioning(info, calib_data, n, settings.seed, settings.seq_len)
+    cond, cond_source = load_conditioning(info, calib_data, n, settings.seed, settings.seq_len, settings.guidance_scale)
+    rows = n * (2 if settings.guidance_scale != 1 else 1)  # what the UNet sees per call: both CFG branches
 
     layer_outputs = [l.output for l in info.layers]
     graph_inputs = {info.sample.name, info.timestep.name, *(c.name for c in info.conditioning)}
@@ -280,18 +287,18 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
                        f"{list(x_probe.shape)}; a diffusion UNet predicts noise of the sample's shape (is "
                        f"--sample-name the noisy sample, and the first output the prediction?)")
     del probe
-    groups = _group(wanted, per_sample, n, settings.mem_budget_mb)
+    groups = _group(wanted, per_sample, rows, settings.mem_budget_mb)
     log.info("[calibrate] %d layers, %d activation tensors, %d fetch group(s) per profiled step, N=%d, K=%d of %d steps",
-             len(layer_outputs), len(act_tensors), len(groups), n, len(profiled), settings.steps)
+             len(layer_outputs), len(act_tensors), len(groups), rows, len(profiled), settings.steps)
 
     L, K = len(info.layers), len(profiled)
-    need = 8 * K * L * n * n + 2 * 4 * K * n * int(np.prod(shape))
+    need = 8 * K * L * rows * rows + 2 * 4 * K * rows * int(np.prod(shape))
     avail = _physical_memory()
     if avail and need > 0.5 * avail:
         raise MPQError(f"--samples {n} needs {need / 2**30:.1f} GiB of statistics (N x N Grams for {L} layers at {K} "
                        f"steps, plus the stored inputs) on a machine with {avail / 2**30:.0f} GiB; lower --samples "
                        f"or --timesteps")
-    grams = np.zeros((K, L, n, n), dtype=np.float64)
+    grams = np.zeros((K, L, rows, rows), dtype=np.float64)
     hist = ActivationHistograms.empty(act_tensors, K)
     hessians: dict[str, np.ndarray] = {}
     readers: dict[str, list] = {}
@@ -326,11 +333,11 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     layer_index = {}
     for i, l in enumerate(info.layers):
         layer_index.setdefault(l.output, []).append(i)
-    xs = np.zeros((K, n) + shape, dtype=np.float32)
-    outs = np.zeros((K, n) + shape, dtype=np.float32)
+    xs = np.zeros((K, rows) + shape, dtype=np.float32)
+    outs = np.zeros((K, rows) + shape, dtype=np.float32)
     profiled_set = {int(i): k for k, i in enumerate(profiled)}
 
-    def predict(x, t, i):
+    def model_rows(x, t, i):  # x: the UNet's batch (both guidance branches)
         if i not in profiled_set:
             (eps,) = run_model(sess, info, [info.output], x, t, cond)
             check_finite(eps, f"the model output at t={t}")
@@ -352,7 +359,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
             for name, arr in zip(names, res):
                 check_finite(arr, f"tensor '{name}' at t={t}")
                 if name in layer_index:
-                    y = arr.reshape(n, -1).astype(np.float64)
+                    y = arr.reshape(rows, -1).astype(np.float64)
                     gram = y @ y.T
                     for li in layer_index[name]:
                         grams[k, li] = gram
@@ -365,7 +372,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
 
     x_T = initial_noise(settings.seed, n, shape)
     with Progress("calibrate", settings.steps) as p:
-        sampler.sample(x_T, predict, on_step=lambda d: p.update(d, f"steps (t={sampler.timesteps[d - 1]})"))
+        sampler.sample(x_T, guided(model_rows, settings.guidance_scale), on_step=lambda d: p.update(d, f"steps (t={sampler.timesteps[d - 1]})"))
 
     stats = CalibrationStats(
         layer_names=[l.name for l in info.layers], timesteps=sampler.timesteps[profiled].copy(),

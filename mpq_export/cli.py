@@ -78,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Mixed-precision INT4/INT8 Q/DQ export of a diffusion UNet (MPQ-Diff).",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                 epilog=f"Also: '{PROG} check MODEL.onnx' checks a Q/DQ model against TensorRT's rules.")
-    p.add_argument("model", nargs="?", help="FP32 ONNX UNet (inputs sample, timestep[, encoder_hidden_states]) "
-                   "or a diffusers UNet folder (config.json + weights)")
+    p.add_argument("model", nargs="?", help="FP32 ONNX UNet (inputs sample, timestep[, encoder_hidden_states]), "
+                   "a diffusers UNet folder (config.json + weights), or a diffusers text-to-image pipeline folder "
+                   "(model_index.json, unet/, scheduler/, text_encoder/, tokenizer/[, vae/]): calibrated on "
+                   "prompts with classifier-free guidance")
     p.add_argument("--demo", action="store_true", help="run on the bundled trained digits DDPM (needs the [torch] extra)")
     p.add_argument("--budget", type=_floats, default=None,
                    help="average stored weight bits (FP16 counts 16); a comma list gives one output per budget. "
@@ -116,7 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib-seed", type=int, default=_default(C, "seed"), help="seed of the calibration samples")
     c.add_argument("--resolution", type=_resolution, default=None, help="sample H or HxW when the model does not fix it")
     c.add_argument("--seq-len", type=int, default=None, help="encoder_hidden_states length when dynamic")
-    c.add_argument("--calib-data", default=None, metavar="FILE.npz", help="conditioning inputs (arrays named like the model inputs)")
+    c.add_argument("--calib-data", default=None, metavar="FILE.npz",
+                   help="conditioning inputs (arrays named like the model inputs; with guidance also uncond_<name>)")
+    c.add_argument("--prompts", default=None, metavar="FILE",
+                   help="pipeline folders: calibration prompts, one per line (default: the bundled prompt set)")
+    c.add_argument("--guidance-scale", type=float, default=_default(PipelineConfig, "guidance_scale"),
+                   help="classifier-free guidance of the calibration and validation sampler (1: none; "
+                        "default: 7.5 for SD 1.x/2.x pipeline folders, else 1)")
     c.add_argument("--scheduler-config", default=None, help="diffusers scheduler_config.json (default: found beside a diffusers folder)")
     c.add_argument("--sample-name", default=None, help="name of the noisy-sample input (default: detected)")
     c.add_argument("--timestep-name", default=None, help="name of the timestep input (default: detected)")
@@ -172,7 +180,8 @@ def config_from_args(args):
         validation=ValidationSettings(samples=args.val_samples, threads=args.threads),
         quantize=QuantizeSettings(target=args.target, block_size=args.block_size, clip_search=not args.no_clip_search,
                                   rounding=args.weight_rounding, integer_conv=not args.float_conv_outputs),
-        calib_data=args.calib_data, scheduler_config=args.scheduler_config,
+        calib_data=args.calib_data, prompts=args.prompts, guidance_scale=args.guidance_scale,
+        scheduler_config=args.scheduler_config,
         cache_dir="" if args.no_cache else args.cache_dir, sample_name=args.sample_name,
         timestep_name=args.timestep_name, build_engine=args.build_engine, stability=not args.no_stability,
         act_costs=not args.no_act_costs)

@@ -28,6 +28,20 @@ class ExportResult:
     seconds: float
 
 
+def quiet_hf_libraries() -> None:
+    """diffusers and transformers print advice (install accelerate) and progress bars on every load:
+    not the user's concern, and they break our one-line-per-stage log."""
+    import importlib
+
+    for mod in ("diffusers", "transformers"):
+        try:
+            logging_ = importlib.import_module(f"{mod}.utils.logging")
+        except ImportError:
+            continue
+        logging_.set_verbosity_error()
+        logging_.disable_progress_bar()
+
+
 def is_diffusers_folder(path: str) -> bool:
     return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
 
@@ -68,6 +82,7 @@ def export_diffusers(unet_dir: str, out_path: str, opset: int = 17, seq_len: int
     if cls_name not in SUPPORTED:
         raise MPQError(f"{unet_dir}/config.json describes a '{cls_name or 'unknown'}' model; supported: {', '.join(SUPPORTED)}")
     t0 = time.perf_counter()
+    quiet_hf_libraries()
     try:
         unet = getattr(diffusers, cls_name).from_pretrained(unet_dir).eval().float()
     except Exception as e:

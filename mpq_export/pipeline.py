@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from mpq_export.quantize import QuantizeSettings, count_weight_bits, quantize
 from mpq_export.report import Report
 from mpq_export.sampler import NoiseSchedule
 from mpq_export.validate import ValidationSettings, fp32_reference, validate
+
+if TYPE_CHECKING:
+    from mpq_export.sd_pipeline import PipelineFolder
 
 IMPORTANCES = ("orm", "sensitivity")
 BUILD_MODES = ("auto", "yes", "no")
@@ -46,6 +50,8 @@ class PipelineConfig:
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
     calib_data: str | None = None
+    prompts: str | None = None  # pipeline folders: one prompt per line (None: the bundled prompt set)
+    guidance_scale: float | None = None  # classifier-free guidance; None: the pipeline type's default, else 1
     scheduler_config: str | None = None
     cache_dir: str | None = None  # None: $MPQ_EXPORT_CACHE or ~/.cache/mpq-export; "" disables
     sample_name: str | None = None
@@ -64,6 +70,9 @@ class PipelineConfig:
             raise MPQError(f"--build-engine must be one of {', '.join(BUILD_MODES)}, got '{self.build_engine}'")
         if not self.budgets:
             raise MPQError("give at least one --budget")
+        g = self.guidance_scale
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not np.isfinite(g) or g < 1):
+            raise MPQError(f"--guidance-scale must be a number >= 1 (1: no guidance), got {g!r}")
         if self.allocation is None:
             self.allocation = AllocationSettings(budget=self.budgets[0], target=self.quantize.target)
         # one target for the format table the allocator picks from and the graph quantize writes
@@ -128,34 +137,81 @@ class PreparedModel:
     scheduler_config: str | None
     notes: list[str]
     temp_dir: str | None = None  # an export made without a cache: the caller removes it when done
+    pipeline: PipelineFolder | None = None  # when the input is a diffusers text-to-image pipeline folder
+    calib_data: str | None = None  # the pipeline's prompts encoded by its text encoder (.npz, sd_pipeline)
+
+    def guidance_scale(self, requested: float | None) -> float:
+        """The requested scale, else the pipeline type's default when prompts were encoded, else 1 (none)."""
+        if requested is not None:
+            return float(requested)
+        return self.pipeline.default_guidance if self.pipeline is not None and self.calib_data else 1.0
 
 
 def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
-    """The FP32 ONNX of cfg.model: the file itself, or a diffusers folder exported once per content hash."""
-    from mpq_export.calibrate import file_sha256
-    from mpq_export.export import export_diffusers, find_scheduler_config, is_diffusers_folder, read_unet_config
-    from mpq_export.layers import load_onnx
+    """The FP32 ONNX of cfg.model: the file itself, or a diffusers UNet (alone or in a pipeline folder)
+    exported once per content hash; for a text-to-image pipeline also its prompts, encoded once."""
+    from mpq_export.export import is_diffusers_folder, read_unet_config
+    from mpq_export.sd_pipeline import is_pipeline_folder, read_pipeline
 
     if not os.path.exists(cfg.model):
-        raise MPQError(f"model not found: {cfg.model} (give an .onnx file or a diffusers UNet folder)")
-    if not is_diffusers_folder(cfg.model):
-        if os.path.isdir(cfg.model):
-            raise MPQError(f"{cfg.model} is a folder without config.json; give an .onnx file or a diffusers UNet folder")
+        raise MPQError(f"model not found: {cfg.model} (give an .onnx file, a diffusers UNet folder or a pipeline folder)")
+    pipe = read_pipeline(cfg.model) if is_pipeline_folder(cfg.model) else None
+    unet_dir = pipe.unet_dir if pipe else cfg.model
+    if cfg.prompts is not None and pipe is None:
+        raise MPQError("--prompts needs a diffusers pipeline folder (its text encoder encodes them); for a bare UNet "
+                       "give encoded prompts with --calib-data FILE.npz")
+    if cfg.prompts is not None and cfg.calib_data is not None:
+        raise MPQError("give --prompts or --calib-data, not both")
+    if not is_diffusers_folder(unet_dir):
+        if os.path.isdir(unet_dir):
+            raise MPQError(f"{cfg.model} is a folder without config.json or model_index.json; give an .onnx file, a "
+                           f"diffusers UNet folder or a pipeline folder")
         return PreparedModel(cfg.model, cfg.scheduler_config, [])
-    read_unet_config(cfg.model)  # a broken config.json is a one-line error before hashing GBs
+    unet_cfg = read_unet_config(unet_dir)  # a broken config.json is a one-line error before hashing GBs
+    prompts = None
+    if pipe is not None and unet_cfg.get("_class_name") == "UNet2DConditionModel" and cfg.calib_data is None:
+        from mpq_export.sd_pipeline import load_prompts
+
+        prompts = load_prompts(cfg.prompts)  # a bad prompt file fails before the export
+    prepared = _export_once(cfg, unet_dir, cache_dir)
+    if pipe is not None:
+        prepared.pipeline = pipe
+        if pipe.scheduler_config and not cfg.scheduler_config:
+            prepared.scheduler_config = pipe.scheduler_config
+        prepared.notes.insert(0, f"diffusers pipeline folder {pipe.root} ({pipe.class_name or 'no _class_name'})")
+        if prompts is not None:
+            from mpq_export.sd_pipeline import encode_prompts
+
+            try:
+                # without a cache the export lives in temp_dir, removed at the end of the run: so do these
+                emb = encode_prompts(pipe, prompts, cache_dir or prepared.temp_dir, cache_dir)
+            except BaseException:
+                if prepared.temp_dir:
+                    shutil.rmtree(prepared.temp_dir, ignore_errors=True)
+                raise
+            prepared.calib_data = emb.path
+    return prepared
+
+
+def _export_once(cfg: PipelineConfig, unet_dir: str, cache_dir: str | None) -> PreparedModel:
+    """The FP32 ONNX of a diffusers UNet folder, exported once per content hash (in the cache)."""
+    from mpq_export.calibrate import file_sha256
+    from mpq_export.export import export_diffusers, find_scheduler_config
+    from mpq_export.layers import load_onnx
+
     import hashlib
 
     h = hashlib.sha256()
-    for name in sorted(os.listdir(cfg.model)):
-        p = os.path.join(cfg.model, name)
+    for name in sorted(os.listdir(unet_dir)):
+        p = os.path.join(unet_dir, name)
         if os.path.isfile(p):  # SD-sized weights are GBs: hashed once, remembered in the cache
             h.update(name.encode())
             h.update(file_sha256(p, cache_dir).encode())
     temp_dir = None if cache_dir else tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}export-{os.getpid()}-")
     folder = os.path.join(cache_dir or temp_dir, f"export-{h.hexdigest()[:20]}")
     onnx_path = os.path.join(folder, "model.onnx")
-    sched = cfg.scheduler_config or find_scheduler_config(cfg.model)
-    source = os.path.abspath(cfg.model)
+    sched = cfg.scheduler_config or find_scheduler_config(unet_dir)
+    source = os.path.abspath(unet_dir)
     if os.path.exists(onnx_path):
         from mpq_export.onnx_utils import external_data_problem
 
@@ -170,9 +226,9 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
         shutil.rmtree(folder, ignore_errors=True)
     tmp = folder + f".tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    log.info("[export] %s -> ONNX (torch)", cfg.model)
+    log.info("[export] %s -> ONNX (torch)", unet_dir)
     try:
-        res = export_diffusers(cfg.model, os.path.join(tmp, "model.onnx"))
+        res = export_diffusers(unet_dir, os.path.join(tmp, "model.onnx"))
         try:
             os.replace(tmp, folder)
         except OSError:  # another run exported the same model meanwhile (and may be reading it): use theirs
@@ -384,8 +440,10 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
         check_budget(info.layers, cfg.allocation, b)
 
     schedule = NoiseSchedule.from_config(sched_path)
+    calib_data = cfg.calib_data or prepared.calib_data
+    calibration = replace(cfg.calibration, guidance_scale=prepared.guidance_scale(cfg.guidance_scale))
     t = time.perf_counter()
-    stats = calibrate(info, cfg.calibration, schedule, cfg.calib_data, cache_dir)
+    stats = calibrate(info, calibration, schedule, calib_data, cache_dir)
     timings["calibrate"] = time.perf_counter() - t
     t = time.perf_counter()
     ranges = choose_ranges(stats.act_hist, cfg.act_calib)
@@ -416,7 +474,7 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     shape = sample_shape(info, cfg.calibration.resolution)
     t = time.perf_counter()
     ref = fp32_reference(info, stats.schedule, stats.settings.steps, stats.step_indices, shape, cfg.validation,
-                         cfg.calib_data, stats.settings.seq_len)  # one FP32 run serves every comparison below
+                         calib_data, stats.settings.seq_len, stats.settings.guidance_scale)  # one FP32 run serves every comparison below
     timings["fp32_reference"] = time.perf_counter() - t
     fp16_val = None
     if cfg.quantize.target == "tensorrt":
@@ -426,7 +484,7 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     results = []
     for budget, out in zip(cfg.budgets, out_dirs):
         res = _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, shape, notes, timings.copy(), model_path,
-                          ref, fp16_val)
+                          ref, fp16_val, vae_dir=prepared.pipeline.vae_dir if prepared.pipeline else None)
         results.append(res)
     if multi:
         from mpq_export.report import write_pareto
@@ -465,7 +523,8 @@ def compare_targets(cfg, info, stats, act_amax, alloc, shape, trt_val, fp16_val,
             "FP16 graph alone (no quantization)": row(fp16_val)}
 
 
-def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, shape, notes, timings, model_path, ref, fp16_val=None) -> BudgetResult:
+def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, shape, notes, timings, model_path, ref, fp16_val=None,
+                vae_dir: str | None = None) -> BudgetResult:
     from mpq_export import polygraphy_check
     from mpq_export.report import calibration_summary, importance_summary, layer_rows, sample_grid, write_report
 
@@ -522,8 +581,16 @@ def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, sha
         np.savez(os.path.join(tmp, "validation_inputs.npz"), **val.inputs)
         pg = polygraphy_check.write_files(tmp, out, info, model_path, stats.schedule.num_train_timesteps)
         if cfg.sample_grid:
-            sample_grid(val.samples_fp32, val.samples_quant, os.path.join(tmp, "samples.png"),
-                        f"FP32 (top) vs {alloc.method} {alloc.achieved_bits:.2f} bits (bottom), same seeds")
+            fp, qu, what = val.samples_fp32, val.samples_quant, "same seeds"
+            if vae_dir is not None:  # latents of a text-to-image pipeline: show them through its VAE
+                from mpq_export.sd_pipeline import decode_latents
+
+                t = time.perf_counter()
+                fp, qu = decode_latents(vae_dir, fp[:8]), decode_latents(vae_dir, qu[:8])
+                timings["decode_samples"] = time.perf_counter() - t
+                what = "same seeds and prompts, decoded by the pipeline's VAE"
+            sample_grid(fp, qu, os.path.join(tmp, "samples.png"),
+                        f"FP32 (top) vs {alloc.method} {alloc.achieved_bits:.2f} bits (bottom), {what}")
 
         fc: dict[str, int] = {}
         for f in alloc.formats:

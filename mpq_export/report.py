@@ -90,8 +90,8 @@ def importance_summary(imp) -> dict | None:
 
 
 def calibration_summary(stats, ranges, act_costs, quantized_activations) -> dict:
-    return {"steps": stats.settings.steps, "profiled_timesteps": len(stats.timesteps), "samples": stats.n_samples,
-            "seed": stats.settings.seed, "schedule": stats.schedule.source, "conditioning": stats.conditioning_source,
+    return {"steps": stats.settings.steps, "profiled_timesteps": len(stats.timesteps), "samples": stats.settings.samples,
+            "unet_rows": stats.n_samples, "guidance_scale": stats.settings.guidance_scale, "seed": stats.settings.seed, "schedule": stats.schedule.source, "conditioning": stats.conditioning_source,
             "cached": stats.cached, "seconds": stats.seconds, "settings": asdict(stats.settings),
             "activation_ranges": {"method": ranges.settings.method, "settings": asdict(ranges.settings),
                                   "threshold_over_max_mean": ranges.clipped_fraction(), "amax": ranges.amax,
@@ -165,7 +165,7 @@ def sample_grid(fp32: np.ndarray, quant: np.ndarray, path: str, title: str = "")
     """Row 1 FP32, row 2 quantized, same seeds column by column."""
     plt = _plt()
     n = min(len(fp32), 16)
-    fig, axes = plt.subplots(2, n, figsize=(n * 1.0, 2.3), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(max(n, 6) * 1.0, 2.3), squeeze=False)  # room for the title
 
     def img(a):
         a = np.clip((a + 1) / 2, 0, 1)

@@ -100,19 +100,35 @@ def run_model(sess, info: ModelInfo, names: list[str], x: np.ndarray, t: int, co
     return [np.concatenate([c[k] for c in chunks])[:n] for k in range(len(names))]
 
 
-def load_conditioning(info: ModelInfo, path: str | None, n: int, seed: int,
-                      seq_len: int | None = None) -> tuple[dict[str, np.ndarray], str]:
+UNCOND_PREFIX = "uncond_"  # --calib-data arrays of the unconditional branch: uncond_encoder_hidden_states, ...
+DESCRIPTION_KEY = "mpq_export_source"  # optional: a sentence saying what the file holds, for the report
+
+
+def load_conditioning(info: ModelInfo, path: str | None, n: int, seed: int, seq_len: int | None = None,
+                      guidance_scale: float = 1.0) -> tuple[dict[str, np.ndarray], str]:
     """Conditioning inputs for n samples and a sentence saying where they came from.
 
-    From `path` (an .npz whose keys are input names; rows are cycled to n) when given; else
+    From `path` (an .npz whose keys are input names) when given: sample j takes row (seed + j) mod rows,
+    so calibration (seed 0) and validation (its own seeds) see different rows of a long file. Else
     standard-normal floats (zeros for integer inputs such as class labels) of the input's shape,
     which the report states, since such conditioning is not what the model sees in use.
+
+    With `guidance_scale` != 1 (classifier-free guidance) the result has 2n rows, the unconditional
+    and the conditional row of each sample adjacent (sampler.guided); the unconditional rows come
+    from the file's `uncond_<input>` arrays (one row is broadcast to every sample).
     """
     if not info.conditioning:
         if path is not None:
             raise MPQError(f"--calib-data {path} is given but the model has no conditioning inputs (only "
                            f"'{info.sample.name}' and '{info.timestep.name}'); drop --calib-data")
+        if guidance_scale != 1:
+            raise MPQError(f"--guidance-scale {guidance_scale:g} needs a conditional model; this one has no "
+                           f"conditioning inputs: drop --guidance-scale")
         return {}, "none (unconditional model)"
+    if guidance_scale != 1 and path is None:
+        raise MPQError(f"--guidance-scale {guidance_scale:g} needs the unconditional (empty-prompt) embeddings: run on a "
+                       f"diffusers pipeline folder (prompts are encoded with its text encoder) or give --calib-data "
+                       f"FILE.npz with {UNCOND_PREFIX}{info.conditioning[0].name}")
     out: dict[str, np.ndarray] = {}
     if path is not None:
         if not os.path.exists(path):
@@ -141,9 +157,25 @@ def load_conditioning(info: ModelInfo, path: str | None, n: int, seed: int,
             if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
                 raise MPQError(f"'{spec.name}' in {path} contains NaN/Inf; give finite values")
             arr = raw.astype(np.dtype(spec.dtype))
-            reps = int(np.ceil(n / arr.shape[0]))
-            out[spec.name] = np.concatenate([arr] * reps)[:n]
-        return out, f"file {os.path.abspath(path)}"
+            out[spec.name] = arr[(seed + np.arange(n)) % arr.shape[0]]
+        source = str(data[DESCRIPTION_KEY]) if DESCRIPTION_KEY in data.files else f"file {os.path.abspath(path)}"
+        if guidance_scale != 1:
+            for spec in info.conditioning:
+                key = UNCOND_PREFIX + spec.name
+                if key not in data.files:
+                    raise MPQError(f"--calib-data {path} has no '{key}' for classifier-free guidance (has: "
+                                   f"{', '.join(data.files)}); add the empty prompt's {spec.name} as '{key}', "
+                                   f"or give --guidance-scale 1")
+                u = np.asarray(data[key])
+                if u.ndim != out[spec.name].ndim or u.shape[1:] != out[spec.name].shape[1:] or not len(u):
+                    raise MPQError(f"'{key}' in {path} has shape {list(u.shape)}; it must match '{spec.name}' "
+                                   f"{list(out[spec.name].shape[1:])} after the first axis (one row or one per sample)")
+                u = u.astype(np.dtype(spec.dtype))[(seed + np.arange(n)) % len(u)]
+                pairs = np.stack([u, out[spec.name]], axis=1)  # [n, 2, ...]: (uncond, cond) adjacent
+                out[spec.name] = pairs.reshape(2 * n, *pairs.shape[2:])
+            source += (f"; classifier-free guidance {guidance_scale:g} (each sample's unconditional and conditional "
+                       f"rows batched, as the pipeline runs the UNet)")
+        return out, source
     rng = np.random.default_rng(seed + 7919)
     seq_default = int(info.metadata.get("mpq_export.seq_len", 77))
     for spec in info.conditioning:

@@ -123,3 +123,23 @@ class DDIMSampler:
 def initial_noise(seed: int, n: int, shape: tuple[int, ...]) -> np.ndarray:
     """x_T for samples seed, seed+1, ...: each sample has its own seed so subsets reproduce."""
     return np.stack([np.random.default_rng(seed + j).standard_normal(shape).astype(np.float32) for j in range(n)])
+
+
+def guided(model_rows: Callable[[np.ndarray, int, int], np.ndarray], scale: float
+           ) -> Callable[[np.ndarray, int, int], np.ndarray]:
+    """The sampler's predict for a UNet run under classifier-free guidance.
+
+    `model_rows(x_rows, t, i)` runs the UNet on the rows it really sees: with `scale` != 1 two per sample,
+    (unconditional, conditional) adjacent, so any even prefix of a batch holds both branches (the
+    conditioning is laid out the same way, runtime.load_conditioning). The guided prediction is
+    eps_u + scale * (eps_c - eps_u), as diffusers' pipelines compute it. With scale 1 the rows are the samples.
+    """
+    if scale == 1:
+        return model_rows
+
+    def predict(x: np.ndarray, t: int, i: int) -> np.ndarray:
+        out = model_rows(np.repeat(x, 2, axis=0), t, i).reshape(x.shape[0], 2, *x.shape[1:]).astype(np.float64)
+        u, c = out[:, 0], out[:, 1]
+        return (u + scale * (c - u)).astype(np.float32)
+
+    return predict

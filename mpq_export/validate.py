@@ -19,7 +19,7 @@ import numpy as np
 from mpq_export.layers import ModelInfo
 from mpq_export.progress import Progress
 from mpq_export.runtime import check_finite, load_conditioning, ort_session, run_model
-from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise
+from mpq_export.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise
 
 
 @dataclass(frozen=True)
@@ -76,18 +76,19 @@ class FP32Reference:
     eps: np.ndarray  # [K, n, ...] FP32 output at those x_t
     final: np.ndarray  # [n, ...] final samples
     x_T: np.ndarray
-    cond: dict[str, np.ndarray]
+    cond: dict[str, np.ndarray]  # rows as the UNet sees them (two per sample under guidance)
+    guidance_scale: float = 1.0
 
 
 def fp32_reference(info: ModelInfo, schedule: NoiseSchedule, steps: int, profiled: np.ndarray,
                    sample_shape: tuple[int, ...], settings: ValidationSettings, calib_data: str | None = None,
-                   seq_len: int | None = None) -> FP32Reference:
+                   seq_len: int | None = None, guidance_scale: float = 1.0) -> FP32Reference:
     fp = ort_session(info.path, settings.threads)
-    cond, _ = load_conditioning(info, calib_data, settings.samples, settings.seed, seq_len)
+    cond, _ = load_conditioning(info, calib_data, settings.samples, settings.seed, seq_len, guidance_scale)
     profiled_set = {int(i) for i in profiled}
     xs, ts, eps_k = [], [], []
 
-    def predict(x, t, i):
+    def model_rows(x, t, i):
         (eps,) = run_model(fp, info, [info.output], x, t, cond)
         check_finite(eps, f"the FP32 output at t={t}")
         if i in profiled_set:
@@ -98,17 +99,21 @@ def fp32_reference(info: ModelInfo, schedule: NoiseSchedule, steps: int, profile
 
     x_T = initial_noise(settings.seed, settings.samples, sample_shape)
     with Progress("validate: FP32 reference", steps) as p:
-        final = DDIMSampler(schedule, steps).sample(x_T, predict, on_step=lambda d: p.update(d, "steps"))
+        final = DDIMSampler(schedule, steps).sample(x_T, guided(model_rows, guidance_scale),
+                                                    on_step=lambda d: p.update(d, "steps"))
     return FP32Reference(xs=np.stack(xs), timesteps=np.asarray(ts, dtype=np.int64), eps=np.stack(eps_k), final=final,
-                         x_T=x_T, cond=cond)
+                         x_T=x_T, cond=cond, guidance_scale=guidance_scale)
 
 
 def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, steps: int, profiled: np.ndarray,
              sample_shape: tuple[int, ...], settings: ValidationSettings, calib_data: str | None = None,
-             seq_len: int | None = None, reference: FP32Reference | None = None) -> ValidationResult:
-    """Compare `quantized_path` with the FP32 model; pass `reference` to reuse one FP32 run."""
+             seq_len: int | None = None, reference: FP32Reference | None = None,
+             guidance_scale: float = 1.0) -> ValidationResult:
+    """Compare `quantized_path` with the FP32 model; pass `reference` to reuse one FP32 run (its guidance
+    scale then applies)."""
     t0 = time.perf_counter()
-    ref = reference or fp32_reference(info, schedule, steps, profiled, sample_shape, settings, calib_data, seq_len)
+    ref = reference or fp32_reference(info, schedule, steps, profiled, sample_shape, settings, calib_data, seq_len,
+                                      guidance_scale)
     q = ort_session(quantized_path, settings.threads)
     n = len(ref.final)
 
@@ -122,7 +127,7 @@ def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, step
         per_t.append({"t": int(t), "sqnr_db": sqnr_db(eps, eq), "cosine": cosine(eps, eq),
                       "max_abs_err": float(np.abs(eps - eq).max())})
     with Progress("validate", steps) as p:
-        final_q = DDIMSampler(schedule, steps).sample(ref.x_T, lambda x, t, i: run(x, t),
+        final_q = DDIMSampler(schedule, steps).sample(ref.x_T, guided(lambda x, t, i: run(x, t), ref.guidance_scale),
                                                       on_step=lambda d: p.update(d, "quantized steps"))
     final_fp = ref.final
     peak = float(final_fp.max() - final_fp.min()) or 1.0

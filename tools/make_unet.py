@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Random-weight diffusers UNet folders of real architectures, for reproducing size and memory figures.
 
-    python tools/make_unet.py {sd15,sd15-mini,sd21,sdxl,tiny} OUT_DIR [--seed 0]
+    python tools/make_unet.py {sd15,sd15-mini,sd21,sdxl,tiny} OUT_DIR [--seed 0] [--pipeline]
 
-Writes OUT_DIR/unet (config.json + safetensors, FP32) and OUT_DIR/scheduler/scheduler_config.json.
+Writes OUT_DIR/unet (config.json + safetensors, FP32) and OUT_DIR/scheduler/scheduler_config.json;
+with --pipeline a whole diffusers text-to-image pipeline folder (model_index.json, a CLIP text encoder
+of the architecture's size with a hand-written tokenizer vocabulary, an AutoencoderKL), as
+`mpq-export PIPELINE_DIR` takes it.
 The weights are random (no model hub is reachable here): good for sizes, memory and speed, not for
 quality. It prints the parameter count; FP32 weights take 4 bytes each on disk and at least as much
 RAM while the folder is built (SDXL's 2.6 B parameters need more than this 24 GiB machine offers
@@ -53,8 +56,76 @@ SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_
              "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
 
 
-def make(arch: str, out_dir: str, seed: int = 0) -> int:
-    """Write the folder; returns the parameter count."""
+# The text encoder and VAE of a pipeline folder (--pipeline): SD 1.5's CLIP ViT-L/14 text tower and
+# its AutoencoderKL for the real architectures; small ones for "tiny" (the tests)
+TEXT_ENCODERS = {"sd15": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                              hidden_act="quick_gelu"),
+                 "sd21": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                              hidden_act="gelu"),
+                 "sd15-mini": dict(hidden_size=768, intermediate_size=1536, num_hidden_layers=2, num_attention_heads=12),
+                 "tiny": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)}
+VAES = {"sd15": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512),
+        "sd21": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=768),
+        "sd15-mini": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=32, sample_size=256),
+        "tiny": dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=16)}
+TOKENS = 77
+
+
+def write_tokenizer(folder: str, max_length: int = TOKENS) -> int:
+    """A CLIP tokenizer with a hand-written byte-level vocabulary (every byte, alone and word-final, and
+    a few hundred merges of frequent English pairs): no model hub needed. Returns the vocabulary size."""
+    from transformers import CLIPTokenizer
+
+    # GPT-2 / CLIP byte-level alphabet: printable bytes map to themselves, the rest to code points 256+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    chars = [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+    vocab = chars + [c + "</w>" for c in chars]
+    merges = []
+    for a in "etaoinshrdlcumwfgypbvk":
+        for b in "etaoinshrdlcu":
+            merges.append(f"{a} {b}</w>")
+            vocab.append(f"{a}{b}</w>")
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "vocab.json"), "w") as f:
+        json.dump({t: i for i, t in enumerate(vocab)}, f)
+    with open(os.path.join(folder, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(vocab=os.path.join(folder, "vocab.json"), merges=os.path.join(folder, "merges.txt"),
+                        model_max_length=max_length)
+    tok.save_pretrained(folder)
+    return len(vocab)
+
+
+def make_pipeline(arch: str, out_dir: str, unet) -> None:
+    """unet/ is written by the caller; add text_encoder/, tokenizer/, vae/ and model_index.json."""
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    n_vocab = write_tokenizer(os.path.join(out_dir, "tokenizer"))
+    cfg = CLIPTextConfig(vocab_size=n_vocab, max_position_embeddings=TOKENS, bos_token_id=n_vocab - 2,
+                         eos_token_id=n_vocab - 1, pad_token_id=n_vocab - 1, **TEXT_ENCODERS[arch])
+    assert cfg.hidden_size == unet.config.cross_attention_dim, "text encoder width must match cross-attention"
+    torch.manual_seed(1)
+    CLIPTextModel(cfg).eval().save_pretrained(os.path.join(out_dir, "text_encoder"))
+    vae_cfg = VAES[arch]
+    n = len(vae_cfg["block_out_channels"])
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=unet.config.in_channels,
+                  down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                  **vae_cfg).eval().save_pretrained(os.path.join(out_dir, "vae"))
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
+             "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "vae": ["diffusers", "AutoencoderKL"], "safety_checker": [None, None], "feature_extractor": [None, None],
+             "requires_safety_checker": False}
+    with open(os.path.join(out_dir, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=1)
+
+
+def make(arch: str, out_dir: str, seed: int = 0, pipeline: bool = False) -> int:
+    """Write the folder; returns the UNet's parameter count."""
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -64,7 +135,11 @@ def make(arch: str, out_dir: str, seed: int = 0) -> int:
     os.makedirs(os.path.join(out_dir, "scheduler"), exist_ok=True)
     sched = dict(SCHEDULER, prediction_type="v_prediction") if arch == "sd21" else SCHEDULER
     with open(os.path.join(out_dir, "scheduler", "scheduler_config.json"), "w") as f:
-        json.dump(sched, f, indent=1)
+        json.dump(dict(sched, _class_name="DDIMScheduler"), f, indent=1)
+    if pipeline:
+        if arch not in TEXT_ENCODERS:
+            raise SystemExit(f"--pipeline is not available for {arch} (SDXL's two text encoders are not supported yet)")
+        make_pipeline(arch, out_dir, unet)
     return sum(p.numel() for p in unet.parameters())
 
 
@@ -73,10 +148,16 @@ def main() -> None:
     ap.add_argument("arch", choices=sorted(CONFIGS))
     ap.add_argument("out_dir")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pipeline", action="store_true",
+                    help="write a whole text-to-image pipeline folder (text_encoder/, tokenizer/, vae/, model_index.json)")
     args = ap.parse_args()
-    n = make(args.arch, args.out_dir, args.seed)
-    print(f"{args.out_dir}/unet: random-weight {args.arch} UNet2DConditionModel, {n / 1e6:.1f} M parameters; "
-          f"quantize it with: mpq-export {args.out_dir}/unet --budget 8 --resolution 32 --seq-len 77")
+    n = make(args.arch, args.out_dir, args.seed, args.pipeline)
+    if args.pipeline:
+        print(f"{args.out_dir}: random-weight {args.arch} StableDiffusionPipeline folder, UNet {n / 1e6:.1f} M parameters; "
+              f"quantize it with: mpq-export {args.out_dir} --budget 8 --resolution 32")
+    else:
+        print(f"{args.out_dir}/unet: random-weight {args.arch} UNet2DConditionModel, {n / 1e6:.1f} M parameters; "
+              f"quantize it with: mpq-export {args.out_dir}/unet --budget 8 --resolution 32 --seq-len 77")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""Text-to-image pipeline folders: prompts encoded by the folder's own text encoder, classifier-free
+guidance in calibration and validation, samples decoded by its VAE."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from mpq_export.errors import MPQError
+
+TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
+FAST = ("--steps", "6", "--timesteps", "2", "--samples", "4", "--val-samples", "2", "--no-stability", "--no-act-costs")
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory):
+    """A tiny random StableDiffusionPipeline folder, built offline (tools/make_unet.py tiny --pipeline)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("diffusers")
+    sys.path.insert(0, TOOLS)
+    from make_unet import make
+
+    folder = str(tmp_path_factory.mktemp("pipe") / "tiny-sd")
+    make("tiny", folder, pipeline=True)
+    return folder
+
+
+def _report(out) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def test_pipeline_folder_calibrates_on_prompts_with_guidance(pipeline_dir, tmp_path):
+    code, _, err = run_cli(pipeline_dir, "--budget", "8", "-o", tmp_path / "o", "--cache-dir", tmp_path / "cache", *FAST)
+    assert code == 0, err
+    rep = _report(tmp_path / "o")
+    cal = rep["calibration"]
+    assert cal["guidance_scale"] == 7.5  # StableDiffusionPipeline's default
+    assert cal["samples"] == 4 and cal["unet_rows"] == 8  # both branches of every sample
+    assert "241 prompts from the bundled prompt set" in cal["conditioning"]
+    assert "CLIPTextModel" in cal["conditioning"] and "guidance 7.5" in cal["conditioning"]
+    assert "scheduler_config.json" in cal["schedule"]
+    assert (tmp_path / "o" / "samples.png").stat().st_size > 1000  # decoded by the pipeline's VAE
+    assert rep["validation"]["sample_psnr_db"] > 10
+    # the validation inputs Polygraphy replays are the UNet's rows: (uncond, cond) pairs
+    z = np.load(tmp_path / "o" / "validation_inputs.npz")
+    assert z["encoder_hidden_states"].shape[0] == 2 * 2
+    e = z["encoder_hidden_states"]
+    assert np.allclose(e[0], e[2]) and not np.allclose(e[0], e[1])  # one empty prompt, different prompts
+    # the embeddings are cached: a second run (another budget) does not encode again
+    code, _, err = run_cli(pipeline_dir, "--budget", "7.5", "-o", tmp_path / "o2", "--cache-dir", tmp_path / "cache",
+                           *FAST)
+    assert code == 0 and "reusing encoded prompts" in err and "encoding" not in err
+
+
+def test_guidance_scale_one_runs_the_conditional_branch_only(pipeline_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat on a mat\n\n# a comment\na dog in the fog\n")
+    code, _, err = run_cli(pipeline_dir, "--budget", "8", "-o", tmp_path / "o", "--no-cache", "--guidance-scale", "1",
+                           "--prompts", prompts, *FAST)
+    assert code == 0, err
+    cal = _report(tmp_path / "o")["calibration"]
+    assert cal["guidance_scale"] == 1 and cal["unet_rows"] == 4
+    assert cal["conditioning"].startswith(f"2 prompts from {prompts}") and "classifier-free" not in cal["conditioning"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--prompts", "EMPTY"), "holds no prompts"),
+    (("--prompts", "missing.txt"), "--prompts file not found"),
+    (("--guidance-scale", "0.5"), "--guidance-scale must be a number >= 1"),
+    (("--prompts", "EMPTY", "--calib-data", "x.npz"), "not both"),
+])
+def test_bad_prompt_options_are_one_line_errors(pipeline_dir, tmp_path, args, needle):
+    (tmp_path / "EMPTY").write_text("\n# nothing\n")
+    args = [str(tmp_path / a) if a in ("EMPTY", "missing.txt") else a for a in args]
+    code, out, err = run_cli(pipeline_dir, "--budget", "8", "-o", tmp_path / "o", "--no-cache", *args, *FAST)
+    lines = err.strip().splitlines()
+    assert code != 0 and lines[-1].startswith("mpq-export: error:") and needle in lines[-1], err
+    assert "Traceback" not in err and "[export]" not in err  # refused before the export
+    assert not (tmp_path / "o").exists()
+
+
+def test_prompts_need_a_pipeline_folder(cond_unet_onnx, tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_text("a cat\n")
+    code, _, err = run_cli(cond_unet_onnx, "--budget", "8", "--prompts", p, "-o", tmp_path / "o", *FAST)
+    assert code != 0 and "--prompts needs a diffusers pipeline folder" in err
+
+
+def test_guided_prediction_combines_the_two_rows_of_each_sample():
+    from mpq_export.sampler import guided
+
+    seen = []
+
+    def model_rows(x, t, i):  # row r -> constant r: uncond rows even, cond rows odd
+        seen.append(x.shape[0])
+        return np.arange(x.shape[0], dtype=np.float32)[:, None] * np.ones_like(x)
+
+    x = np.zeros((3, 2), np.float32)
+    eps = guided(model_rows, 7.5)(x, 10, 0)
+    assert seen == [6]
+    expected = np.array([0 + 7.5 * 1, 2 + 7.5 * 1, 4 + 7.5 * 1], np.float32)  # u + s (c - u), c - u = 1
+    assert np.allclose(eps[:, 0], expected)
+    assert guided(model_rows, 1.0)(x, 10, 0).shape == (3, 2) and seen[-1] == 3
+
+
+def test_conditioning_file_gives_uncond_rows_next_to_cond_rows(cond_unet_onnx, tmp_path):
+    from mpq_export.layers import inspect_model
+    from mpq_export.runtime import load_conditioning
+
+    info = inspect_model(cond_unet_onnx)
+    cond = np.random.default_rng(0).standard_normal((5, 8, 16)).astype(np.float32)
+    uncond = np.full((1, 8, 16), 3.0, np.float32)
+    path = str(tmp_path / "c.npz")
+    np.savez(path, encoder_hidden_states=cond, uncond_encoder_hidden_states=uncond)
+    rows, source = load_conditioning(info, path, 3, seed=2, guidance_scale=4.0)
+    e = rows["encoder_hidden_states"]
+    assert e.shape == (6, 8, 16) and "guidance 4" in source
+    assert np.all(e[0::2] == 3.0)  # unconditional rows
+    assert np.array_equal(e[1::2], cond[[2, 3, 4]])  # sample j takes row (seed + j) mod rows
+    no_guidance, _ = load_conditioning(info, path, 3, seed=4)
+    assert np.array_equal(no_guidance["encoder_hidden_states"], cond[[4, 0, 1]])
+    np.savez(path, encoder_hidden_states=cond)
+    with pytest.raises(MPQError, match="uncond_encoder_hidden_states"):
+        load_conditioning(info, path, 3, seed=0, guidance_scale=4.0)
+    with pytest.raises(MPQError, match="needs the unconditional"):
+        load_conditioning(info, None, 3, seed=0, guidance_scale=4.0)
