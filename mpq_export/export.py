@@ -108,6 +108,8 @@ def export_module(unet, out_path: str, opset: int = 17, seq_len: int = 77, t0: f
     names = ["sample", "timestep"]
     dyn = {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"}, "out_sample": {0: "batch", 2: "height", 3: "width"}}
     class_embed = getattr(cfg, "num_class_embeds", None)
+    # SDXL-style UNets also take the pooled text embedding and the size/crop "time ids"
+    text_time = conditional and getattr(cfg, "addition_embed_type", None) == "text_time"
 
     class Wrapper(torch.nn.Module):  # attribute "m" becomes the "m." / "/m/" prefix inspect strips
         def __init__(self, m):
@@ -115,6 +117,9 @@ def export_module(unet, out_path: str, opset: int = 17, seq_len: int = 77, t0: f
             self.m = m
 
         def forward(self, *args):
+            if text_time:
+                return self.m(args[0], args[1], encoder_hidden_states=args[2], return_dict=False,
+                              added_cond_kwargs={"text_embeds": args[3], "time_ids": args[4]})[0]
             if conditional:
                 return self.m(args[0], args[1], encoder_hidden_states=args[2], return_dict=False)[0]
             if class_embed:
@@ -126,6 +131,11 @@ def export_module(unet, out_path: str, opset: int = 17, seq_len: int = 77, t0: f
         inputs.append(torch.randn(batch, seq_len, cfg.cross_attention_dim))
         names.append("encoder_hidden_states")
         dyn["encoder_hidden_states"] = {0: "batch", 1: "sequence"}
+        if text_time:
+            n_text = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+            inputs += [torch.randn(batch, n_text), torch.full((batch, 6), float(size * 8))]
+            names += ["text_embeds", "time_ids"]
+            dyn.update({"text_embeds": {0: "batch"}, "time_ids": {0: "batch"}})
     elif class_embed:
         inputs.append(torch.zeros(batch, dtype=torch.int64))
         names.append("class_labels")

@@ -184,7 +184,10 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
 
             try:
                 # without a cache the export lives in temp_dir, removed at the end of the run: so do these
-                emb = encode_prompts(pipe, prompts, cache_dir or prepared.temp_dir, cache_dir)
+                size = unet_cfg.get("sample_size") or 64
+                latent = cfg.calibration.resolution or ((size, size) if isinstance(size, int) else tuple(size))
+                pixels = tuple(int(d) * pipe.vae_scale_factor() for d in latent)  # SDXL's time_ids
+                emb = encode_prompts(pipe, prompts, cache_dir or prepared.temp_dir, cache_dir, pixels)
             except BaseException:
                 if prepared.temp_dir:
                     shutil.rmtree(prepared.temp_dir, ignore_errors=True)

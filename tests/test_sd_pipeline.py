@@ -55,6 +55,27 @@ def test_pipeline_folder_calibrates_on_prompts_with_guidance(pipeline_dir, tmp_p
     assert code == 0 and "reusing encoded prompts" in err and "encoding" not in err
 
 
+def test_sdxl_pipeline_carries_text_embeds_and_time_ids(tmp_path):
+    """SDXL: two text encoders (penultimate states concatenated, pooled projection as text_embeds),
+    time_ids from the image size, zeros for the unconditional branch, guidance 5 by default."""
+    pytest.importorskip("transformers")
+    sys.path.insert(0, TOOLS)
+    from make_unet import make
+
+    folder = str(tmp_path / "tiny-xl")
+    make("tiny-xl", folder, pipeline=True)
+    code, _, err = run_cli(folder, "--budget", "8", "-o", tmp_path / "o", "--no-cache", *FAST)
+    assert code == 0, err
+    cal = _report(tmp_path / "o")["calibration"]
+    assert cal["guidance_scale"] == 5.0 and cal["unet_rows"] == 8
+    assert "CLIPTextModel + CLIPTextModelWithProjection" in cal["conditioning"]
+    z = np.load(tmp_path / "o" / "validation_inputs.npz")
+    assert z["text_embeds"].shape == (4, 16) and z["encoder_hidden_states"].shape[2] == 32
+    assert np.all(z["encoder_hidden_states"][0::2] == 0) and np.all(z["text_embeds"][0::2] == 0)  # zeros uncond
+    assert np.any(z["text_embeds"][1::2] != 0)
+    assert np.all(z["time_ids"] == [16, 16, 0, 0, 16, 16])  # 8x8 latents, VAE factor 2
+
+
 def test_guidance_scale_one_runs_the_conditional_branch_only(pipeline_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat on a mat\n\n# a comment\na dog in the fog\n")

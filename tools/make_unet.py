@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Random-weight diffusers UNet folders of real architectures, for reproducing size and memory figures.
 
-    python tools/make_unet.py {sd15,sd15-mini,sd21,sdxl,tiny} OUT_DIR [--seed 0] [--pipeline]
+    python tools/make_unet.py {sd15,sd15-mini,sd21,sdxl,tiny,tiny-xl} OUT_DIR [--seed 0] [--pipeline]
 
 Writes OUT_DIR/unet (config.json + safetensors, FP32) and OUT_DIR/scheduler/scheduler_config.json;
 with --pipeline a whole diffusers text-to-image pipeline folder (model_index.json, a CLIP text encoder
@@ -46,6 +46,12 @@ CONFIGS = {
                       norm_num_groups=32,
                       down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                       up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+    # the tests' SDXL-style UNet: text_time additional embeddings (pooled text 16 + 6 time ids x 8)
+    "tiny-xl": dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+                    cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8, addition_embed_type="text_time",
+                    addition_time_embed_dim=8, projection_class_embeddings_input_dim=64,
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
     "tiny": dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
                  cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8,
                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -63,11 +69,21 @@ TEXT_ENCODERS = {"sd15": dict(hidden_size=768, intermediate_size=3072, num_hidde
                  "sd21": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
                               hidden_act="gelu"),
                  "sd15-mini": dict(hidden_size=768, intermediate_size=1536, num_hidden_layers=2, num_attention_heads=12),
-                 "tiny": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)}
+                 "tiny": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2),
+                 "sdxl": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                              hidden_act="quick_gelu"),
+                 "tiny-xl": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)}
+# SDXL's second, projecting text encoder (OpenCLIP ViT-bigG/14 for the real one)
+TEXT_ENCODERS_2 = {"sdxl": dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                                hidden_act="gelu", projection_dim=1280),
+                   "tiny-xl": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   projection_dim=16)}
 VAES = {"sd15": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512),
         "sd21": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=768),
         "sd15-mini": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=32, sample_size=256),
-        "tiny": dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=16)}
+        "tiny": dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=16),
+        "sdxl": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=1024),
+        "tiny-xl": dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=16)}
 TOKENS = 77
 
 
@@ -104,12 +120,23 @@ def make_pipeline(arch: str, out_dir: str, unet) -> None:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from transformers import CLIPTextModelWithProjection
+
+    def text_config(**kw):
+        return CLIPTextConfig(vocab_size=n_vocab, max_position_embeddings=TOKENS, bos_token_id=n_vocab - 2,
+                              eos_token_id=n_vocab - 1, pad_token_id=n_vocab - 1, **kw)
+
     n_vocab = write_tokenizer(os.path.join(out_dir, "tokenizer"))
-    cfg = CLIPTextConfig(vocab_size=n_vocab, max_position_embeddings=TOKENS, bos_token_id=n_vocab - 2,
-                         eos_token_id=n_vocab - 1, pad_token_id=n_vocab - 1, **TEXT_ENCODERS[arch])
-    assert cfg.hidden_size == unet.config.cross_attention_dim, "text encoder width must match cross-attention"
+    cfg = text_config(**TEXT_ENCODERS[arch])
+    xl = arch in TEXT_ENCODERS_2
+    width = cfg.hidden_size + (TEXT_ENCODERS_2[arch]["hidden_size"] if xl else 0)
+    assert width == unet.config.cross_attention_dim, "text encoder width must match cross-attention"
     torch.manual_seed(1)
     CLIPTextModel(cfg).eval().save_pretrained(os.path.join(out_dir, "text_encoder"))
+    if xl:
+        write_tokenizer(os.path.join(out_dir, "tokenizer_2"))
+        CLIPTextModelWithProjection(text_config(**TEXT_ENCODERS_2[arch])).eval().save_pretrained(
+            os.path.join(out_dir, "text_encoder_2"))
     vae_cfg = VAES[arch]
     n = len(vae_cfg["block_out_channels"])
     AutoencoderKL(in_channels=3, out_channels=3, latent_channels=unet.config.in_channels,
@@ -120,6 +147,11 @@ def make_pipeline(arch: str, out_dir: str, unet) -> None:
              "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
              "vae": ["diffusers", "AutoencoderKL"], "safety_checker": [None, None], "feature_extractor": [None, None],
              "requires_safety_checker": False}
+    if xl:
+        index = {"_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.30.0",
+                 **{k: index[k] for k in ("unet", "scheduler", "text_encoder", "tokenizer", "vae")},
+                 "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                 "tokenizer_2": ["transformers", "CLIPTokenizer"], "force_zeros_for_empty_prompt": True}
     with open(os.path.join(out_dir, "model_index.json"), "w") as f:
         json.dump(index, f, indent=1)
 
@@ -138,7 +170,7 @@ def make(arch: str, out_dir: str, seed: int = 0, pipeline: bool = False) -> int:
         json.dump(dict(sched, _class_name="DDIMScheduler"), f, indent=1)
     if pipeline:
         if arch not in TEXT_ENCODERS:
-            raise SystemExit(f"--pipeline is not available for {arch} (SDXL's two text encoders are not supported yet)")
+            raise SystemExit(f"--pipeline is not available for {arch}")
         make_pipeline(arch, out_dir, unet)
     return sum(p.numel() for p in unet.parameters())
 
@@ -153,7 +185,8 @@ def main() -> None:
     args = ap.parse_args()
     n = make(args.arch, args.out_dir, args.seed, args.pipeline)
     if args.pipeline:
-        print(f"{args.out_dir}: random-weight {args.arch} StableDiffusionPipeline folder, UNet {n / 1e6:.1f} M parameters; "
+        kind = "StableDiffusionXLPipeline" if args.arch in TEXT_ENCODERS_2 else "StableDiffusionPipeline"
+        print(f"{args.out_dir}: random-weight {args.arch} {kind} folder, UNet {n / 1e6:.1f} M parameters; "
               f"quantize it with: mpq-export {args.out_dir} --budget 8 --resolution 32")
     else:
         print(f"{args.out_dir}/unet: random-weight {args.arch} UNet2DConditionModel, {n / 1e6:.1f} M parameters; "
