@@ -44,6 +44,7 @@ class CalibrationSettings:
     # classifier-free guidance of the sampler: != 1 runs the UNet on an unconditional and a conditional
     # row per sample, as the deployed pipeline does, and gathers statistics from both (sampler.guided)
     guidance_scale: float = 1.0
+    device: str = "cpu"  # cpu | cuda (onnxruntime's CUDA provider, from onnxruntime-gpu)
 
     def __post_init__(self):
         for name, flag in (("steps", "--steps"), ("timesteps", "--timesteps"), ("samples", "--samples"),
@@ -57,6 +58,8 @@ class CalibrationSettings:
             raise MPQError(f"--timesteps {self.timesteps} exceeds --steps {self.steps}: profile at most every step")
         if self.seq_len is not None and self.seq_len <= 0:
             raise MPQError(f"--seq-len must be positive, got {self.seq_len}")
+        if self.device not in ("cpu", "cuda"):
+            raise MPQError(f"--device must be cpu or cuda, got {self.device!r}")
         g = self.guidance_scale
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not np.isfinite(g) or g < 1:
             raise MPQError(f"--guidance-scale must be a number >= 1 (1: no guidance), got {g!r}")
@@ -274,7 +277,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     fetch_acts = [a for a in act_tensors if a not in graph_inputs]
     wanted = list(dict.fromkeys(layer_outputs + fetch_acts))
     model_bytes, ext_dir = _augmented_model(info, wanted)
-    sess = ort_session(model_bytes, settings.threads, ext_dir, low_memory=True)
+    sess = ort_session(model_bytes, settings.threads, ext_dir, low_memory=True, device=settings.device)
 
     # one batch-1 call measures every fetched tensor, so groups can be sized to the memory budget
     probe_n = fixed_batch(info) or 1

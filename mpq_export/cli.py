@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mpq_export.orm import AGGREGATIONS, ESTIMATORS, OrmSettings
     from mpq_export.pipeline import BUILD_MODES, IMPORTANCES, PipelineConfig
     from mpq_export.quantize import QuantizeSettings
+    from mpq_export.runtime import DEVICES
     from mpq_export.validate import ValidationSettings
 
     C, Q, O, A = CalibrationSettings, QuantizeSettings, OrmSettings, AllocationSettings
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-act-costs", action="store_true",
                    help="skip measuring each activation quantizer alone for the report (one forward per tensor and step)")
     v.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    v.add_argument("--device", choices=DEVICES, default=_default(C, "device"),
+                   help="where calibration and validation run: cuda uses onnxruntime's CUDA provider (onnxruntime-gpu)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     p.add_argument("-v", "--verbose", action="store_true", help="on an unexpected failure, print the Python traceback")
     return p
@@ -175,9 +178,9 @@ def config_from_args(args):
         orm=OrmSettings(estimator=args.orm_estimator, alpha=args.alpha, beta=args.beta, agg=args.agg),
         calibration=CalibrationSettings(steps=args.steps, timesteps=args.timesteps, samples=args.samples,
                                         seed=args.calib_seed, resolution=args.resolution, seq_len=args.seq_len,
-                                        mem_budget_mb=args.calib_mem_mb, threads=args.threads),
+                                        mem_budget_mb=args.calib_mem_mb, threads=args.threads, device=args.device),
         act_calib=ActCalibSettings(method=args.act_calib, percentile=args.act_percentile),
-        validation=ValidationSettings(samples=args.val_samples, threads=args.threads),
+        validation=ValidationSettings(samples=args.val_samples, threads=args.threads, device=args.device),
         quantize=QuantizeSettings(target=args.target, block_size=args.block_size, clip_search=not args.no_clip_search,
                                   rounding=args.weight_rounding, integer_conv=not args.float_conv_outputs),
         calib_data=args.calib_data, prompts=args.prompts, guidance_scale=args.guidance_scale,

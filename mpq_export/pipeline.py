@@ -401,6 +401,9 @@ def allocation_stability(info: ModelInfo, stats: CalibrationStats, orm: OrmSetti
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     timings = StageTimes()
+    from mpq_export.runtime import providers_for
+
+    providers_for(cfg.calibration.device)  # a missing GPU runtime is a one-line error before any work
     remove_stale_scratch()
     cache_dir = default_cache_dir() if cfg.cache_dir is None else (cfg.cache_dir or None)
     if cache_dir and os.path.exists(cache_dir) and not os.path.isdir(cache_dir):

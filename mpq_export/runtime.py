@@ -10,8 +10,27 @@ from mpq_export.errors import MPQError
 from mpq_export.layers import InputSpec, ModelInfo
 
 
+DEVICES = ("cpu", "cuda")
+
+
+def providers_for(device: str) -> list[str]:
+    """onnxruntime execution providers for --device, or a one-line error saying what is missing."""
+    if device not in DEVICES:
+        raise MPQError(f"--device must be one of {', '.join(DEVICES)}, got '{device}'")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise MPQError(f"--device cuda needs onnxruntime-gpu and an NVIDIA GPU, and this onnxruntime offers only "
+                       f"{', '.join(available)}: pip uninstall -y onnxruntime && pip install onnxruntime-gpu "
+                       f"(same version), or run with --device cpu")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
 def ort_session(model: str | bytes, threads: int = 0, external_data_dir: str | None = None,
-                low_memory: bool = False):
+                low_memory: bool = False, device: str = "cpu"):
     """An onnxruntime CPU session.
 
     `qdq_matmulnbits_accuracy_level = 0` keeps INT4 DQ+MatMul at float activations: by default
@@ -34,7 +53,7 @@ def ort_session(model: str | bytes, threads: int = 0, external_data_dir: str | N
         # MatMulAddFusion rewrites MatMul+bias into Reshape/Gemm and breaks INT8 Q/DQ on the MatMul's
         # input ("output_dtype INT8 does not match y_zero_point type UINT8", onnxruntime 1.32, seen on
         # torch dynamo exports); it only reshapes, so leaving it out changes no numbers
-        return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"],
+        return ort.InferenceSession(model, sess_options=so, providers=providers_for(device),
                                     disabled_optimizers=["MatMulAddFusion"])
     except Exception as e:
         where = model if isinstance(model, str) else "the model"

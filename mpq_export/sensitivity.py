@@ -68,7 +68,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
     cond = {c.name: stats.inputs[c.name][:n] for c in info.conditioning}
     refs = stats.outputs[:, :n].astype(np.float64)
     ref_energy = np.array([max(float((refs[k] ** 2).sum()), 1e-30) for k in range(K)])
-    sess, weights, masks = _probe_session(info, act_amax, stats.settings.threads)
+    sess, weights, masks = _probe_session(info, act_amax, stats.settings.threads, stats.settings.device)
     names = [l.name for l in info.layers]
     scores: dict[str, dict[str, float]] = {l.name: {} for l in info.layers}
     jobs = [(i, f) for i, c in enumerate(cands) for f in c]
@@ -121,7 +121,7 @@ def activation_costs(info: ModelInfo, stats: CalibrationStats, act_amax: dict[st
     xs = stats.inputs[info.sample.name][:, :n]
     cond = {c.name: stats.inputs[c.name][:n] for c in info.conditioning}
     refs = stats.outputs[:, :n].astype(np.float64)
-    sess, _, masks = _probe_session(info, act_amax, stats.settings.threads)
+    sess, _, masks = _probe_session(info, act_amax, stats.settings.threads, stats.settings.device)
     by_tensor: dict[str, list[int]] = {}
     for i, l in enumerate(info.layers):
         if l.activation_input in act_amax:
@@ -146,7 +146,7 @@ def activation_costs(info: ModelInfo, stats: CalibrationStats, act_amax: dict[st
     return sorted(out, key=lambda c: c.sqnr_db), time.perf_counter() - t0
 
 
-def _probe_session(info: ModelInfo, act_amax: dict[str, float], threads: int):
+def _probe_session(info: ModelInfo, act_amax: dict[str, float], threads: int, device: str = "cpu"):
     """(session, FP32 weights by name, mask input name per layer) of the probe model."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -190,7 +190,7 @@ def _probe_session(info: ModelInfo, act_amax: dict[str, float], threads: int):
     del g.node[:]
     g.node.extend(ordered)
 
-    return ort_session(model.SerializeToString(), threads), weights, masks
+    return ort_session(model.SerializeToString(), threads, device=device), weights, masks
 
 
 def _toposort(nodes, available: set[str]):

@@ -27,6 +27,7 @@ class ValidationSettings:
     samples: int = 8
     seed: int = 10_000  # held-back seeds: calibration uses seed .. seed + N - 1 with its own base
     threads: int = 0
+    device: str = "cpu"  # cpu | cuda (runtime.providers_for)
 
     def __post_init__(self):
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples <= 0:
@@ -83,7 +84,7 @@ class FP32Reference:
 def fp32_reference(info: ModelInfo, schedule: NoiseSchedule, steps: int, profiled: np.ndarray,
                    sample_shape: tuple[int, ...], settings: ValidationSettings, calib_data: str | None = None,
                    seq_len: int | None = None, guidance_scale: float = 1.0) -> FP32Reference:
-    fp = ort_session(info.path, settings.threads)
+    fp = ort_session(info.path, settings.threads, device=settings.device)
     cond, _ = load_conditioning(info, calib_data, settings.samples, settings.seed, seq_len, guidance_scale)
     profiled_set = {int(i) for i in profiled}
     xs, ts, eps_k = [], [], []
@@ -114,7 +115,7 @@ def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, step
     t0 = time.perf_counter()
     ref = reference or fp32_reference(info, schedule, steps, profiled, sample_shape, settings, calib_data, seq_len,
                                       guidance_scale)
-    q = ort_session(quantized_path, settings.threads)
+    q = ort_session(quantized_path, settings.threads, device=settings.device)
     n = len(ref.final)
 
     def run(x, t):

@@ -199,3 +199,13 @@ def test_activation_cost_table_is_skipped_when_it_would_take_too_long(unet_onnx,
     on_disk = json.loads((tmp_path / "o" / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(rep.to_json())) and on_disk["tool"] == "mpq-export"
     assert on_disk["layers"][0]["name"] == rep.layers[0].name and rep.plots
+
+
+def test_device_cuda_without_onnxruntime_gpu_is_one_line(tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed: --device cuda is available here")
+    code, _, err = run_cli("--demo", "--device", "cuda", "-o", tmp_path / "o")
+    assert code == 1 and err.strip().splitlines()[-1].startswith("mpq-export: error: --device cuda needs onnxruntime-gpu")
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
