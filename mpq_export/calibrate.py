@@ -1,11 +1,14 @@
 """calibrate stage: run the FP32 model inside a real DDIM sampler and stream per-layer statistics.
 
-At K evenly spaced steps of an S-step DDIM trajectory (N samples from fixed seeds) we keep, per
-quantizable layer, the N x N Gram matrix of its flattened output (float64; what ORM needs), and
-per activation tensor a histogram of |x| with its max and energy (`act_ranges`: the INT8 clipping
-thresholds are chosen from these afterwards, by any method, without re-running). Raw activations are never
-kept: layer outputs are fetched a group at a time, each group sized to `mem_budget_mb`, and
-reduced to Grams at once. The sampler's own inputs at the profiled steps are kept too (they are
+At K evenly spaced steps of an S-step DDIM trajectory (N samples from fixed seeds; 2N UNet rows under
+classifier-free guidance) we keep, per quantizable layer, the Gram matrix of its flattened output
+over the rows (float64; what ORM needs), per activation tensor a histogram of |x| with its max and
+energy (`act_ranges`: the INT8 clipping thresholds are chosen from these afterwards, by any method,
+without re-running), and the layers' input statistics for GPTQ. Raw activations are never kept:
+the model runs over chunks of rows sized to `mem_budget_mb` with every needed tensor fetched in the
+same call (one pass per profiled step, as the bare sampler makes), each tensor is reduced at once,
+and the Grams come from fixed-seed sketches of the rows (`GramSketch`), so memory depends on
+neither N nor the resolution beyond one chunk. The sampler's own inputs at the profiled steps are kept too (they are
 small) so the sensitivity scorer and Polygraphy can reuse them without re-running the sampler.
 Results are cached on disk keyed by the model's hash and every setting that changes them.
 """
@@ -28,7 +31,7 @@ from mpq_export.runtime import build_feeds, check_finite, fixed_batch, load_cond
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise
 from mpq_export.targets import CONV_OPS
 
-CACHE_VERSION = 6
+CACHE_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,12 @@ class CalibrationSettings:
     # row per sample, as the deployed pipeline does, and gathers statistics from both (sampler.guided)
     guidance_scale: float = 1.0
     device: str = "cpu"  # cpu | cuda (onnxruntime's CUDA provider, from onnxruntime-gpu)
+    # ORM's N x N Grams from outputs fetched a chunk of rows at a time: while every row's outputs of one
+    # step fit in `gram_mem_mb` they are kept whole until the step is done (exact Grams); beyond that
+    # each row's flattened output is reduced to a `sketch_dim`-d signed-hash sketch (GramSketch), so
+    # memory stops growing with N and the resolution (docs/design.md measures what that moves)
+    gram_mem_mb: int = 1024
+    sketch_dim: int = 8192
 
     def __post_init__(self):
         for name, flag in (("steps", "--steps"), ("timesteps", "--timesteps"), ("samples", "--samples"),
@@ -58,6 +67,11 @@ class CalibrationSettings:
             raise MPQError(f"--timesteps {self.timesteps} exceeds --steps {self.steps}: profile at most every step")
         if self.seq_len is not None and self.seq_len <= 0:
             raise MPQError(f"--seq-len must be positive, got {self.seq_len}")
+        for v, flag in ((self.sketch_dim, "--sketch-dim"), (self.gram_mem_mb, "--gram-mem-mb")):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise MPQError(f"{flag} must be an integer >= 0, got {v!r}")
+        if self.sketch_dim == 0:
+            raise MPQError("--sketch-dim must be positive (exact Grams: raise --gram-mem-mb instead)")
         if self.device not in ("cpu", "cuda"):
             raise MPQError(f"--device must be cpu or cuda, got {self.device!r}")
         g = self.guidance_scale
@@ -84,6 +98,8 @@ class CalibrationStats:
     model_sha256: str
     seconds: float = 0.0
     cached: bool = False
+    rows_per_call: int = 0  # UNet rows per onnxruntime call (the memory budget's chunk)
+    gram_sketch_dim: int = 0  # 0: exact Grams; else the sketch dimension they came from
 
     @property
     def n_samples(self) -> int:
@@ -93,6 +109,7 @@ class CalibrationStats:
         meta = {"layer_names": self.layer_names, "act_names": self.act_hist.names, "settings": asdict(self.settings),
                 "schedule": asdict(self.schedule), "conditioning_source": self.conditioning_source,
                 "model_sha256": self.model_sha256, "seconds": self.seconds, "version": CACHE_VERSION,
+                "rows_per_call": self.rows_per_call, "gram_sketch_dim": self.gram_sketch_dim,
                 "input_names": sorted(self.inputs), "hessian_layers": sorted(self.hessians)}
         tmp = f"{path}.tmp-{os.getpid()}.npz"
         np.savez(tmp, meta=np.array(json.dumps(meta)), timesteps=self.timesteps, step_indices=self.step_indices,
@@ -114,6 +131,8 @@ class CalibrationStats:
                        hessians={n: z[f"h_{i}"] for i, n in enumerate(meta.get("hessian_layers", []))},
                        settings=CalibrationSettings(**s), schedule=NoiseSchedule(**meta["schedule"]),
                        conditioning_source=meta["conditioning_source"], model_sha256=meta["model_sha256"],
+                       rows_per_call=int(meta.get("rows_per_call", 0)),
+                       gram_sketch_dim=int(meta.get("gram_sketch_dim", 0)),
                        seconds=meta["seconds"], cached=True)
 
 
@@ -210,19 +229,33 @@ def _augmented_model(info: ModelInfo, extra_outputs: list[str]) -> tuple[bytes, 
     return model.SerializeToString(), ext_dir
 
 
-def _group(names: list[str], bytes_per_sample: dict[str, int], n: int, budget_mb: int) -> list[list[str]]:
-    groups, cur, cur_bytes = [], [], 0
-    budget = budget_mb * (1 << 20)
-    for name in names:
-        b = bytes_per_sample[name] * n
-        if cur and cur_bytes + b > budget:
-            groups.append(cur)
-            cur, cur_bytes = [], 0
-        cur.append(name)
-        cur_bytes += b
-    if cur:
-        groups.append(cur)
-    return groups
+class GramSketch:
+    """Fixed-seed sketches whose inner products estimate those of the rows they sketch.
+
+    A row y of D values becomes z[j] = sum over d = j (mod m) of s[d] y[d], with signs s[d] = +-1
+    drawn per tensor from a fixed seed (a CountSketch with a folding hash): E[<z, z'>] = <y, y'> and
+    the error shrinks like 1/sqrt(m). Rows of D <= m values are kept whole, so their Grams are exact.
+    m = 0 keeps every row whole (exact Grams). The signs are drawn once per tensor and reused for
+    every row, chunk and step, so rows sketched in different calls stay comparable.
+    """
+
+    def __init__(self, dim: int, seed: int):
+        self.dim, self.seed = dim, seed
+        self._signs: dict[str, np.ndarray] = {}
+
+    def rows(self, name: str, y: np.ndarray) -> np.ndarray:
+        """[rows, D] -> [rows, min(D, m)] float32."""
+        d = y.shape[1]
+        if not self.dim or d <= self.dim:
+            return np.array(y, dtype=np.float32)
+        if name not in self._signs:
+            h = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+            rng = np.random.default_rng([self.seed, h])
+            self._signs[name] = np.where(rng.random(d) < 0.5, -1.0, 1.0).astype(np.float32)
+        folds = -(-d // self.dim)
+        z = np.zeros((y.shape[0], folds * self.dim), dtype=np.float32)
+        np.multiply(y, self._signs[name], out=z[:, :d])
+        return z.reshape(y.shape[0], folds, self.dim).sum(axis=1)
 
 
 def _physical_memory() -> int:
@@ -290,9 +323,18 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
                        f"{list(x_probe.shape)}; a diffusion UNet predicts noise of the sample's shape (is "
                        f"--sample-name the noisy sample, and the first output the prediction?)")
     del probe
-    groups = _group(wanted, per_sample, rows, settings.mem_budget_mb)
-    log.info("[calibrate] %d layers, %d activation tensors, %d fetch group(s) per profiled step, N=%d, K=%d of %d steps",
-             len(layer_outputs), len(act_tensors), len(groups), rows, len(profiled), settings.steps)
+    # every call fetches everything, over at most `chunk` rows: the batch is bounded by the memory
+    # budget, not by N, and each profiled step costs one pass over its rows
+    chunk = int(max(1, min(rows, settings.mem_budget_mb * (1 << 20) // max(1, sum(per_sample.values())))))
+    b = fixed_batch(info)
+    if b and chunk % b:
+        chunk = min(rows, max(b, chunk // b * b))  # whole fixed-size batches
+    exact_bytes = rows * sum(per_sample[name] for name in dict.fromkeys(layer_outputs))
+    sketched = exact_bytes > settings.gram_mem_mb * (1 << 20)
+    log.info("[calibrate] %d layers, %d activation tensors, %d row(s) per onnxruntime call, %d rows (N=%d), "
+             "K=%d of %d steps, Grams %s", len(layer_outputs), len(act_tensors), chunk, rows, n, len(profiled),
+             settings.steps, f"from {settings.sketch_dim}-d sketches (exact would keep {exact_bytes / 2**20:.0f} MB "
+             f"per step; --gram-mem-mb)" if sketched else "exact")
 
     L, K = len(info.layers), len(profiled)
     need = 8 * K * L * rows * rows + 2 * 4 * K * rows * int(np.prod(shape))
@@ -313,19 +355,22 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     h_bytes = [0]
 
     def add_hessians(name: str, arr: np.ndarray) -> None:
-        from mpq_export.rounding import HESSIAN_MEM_MB, layer_rows
+        from mpq_export.rounding import HESSIAN_MEM_MB, MAX_ROWS, layer_rows
+
+        quota = -(-MAX_ROWS * arr.shape[0] // rows)  # this chunk's share of the step's rows
 
         for l in readers.get(name, ()):
             if l.name not in hessians:
                 k = int(np.prod(l.weight_shape)) // l.weight_shape[l.weight_axis]
                 if h_bytes[0] + 4 * k * k > HESSIAN_MEM_MB * (1 << 20):
                     continue  # over the memory cap: this layer keeps round-to-nearest
-            rows = layer_rows(arr, l, h_rng)
-            if rows is None:
+            x = layer_rows(arr, l, h_rng, quota)
+            if x is None:
                 continue
             if l.name not in hessians:
-                h_bytes[0] += 4 * rows.shape[1] ** 2
-            h = rows.T @ rows  # float32: K x K, accumulated in place (GPTQ itself works in float64)
+                h_bytes[0] += 4 * x.shape[1] ** 2
+            h = x.T @ x  # float32: K x K, accumulated in place (GPTQ itself works in float64); normalised per
+            # call: every step is split into the same chunks, so every step still weighs the same
             tr = float(np.trace(h, dtype=np.float64))
             if tr > 0:
                 h /= tr
@@ -340,36 +385,43 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     outs = np.zeros((K, rows) + shape, dtype=np.float32)
     profiled_set = {int(i): k for k, i in enumerate(profiled)}
 
-    def model_rows(x, t, i):  # x: the UNet's batch (both guidance branches)
+    sketch = GramSketch(settings.sketch_dim if sketched else 0, settings.seed)
+
+    def forward(x, t, names):
+        """The model on rows x, `chunk` rows per call: [prediction, *names] per chunk, as a generator."""
+        for i in range(0, x.shape[0], chunk):
+            sub = {k: v[i: i + chunk] for k, v in cond.items()}
+            res = run_model(sess, info, [info.output, *names], x[i: i + chunk], t, sub)
+            check_finite(res[0], f"the model output at t={t}")
+            yield i, res
+
+    def model_rows(x, t, i):  # x: the UNet's rows (both guidance branches)
         if i not in profiled_set:
-            (eps,) = run_model(sess, info, [info.output], x, t, cond)
-            check_finite(eps, f"the model output at t={t}")
-            return eps
+            return np.concatenate([res[0] for _, res in forward(x, t, [])])
         k = profiled_set[i]
         xs[k] = x
-        feeds = build_feeds(info, x, t, cond)  # graph inputs' ranges (they are not fetched tensors)
-        for name in (info.sample.name, *(c.name for c in info.conditioning)):
-            if name in hist:
-                hist.add(name, k, feeds[name])
-            add_hessians(name, feeds[name])
-        eps = None
-        for g, names in enumerate(groups):
-            fetch = ([info.output] if g == 0 else []) + names
-            res = run_model(sess, info, fetch, x, t, cond)
-            if g == 0:
-                eps, res = res[0], res[1:]
-                check_finite(eps, f"the model output at t={t}")
-            for name, arr in zip(names, res):
+        eps = np.zeros_like(x)
+        parts: dict[str, list[np.ndarray]] = {}
+        for start, res in forward(x, t, wanted):
+            feeds = build_feeds(info, x[start: start + chunk], t, cond, offset=start)
+            for name in (info.sample.name, *(c.name for c in info.conditioning)):  # graph inputs are not fetched
+                if name in hist:
+                    hist.add(name, k, feeds[name])
+                add_hessians(name, feeds[name])
+            eps[start: start + len(res[0])] = res[0]
+            for name, arr in zip(wanted, res[1:]):
                 check_finite(arr, f"tensor '{name}' at t={t}")
                 if name in layer_index:
-                    y = arr.reshape(rows, -1).astype(np.float64)
-                    gram = y @ y.T
-                    for li in layer_index[name]:
-                        grams[k, li] = gram
+                    parts.setdefault(name, []).append(sketch.rows(name, arr.reshape(arr.shape[0], -1)))
                 if name in hist:
                     hist.add(name, k, arr)
                 add_hessians(name, arr)
             del res
+        for name, ps in parts.items():  # the Gram of all rows, from their (sketched) outputs
+            z = np.concatenate(ps).astype(np.float64)
+            gram = z @ z.T
+            for li in layer_index[name]:
+                grams[k, li] = gram
         outs[k] = eps
         return eps
 
@@ -381,7 +433,8 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
         layer_names=[l.name for l in info.layers], timesteps=sampler.timesteps[profiled].copy(),
         step_indices=profiled.astype(np.int64), grams=grams, act_hist=hist,
         inputs={info.sample.name: xs, **cond}, outputs=outs, hessians=hessians, settings=settings, schedule=schedule,
-        conditioning_source=cond_source, model_sha256=sha, seconds=time.perf_counter() - t0)
+        conditioning_source=cond_source, model_sha256=sha, seconds=time.perf_counter() - t0, rows_per_call=chunk,
+        gram_sketch_dim=settings.sketch_dim if sketched else 0)
     if cache_path:
         try:  # the cache is optional: a full disk or a read-only cache folder never fails the run
             os.makedirs(cache_dir, exist_ok=True)

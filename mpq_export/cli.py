@@ -134,7 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--act-calib", choices=ACT_CALIB_METHODS, default=_default(ActCalibSettings, "method"),
                    help="how each INT8 activation threshold is chosen from the calibration histograms (docs/quality.md)")
     c.add_argument("--act-percentile", type=float, default=_default(ActCalibSettings, "percentile"), help="percentile of |x| for --act-calib percentile")
-    c.add_argument("--calib-mem-mb", type=int, default=_default(C, "mem_budget_mb"), help="layer outputs fetched per onnxruntime call (MB)")
+    c.add_argument("--calib-mem-mb", type=int, default=_default(C, "mem_budget_mb"),
+                   help="tensors fetched per onnxruntime call (MB): bounds the rows per call")
+    c.add_argument("--gram-mem-mb", type=int, default=_default(C, "gram_mem_mb"),
+                   help="exact ORM Grams while one step's layer outputs over all rows fit in this (MB); else sketched")
+    c.add_argument("--sketch-dim", type=int, default=_default(C, "sketch_dim"),
+                   help="dimensions of each output row's sketch when the Grams are sketched")
     v = p.add_argument_group("quantization, engine, validation")
     v.add_argument("--block-size", type=int, default=_default(Q, "block_size"), help="INT4 block size along K for MatMul/Gemm weights")
     v.add_argument("--weight-rounding", choices=ROUNDINGS, default=_default(Q, "rounding"),
@@ -178,7 +183,8 @@ def config_from_args(args):
         orm=OrmSettings(estimator=args.orm_estimator, alpha=args.alpha, beta=args.beta, agg=args.agg),
         calibration=CalibrationSettings(steps=args.steps, timesteps=args.timesteps, samples=args.samples,
                                         seed=args.calib_seed, resolution=args.resolution, seq_len=args.seq_len,
-                                        mem_budget_mb=args.calib_mem_mb, threads=args.threads, device=args.device),
+                                        mem_budget_mb=args.calib_mem_mb, threads=args.threads, device=args.device,
+                                        sketch_dim=args.sketch_dim, gram_mem_mb=args.gram_mem_mb),
         act_calib=ActCalibSettings(method=args.act_calib, percentile=args.act_percentile),
         validation=ValidationSettings(samples=args.val_samples, threads=args.threads, device=args.device),
         quantize=QuantizeSettings(target=args.target, block_size=args.block_size, clip_search=not args.no_clip_search,

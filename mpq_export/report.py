@@ -91,8 +91,11 @@ def importance_summary(imp) -> dict | None:
 
 def calibration_summary(stats, ranges, act_costs, quantized_activations) -> dict:
     return {"steps": stats.settings.steps, "profiled_timesteps": len(stats.timesteps), "samples": stats.settings.samples,
-            "unet_rows": stats.n_samples, "guidance_scale": stats.settings.guidance_scale, "seed": stats.settings.seed, "schedule": stats.schedule.source, "conditioning": stats.conditioning_source,
-            "cached": stats.cached, "seconds": stats.seconds, "settings": asdict(stats.settings),
+            "unet_rows": stats.n_samples, "guidance_scale": stats.settings.guidance_scale, "seed": stats.settings.seed,
+            "schedule": stats.schedule.source, "conditioning": stats.conditioning_source,
+            "cached": stats.cached, "seconds": stats.seconds, "rows_per_call": stats.rows_per_call,
+            "gram_sketch_dim": stats.gram_sketch_dim,
+            "settings": asdict(stats.settings),
             "activation_ranges": {"method": ranges.settings.method, "settings": asdict(ranges.settings),
                                   "threshold_over_max_mean": ranges.clipped_fraction(), "amax": ranges.amax,
                                   "observed_max": ranges.observed_max,

@@ -25,9 +25,10 @@ HESSIAN_MEM_MB = 2048  # all layers' H together; layers beyond it keep round-to-
 DAMP = 0.01  # diagonal damping, a fraction of the mean diagonal (GPTQ's default)
 
 
-def layer_rows(x: np.ndarray, layer, rng: np.random.Generator) -> np.ndarray | None:
+def layer_rows(x: np.ndarray, layer, rng: np.random.Generator, max_rows: int = MAX_ROWS) -> np.ndarray | None:
     """The layer's input as rows of its reduction dimension [rows, K] (float32), subsampled to
-    MAX_ROWS; None when the layer's geometry is not supported (then it keeps round-to-nearest)."""
+    `max_rows` (calibration gives each chunk of samples its share of MAX_ROWS per step); None when the
+    layer's geometry is not supported (then it keeps round-to-nearest)."""
     if layer.op_type == "Conv":
         if not layer.conv_geometry or x.ndim != 4:
             return None
@@ -41,7 +42,7 @@ def layer_rows(x: np.ndarray, layer, rng: np.random.Generator) -> np.ndarray | N
         win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # [n, C, Ho, Wo, kh, kw]
         n, c, ho, wo = win.shape[:4]
         total = n * ho * wo
-        idx = rng.choice(total, size=min(MAX_ROWS, total), replace=False)
+        idx = rng.choice(total, size=min(max_rows, total), replace=False)
         ni, rest = np.divmod(idx, ho * wo)
         hi, wi = np.divmod(rest, wo)
         return win[ni, :, hi, wi].reshape(len(idx), c * kh * kw).astype(np.float32)
@@ -50,8 +51,8 @@ def layer_rows(x: np.ndarray, layer, rng: np.random.Generator) -> np.ndarray | N
         if k > MAX_K or x.shape[-1] != k:
             return None
         rows = x.reshape(-1, k)
-        if len(rows) > MAX_ROWS:
-            rows = rows[rng.choice(len(rows), size=MAX_ROWS, replace=False)]
+        if len(rows) > max_rows:
+            rows = rows[rng.choice(len(rows), size=max_rows, replace=False)]
         return rows.astype(np.float32)
     return None
 

@@ -64,3 +64,45 @@ def test_conditioning_from_file(cond_unet_onnx, tmp_path):
     np.savez(f, wrong_name=np.ones((2, 8, 16), np.float32))
     with pytest.raises(MPQError, match="no array 'encoder_hidden_states'"):
         calibrate(info, CalibrationSettings(steps=4, timesteps=2, samples=4, seed=3), NoiseSchedule(), calib_data=str(f))
+
+
+def test_gram_sketch_estimates_inner_products_and_keeps_small_rows_exact():
+    from mpq_export.calibrate import GramSketch
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((1, 40_000))
+    y = (base + 0.5 * rng.standard_normal((6, 40_000))).astype(np.float32)  # correlated rows, as layer outputs are
+    exact = y.astype(np.float64) @ y.T.astype(np.float64)
+    sk = GramSketch(4096, seed=0)
+    z = np.concatenate([sk.rows("t", y[:4]), sk.rows("t", y[4:])]).astype(np.float64)  # two calls, same signs
+    assert z.shape == (6, 4096)
+    err = np.abs(z @ z.T - exact) / np.sqrt(np.outer(np.diag(exact), np.diag(exact)))
+    assert err.max() < 0.05  # ~ 1 / sqrt(4096) per entry
+    small = rng.standard_normal((3, 100)).astype(np.float32)
+    assert np.array_equal(sk.rows("u", small), small)  # D <= m: the rows themselves, exact Grams
+    assert np.array_equal(GramSketch(0, seed=0).rows("t", y), y)  # 0: exact
+    # unbiased: averaged over seeds the estimate converges on the exact inner product
+    est = np.mean([(lambda z: z[0] @ z[1])(GramSketch(256, seed=s).rows("t", y[:2]).astype(np.float64))
+                   for s in range(200)])
+    assert abs(est - exact[0, 1]) < 0.02 * exact[0, 1]
+
+
+def test_sketched_grams_move_orm_little(unet_onnx):
+    """Calibration in chunks with sketched Grams against exact Grams of the same rows."""
+    from mpq_export.orm import OrmSettings, compute_importance
+
+    info = inspect_model(unet_onnx)
+    exact = calibrate(info, CalibrationSettings(steps=6, timesteps=2, samples=8), NoiseSchedule())
+    assert exact.gram_sketch_dim == 0  # small: exact by default
+    errors = []
+    for m in (1024, 4096):
+        sketched = calibrate(info, CalibrationSettings(steps=6, timesteps=2, samples=8, sketch_dim=m, gram_mem_mb=0,
+                                                       mem_budget_mb=1), NoiseSchedule())
+        assert sketched.gram_sketch_dim == m and sketched.rows_per_call < 8  # really sketched and chunked
+        assert np.array_equal(exact.outputs, sketched.outputs)  # the trajectory does not depend on chunking
+        rel = np.linalg.norm(sketched.grams - exact.grams, axis=(2, 3)) / np.linalg.norm(exact.grams, axis=(2, 3))
+        a, b = (compute_importance(s.grams, s.timesteps, s.layer_names, OrmSettings()) for s in (exact, sketched))
+        errors.append((rel.max(), np.abs(a.theta - b.theta).max()))
+    (rel_1k, theta_1k), (rel_4k, theta_4k) = errors
+    assert 0 < rel_4k < rel_1k < 0.15  # error shrinks with the sketch size
+    assert theta_4k < theta_1k and theta_4k < 0.01  # this model's largest outputs are 4096 values: exact there
