@@ -1,0 +1,45 @@
+"""The report stage: report.md is rendered from report.json (a golden pair from a real tiny run), a
+Report survives the JSON round trip, and the markdown states what a user must see."""
+
+import dataclasses
+import json
+import os
+
+from mpq_export.report import LayerRow, Report, render_markdown
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+
+
+def _golden():
+    with open(os.path.join(GOLDEN, "report.json")) as f:
+        return json.load(f)
+
+
+def test_report_md_renders_exactly_from_report_json():
+    """tests/golden holds report.json and report.md of one real run (the tests' tiny UNet2DModel, onnxruntime
+    target, budget 8): rendering must reproduce the markdown byte for byte. After an intended change of
+    the report's layout, regenerate both files with a tiny run and review the diff."""
+    with open(os.path.join(GOLDEN, "report.md")) as f:
+        assert render_markdown(_golden()) == f.read()
+
+
+def test_report_round_trips_through_its_json():
+    d = _golden()
+    fields = {f.name for f in dataclasses.fields(Report)}
+    assert set(d) == fields  # report.json is exactly the Report's fields
+    rep = Report(**{**d, "layers": [LayerRow(**row) for row in d["layers"]]})
+    assert json.loads(json.dumps(rep.to_json())) == d
+    assert next(iter(rep.to_json())) == "tool"  # how is_our_output recognises our folders
+
+
+def test_markdown_states_budget_bits_and_validation():
+    d = _golden()
+    md = render_markdown(d)
+    assert f"**{d['budget']:g}** average weight bits" in md
+    assert f"{d['counted_bits']:.4f}" in md  # the count from the file, beside the allocation's
+    assert f"{d['validation']['sample_psnr_db']:.2f}" in md
+    for row in d["layers"][:3]:
+        assert row["name"] in md
+    d2 = json.loads(json.dumps(d))
+    d2["budget"] = 6.5
+    assert "**6.5** average weight bits" in render_markdown(d2)  # rendered from the data, not fixed text

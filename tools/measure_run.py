@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Peak memory and time of one `mpq-export` run, against the size of the FP32 model it quantizes.
+
+    python tools/measure_run.py MODEL [mpq-export options...]
+
+Runs `mpq-export MODEL ...` in a child process and prints its wall time, its peak resident memory
+(the kernel's high-water mark of the child, getrusage) and that peak divided by the FP32 weights'
+size (an .onnx file with its external data, a diffusers UNet folder's weight files, or a pipeline
+folder's unet/). The run's report.json also lists each stage's time and the peak so far.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def fp32_bytes(model: str) -> int:
+    if os.path.isfile(model):
+        folder = os.path.dirname(os.path.abspath(model))
+        import onnx
+
+        m = onnx.load(model, load_external_data=False)
+        locations = {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
+        return os.path.getsize(model) + sum(os.path.getsize(os.path.join(folder, f)) for f in locations)
+    unet = os.path.join(model, "unet") if os.path.isfile(os.path.join(model, "model_index.json")) else model
+    return sum(os.path.getsize(os.path.join(unet, f)) for f in os.listdir(unet)
+               if f.endswith((".safetensors", ".bin")))
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if len(sys.argv) > 1 else 2)
+    model, rest = sys.argv[1], sys.argv[2:]
+    exe = os.path.join(os.path.dirname(sys.executable), "mpq-export")
+    t0 = time.perf_counter()
+    rc = subprocess.run([exe, model, *rest]).returncode
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    size = fp32_bytes(model)
+    print(f"\nmpq-export exit status {rc}, {wall:.0f} s; peak RSS {peak / 2**30:.2f} GiB; FP32 weights "
+          f"{size / 2**30:.2f} GiB; peak / FP32 size = {peak / size:.2f}")
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()
