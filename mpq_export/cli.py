@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output folder (default ./<model>.mpq)")
     p.add_argument("--target", choices=TARGETS, default=_default(Q, "target"),
                    help="tensorrt: FP16 graph + Q/DQ TensorRT builds (INT8 convs, INT4 weight-only GEMMs); "
-                        "onnxruntime: FP32 graph + Q/DQ for its CPU kernels (also INT4 convs)")
+                        "onnxruntime: FP32 graph + Q/DQ its integer CPU kernels fuse (also INT4 convs)")
     g = p.add_argument_group("allocation")
     g.add_argument("--allocation", choices=METHODS, default=_default(A, "method"),
                    help="mpq: the 0/1 program over the importance scores; others are baselines")
