@@ -121,7 +121,7 @@ def activation_costs(info: ModelInfo, stats: CalibrationStats, act_amax: dict[st
     xs = stats.inputs[info.sample.name][:, :n]
     cond = {c.name: stats.inputs[c.name][:n] for c in info.conditioning}
     refs = stats.outputs[:, :n].astype(np.float64)
-    sess, _, masks = _probe_session(info, act_amax, stats.settings.threads, stats.settings.device)
+    sess, _, masks = _probe_session(info, act_amax, stats.settings.threads, stats.settings.device, with_weights=False)
     by_tensor: dict[str, list[int]] = {}
     for i, l in enumerate(info.layers):
         if l.activation_input in act_amax:
@@ -146,22 +146,32 @@ def activation_costs(info: ModelInfo, stats: CalibrationStats, act_amax: dict[st
     return sorted(out, key=lambda c: c.sqnr_db), time.perf_counter() - t0
 
 
-def _probe_session(info: ModelInfo, act_amax: dict[str, float], threads: int, device: str = "cpu"):
-    """(session, FP32 weights by name, mask input name per layer) of the probe model."""
+def _probe_session(info: ModelInfo, act_amax: dict[str, float], threads: int, device: str = "cpu",
+                   with_weights: bool = True):
+    """(session, FP32 weights by name, mask input name per layer) of the probe model.
+
+    Weights stored outside the .onnx stay there: the probe graph is serialised without them and
+    onnxruntime reads them from the model's folder (a Stable-Diffusion-size proto cannot be
+    serialised: protobuf stops at 2 GB). `with_weights` makes each layer's weight a feedable input
+    and returns its values (the sensitivity scorer swaps quantized weights in); the activation-cost
+    probe needs neither."""
+    import os
+
     from onnx import TensorProto, helper, numpy_helper
 
     from mpq_export.errors import MPQError
     from mpq_export.layers import load_onnx
 
-    model = load_onnx(info.path)
+    folder = os.path.dirname(os.path.abspath(info.path))
+    model = load_onnx(info.path, load_weights=not info.has_external_data)
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     weights = {}
-    for l in info.layers:
+    for l in info.layers if with_weights else ():
         if l.weight_name not in inits:
             raise MPQError(f"--importance sensitivity needs initializer weights; layer {l.name} takes a Constant node "
                            f"(fold constants first, e.g. with onnxslim or polygraphy surgeon sanitize --fold-constants)")
-        weights[l.weight_name] = numpy_helper.to_array(inits[l.weight_name]).astype(np.float32)
+        weights[l.weight_name] = numpy_helper.to_array(inits[l.weight_name], base_dir=folder).astype(np.float32)
     graph_inputs = {i.name for i in g.input}
     for name in weights:
         if name not in graph_inputs:  # an initializer listed as an input can be overridden by a feed
@@ -190,7 +200,8 @@ def _probe_session(info: ModelInfo, act_amax: dict[str, float], threads: int, de
     del g.node[:]
     g.node.extend(ordered)
 
-    return ort_session(model.SerializeToString(), threads, device=device), weights, masks
+    ext_dir = folder if info.has_external_data else None
+    return ort_session(model.SerializeToString(), threads, ext_dir, device=device), weights, masks
 
 
 def _toposort(nodes, available: set[str]):

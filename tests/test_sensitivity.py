@@ -44,3 +44,28 @@ def test_artificially_sensitive_layer_gets_the_high_bits(sabotaged, tmp_path):
     assert alloc.achieved_bits <= 4.6
     again = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
     assert again.cached and again.scores == sens.scores
+
+
+def test_probes_read_external_weights_from_the_models_folder(sabotaged, tmp_path):
+    """Stable-Diffusion-size models keep their weights in .data files and cannot be serialised as one
+    proto (2 GB): the probe graph goes to onnxruntime without them. Same figures as the embedded model."""
+    import onnx
+
+    from mpq_export.sensitivity import activation_costs
+
+    info, stats = sabotaged
+    ext = str(tmp_path / "external.onnx")
+    onnx.save(onnx.load(info.path), ext, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="external.onnx.data", size_threshold=0)
+    info_ext = inspect_model(ext)
+    assert info_ext.has_external_data
+    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    a, _ = activation_costs(info, stats, amax, {}, samples=2)
+    b, _ = activation_costs(info_ext, stats, amax, {}, samples=2)
+    assert [c.tensor for c in a] == [c.tensor for c in b]
+    np.testing.assert_allclose([c.sqnr_db for c in a], [c.sqnr_db for c in b], rtol=1e-6)
+    qs = QuantizeSettings(target="onnxruntime", rounding="nearest")
+    alloc = AllocationSettings(budget=8, target="onnxruntime")
+    s1 = measure_sensitivity(info, stats, amax, alloc, qs, 0.0, None)
+    s2 = measure_sensitivity(info_ext, stats, amax, alloc, qs, 0.0, None)
+    assert s1.scores[VICTIM] == pytest.approx(s2.scores[VICTIM], rel=1e-6)
