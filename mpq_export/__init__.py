@@ -1,8 +1,9 @@
 """mpq-export: mixed-precision INT4/INT8/FP16 Q/DQ export of diffusion UNets.
 
-Stages, one module each, data flowing one way:
-export -> layers (inspect) -> calibrate -> act_ranges / orm -> allocate (targets) -> quantize (rounding)
--> build -> validate -> report.
+Stages, one module each, data flowing one way (README, "Package layout"):
+export / sd_pipeline -> inspect -> calibrate -> act_ranges / orm (sensitivity) -> allocate (targets)
+-> quantize (rounding, weight_storage, fp16_graph) -> trt_rules -> build -> validate
+(polygraphy_replay) -> report.
 `mpq_export.pipeline.run_pipeline` chains them; the CLI (`mpq_export.cli`) is a thin wrapper.
 Heavy imports (torch, diffusers, tensorrt) happen inside the functions that need them.
 """

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mpq_export.errors import MPQError
-from mpq_export.layers import QuantLayer
+from mpq_export.inspect import QuantLayer
 from mpq_export.targets import DEFAULT_TARGET, FP16, WHY_NOT, Format, check_target, format_for, formats_for
 
 METHODS = ("mpq", "uniform", "random", "smallest-first")

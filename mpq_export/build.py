@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from mpq_export.errors import MPQError
-from mpq_export.layers import ModelInfo
+from mpq_export.inspect import ModelInfo
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ import numpy as np
 
 from mpq_export.act_ranges import ActivationHistograms
 from mpq_export.errors import MPQError
-from mpq_export.layers import ModelInfo
+from mpq_export.inspect import ModelInfo
 from mpq_export.progress import Progress, log
-from mpq_export.runtime import build_feeds, check_finite, fixed_batch, load_conditioning, ort_session, run_model
+from mpq_export.ort import build_feeds, check_finite, fixed_batch, load_conditioning, ort_session, run_model
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise
 from mpq_export.targets import CONV_OPS
 
@@ -180,7 +180,7 @@ def model_sha256(path: str, memo_dir: str | None = None) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     from onnx import external_data_helper
 
-    from mpq_export.layers import load_onnx
+    from mpq_export.inspect import load_onnx
 
     from mpq_export.onnx_utils import external_data_problem
 
@@ -217,7 +217,7 @@ def _augmented_model(info: ModelInfo, extra_outputs: list[str]) -> tuple[bytes, 
     """The FP32 model with the given intermediate tensors added as graph outputs (serialised)."""
     import onnx
 
-    from mpq_export.layers import load_onnx
+    from mpq_export.inspect import load_onnx
 
     model = load_onnx(info.path, load_weights=False)
     existing = {o.name for o in model.graph.output}

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mpq_export.orm import AGGREGATIONS, ESTIMATORS, OrmSettings
     from mpq_export.pipeline import BUILD_MODES, IMPORTANCES, PipelineConfig
     from mpq_export.quantize import QuantizeSettings
-    from mpq_export.runtime import DEVICES
+    from mpq_export.ort import DEVICES
     from mpq_export.validate import ValidationSettings
 
     C, Q, O, A = CalibrationSettings, QuantizeSettings, OrmSettings, AllocationSettings
@@ -210,7 +210,7 @@ def _main_check(argv: list[str]) -> int:
                 "(docs/design.md); prints every offending node, exits 1 if any rule is broken.")
     p.add_argument("model", help="the Q/DQ ONNX model (e.g. out/model.mpq.onnx)")
     args = p.parse_args(argv)
-    from mpq_export.check import check_model
+    from mpq_export.trt_rules import check_model
 
     violations = check_model(args.model)
     for v in violations:

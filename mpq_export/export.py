@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from mpq_export.errors import MPQError
-from mpq_export.layers import SAMPLE_SIZE_KEY
+from mpq_export.inspect import SAMPLE_SIZE_KEY
 
 SUPPORTED = ("UNet2DModel", "UNet2DConditionModel")
 

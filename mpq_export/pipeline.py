@@ -21,7 +21,7 @@ from mpq_export.act_ranges import ActCalibSettings, ActivationRanges, choose_ran
 from mpq_export.allocate import AllocationSettings, BitAllocation, allocate, check_budget
 from mpq_export.calibrate import CalibrationSettings, CalibrationStats, calibrate, sample_shape
 from mpq_export.errors import MPQError
-from mpq_export.layers import ModelInfo, inspect_model
+from mpq_export.inspect import ModelInfo, inspect_model
 from mpq_export.orm import LayerImportance, OrmSettings, compute_importance
 from mpq_export.progress import log
 from mpq_export.quantize import QuantizeSettings, count_weight_bits, quantize
@@ -200,7 +200,7 @@ def _export_once(cfg: PipelineConfig, unet_dir: str, cache_dir: str | None) -> P
     """The FP32 ONNX of a diffusers UNet folder, exported once per content hash (in the cache)."""
     from mpq_export.calibrate import file_sha256
     from mpq_export.export import export_diffusers, find_scheduler_config
-    from mpq_export.layers import load_onnx
+    from mpq_export.inspect import load_onnx
 
     import hashlib
 
@@ -401,7 +401,7 @@ def allocation_stability(info: ModelInfo, stats: CalibrationStats, orm: OrmSetti
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     timings = StageTimes()
-    from mpq_export.runtime import providers_for
+    from mpq_export.ort import providers_for
 
     providers_for(cfg.calibration.device)  # a missing GPU runtime is a one-line error before any work
     remove_stale_scratch()
@@ -533,7 +533,7 @@ def compare_targets(cfg, info, stats, act_amax, alloc, shape, trt_val, fp16_val,
 
 def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, shape, notes, timings, model_path, ref, fp16_val=None,
                 vae_dir: str | None = None) -> BudgetResult:
-    from mpq_export import polygraphy_check
+    from mpq_export import polygraphy_replay
     from mpq_export.report import calibration_summary, importance_summary, layer_rows, sample_grid, write_report
 
     alloc_settings = replace(cfg.allocation, budget=budget)
@@ -566,7 +566,7 @@ def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, sha
                            f"{alloc.achieved_bits:.4f}")
         checker = None
         if cfg.quantize.target == "tensorrt":
-            from mpq_export.check import check_model
+            from mpq_export.trt_rules import check_model
 
             violations = check_model(q_path)
             if violations:
@@ -587,7 +587,7 @@ def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, sha
                        cfg.validation, reference=ref)
         timings["validate"] = time.perf_counter() - t
         np.savez(os.path.join(tmp, "validation_inputs.npz"), **val.inputs)
-        pg = polygraphy_check.write_files(tmp, out, info, model_path, stats.schedule.num_train_timesteps)
+        pg = polygraphy_replay.write_files(tmp, out, info, model_path, stats.schedule.num_train_timesteps)
         if cfg.sample_grid:
             fp, qu, what = val.samples_fp32, val.samples_quant, "same seeds"
             if vae_dir is not None:  # latents of a text-to-image pipeline: show them through its VAE

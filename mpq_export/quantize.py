@@ -9,7 +9,7 @@ Per docs/design.md's format table:
 Weight scales come from an MSE clipping search per channel / block, not plain min-max.
 
 Targets: "tensorrt" realises the choices the way TensorRT builds them (FP16 graph, one shared Q/DQ
-pair per activation, quantized residual Adds; module `mpq_export.trt_graph`). "onnxruntime" keeps the
+pair per activation, quantized residual Adds; module `mpq_export.weight_storage`). "onnxruntime" keeps the
 FP32 graph and writes it so that onnxruntime's CPU provider fuses the Q/DQ into its integer kernels
 (docs/speed.md): UINT8 activations with zero point 128 (the same grid as symmetric INT8), one
 DequantizeLinear per consumer, each INT8-input convolution's output quantized too (QLinearConv needs
@@ -27,7 +27,7 @@ import numpy as np
 
 from mpq_export.allocate import BitAllocation, Format
 from mpq_export.errors import MPQError
-from mpq_export.layers import ModelInfo, QuantLayer, load_onnx
+from mpq_export.inspect import ModelInfo, QuantLayer, load_onnx
 from mpq_export.rounding import DEFAULT_ROUNDING, ROUNDINGS
 from mpq_export.targets import DEFAULT_TARGET, TENSORRT_INT4_BLOCK_SIZES, TARGETS, check_target, formats_for
 
@@ -288,7 +288,7 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
             continue
         w = weight_values(node.inputs[1])
         qw = quantize_layer_weight(layer, w, fmt, settings, (hessians or {}).get(layer.name))
-        from mpq_export.trt_graph import weight_storage
+        from mpq_export.weight_storage import weight_storage
 
         values, storage = weight_storage(qw, fmt)
         qc = gs.Constant(f"{layer.name}.weight_quantized", values)
@@ -330,7 +330,7 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
     graph.cleanup().toposort()
     out = gs.export_onnx(graph)
     out.ir_version = max(out.ir_version, MIN_IR_VERSION)
-    from mpq_export.trt_graph import finalize_for_target
+    from mpq_export.weight_storage import finalize_for_target
 
     out = finalize_for_target(out, settings.target)
     save_model(out, out_path)

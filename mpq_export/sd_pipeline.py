@@ -28,7 +28,7 @@ import numpy as np
 from mpq_export.errors import MPQError
 from mpq_export.export import quiet_hf_libraries
 from mpq_export.progress import log
-from mpq_export.runtime import DESCRIPTION_KEY as SOURCE_KEY
+from mpq_export.ort import DESCRIPTION_KEY as SOURCE_KEY
 
 MODEL_INDEX = "model_index.json"
 DEFAULT_PROMPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calib_data", "prompts.txt")

@@ -25,11 +25,11 @@ import numpy as np
 
 from mpq_export.allocate import AllocationSettings, candidates
 from mpq_export.calibrate import CalibrationStats
-from mpq_export.layers import ModelInfo
+from mpq_export.inspect import ModelInfo
 from mpq_export.orm import timestep_weights
 from mpq_export.progress import Progress, log
 from mpq_export.quantize import QuantizeSettings, activation_scale, quantize_layer_weight
-from mpq_export.runtime import ort_session, run_model
+from mpq_export.ort import ort_session, run_model
 
 DEFAULT_SAMPLES = 8  # of the N calibration samples: enough to rank layers, 4x cheaper than 32
 
@@ -160,7 +160,7 @@ def _probe_session(info: ModelInfo, act_amax: dict[str, float], threads: int, de
     from onnx import TensorProto, helper, numpy_helper
 
     from mpq_export.errors import MPQError
-    from mpq_export.layers import load_onnx
+    from mpq_export.inspect import load_onnx
 
     folder = os.path.dirname(os.path.abspath(info.path))
     model = load_onnx(info.path, load_weights=not info.has_external_data)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpq_export.layers import ModelInfo
+from mpq_export.inspect import ModelInfo
 from mpq_export.progress import Progress
-from mpq_export.runtime import check_finite, load_conditioning, ort_session, run_model
+from mpq_export.ort import check_finite, load_conditioning, ort_session, run_model
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from mpq_export.allocate import AllocationSettings, allocate, candidates, solve_01
 from mpq_export.errors import MPQError
-from mpq_export.layers import QuantLayer
+from mpq_export.inspect import QuantLayer
 
 
 def _layers(params, ops=None):

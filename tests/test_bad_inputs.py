@@ -101,7 +101,7 @@ def test_empty_file_is_not_called_a_model(tmp_path):
 def test_a_fine_tuned_model_with_identical_sizes_never_reuses_statistics(unet_onnx, tmp_path):
     """Same graph, same external-data file sizes, other weights: the calibration cache must miss."""
     from mpq_export.calibrate import CalibrationSettings, calibrate
-    from mpq_export.layers import inspect_model
+    from mpq_export.inspect import inspect_model
     from mpq_export.sampler import NoiseSchedule
 
     cache = str(tmp_path / "cache")

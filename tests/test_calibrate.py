@@ -4,8 +4,8 @@ import pytest
 
 from mpq_export.calibrate import CalibrationSettings, calibrate
 from mpq_export.errors import MPQError
-from mpq_export.layers import inspect_model
-from mpq_export.runtime import build_feeds, ort_session
+from mpq_export.inspect import inspect_model
+from mpq_export.ort import build_feeds, ort_session
 from mpq_export.sampler import NoiseSchedule
 
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 from onnx import TensorProto, helper
 
-from mpq_export.layers import inspect_model
+from mpq_export.inspect import inspect_model
 from mpq_export.quantize import count_weight_bits
 
 FAST = ["--steps", "10", "--timesteps", "4", "--samples", "8", "--val-samples", "4", "--target", "onnxruntime"]

@@ -5,7 +5,7 @@ import pytest
 from mpq_export.act_ranges import ActCalibSettings, choose_ranges
 from mpq_export.allocate import AllocationSettings, allocate
 from mpq_export.calibrate import CalibrationSettings, calibrate
-from mpq_export.layers import inspect_model
+from mpq_export.inspect import inspect_model
 from mpq_export.quantize import QuantizeSettings, count_weight_bits, quantize, quantize_weight
 from mpq_export.sampler import NoiseSchedule
 

@@ -4,7 +4,7 @@ import pytest
 from mpq_export.act_ranges import ActCalibSettings, choose_ranges
 from mpq_export.allocate import AllocationSettings, allocate
 from mpq_export.calibrate import CalibrationSettings, calibrate
-from mpq_export.layers import QuantLayer, inspect_model
+from mpq_export.inspect import QuantLayer, inspect_model
 from mpq_export.quantize import QuantizeSettings, quantize, quantize_layer_weight, quantize_weight
 from mpq_export.rounding import gptq_round, layer_rows, output_error, weight_matrix
 from mpq_export.sampler import NoiseSchedule

@@ -128,8 +128,8 @@ def test_guided_prediction_combines_the_two_rows_of_each_sample():
 
 
 def test_conditioning_file_gives_uncond_rows_next_to_cond_rows(cond_unet_onnx, tmp_path):
-    from mpq_export.layers import inspect_model
-    from mpq_export.runtime import load_conditioning
+    from mpq_export.inspect import inspect_model
+    from mpq_export.ort import load_conditioning
 
     info = inspect_model(cond_unet_onnx)
     cond = np.random.default_rng(0).standard_normal((5, 8, 16)).astype(np.float32)

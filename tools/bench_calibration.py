@@ -36,10 +36,10 @@ from compare_peers import BUNDLED  # noqa: E402
 
 from mpq_export.allocate import AllocationSettings, allocate  # noqa: E402
 from mpq_export.calibrate import CalibrationSettings, calibrate, sample_shape  # noqa: E402
-from mpq_export.layers import inspect_model  # noqa: E402
+from mpq_export.inspect import inspect_model  # noqa: E402
 from mpq_export.orm import OrmSettings, compute_importance  # noqa: E402
 from mpq_export.pipeline import PipelineConfig, default_cache_dir, prepare_model  # noqa: E402
-from mpq_export.runtime import load_conditioning, ort_session, run_model  # noqa: E402
+from mpq_export.ort import load_conditioning, ort_session, run_model  # noqa: E402
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise  # noqa: E402
 
 

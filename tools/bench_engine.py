@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from mpq_export.build import EngineSettings, build_engine, tensorrt_status  # noqa: E402
 from mpq_export.fp16_graph import to_fp16_graph  # noqa: E402
-from mpq_export.layers import inspect_model  # noqa: E402
+from mpq_export.inspect import inspect_model  # noqa: E402
 from mpq_export.quantize import load_for_edit, save_model  # noqa: E402
 
 

@@ -67,7 +67,7 @@ def ours(model: str, workdir: str, name: str, budget: float, allocation: Allocat
 
 
 def bench_feeds(info, batch: int, shape, seed: int = 123) -> dict[str, np.ndarray]:
-    from mpq_export.runtime import build_feeds, load_conditioning
+    from mpq_export.ort import build_feeds, load_conditioning
     from mpq_export.sampler import initial_noise
 
     cond, _ = load_conditioning(info, None, batch, seed, 77)

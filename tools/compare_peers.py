@@ -49,7 +49,7 @@ from mpq_export.act_ranges import ActCalibSettings, choose_ranges  # noqa: E402
 from mpq_export.allocate import AllocationSettings, allocate  # noqa: E402
 from mpq_export.calibrate import CalibrationSettings, calibrate, sample_shape  # noqa: E402
 from mpq_export.demo import ASSET_DIR  # noqa: E402
-from mpq_export.layers import inspect_model  # noqa: E402
+from mpq_export.inspect import inspect_model  # noqa: E402
 from mpq_export.orm import OrmSettings, compute_importance  # noqa: E402
 from mpq_export.pipeline import PipelineConfig, default_cache_dir, prepare_model  # noqa: E402
 from mpq_export.quantize import QuantizeSettings, quantize  # noqa: E402
@@ -151,7 +151,7 @@ def strip_activation_qdq(src: str, dst: str) -> None:
 
 def calibration_feeds(info, stats) -> list[dict[str, np.ndarray]]:
     """One feed dict per profiled step: exactly what our calibration saw (x_t at t, N samples)."""
-    from mpq_export.runtime import build_feeds
+    from mpq_export.ort import build_feeds
 
     cond = {c.name: stats.inputs[c.name] for c in info.conditioning}
     xs = stats.inputs[info.sample.name]

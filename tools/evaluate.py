@@ -37,11 +37,11 @@ from mpq_export.act_ranges import ActCalibSettings, choose_ranges  # noqa: E402
 from mpq_export.allocate import AllocationSettings, allocate  # noqa: E402
 from mpq_export.calibrate import CalibrationSettings, calibrate  # noqa: E402
 from mpq_export.demo import demo_model  # noqa: E402
-from mpq_export.layers import inspect_model  # noqa: E402
+from mpq_export.inspect import inspect_model  # noqa: E402
 from mpq_export.orm import OrmSettings, compute_importance  # noqa: E402
 from mpq_export.pipeline import PipelineConfig, prepare_model, default_cache_dir  # noqa: E402
 from mpq_export.quantize import QuantizeSettings, quantize  # noqa: E402
-from mpq_export.runtime import build_feeds, ort_session  # noqa: E402
+from mpq_export.ort import build_feeds, ort_session  # noqa: E402
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise  # noqa: E402
 from mpq_export.sensitivity import measure_sensitivity  # noqa: E402
 from mpq_export.validate import sqnr_db  # noqa: E402

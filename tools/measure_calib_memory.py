@@ -39,7 +39,7 @@ import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import numpy as np
 from mpq_export.calibrate import CalibrationSettings, calibrate
-from mpq_export.layers import inspect_model
+from mpq_export.inspect import inspect_model
 from mpq_export.sampler import NoiseSchedule
 info = inspect_model({path!r})
 t = time.perf_counter()
@@ -51,8 +51,8 @@ PER_SAMPLE = """
 import json, sys
 sys.path.insert(0, {root!r})
 import onnx, numpy as np
-from mpq_export.layers import inspect_model
-from mpq_export.runtime import ort_session, build_feeds
+from mpq_export.inspect import inspect_model
+from mpq_export.ort import ort_session, build_feeds
 info = inspect_model({path!r})
 m = onnx.load({path!r})
 for l in info.layers:

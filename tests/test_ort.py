@@ -4,8 +4,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mpq_export.errors import MPQError
-from mpq_export.layers import inspect_model
-from mpq_export.runtime import load_conditioning, ort_session, run_model
+from mpq_export.inspect import inspect_model
+from mpq_export.ort import load_conditioning, ort_session, run_model
 
 
 def _model(path, batch):

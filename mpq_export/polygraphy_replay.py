@@ -17,8 +17,8 @@ import shlex
 import subprocess
 import sys
 
-from mpq_export.layers import ModelInfo
-from mpq_export.runtime import fixed_batch
+from mpq_export.inspect import ModelInfo
+from mpq_export.ort import fixed_batch
 
 SNR_THRESHOLD_DB = 10.0
 COSINE_THRESHOLD = 0.95
@@ -37,7 +37,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE, TIMESTEP, TIMESTEP_RANK, TIMESTEP_DTYPE = {sample!r}, {timestep!r}, {t_rank}, {t_dtype!r}
 CONDITIONING = {cond!r}
 FIXED_BATCH = {fixed_batch!r}  # the model's batch size when it was exported with a fixed one
-MIN_T = {min_t!r}  # steps with t below this are left out (see mpq_export.polygraphy_check)
+MIN_T = {min_t!r}  # steps with t below this are left out (see mpq_export.polygraphy_replay)
 
 
 def load_data():

@@ -4,7 +4,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from mpq_export.errors import MPQError
-from mpq_export.layers import inspect_model
+from mpq_export.inspect import inspect_model
 
 
 def test_layer_names_are_module_paths(unet_onnx):
@@ -97,7 +97,7 @@ def test_dynamo_exported_model_keeps_module_names_and_quantizes(tmp_path):
     code, _, err = run_cli(path, "--budget", "7.7", "-o", out, "--steps", "6", "--timesteps", "2",
                            "--samples", "6", "--val-samples", "4", "--no-stability")
     assert code == 0, err
-    from mpq_export.polygraphy_check import run_cpu_check
+    from mpq_export.polygraphy_replay import run_cpu_check
 
     passed, tail = run_cpu_check(str(out), path)
     assert passed, tail

@@ -11,9 +11,9 @@ from conftest import run_cli
 from onnx import numpy_helper
 
 import models
-from mpq_export.check import check_model
-from mpq_export.layers import inspect_model
-from mpq_export.polygraphy_check import run_cpu_check
+from mpq_export.trt_rules import check_model
+from mpq_export.inspect import inspect_model
+from mpq_export.polygraphy_replay import run_cpu_check
 from mpq_export.quantize import count_weight_bits
 
 FAST = ["--steps", "10", "--timesteps", "4", "--samples", "8", "--val-samples", "4"]

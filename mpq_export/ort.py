@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from mpq_export.errors import MPQError
-from mpq_export.layers import InputSpec, ModelInfo
+from mpq_export.inspect import InputSpec, ModelInfo
 
 
 DEVICES = ("cpu", "cuda")
