@@ -46,18 +46,21 @@ def is_diffusers_folder(path: str) -> bool:
     return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
 
 
-def read_unet_config(unet_dir: str) -> dict:
-    """The folder's config.json as a dict, or a one-line error."""
-    path = os.path.join(unet_dir, "config.json")
+def read_json_object(path: str, what: str) -> dict:
+    """A diffusers JSON file (config.json, model_index.json) as a dict, or a one-line error."""
     try:
         with open(path) as f:
             cfg = json.load(f)
     except (OSError, ValueError) as e:
-        raise MPQError(f"{path} is not readable JSON ({type(e).__name__}); give a diffusers UNet folder saved with "
-                       f"save_pretrained") from None
+        raise MPQError(f"{path} is not readable JSON ({type(e).__name__}); give {what} saved with save_pretrained") from None
     if not isinstance(cfg, dict):
-        raise MPQError(f"{path} is not a JSON object; give a diffusers UNet folder saved with save_pretrained")
+        raise MPQError(f"{path} is not a JSON object; give {what} saved with save_pretrained")
     return cfg
+
+
+def read_unet_config(unet_dir: str) -> dict:
+    """The folder's config.json as a dict, or a one-line error."""
+    return read_json_object(os.path.join(unet_dir, "config.json"), "a diffusers UNet folder")
 
 
 def find_scheduler_config(unet_dir: str) -> str | None:

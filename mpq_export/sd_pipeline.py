@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpq_export.errors import MPQError
-from mpq_export.export import quiet_hf_libraries
+from mpq_export.export import quiet_hf_libraries, read_json_object
 from mpq_export.progress import log
 from mpq_export.ort import DESCRIPTION_KEY as SOURCE_KEY
 
@@ -96,15 +96,7 @@ def _part(root: str, index: dict, name: str, required_file: str) -> str | None:
 
 def read_pipeline(path: str) -> PipelineFolder:
     """The parts of a diffusers pipeline folder, or a one-line error naming what is missing."""
-    index_path = os.path.join(path, MODEL_INDEX)
-    try:
-        with open(index_path) as f:
-            index = json.load(f)
-    except (OSError, ValueError) as e:
-        raise MPQError(f"{index_path} is not readable JSON ({type(e).__name__}); give a pipeline folder saved with "
-                       f"save_pretrained") from None
-    if not isinstance(index, dict):
-        raise MPQError(f"{index_path} is not a JSON object; give a pipeline folder saved with save_pretrained")
+    index = read_json_object(os.path.join(path, MODEL_INDEX), "a diffusers pipeline folder")
     cls = str(index.get("_class_name", ""))
     unet = os.path.join(path, "unet")
     if not os.path.isfile(os.path.join(unet, "config.json")):

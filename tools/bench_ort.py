@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from compare_peers import BUNDLED, calibration_feeds, count_bits  # noqa: E402
+from compare_peers import BUNDLED, calibration_feeds, count_bits, feeds_reader  # noqa: E402
 
 from mpq_export.allocate import AllocationSettings  # noqa: E402
 from mpq_export.calibrate import CalibrationSettings  # noqa: E402
@@ -44,16 +44,9 @@ from mpq_export.validate import ValidationSettings  # noqa: E402
 def quantize_static_default(model_path: str, feeds: list[dict], out: str, op_types: list[str] | None) -> None:
     """onnxruntime's quantize_static as its documentation shows it: QDQ, per-channel weights, its default
     types (UINT8 activations, INT8 weights) and MinMax calibration."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization import QuantFormat, quantize_static
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(feeds)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(model_path, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(model_path, out, feeds_reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     op_types_to_quantize=op_types)
 
 

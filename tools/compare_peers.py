@@ -158,9 +158,9 @@ def calibration_feeds(info, stats) -> list[dict[str, np.ndarray]]:
     return [build_feeds(info, xs[k], int(t), cond) for k, t in enumerate(stats.timesteps)]
 
 
-def ort_quantize_static(model_path: str, feeds: list[dict], out: str, method: str,
-                        exclude: list[str] | None = None) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+def feeds_reader(feeds: list[dict]):
+    """onnxruntime.quantization's CalibrationDataReader over a list of feed dicts."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -169,10 +169,17 @@ def ort_quantize_static(model_path: str, feeds: list[dict], out: str, method: st
         def get_next(self):
             return next(self.it, None)
 
+    return Reader()
+
+
+def ort_quantize_static(model_path: str, feeds: list[dict], out: str, method: str,
+                        exclude: list[str] | None = None) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     # only the weighted layers, as ours and ModelOpt's: by default quantize_static also quantizes every
     # Add/Mul/Concat/Reshape, including the sinusoidal timestep embedding and the output, which leaves a
     # diffusion UNet at ~8 dB (measured on the digits model)
-    quantize_static(model_path, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(model_path, out, feeds_reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     op_types_to_quantize=["Conv", "ConvTranspose", "MatMul", "Gemm"], nodes_to_exclude=exclude,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method],
