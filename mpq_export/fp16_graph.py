@@ -29,9 +29,21 @@ def to_fp16_graph(model):
     converted = convert_float_to_float16(model, keep_io_types=True,
                                          op_block_list=list(DEFAULT_OP_BLOCK_LIST) + KEEP_FP32_OPS,
                                          disable_shape_infer=too_big)
-    # the converter appends its input casts at the end of the node list: restore topological order
-    graph = gs.import_onnx(converted)
-    graph.toposort()
-    out = gs.export_onnx(graph)
-    out.ir_version = converted.ir_version
-    return out
+    # the converter appends its input casts at the end of the node list: restore topological order,
+    # in place (a graph-surgeon round trip would copy every weight once more)
+    g = converted.graph
+    from mpq_export.onnx_utils import toposort_nodes
+
+    ordered = toposort_nodes(list(g.node), {i.name for i in g.input} | {t.name for t in g.initializer})
+    if ordered is None:  # subgraphs reading outer names: graph surgeon's full toposort
+        graph = gs.import_onnx(converted)
+        graph.toposort()
+        out = gs.export_onnx(graph)
+        out.ir_version = converted.ir_version
+        return out
+    nodes = [type(n)() for n in ordered]
+    for new, old in zip(nodes, ordered):
+        new.CopyFrom(old)
+    del g.node[:]
+    g.node.extend(nodes)
+    return converted

@@ -67,3 +67,24 @@ def external_data_problem(model, folder: str) -> str | None:
 
 def too_big_to_serialise(model) -> bool:
     return weights_nbytes(model) > PROTO_LIMIT
+
+
+def toposort_nodes(nodes, available: set[str]) -> list | None:
+    """The nodes (NodeProtos) in an order where each comes after the producers of its inputs, keeping
+    the given order where it already holds; `available`: graph inputs and initializers. In place of a
+    graph-surgeon round trip, which would copy every weight (GBs at Stable-Diffusion size). None when
+    some input is never produced (a cycle, or a subgraph reading outer names): use a full toposort."""
+    out, pending = [], list(nodes)
+    avail = set(available) | {""}
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in avail for i in n.input):
+                out.append(n)
+                avail.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            return None
+        pending = rest
+    return out

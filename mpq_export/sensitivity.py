@@ -195,27 +195,14 @@ def _probe_session(info: ModelInfo, act_amax: dict[str, float], threads: int, de
         node.input[0] = out
         masks.append(m)
     # the switches must run before their layers: put them first, then restore topological order
-    ordered = _toposort(list(g.node) + new_nodes, {i.name for i in g.input} | set(inits) |
-                        {t.name for t in g.initializer})
+    from mpq_export.onnx_utils import toposort_nodes
+
+    ordered = toposort_nodes(list(g.node) + new_nodes, {i.name for i in g.input} | set(inits) |
+                             {t.name for t in g.initializer})
+    if ordered is None:
+        raise MPQError("internal: cycle while ordering the sensitivity probe graph")
     del g.node[:]
     g.node.extend(ordered)
 
     ext_dir = folder if info.has_external_data else None
     return ort_session(model.SerializeToString(), threads, ext_dir, device=device), weights, masks
-
-
-def _toposort(nodes, available: set[str]):
-    out, pending = [], list(nodes)
-    avail = set(available) | {""}
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in avail for i in n.input):
-                out.append(n)
-                avail.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            raise RuntimeError("internal: cycle while ordering the sensitivity probe graph")
-        pending = rest
-    return out
