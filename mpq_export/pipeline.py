@@ -168,6 +168,9 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
                            f"diffusers UNet folder or a pipeline folder")
         return PreparedModel(cfg.model, cfg.scheduler_config, [])
     unet_cfg = read_unet_config(unet_dir)  # a broken config.json is a one-line error before hashing GBs
+    if cfg.prompts is not None and unet_cfg.get("_class_name") != "UNet2DConditionModel":
+        raise MPQError(f"--prompts: the UNet of {cfg.model} ({unet_cfg.get('_class_name') or 'unknown'}) takes no "
+                       f"text conditioning; drop --prompts")
     prompts = None
     if pipe is not None and unet_cfg.get("_class_name") == "UNet2DConditionModel" and cfg.calib_data is None:
         from mpq_export.sd_pipeline import load_prompts

@@ -42,9 +42,10 @@ class QuantizeSettings:
     clip_search: bool = True  # MSE clipping search for weight scales (False: plain |max|)
     clip_grid: int = 20  # candidate clip ratios in [0.5, 1]
     rounding: str = DEFAULT_ROUNDING  # nearest | gptq (needs calibration's input statistics; rounding.py)
-    # onnxruntime target: quantize each w8a8 convolution's output too, so that onnxruntime's CPU
-    # provider fuses DQ -> Conv -> Q into QLinearConv (an INT8 kernel; without the output Q it
-    # runs the float convolution after dequantizing the weight at every call)
+    # onnxruntime target: quantize the output of each INT8-input convolution (w8a8, w4a8) too, so that
+    # onnxruntime's CPU provider fuses DQ -> Conv -> Q into QLinearConv (an integer kernel; without the
+    # output Q it dequantizes the weight at every call and runs the float convolution). Costs 1.6 to
+    # 3.7 dB at W8A8 on the trained models (docs/quality.md); False: --float-conv-outputs
     integer_conv: bool = True
 
     def __post_init__(self):
