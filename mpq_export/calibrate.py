@@ -6,9 +6,10 @@ over the rows (float64; what ORM needs), per activation tensor a histogram of |x
 energy (`act_ranges`: the INT8 clipping thresholds are chosen from these afterwards, by any method,
 without re-running), and the layers' input statistics for GPTQ. Raw activations are never kept:
 the model runs over chunks of rows sized to `mem_budget_mb` with every needed tensor fetched in the
-same call (one pass per profiled step, as the bare sampler makes), each tensor is reduced at once,
-and the Grams come from fixed-seed sketches of the rows (`GramSketch`), so memory depends on
-neither N nor the resolution beyond one chunk. The sampler's own inputs at the profiled steps are kept too (they are
+same call (one pass per profiled step, as the bare sampler makes), and each tensor is reduced at once.
+Grams are exact while one step's layer outputs over all rows fit `gram_mem_mb`; beyond that they come
+from fixed-seed sketches of the rows (`GramSketch`), so memory depends on neither N nor the
+resolution beyond one chunk. The sampler's own inputs at the profiled steps are kept too (they are
 small) so the sensitivity scorer and Polygraphy can reuse them without re-running the sampler.
 Results are cached on disk keyed by the model's hash and every setting that changes them.
 """
@@ -27,7 +28,7 @@ from mpq_export.act_ranges import ActivationHistograms
 from mpq_export.errors import MPQError
 from mpq_export.inspect import ModelInfo
 from mpq_export.progress import Progress, log
-from mpq_export.ort import build_feeds, check_finite, fixed_batch, load_conditioning, ort_session, run_model
+from mpq_export.ort import DEVICES, build_feeds, check_finite, fixed_batch, load_conditioning, ort_session, run_model
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise
 from mpq_export.targets import CONV_OPS
 
@@ -72,8 +73,8 @@ class CalibrationSettings:
                 raise MPQError(f"{flag} must be an integer >= 0, got {v!r}")
         if self.sketch_dim == 0:
             raise MPQError("--sketch-dim must be positive (exact Grams: raise --gram-mem-mb instead)")
-        if self.device not in ("cpu", "cuda"):
-            raise MPQError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.device not in DEVICES:
+            raise MPQError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         g = self.guidance_scale
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not np.isfinite(g) or g < 1:
             raise MPQError(f"--guidance-scale must be a number >= 1 (1: no guidance), got {g!r}")
@@ -247,7 +248,7 @@ class GramSketch:
         """[rows, D] -> [rows, min(D, m)] float32."""
         d = y.shape[1]
         if not self.dim or d <= self.dim:
-            return np.array(y, dtype=np.float32)
+            return np.asarray(y, dtype=np.float32)  # no copy of a float32 output (the hot path)
         if name not in self._signs:
             h = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
             rng = np.random.default_rng([self.seed, h])
@@ -312,7 +313,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     model_bytes, ext_dir = _augmented_model(info, wanted)
     sess = ort_session(model_bytes, settings.threads, ext_dir, low_memory=True, device=settings.device)
 
-    # one batch-1 call measures every fetched tensor, so groups can be sized to the memory budget
+    # one batch-1 call measures every fetched tensor, so the chunk can be sized to the memory budget
     probe_n = fixed_batch(info) or 1
     x_probe = initial_noise(settings.seed, probe_n, shape)
     probe = run_model(sess, info, wanted, x_probe, int(sampler.timesteps[0]), cond)
@@ -427,7 +428,8 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
 
     x_T = initial_noise(settings.seed, n, shape)
     with Progress("calibrate", settings.steps) as p:
-        sampler.sample(x_T, guided(model_rows, settings.guidance_scale), on_step=lambda d: p.update(d, f"steps (t={sampler.timesteps[d - 1]})"))
+        sampler.sample(x_T, guided(model_rows, settings.guidance_scale),
+                       on_step=lambda d: p.update(d, f"steps (t={sampler.timesteps[d - 1]})"))
 
     stats = CalibrationStats(
         layer_names=[l.name for l in info.layers], timesteps=sampler.timesteps[profiled].copy(),

@@ -1,4 +1,4 @@
-"""onnxruntime sessions and model feeds shared by calibrate and validate."""
+"""onnxruntime sessions, model feeds and conditioning inputs shared by calibrate, validate and the probes."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def providers_for(device: str) -> list[str]:
 
 def ort_session(model: str | bytes, threads: int = 0, external_data_dir: str | None = None,
                 low_memory: bool = False, device: str = "cpu"):
-    """An onnxruntime CPU session.
+    """An onnxruntime session on `device` (providers_for).
 
     `qdq_matmulnbits_accuracy_level = 0` keeps INT4 DQ+MatMul at float activations: by default
     onnxruntime fuses it into MatMulNBits with 8-bit activations, which is not the numerics a

@@ -131,7 +131,7 @@ def guided(model_rows: Callable[[np.ndarray, int, int], np.ndarray], scale: floa
 
     `model_rows(x_rows, t, i)` runs the UNet on the rows it really sees: with `scale` != 1 two per sample,
     (unconditional, conditional) adjacent, so any even prefix of a batch holds both branches (the
-    conditioning is laid out the same way, runtime.load_conditioning). The guided prediction is
+    conditioning is laid out the same way, ort.load_conditioning). The guided prediction is
     eps_u + scale * (eps_c - eps_u), as diffusers' pipelines compute it. With scale 1 the rows are the samples.
     """
     if scale == 1:

@@ -27,7 +27,7 @@ class ValidationSettings:
     samples: int = 8
     seed: int = 10_000  # held-back seeds: calibration uses seed .. seed + N - 1 with its own base
     threads: int = 0
-    device: str = "cpu"  # cpu | cuda (runtime.providers_for)
+    device: str = "cpu"  # cpu | cuda (ort.providers_for)
 
     def __post_init__(self):
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples <= 0:

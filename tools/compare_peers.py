@@ -383,9 +383,21 @@ def summary(result: dict) -> str:
         for p in peers if a else []:
             m, se = paired(result, a["method"], p["method"])
             lines.append(f"- {a['method']} minus {p['method']}: **{m:+.2f} +- {se:.2f} dB**")
-    for r in mpq if ours else []:
-        m, se = paired(result, r["method"], ours["method"])
-        lines.append(f"- {r['method']} minus our W8A8: **{m:+.2f} +- {se:.2f} dB**")
+    for r in mpq:
+        for ref, label in ((ours, "our W8A8 (onnxruntime)"), (ours_trt, "our W8A8 (tensorrt)")):
+            if ref:
+                m, se = paired(result, r["method"], ref["method"])
+                lines.append(f"- {r['method']} minus {label}: **{m:+.2f} +- {se:.2f} dB**")
+    by_key = {(r.get("budget"), r.get("target", "onnxruntime"), r.get("scorer")): r for r in mpq}
+    for (budget, target, scorer), r in by_key.items():  # the measured scorer against the paper's
+        orm = by_key.get((budget, target, "orm"))
+        if scorer == "sensitivity" and orm:
+            m, se = paired(result, r["method"], orm["method"])
+            lines.append(f"- {r['method']} minus {orm['method']}: **{m:+.2f} +- {se:.2f} dB**")
+    float_conv = next((r for r in rows if r.get("float_conv_outputs")), None)
+    if ours and float_conv:
+        m, se = paired(result, ours["method"], float_conv["method"])
+        lines.append(f"- {ours['method']} minus {float_conv['method']}: **{m:+.2f} +- {se:.2f} dB**")
     return "\n".join(lines)
 
 
