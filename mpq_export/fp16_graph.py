@@ -6,7 +6,10 @@ DQ scales in FP16 (a DQ's output type is its scale's type). We use onnxruntime's
 float16 converter (onnxruntime.transformers.float16) rather than writing one; inputs and
 outputs keep their FP32 type (keep_io_types) and numerically sensitive ops stay FP32 with casts
 around them: normalisations (GroupNorm exports as InstanceNormalization), softmax, and the
-sinusoidal timestep embedding (sin/cos/exp of arguments up to ~1000 lose precision in FP16).
+sinusoidal timestep embedding. For that one, blocking Sin/Cos is not enough: their argument t * f
+(t up to ~1000) is formed by a Mul, and in FP16 (spacing 0.5 at 1000) it moves sin/cos by up to
+0.25; so every node upstream of a Sin/Cos stays FP32, and the converter's FP16 round trips between
+FP32 nodes (and after FP32 graph inputs) are removed.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ def to_fp16_graph(model):
     from mpq_export.onnx_utils import too_big_to_serialise
 
     too_big = too_big_to_serialise(model)  # ByteSize() itself raises past 2 GB
-    converted = convert_float_to_float16(model, keep_io_types=True,
-                                         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + KEEP_FP32_OPS,
-                                         disable_shape_infer=too_big)
+    fp32_ops, fp32_nodes = list(DEFAULT_OP_BLOCK_LIST) + KEEP_FP32_OPS, _sinusoid_arguments(model.graph)
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=fp32_ops,
+                                         node_block_list=fp32_nodes, disable_shape_infer=too_big)
+    _drop_round_trips(converted.graph, set(fp32_ops), set(fp32_nodes))
     # the converter appends its input casts at the end of the node list: restore topological order,
     # in place (a graph-surgeon round trip would copy every weight once more)
     g = converted.graph
@@ -47,3 +51,60 @@ def to_fp16_graph(model):
     del g.node[:]
     g.node.extend(nodes)
     return converted
+
+
+def _sinusoid_arguments(graph) -> list[str]:
+    """Names of the nodes a Sin or Cos depends on (itself included): the timestep embedding's argument."""
+    from mpq_export.onnx_utils import producers_of
+
+    producers = producers_of(graph)
+    todo = [n for n in graph.node if n.op_type in ("Sin", "Cos")]
+    seen: set[str] = set()
+    while todo:
+        n = todo.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        todo += [producers[i] for i in n.input if i in producers]
+    return sorted(seen - {""})
+
+
+def _drop_round_trips(graph, fp32_ops: set[str], fp32_nodes: set[str]) -> None:
+    """Let FP32 readers of an FP32 tensor read it directly where the converter sends it through
+    Cast(FP16) -> Cast(FP32), as it does for every tensor between two FP32 nodes and after every
+    FP32 graph input: each such round trip rounds the value to FP16."""
+    from onnx import TensorProto
+
+    from mpq_export.onnx_utils import consumers_of, producers_of
+
+    float_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT}
+    producers, consumers = producers_of(graph), consumers_of(graph)
+
+    def is_fp32(name: str) -> bool:
+        p = producers.get(name)
+        if p is None:
+            return name in float_inputs
+        if p.op_type == "Cast":
+            return _cast_to(p) == TensorProto.FLOAT
+        return p.op_type in fp32_ops or p.name in fp32_nodes
+
+    for back in graph.node:
+        there = producers.get(back.input[0]) if back.op_type == "Cast" else None
+        if (there is None or _cast_to(back) != TensorProto.FLOAT or there.op_type != "Cast"
+                or _cast_to(there) != TensorProto.FLOAT16 or not is_fp32(there.input[0])):
+            continue
+        for user in consumers.get(back.output[0], []):
+            user.input[:] = [there.input[0] if i == back.output[0] else i for i in user.input]
+    # casts nobody reads any more (graph outputs are read by the caller)
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type == "Cast" and n.output[0] not in read]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)
+
+
+def _cast_to(node) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None)
