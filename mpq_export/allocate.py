@@ -13,7 +13,7 @@ import contextlib
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -59,6 +59,19 @@ class AllocationSettings:
                 raise MPQError(f"bad layer regex '{rx}': {e}") from None
 
 
+@dataclass(frozen=True)
+class AllocationSummary:
+    """allocation.json, and the report's `allocation`."""
+    budget: float
+    achieved_bits: float
+    method: str
+    scorer: str
+    objective: float | None
+    solver_status: str
+    layers: dict[str, str]  # layer -> format name
+    pins: dict[str, str]  # layer -> why its candidates were restricted
+
+
 @dataclass
 class BitAllocation:
     layer_names: list[str]
@@ -85,10 +98,13 @@ class BitAllocation:
     def format_of(self, name: str) -> Format:
         return self.formats[self.layer_names.index(name)]
 
+    def summary(self) -> AllocationSummary:
+        return AllocationSummary(budget=self.budget, achieved_bits=self.achieved_bits, method=self.method,
+                                 scorer=self.scorer, objective=self.objective, solver_status=self.solver_status,
+                                 layers={n: f.name for n, f in zip(self.layer_names, self.formats)}, pins=dict(self.pins))
+
     def to_json(self) -> dict:
-        return {"budget": self.budget, "achieved_bits": self.achieved_bits, "method": self.method,
-                "scorer": self.scorer, "objective": self.objective, "solver_status": self.solver_status,
-                "layers": {n: f.name for n, f in zip(self.layer_names, self.formats)}, "pins": self.pins}
+        return asdict(self.summary())
 
 
 def candidates(layers: list[QuantLayer], settings: AllocationSettings) -> tuple[list[list[Format]], dict[str, str]]:

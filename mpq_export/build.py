@@ -111,7 +111,7 @@ def build_engine(onnx_path: str, info: ModelInfo, sample_shape: tuple[int, int, 
             shapes = [(b, c, h, w) for b in (settings.min_batch, settings.opt_batch, settings.max_batch)]
         else:
             def concrete(b, dims=dims):
-                return tuple(b if k == 0 else (d if d > 0 else int(info.metadata.get("mpq_export.seq_len", 77)))
+                return tuple(b if k == 0 else (d if d > 0 else info.seq_len)
                              for k, d in enumerate(dims))
             shapes = [concrete(b) for b in (settings.min_batch, settings.opt_batch, settings.max_batch)]
         if len(dims) == 0:
@@ -136,8 +136,17 @@ def build_engine(onnx_path: str, info: ModelInfo, sample_shape: tuple[int, int, 
                         inspector_json=layer_json)
 
 
+@dataclass(frozen=True)
+class EngineStatus:
+    """What the report says about the engine: built (with its file and precisions) or why not."""
+    status: str  # "not requested" | "skipped: <why>" | "built with TensorRT <version>"
+    path: str | None = None  # the engine file, relative to the output folder
+    seconds: float | None = None
+    layer_precisions: dict[str, int] | None = None  # precision -> engine layers (engine inspector)
+
+
 def build_engine_or_explain(onnx_path: str, info: ModelInfo, sample_shape, settings: EngineSettings,
-                            required: bool, cache_dir: str | None = None) -> dict:
+                            required: bool) -> EngineStatus:
     """--build-engine auto|yes: build when possible; otherwise a status line (or, with yes, an error)."""
     from mpq_export.progress import log
 
@@ -146,10 +155,9 @@ def build_engine_or_explain(onnx_path: str, info: ModelInfo, sample_shape, setti
         if required:
             raise MPQError(f"--build-engine yes: {why}")
         log.warning("[build] skipped: %s", why)
-        return {"status": f"skipped: {why}"}
+        return EngineStatus(f"skipped: {why}")
     engine_path = os.path.splitext(onnx_path)[0] + ".plan"
     res = build_engine(onnx_path, info, sample_shape, settings, engine_path)
     with open(os.path.splitext(onnx_path)[0] + ".layers.json", "w") as f:
         f.write(res.inspector_json or "{}")
-    return {"status": f"built with {why}", "path": os.path.basename(res.path), "seconds": res.seconds,
-            "layer_precisions": res.layer_precisions}
+    return EngineStatus(f"built with {why}", os.path.basename(res.path), res.seconds, res.layer_precisions)

@@ -306,7 +306,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     # layer inputs and residual-Add inputs get Q/DQ; conv outputs too on the onnxruntime target,
     # whose integer convolution (QLinearConv) writes INT8 (quantize.py)
     act_tensors = sorted({l.activation_input for l in info.layers}
-                         | {t for a, b, _ in info.residual_adds.values() for t in (a, b)}
+                         | {t for r in info.residual_adds for t in r.inputs}
                          | {l.output for l in info.layers if l.op_type in CONV_OPS})
     fetch_acts = [a for a in act_tensors if a not in graph_inputs]
     wanted = list(dict.fromkeys(layer_outputs + fetch_acts))

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-stability", action="store_true", help="skip the allocation-stability study in the report")
     v.add_argument("--no-act-costs", action="store_true",
                    help="skip measuring each activation quantizer alone for the report (one forward per tensor and step)")
-    v.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    v.add_argument("--threads", type=int, default=_default(C, "threads"), help="onnxruntime threads (0: all cores)")
     v.add_argument("--device", choices=DEVICES, default=_default(C, "device"),
                    help="where calibration and validation run: cuda uses onnxruntime's CUDA provider (onnxruntime-gpu)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
@@ -249,7 +249,7 @@ def _main_run(argv: list[str]) -> int:
     for r in result.results:
         rep = r.report
         print(f"{r.out_dir}: {rep.achieved_bits:.3f} avg weight bits (budget {r.budget:g}, {r.allocation.method}), "
-              f"noise SQNR {rep.validation['mean_sqnr_db']:.2f} dB, sample PSNR {rep.validation['sample_psnr_db']:.2f} dB "
+              f"noise SQNR {rep.validation.mean_sqnr_db:.2f} dB, sample PSNR {rep.validation.sample_psnr_db:.2f} dB "
               f"-> {r.out_dir}/report.md")
     if args.demo:
         print(f"sample grid (FP32 top, quantized bottom): {result.results[0].out_dir}/samples.png")

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from mpq_export.errors import MPQError
-from mpq_export.inspect import SAMPLE_SIZE_KEY
+from mpq_export.onnx_utils import SAMPLE_SIZE_KEY, SEQ_LEN_KEY, SOURCE_CLASS_KEY
 
 SUPPORTED = ("UNet2DModel", "UNet2DConditionModel")
 
@@ -154,8 +154,7 @@ def export_module(unet, out_path: str, opset: int = 17, seq_len: int = 77, t0: f
         torch.onnx.export(Wrapper(unet.eval()), tuple(inputs), out_path, dynamo=False, opset_version=opset,
                           input_names=names, output_names=["out_sample"], dynamic_axes=dyn)
     model = onnx.load(out_path, load_external_data=False)
-    for key, value in ((SAMPLE_SIZE_KEY, f"{size},{size}"), ("mpq_export.seq_len", str(seq_len)),
-                       ("mpq_export.source_class", cls_name)):
+    for key, value in ((SAMPLE_SIZE_KEY, f"{size},{size}"), (SEQ_LEN_KEY, str(seq_len)), (SOURCE_CLASS_KEY, cls_name)):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(model, out_path)  # graph only: external data files (large models) stay where torch put them

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import ast
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from mpq_export.errors import MPQError
-from mpq_export.onnx_utils import opset_of, weight_axes
+from mpq_export.onnx_utils import DEFAULT_SEQ_LEN, SAMPLE_SIZE_KEY, SEQ_LEN_KEY, opset_of, producers_of, weight_axes
 
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "time", "sigma")
-SAMPLE_SIZE_KEY = "mpq_export.sample_size"  # metadata_props entry written by our exporter
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,17 @@ class QuantLayer:
     conv_geometry: tuple = ()
 
 
+@dataclass(frozen=True)
+class ResidualAdd:
+    """A residual Add whose output feeds convolutions (directly or through Div/Mul by a constant).
+
+    TensorRT fuses the add into the conv only when both inputs carry Q/DQ, so the tensorrt target
+    quantizes them."""
+    node_name: str
+    inputs: tuple[str, str]  # the two added tensors
+    feeds: tuple[str, ...]  # names of the layers it feeds
+
+
 @dataclass
 class ModelInfo:
     path: str
@@ -74,11 +84,13 @@ class ModelInfo:
     opset: int
     sample_size: tuple[int, int] | None  # (H, W) when the file states it
     has_external_data: bool = False
-    metadata: dict = field(default_factory=dict)
-    # residual Adds whose output feeds a layer's input (directly or through Div/Mul by a constant):
-    # add node name -> (input tensor a, input tensor b, layer names fed). TensorRT fuses the add into
-    # the conv only when both inputs carry Q/DQ, so the tensorrt target quantizes them.
-    residual_adds: dict[str, tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)  # the file's metadata_props
+    residual_adds: list[ResidualAdd] = field(default_factory=list)
+
+    @property
+    def seq_len(self) -> int:
+        """The conditioning sequence length the export was made for (CLIP's 77 when the file does not say)."""
+        return int(self.metadata.get(SEQ_LEN_KEY, DEFAULT_SEQ_LEN))
 
     @property
     def total_params(self) -> int:
@@ -282,13 +294,9 @@ def inspect_model(path: str, sample_name: str | None = None, timestep_name: str 
                      metadata=meta, residual_adds=residual)
 
 
-def _residual_adds(graph, constants: dict, layers: list[QuantLayer]) -> dict[str, tuple[str, str, tuple[str, ...]]]:
-    producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    fed_by = {}
+def _residual_adds(graph, constants: dict, layers: list[QuantLayer]) -> list[ResidualAdd]:
+    producers = producers_of(graph)
+    fed_by: dict[str, ResidualAdd] = {}
     for l in layers:
         if l.op_type not in ("Conv", "ConvTranspose"):
             continue
@@ -302,7 +310,7 @@ def _residual_adds(graph, constants: dict, layers: list[QuantLayer]) -> dict[str
                 tensor = node.input[0]
                 continue
             if node.op_type == "Add" and all(i not in constants for i in node.input) and len(node.input) == 2:
-                a, b, fed = fed_by.get(node.name, (node.input[0], node.input[1], ()))
-                fed_by[node.name] = (a, b, fed + (l.name,))
+                add = fed_by.get(node.name) or ResidualAdd(node.name, (node.input[0], node.input[1]), ())
+                fed_by[node.name] = replace(add, feeds=add.feeds + (l.name,))
             break
-    return fed_by
+    return list(fed_by.values())

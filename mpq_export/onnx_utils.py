@@ -6,10 +6,30 @@ from __future__ import annotations
 # and nothing may call ModelProto.ByteSize() / SerializeToString() on them
 PROTO_LIMIT = 1_800_000_000
 
+# metadata_props entries our exporter writes, so later stages know what the export assumed
+SAMPLE_SIZE_KEY = "mpq_export.sample_size"  # "H,W" of the sample the UNet was configured for
+SEQ_LEN_KEY = "mpq_export.seq_len"  # text-encoder sequence length of encoder_hidden_states
+SOURCE_CLASS_KEY = "mpq_export.source_class"  # the diffusers class exported
+DEFAULT_SEQ_LEN = 77  # CLIP's, when the file does not say
+
 
 def opset_of(model) -> int:
     """The default-domain opset the model imports (0 when none)."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def producers_of(graph) -> dict:
+    """tensor name -> the NodeProto that writes it."""
+    return {o: n for n in graph.node for o in n.output}
+
+
+def consumers_of(graph) -> dict[str, list]:
+    """tensor name -> the NodeProtos that read it, in graph order."""
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return consumers
 
 
 def weight_axes(op_type: str, node, rank: int) -> tuple[int, int]:

@@ -46,6 +46,17 @@ def timestep_weights(timesteps: np.ndarray, alpha: float, num_train_timesteps: i
     return w / w.sum()
 
 
+@dataclass(frozen=True)
+class OrmSpread:
+    """The off-diagonal ORM values of one profiled step (None where fewer than two layers are valid)."""
+    t: int
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    valid_layers: int
+
+
 @dataclass
 class LayerImportance:
     layer_names: list[str]
@@ -57,7 +68,7 @@ class LayerImportance:
     beta: float
     settings: OrmSettings
     excluded: list[str] = field(default_factory=list)  # time-only layers: no per-sample signal, median theta
-    orm_spread: list[dict] = field(default_factory=list)  # per t: mean/std/min/max of off-diagonal ORM
+    orm_spread: list[OrmSpread] = field(default_factory=list)  # per profiled step
 
 
 def centre(g: np.ndarray) -> np.ndarray:
@@ -129,10 +140,9 @@ def compute_importance(grams: np.ndarray, timesteps: np.ndarray, layer_names: li
         valid_any |= valid
         gammas[k] = _gamma(orm, valid)
         off = orm[np.ix_(valid, valid)][~np.eye(int(valid.sum()), dtype=bool)]
-        spread.append({"t": int(timesteps[k]), "mean": float(off.mean()) if off.size else None,
-                       "std": float(off.std()) if off.size else None,
-                       "min": float(off.min()) if off.size else None, "max": float(off.max()) if off.size else None,
-                       "valid_layers": int(valid.sum())})
+        stat = (lambda f: float(f(off)) if off.size else None)  # noqa: E731
+        spread.append(OrmSpread(t=int(timesteps[k]), mean=stat(np.mean), std=stat(np.std), min=stat(np.min),
+                                max=stat(np.max), valid_layers=int(valid.sum())))
     if int(np.isfinite(gammas).any(axis=0).sum()) < 2:
         raise MPQError("ORM needs at least two layers with per-sample variation; the calibration produced fewer "
                        "(check that the samples differ: --samples, --calib-data)")

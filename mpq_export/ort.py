@@ -196,7 +196,7 @@ def load_conditioning(info: ModelInfo, path: str | None, n: int, seed: int, seq_
                        f"rows batched, as the pipeline runs the UNet)")
         return out, source
     rng = np.random.default_rng(seed + 7919)
-    seq_default = int(info.metadata.get("mpq_export.seq_len", 77))
+    seq_default = info.seq_len
     for spec in info.conditioning:
         shape = spec.concrete(n, fallback={1: seq_len or seq_default})
         if np.issubdtype(np.dtype(spec.dtype), np.integer):

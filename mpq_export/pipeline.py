@@ -8,11 +8,14 @@ interrupted run never leaves a folder that looks finished.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,13 +27,15 @@ from mpq_export.errors import MPQError
 from mpq_export.inspect import ModelInfo, inspect_model
 from mpq_export.orm import LayerImportance, OrmSettings, compute_importance
 from mpq_export.progress import log
-from mpq_export.quantize import QuantizeSettings, count_weight_bits, quantize
-from mpq_export.report import Report
+from mpq_export.quantize import QuantizedModel, QuantizeSettings, count_weight_bits, quantize
+from mpq_export.report import Report, TargetComparisonRow
 from mpq_export.sampler import NoiseSchedule
-from mpq_export.validate import ValidationSettings, fp32_reference, validate
+from mpq_export.validate import FP32Reference, ValidationResult, ValidationSettings, fp32_reference, validate
 
 if TYPE_CHECKING:
+    from mpq_export.build import EngineStatus
     from mpq_export.sd_pipeline import PipelineFolder
+    from mpq_export.sensitivity import SensitivityScores
 
 IMPORTANCES = ("orm", "sensitivity")
 BUILD_MODES = ("auto", "yes", "no")
@@ -101,25 +106,44 @@ class PipelineResult:
     out_root: str
 
 
-def _peak_rss_mb() -> float:
+def _stage_memory_mb() -> tuple[float, float]:
+    """(peak resident memory since the last call, resident memory now), in MB.
+
+    Linux keeps the peak in /proc/self/status (VmHWM) and lets a process reset it (clear_refs 5), so
+    each stage gets its own peak; elsewhere the process's peak so far (getrusage) stands in."""
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if line.startswith(("VmHWM", "VmRSS")))
+        peak, now = (float(fields[k].split()[0]) / 1024.0 for k in ("VmHWM", "VmRSS"))
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return peak, now
+    except (OSError, KeyError, ValueError):
+        pass
     try:
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+        return peak, peak
     except (ImportError, OSError):
-        return 0.0
+        return 0.0, 0.0
 
 
 class StageTimes(dict):
-    """stage -> seconds, and `peak_rss_mb`: stage -> the process's peak resident memory when it ended."""
+    """stage -> seconds, and `peak_rss_mb`: stage -> the process's peak resident memory during the stage
+    (from the end of the stage before), so the report shows which stage needs the memory."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.peak_rss_mb: dict[str, float] = {}
 
+    def start(self) -> "StageTimes":
+        _stage_memory_mb()  # the first stage's peak starts here
+        return self
+
     def __setitem__(self, stage: str, seconds: float) -> None:
         super().__setitem__(stage, seconds)
-        self.peak_rss_mb[stage] = _peak_rss_mb()
+        self.peak_rss_mb[stage] = _stage_memory_mb()[0]
 
     def copy(self) -> "StageTimes":
         c = StageTimes(self)
@@ -403,7 +427,7 @@ def allocation_stability(info: ModelInfo, stats: CalibrationStats, orm: OrmSetti
 
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
-    timings = StageTimes()
+    timings = StageTimes().start()
     from mpq_export.ort import providers_for
 
     providers_for(cfg.calibration.device)  # a missing GPU runtime is a one-line error before any work
@@ -421,23 +445,29 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
             shutil.rmtree(prepared.temp_dir, ignore_errors=True)
 
 
-def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str | None, timings: dict,
+@dataclass
+class _SharedResults:
+    """The stage results every budget of one run shares (one calibration, one FP32 reference)."""
+    cfg: PipelineConfig
+    model_path: str
+    info: ModelInfo
+    stats: CalibrationStats
+    ranges: ActivationRanges
+    act_costs: list | None  # sensitivity.ActivationCost, worst first
+    importance: LayerImportance | None
+    sensitivity: SensitivityScores | None
+    shape: tuple[int, ...]
+    reference: FP32Reference
+    fp16_validation: ValidationResult | None  # the FP16 graph alone (tensorrt target)
+    vae_dir: str | None  # a text-to-image pipeline's VAE: sample grids are decoded by it
+    notes: list[str]
+
+
+def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str | None, timings: StageTimes,
                   t: float) -> PipelineResult:
     model_path, sched_path = prepared.onnx_path, prepared.scheduler_config
-    notes = list(cfg.notes) + prepared.notes
     timings["export"] = time.perf_counter() - t
-
-    stem = os.path.splitext(os.path.basename(os.path.normpath(cfg.model)))[0]
-    out_root = cfg.out_dir or os.path.join(os.getcwd(), f"{stem}.mpq")
-    multi = len(cfg.budgets) > 1
-    out_dirs = [os.path.join(out_root, f"budget-{b:g}") if multi else out_root for b in cfg.budgets]
-    for o in out_dirs:
-        _check_out_dir(o)
-    if multi:
-        _check_out_dir(out_root)  # summary files are written there: it must be empty or ours
-        if os.path.exists(os.path.join(out_root, "report.json")):
-            raise MPQError(f"output folder {out_root} holds a single-budget output; a budget list writes budget-* "
-                           f"folders: choose another -o")
+    out_root, out_dirs = _output_folders(cfg)
 
     t = time.perf_counter()
     info = inspect_model(model_path, cfg.sample_name, cfg.timestep_name)
@@ -454,6 +484,51 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     t = time.perf_counter()
     stats = calibrate(info, calibration, schedule, calib_data, cache_dir)
     timings["calibrate"] = time.perf_counter() - t
+    notes = list(cfg.notes) + prepared.notes
+    ranges, act_costs = _activation_ranges(cfg, info, stats, notes, timings)
+    imp, sens = _importance(cfg, info, stats, ranges, cache_dir, timings)
+
+    shape = sample_shape(info, cfg.calibration.resolution)
+    t = time.perf_counter()
+    ref = fp32_reference(info, stats.schedule, stats.settings.steps, stats.step_indices, shape, cfg.validation,
+                         calib_data, stats.settings.seq_len, stats.settings.guidance_scale)  # one FP32 run serves every comparison below
+    timings["fp32_reference"] = time.perf_counter() - t
+    fp16_val = None
+    if cfg.quantize.target == "tensorrt":
+        t = time.perf_counter()
+        fp16_val = fp16_graph_validation(cfg, info, stats, shape, ref)
+        timings["fp16_graph_validation"] = time.perf_counter() - t
+    shared = _SharedResults(cfg=cfg, model_path=model_path, info=info, stats=stats, ranges=ranges, act_costs=act_costs,
+                            importance=imp, sensitivity=sens, shape=shape, reference=ref, fp16_validation=fp16_val,
+                            vae_dir=prepared.pipeline.vae_dir if prepared.pipeline else None, notes=notes)
+    results = [_run_budget(shared, budget, out, timings.copy(), cache_dir) for budget, out in zip(cfg.budgets, out_dirs)]
+    if len(cfg.budgets) > 1:
+        from mpq_export.report import write_pareto
+
+        write_pareto(out_root, [r.report for r in results])
+    return PipelineResult(model_path=model_path, info=info, stats=stats, importance=imp, act_ranges=ranges, results=results,
+                          out_root=out_root)
+
+
+def _output_folders(cfg: PipelineConfig) -> tuple[str, list[str]]:
+    """The output root and one folder per budget, checked before any work (empty or ours)."""
+    stem = os.path.splitext(os.path.basename(os.path.normpath(cfg.model)))[0]
+    out_root = cfg.out_dir or os.path.join(os.getcwd(), f"{stem}.mpq")
+    multi = len(cfg.budgets) > 1
+    out_dirs = [os.path.join(out_root, f"budget-{b:g}") if multi else out_root for b in cfg.budgets]
+    for o in out_dirs:
+        _check_out_dir(o)
+    if multi:
+        _check_out_dir(out_root)  # summary files are written there: it must be empty or ours
+        if os.path.exists(os.path.join(out_root, "report.json")):
+            raise MPQError(f"output folder {out_root} holds a single-budget output; a budget list writes budget-* "
+                           f"folders: choose another -o")
+    return out_root, out_dirs
+
+
+def _activation_ranges(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, notes: list[str],
+                       timings: StageTimes) -> tuple[ActivationRanges, list | None]:
+    """INT8 activation thresholds from the calibration histograms, and (for the report) what each costs alone."""
     t = time.perf_counter()
     ranges = choose_ranges(stats.act_hist, cfg.act_calib)
     act_costs = None
@@ -468,39 +543,23 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     timings["activation_ranges"] = time.perf_counter() - t
     log.info("[calibrate] activation ranges by %s: thresholds at %.2f of the observed max on average",
              cfg.act_calib.method, ranges.clipped_fraction())
+    return ranges, act_costs
 
-    sens = None
+
+def _importance(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges,
+                cache_dir: str | None, timings: StageTimes) -> tuple[LayerImportance, SensitivityScores | None]:
+    """ORM importance (always: the report and the stability study use it) and, on request, measured sensitivity."""
     t = time.perf_counter()
     imp = compute_importance_for(stats, cfg.orm)
     timings["orm"] = time.perf_counter() - t
+    sens = None
     if cfg.importance == "sensitivity":
         from mpq_export.sensitivity import measure_sensitivity
 
         t = time.perf_counter()
         sens = measure_sensitivity(info, stats, ranges.amax, cfg.allocation, cfg.quantize, cfg.orm.alpha, cache_dir)
         timings["sensitivity"] = time.perf_counter() - t
-
-    shape = sample_shape(info, cfg.calibration.resolution)
-    t = time.perf_counter()
-    ref = fp32_reference(info, stats.schedule, stats.settings.steps, stats.step_indices, shape, cfg.validation,
-                         calib_data, stats.settings.seq_len, stats.settings.guidance_scale)  # one FP32 run serves every comparison below
-    timings["fp32_reference"] = time.perf_counter() - t
-    fp16_val = None
-    if cfg.quantize.target == "tensorrt":
-        t = time.perf_counter()
-        fp16_val = fp16_graph_validation(cfg, info, stats, shape, ref)
-        timings["fp16_graph_validation"] = time.perf_counter() - t
-    results = []
-    for budget, out in zip(cfg.budgets, out_dirs):
-        res = _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, shape, notes, timings.copy(), model_path,
-                          ref, fp16_val, vae_dir=prepared.pipeline.vae_dir if prepared.pipeline else None)
-        results.append(res)
-    if multi:
-        from mpq_export.report import write_pareto
-
-        write_pareto(out_root, [r.report for r in results])
-    return PipelineResult(model_path=model_path, info=info, stats=stats, importance=imp, act_ranges=ranges, results=results,
-                          out_root=out_root)
+    return imp, sens
 
 
 def fp16_graph_validation(cfg, info, stats, shape, ref):
@@ -508,6 +567,7 @@ def fp16_graph_validation(cfg, info, stats, shape, ref):
     from mpq_export.fp16_graph import to_fp16_graph
     from mpq_export.quantize import load_for_edit, save_model
 
+    log.info("[fp16 graph] converting the FP32 model to the tensorrt target's FP16 graph to validate it alone")
     with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}fp16-{os.getpid()}-") as d:
         path = os.path.join(d, "model.fp16.onnx")
         save_model(to_fp16_graph(load_for_edit(info.path)), path)
@@ -515,123 +575,154 @@ def fp16_graph_validation(cfg, info, stats, shape, ref):
                         cfg.validation, reference=ref)
 
 
-def compare_targets(cfg, info, stats, act_amax, alloc, shape, trt_val, fp16_val, ref) -> dict:
+def compare_targets(run: _SharedResults, alloc: BitAllocation, trt_val: ValidationResult) -> list[TargetComparisonRow]:
     """Validation of the same allocation realised for the onnxruntime target (FP32 graph), and of the
     FP16 graph alone, next to the tensorrt target's figures."""
+    cfg, stats = run.cfg, run.stats
     with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}ort-{os.getpid()}-") as d:
         path = os.path.join(d, "model.ort.onnx")
         # conv outputs left float, as on TensorRT: the difference is then the FP16 graph's alone
-        quantize(info, alloc, act_amax, path, replace(cfg.quantize, target="onnxruntime", integer_conv=False),
+        log.info("[compare targets] the same allocation as an onnxruntime-target graph")
+        quantize(run.info, alloc, run.ranges.amax, path, replace(cfg.quantize, target="onnxruntime", integer_conv=False),
                  hessians=stats.hessians)
-        ort_val = validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
-                           cfg.validation, reference=ref)
-
-    def row(v):
-        return {"mean_sqnr_db": v.mean_sqnr_db, "mean_cosine": v.mean_cosine, "sample_psnr_db": v.sample_psnr_db}
-
-    return {"tensorrt target (FP16 graph + Q/DQ)": row(trt_val),
-            "FP32 graph + the same Q/DQ (onnxruntime, conv outputs float)": row(ort_val),
-            "FP16 graph alone (no quantization)": row(fp16_val)}
+        ort_val = validate(run.info, path, stats.schedule, stats.settings.steps, stats.step_indices, run.shape,
+                           cfg.validation, reference=run.reference)
+    return [TargetComparisonRow.of("tensorrt target (FP16 graph + Q/DQ)", trt_val),
+            TargetComparisonRow.of("FP32 graph + the same Q/DQ (onnxruntime, conv outputs float)", ort_val),
+            TargetComparisonRow.of("FP16 graph alone (no quantization)", run.fp16_validation)]
 
 
-def _run_budget(cfg, info, stats, ranges, act_costs, imp, sens, budget, out, shape, notes, timings, model_path, ref, fp16_val=None,
-                vae_dir: str | None = None) -> BudgetResult:
-    from mpq_export import polygraphy_replay
-    from mpq_export.report import calibration_summary, importance_summary, layer_rows, sample_grid, write_report
+def _run_budget(run: _SharedResults, budget: float, out: str, timings: StageTimes,
+                cache_dir: str | None) -> BudgetResult:
+    """allocate -> quantize (+ count, rule check) -> build -> validate -> report, into `out`."""
+    alloc, notes = _allocate_budget(run, budget, timings)
+    with _staging_folder(out) as tmp:
+        qm, counted, checker = _quantize_checked(run, alloc, os.path.join(tmp, OUTPUT_MODEL), timings)
+        engine = _build(run, qm.path, cache_dir, timings)
+        t = time.perf_counter()
+        val = validate(run.info, qm.path, run.stats.schedule, run.stats.settings.steps, run.stats.step_indices,
+                       run.shape, run.cfg.validation, reference=run.reference)
+        timings["validate"] = time.perf_counter() - t
+        np.savez(os.path.join(tmp, "validation_inputs.npz"), **val.inputs)
+        from mpq_export import polygraphy_replay
 
-    alloc_settings = replace(cfg.allocation, budget=budget)
+        replay = polygraphy_replay.write_files(tmp, out, run.info, run.model_path, run.stats.schedule.num_train_timesteps)
+        if run.cfg.sample_grid:
+            _sample_grid(run, val, alloc, tmp, timings)
+        report = _report(run, alloc, out, qm, counted, checker, engine, val, replay, notes, timings)
+        with open(os.path.join(tmp, "allocation.json"), "w") as f:
+            json.dump(alloc.to_json(), f, indent=2)
+        from mpq_export.report import write_report
+
+        write_report(report, tmp)
+    log.info("[report] %s (SQNR %.2f dB, sample PSNR %.2f dB)", out, val.mean_sqnr_db, val.sample_psnr_db)
+    return BudgetResult(budget=budget, out_dir=out, allocation=alloc, report=report)
+
+
+def _allocate_budget(run: _SharedResults, budget: float, timings: StageTimes) -> tuple[BitAllocation, list[str]]:
     t = time.perf_counter()
-    alloc = allocate(info.layers, alloc_settings, theta=imp.theta if imp is not None else None,
-                     sensitivity=sens.scores if sens is not None else None)
+    alloc = allocate(run.info.layers, replace(run.cfg.allocation, budget=budget),
+                     theta=run.importance.theta if run.importance is not None else None,
+                     sensitivity=run.sensitivity.scores if run.sensitivity is not None else None)
     timings["allocate"] = time.perf_counter() - t
     log.info("[allocate] %s: %.4f average bits (budget %g)", alloc.method, alloc.achieved_bits, budget)
     if not any(f.quantized for f in alloc.formats):
         raise MPQError(f"at --budget {budget:g} every layer stays FP16 (pins or a budget that needs no quantization): "
                        f"there is nothing to quantize; lower the budget or drop --keep-fp16 patterns")
-    notes = list(notes)
+    notes = list(run.notes)
     if not alloc.within_budget:
         notes.append(f"the {alloc.method} allocation sits at {alloc.achieved_bits:.4f} bits, above the budget "
                      f"{budget:g}: pinned layers keep their pin")
+    return alloc, notes
 
+
+@contextlib.contextmanager
+def _staging_folder(out: str):
+    """A temporary folder beside `out`, renamed into place when the block completes, removed if it fails:
+    an interrupted run never leaves a folder that looks finished."""
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     _remove_stale_temporaries(parent, os.path.basename(out))
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-{os.getpid()}-", dir=parent)
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; an output folder honours the umask like any other
     try:
-        q_path = os.path.join(tmp, OUTPUT_MODEL)
-        t = time.perf_counter()
-        qm = quantize(info, alloc, ranges.amax, q_path, cfg.quantize, hessians=stats.hessians)
-        timings["quantize"] = time.perf_counter() - t
-        counted, _ = count_weight_bits(q_path, info)
-        if abs(counted - alloc.achieved_bits) > 1e-6:  # the budget, the report and the file count one number
-            raise MPQError(f"internal: the written model stores {counted:.4f} average weight bits, the allocation "
-                           f"{alloc.achieved_bits:.4f}")
-        checker = None
-        if cfg.quantize.target == "tensorrt":
-            from mpq_export.trt_rules import check_model
-
-            violations = check_model(q_path)
-            if violations:
-                raise MPQError(f"internal: the TensorRT graph breaks {len(violations)} rule(s), first: {violations[0]}")
-            checker = "passed: no TensorRT rule violations (mpq-export check)"
-
-        engine = {"status": "not requested"}
-        if cfg.quantize.target == "tensorrt" and cfg.build_engine != "no":
-            from mpq_export.build import EngineSettings, build_engine_or_explain
-
-            t = time.perf_counter()
-            engine = build_engine_or_explain(q_path, info, shape, EngineSettings(), required=cfg.build_engine == "yes",
-                                             cache_dir=None)
-            timings["build"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        val = validate(info, q_path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
-                       cfg.validation, reference=ref)
-        timings["validate"] = time.perf_counter() - t
-        np.savez(os.path.join(tmp, "validation_inputs.npz"), **val.inputs)
-        pg = polygraphy_replay.write_files(tmp, out, info, model_path, stats.schedule.num_train_timesteps)
-        if cfg.sample_grid:
-            fp, qu, what = val.samples_fp32, val.samples_quant, "same seeds"
-            if vae_dir is not None:  # latents of a text-to-image pipeline: show them through its VAE
-                from mpq_export.sd_pipeline import decode_latents
-
-                t = time.perf_counter()
-                fp, qu = decode_latents(vae_dir, fp[:8]), decode_latents(vae_dir, qu[:8])
-                timings["decode_samples"] = time.perf_counter() - t
-                what = "same seeds and prompts, decoded by the pipeline's VAE"
-            sample_grid(fp, qu, os.path.join(tmp, "samples.png"),
-                        f"FP32 (top) vs {alloc.method} {alloc.achieved_bits:.2f} bits (bottom), {what}")
-
-        fc: dict[str, int] = {}
-        for f in alloc.formats:
-            fc[f.name] = fc.get(f.name, 0) + 1
-        report = Report(
-            model=os.path.abspath(model_path), input=os.path.abspath(cfg.model),
-            output_model=os.path.join(os.path.abspath(out), OUTPUT_MODEL), budget=budget,
-            achieved_bits=alloc.achieved_bits, counted_bits=counted, within_budget=alloc.within_budget,
-            target=cfg.quantize.target, importance_method=cfg.importance if alloc.method == "mpq" else "none",
-            total_params=info.total_params, format_counts=fc, allocation=alloc.to_json(),
-            layers=layer_rows(info, alloc, qm.layer_storage, imp, sens), importance=importance_summary(imp),
-            importance_per_timestep={"timesteps": [int(x) for x in stats.timesteps],
-                                     "weights": [float(x) for x in imp.weights] if imp is not None else None,
-                                     "theta": imp.theta_per_t.tolist() if imp is not None else None},
-            calibration=calibration_summary(stats, ranges, act_costs, qm.act_scales),
-            validation=val.to_json(), polygraphy=pg, engine=engine, notes=notes, check=checker,
-            validation_compare=(compare_targets(cfg, info, stats, ranges.amax, alloc, shape, val, fp16_val, ref)
-                                if cfg.quantize.target == "tensorrt" else None),
-            stability=(allocation_stability(info, stats, cfg.orm, imp, alloc_settings, alloc)
-                       if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer == "orm"
-                       else None),
-            timings=dict(timings), peak_rss_mb=dict(timings.peak_rss_mb))
-        with open(os.path.join(tmp, "allocation.json"), "w") as f:
-            import json
-
-            json.dump(alloc.to_json(), f, indent=2)
-        write_report(report, tmp)
+        yield tmp
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("[report] %s (SQNR %.2f dB, sample PSNR %.2f dB)", out, val.mean_sqnr_db, val.sample_psnr_db)
-    return BudgetResult(budget=budget, out_dir=out, allocation=alloc, report=report)
+
+
+def _quantize_checked(run: _SharedResults, alloc: BitAllocation, path: str,
+                      timings: StageTimes) -> tuple[QuantizedModel, float, str | None]:
+    """The Q/DQ model, its stored bits counted from the file, and (tensorrt) the rule checker's verdict."""
+    t = time.perf_counter()
+    log.info("[quantize] writing the %s target's Q/DQ model", run.cfg.quantize.target)
+    qm = quantize(run.info, alloc, run.ranges.amax, path, run.cfg.quantize, hessians=run.stats.hessians)
+    timings["quantize"] = time.perf_counter() - t
+    counted, _ = count_weight_bits(path, run.info)
+    if abs(counted - alloc.achieved_bits) > 1e-6:  # the budget, the report and the file count one number
+        raise MPQError(f"internal: the written model stores {counted:.4f} average weight bits, the allocation "
+                       f"{alloc.achieved_bits:.4f}")
+    if run.cfg.quantize.target != "tensorrt":
+        return qm, counted, None
+    from mpq_export.trt_rules import check_model
+
+    violations = check_model(path)
+    if violations:
+        raise MPQError(f"internal: the TensorRT graph breaks {len(violations)} rule(s), first: {violations[0]}")
+    return qm, counted, "passed: no TensorRT rule violations (mpq-export check)"
+
+
+def _build(run: _SharedResults, q_path: str, cache_dir: str | None, timings: StageTimes) -> EngineStatus:
+    from mpq_export.build import EngineSettings, EngineStatus, build_engine_or_explain
+
+    if run.cfg.quantize.target != "tensorrt" or run.cfg.build_engine == "no":
+        return EngineStatus("not requested")
+    # the timing cache makes rebuilds (another budget, another run) much faster
+    settings = EngineSettings(timing_cache=os.path.join(cache_dir, "tensorrt-timing.cache") if cache_dir else None)
+    t = time.perf_counter()
+    engine = build_engine_or_explain(q_path, run.info, run.shape, settings, required=run.cfg.build_engine == "yes")
+    timings["build"] = time.perf_counter() - t
+    return engine
+
+
+def _sample_grid(run: _SharedResults, val: ValidationResult, alloc: BitAllocation, out_dir: str,
+                 timings: StageTimes) -> None:
+    from mpq_export.report import sample_grid
+
+    fp, qu, what = val.samples_fp32, val.samples_quant, "same seeds"
+    if run.vae_dir is not None:  # latents of a text-to-image pipeline: show them through its VAE
+        from mpq_export.sd_pipeline import decode_latents
+
+        t = time.perf_counter()
+        fp, qu = decode_latents(run.vae_dir, fp[:8]), decode_latents(run.vae_dir, qu[:8])
+        timings["decode_samples"] = time.perf_counter() - t
+        what = "same seeds and prompts, decoded by the pipeline's VAE"
+    sample_grid(fp, qu, os.path.join(out_dir, "samples.png"),
+                f"FP32 (top) vs {alloc.method} {alloc.achieved_bits:.2f} bits (bottom), {what}")
+
+
+def _report(run: _SharedResults, alloc: BitAllocation, out: str, qm: QuantizedModel, counted: float,
+            checker: str | None, engine: EngineStatus, val: ValidationResult, replay, notes: list[str],
+            timings: StageTimes) -> Report:
+    from mpq_export.report import calibration_summary, layer_rows, orm_summary, timestep_importance
+
+    cfg, info, imp = run.cfg, run.info, run.importance
+    trt = cfg.quantize.target == "tensorrt"
+    stability = None
+    if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer == "orm":
+        stability = allocation_stability(info, run.stats, cfg.orm, imp, replace(cfg.allocation, budget=alloc.budget),
+                                         alloc)
+    return Report(
+        model=os.path.abspath(run.model_path), input=os.path.abspath(cfg.model),
+        output_model=os.path.join(os.path.abspath(out), OUTPUT_MODEL), budget=alloc.budget,
+        achieved_bits=alloc.achieved_bits, counted_bits=counted, within_budget=alloc.within_budget,
+        target=cfg.quantize.target, importance_method=cfg.importance if alloc.method == "mpq" else "none",
+        total_params=info.total_params, format_counts=dict(Counter(f.name for f in alloc.formats)),
+        allocation=alloc.summary(), layers=layer_rows(info, alloc, qm.layer_storage, imp, run.sensitivity),
+        importance=orm_summary(imp), importance_per_timestep=timestep_importance(run.stats, imp),
+        calibration=calibration_summary(run.stats, run.ranges, run.act_costs, qm.act_scales),
+        validation=val.summary(), polygraphy=replay, engine=engine, notes=notes, check=checker,
+        validation_compare=compare_targets(run, alloc, val) if trt else None, stability=stability,
+        timings=dict(timings), peak_rss_mb=dict(timings.peak_rss_mb))

@@ -16,6 +16,7 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 
 from mpq_export.inspect import ModelInfo
 from mpq_export.ort import fixed_batch
@@ -58,14 +59,24 @@ def load_data():
 '''
 
 
-def write_files(tmp_dir: str, final_dir: str, info: ModelInfo, fp32_model: str, num_train_timesteps: int = 1000) -> dict:
+@dataclass(frozen=True)
+class PolygraphyReplay:
+    """The commands that replay validation's per-step comparison with Polygraphy, and their thresholds."""
+    commands: dict[str, str]  # what it compares -> shell command
+    snr_threshold_db: float
+    cosine_threshold: float
+    min_t: int  # steps nearer t = 0 are left to the report's own table
+
+
+def write_files(tmp_dir: str, final_dir: str, info: ModelInfo, fp32_model: str,
+                num_train_timesteps: int = 1000) -> PolygraphyReplay:
     """Write polygraphy_data.py into tmp_dir; return the commands (with final_dir paths) for the report."""
     with open(os.path.join(tmp_dir, "polygraphy_data.py"), "w") as f:
         f.write(_LOADER.format(sample=info.sample.name, timestep=info.timestep.name, t_rank=len(info.timestep.shape),
                                t_dtype=info.timestep.dtype, cond=[c.name for c in info.conditioning],
                                fixed_batch=fixed_batch(info), min_t=int(MIN_T_FRACTION * num_train_timesteps)))
-    return {"commands": commands(final_dir, fp32_model), "snr_threshold_db": SNR_THRESHOLD_DB,
-            "cosine_threshold": COSINE_THRESHOLD, "min_t": int(MIN_T_FRACTION * num_train_timesteps)}
+    return PolygraphyReplay(commands(final_dir, fp32_model), SNR_THRESHOLD_DB, COSINE_THRESHOLD,
+                            int(MIN_T_FRACTION * num_train_timesteps))
 
 
 def commands(out_dir: str, fp32_model: str) -> dict[str, str]:

@@ -28,8 +28,9 @@ import numpy as np
 from mpq_export.allocate import BitAllocation, Format
 from mpq_export.errors import MPQError
 from mpq_export.inspect import ModelInfo, QuantLayer, load_onnx
+from mpq_export.onnx_utils import opset_of, producers_of, too_big_to_serialise
 from mpq_export.rounding import DEFAULT_ROUNDING, ROUNDINGS
-from mpq_export.targets import DEFAULT_TARGET, TENSORRT_INT4_BLOCK_SIZES, TARGETS, check_target, formats_for
+from mpq_export.targets import DEFAULT_TARGET, TENSORRT_INT4_BLOCK_SIZES, check_target, formats_for
 
 QDQ_OPSET = 21  # INT4 and blocked DequantizeLinear
 MIN_IR_VERSION = 10  # INT4 tensors
@@ -79,13 +80,21 @@ class QuantizedWeight:
         return self.values.astype(np.float32) * self.scale_like()
 
 
+@dataclass(frozen=True)
+class LayerStorage:
+    """How one layer's weight is stored in the written file."""
+    format: str
+    weight_dtype: str  # int4 | int8 | float
+    storage_bits: int
+    weight_sqnr_db: float | None  # the stored weight against the float one (None when kept float)
+
+
 @dataclass
 class QuantizedModel:
     path: str
     target: str
-    layer_storage: dict[str, dict] = field(default_factory=dict)  # name -> format, weight dtype, bits, weight SQNR
-    act_scales: dict[str, float] = field(default_factory=dict)
-    residual_adds_quantized: list[str] = field(default_factory=list)
+    layer_storage: dict[str, LayerStorage] = field(default_factory=dict)  # layer name -> its storage
+    act_scales: dict[str, float] = field(default_factory=dict)  # activation tensor -> INT8 scale written
     seconds: float = 0.0
 
 
@@ -175,8 +184,6 @@ def load_for_edit(path: str):
     from onnx import external_data_helper, version_converter
 
     model = load_onnx(path, load_weights=False)  # convert the graph before pulling GBs of weights
-    from mpq_export.onnx_utils import opset_of
-
     opset = opset_of(model)
     if opset < QDQ_OPSET:
         try:
@@ -193,7 +200,6 @@ def save_model(model, path: str) -> None:
     """Save (with one external .data file when large) and check the result from its path."""
     import onnx
 
-    from mpq_export.onnx_utils import too_big_to_serialise
 
     data_name = os.path.basename(path) + ".data"
     if too_big_to_serialise(model):  # ByteSize() itself raises past 2 GB
@@ -213,18 +219,24 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
     many variants of one model are written (the sensitivity scorer).
     """
     import onnx_graphsurgeon as gs
-    from onnx import TensorProto
+    from onnx import TensorProto, numpy_helper
 
     t0 = time.perf_counter()
+    own_model = model is None
     model = model if model is not None else load_for_edit(info.path)
     graph = gs.import_onnx(model)
     nodes = {n.name: n for n in graph.nodes}
     result = QuantizedModel(path=out_path, target=settings.target)
     act_qdq: dict[str, gs.Variable] = {}
     float_dtype = np.float32
+    initializers = {t.name: t for t in model.graph.initializer}
 
     def weight_values(tensor) -> np.ndarray:
         if isinstance(tensor, gs.Constant):
+            if tensor.name in initializers:
+                # read from the proto, not through tensor.values: graph surgeon would keep the FP32 array
+                # in the Constant, a second copy of every weight beside the proto's (GBs at SD size)
+                return numpy_helper.to_array(initializers[tensor.name])
             return np.asarray(tensor.values)
         producer = tensor.inputs[0] if tensor.inputs else None
         if producer is not None and producer.op == "Constant":
@@ -284,10 +296,10 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
             raise MPQError(f"format {fmt.name} of layer {layer.name} ({layer.op_type}) is not stored by the "
                            f"{settings.target} target; allocate with target='{settings.target}'")
         if not fmt.quantized:
-            result.layer_storage[layer.name] = {"format": fmt.name, "weight_dtype": "float", "storage_bits": 16,
-                                                "weight_sqnr_db": None}
+            result.layer_storage[layer.name] = LayerStorage(fmt.name, "float", 16, None)
             continue
-        w = weight_values(node.inputs[1])
+        w_tensor = node.inputs[1]
+        w = weight_values(w_tensor)
         qw = quantize_layer_weight(layer, w, fmt, settings, (hessians or {}).get(layer.name))
         from mpq_export.weight_storage import weight_storage
 
@@ -308,25 +320,25 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
         graph.nodes.append(gs.Node("DequantizeLinear", name=f"{layer.name}.weight_DequantizeLinear",
                                    inputs=[qc, sc], outputs=[wdq], attrs=attrs))
         node.inputs[1] = wdq
+        if own_model and not w_tensor.outputs and w_tensor.name in initializers:
+            initializers[w_tensor.name].ClearField("raw_data")  # nothing reads the FP32 weight any more: free it
         if fmt.act_bits == 8:
             node.inputs[0] = quantized_activation(layer.activation_input, node.inputs[0])
             if ort and settings.integer_conv and layer.op_type == "Conv":
                 quantize_output(layer.output, node)
-        result.layer_storage[layer.name] = {"format": fmt.name, "weight_dtype": storage,
-                                            "storage_bits": 4 if storage == "int4" else 8,
-                                            "weight_sqnr_db": weight_sqnr_db(w, qw)}
+        result.layer_storage[layer.name] = LayerStorage(fmt.name, storage, 4 if storage == "int4" else 8,
+                                                        weight_sqnr_db(w, qw))
 
     if settings.target == "tensorrt":
         # TensorRT fuses a residual Add into the conv before it only when both Add inputs are
         # quantized; do it for every Add that feeds a conv whose input is INT8 (docs/design.md)
         fmt_of = dict(zip(allocation.layer_names, allocation.formats))
-        for add_name, (a, b, fed) in info.residual_adds.items():
-            if not any(fmt_of[n].act_bits == 8 for n in fed):
+        for residual in info.residual_adds:
+            if not any(fmt_of[n].act_bits == 8 for n in residual.feeds):
                 continue
-            add = nodes[add_name]
-            for idx, tname in enumerate((a, b)):
+            add = nodes[residual.node_name]
+            for idx, tname in enumerate(residual.inputs):
                 add.inputs[idx] = quantized_activation(tname, add.inputs[idx])
-            result.residual_adds_quantized.append(add_name)
 
     graph.cleanup().toposort()
     out = gs.export_onnx(graph)
@@ -349,7 +361,7 @@ def count_weight_bits(path: str, info: ModelInfo) -> tuple[float, dict[str, int]
 
     model = load_onnx(path, load_weights=False)
     inits = {i.name: i for i in model.graph.initializer}
-    producers = {o: n for n in model.graph.node for o in n.output}
+    producers = producers_of(model.graph)
     by_name = {n.name: n for n in model.graph.node}
     bits = {}
     for layer in info.layers:

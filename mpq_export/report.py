@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from mpq_export.act_ranges import ActCalibSettings, ActivationRanges
+from mpq_export.allocate import AllocationSummary, BitAllocation
+from mpq_export.build import EngineStatus
+from mpq_export.calibrate import CalibrationSettings, CalibrationStats
+from mpq_export.inspect import ModelInfo
+from mpq_export.orm import LayerImportance, OrmSpread
+from mpq_export.polygraphy_replay import PolygraphyReplay
+from mpq_export.quantize import LayerStorage
+from mpq_export.sensitivity import ActivationCost, SensitivityScores
+from mpq_export.validate import ValidationResult, ValidationSummary
 
 
 @dataclass
@@ -31,6 +43,73 @@ class LayerRow:
     pin: str | None
 
 
+@dataclass(frozen=True)
+class OrmSummary:
+    """ORM's settings and the spread of its off-diagonal values (a collapse toward 1 is flagged)."""
+    estimator: str
+    agg: str
+    alpha: float
+    beta: float
+    excluded: list[str]  # time-only layers: no per-sample signal, median importance
+    spread_per_t: list[OrmSpread]
+    spread_mean: float | None
+    spread_std: float | None
+    collapsed: bool
+
+
+@dataclass(frozen=True)
+class TimestepImportance:
+    timesteps: list[int]  # the profiled steps
+    weights: list[float] | None  # w_t (None without ORM)
+    theta: list[list[float]] | None  # [K][L] per-step importance
+
+
+@dataclass
+class ActivationCostRow(ActivationCost):
+    quantized_here: bool  # whether this model's allocation quantizes the tensor
+
+
+@dataclass(frozen=True)
+class ActivationRangeSummary:
+    method: str
+    settings: ActCalibSettings
+    threshold_over_max_mean: float
+    amax: dict[str, float]  # tensor -> INT8 threshold
+    observed_max: dict[str, float]  # tensor -> largest |x| seen in calibration
+    costliest: list[ActivationCostRow] | None  # worst first (None when not measured)
+
+
+@dataclass(frozen=True)
+class CalibrationSummary:
+    steps: int
+    profiled_timesteps: int
+    samples: int
+    unet_rows: int  # rows the UNet saw per profiled step (two per sample under guidance)
+    guidance_scale: float
+    seed: int
+    schedule: str
+    conditioning: str
+    cached: bool
+    seconds: float
+    rows_per_call: int
+    gram_sketch_dim: int | None  # None: exact Grams
+    settings: CalibrationSettings
+    activation_ranges: ActivationRangeSummary
+
+
+@dataclass(frozen=True)
+class TargetComparisonRow:
+    """The same allocation validated as another graph (tensorrt target runs)."""
+    graph: str
+    mean_sqnr_db: float
+    mean_cosine: float
+    sample_psnr_db: float
+
+    @classmethod
+    def of(cls, graph: str, v: ValidationResult) -> "TargetComparisonRow":
+        return cls(graph, v.mean_sqnr_db, v.mean_cosine, v.sample_psnr_db)
+
+
 @dataclass
 class Report:
     """Everything one output folder says about itself; `to_json()` is report.json."""
@@ -45,20 +124,20 @@ class Report:
     importance_method: str
     total_params: int
     format_counts: dict[str, int]
-    allocation: dict  # BitAllocation.to_json()
+    allocation: AllocationSummary
     layers: list[LayerRow]
-    importance: dict | None  # ORM settings, beta, spread (None without ORM)
-    importance_per_timestep: dict
-    calibration: dict  # settings, schedule, conditioning, activation ranges and their costliest quantizers
-    validation: dict  # ValidationResult.to_json()
-    polygraphy: dict
-    engine: dict
+    importance: OrmSummary | None  # None without ORM
+    importance_per_timestep: TimestepImportance
+    calibration: CalibrationSummary
+    validation: ValidationSummary
+    polygraphy: PolygraphyReplay
+    engine: EngineStatus
     notes: list[str]
     check: str | None  # the TensorRT rule checker's verdict (tensorrt target)
-    validation_compare: dict | None  # the same allocation per target (tensorrt target)
-    stability: dict | None
-    timings: dict[str, float]
-    peak_rss_mb: dict[str, float]
+    validation_compare: list[TargetComparisonRow] | None  # the same allocation per target (tensorrt target)
+    stability: dict[str, int] | None  # setting changed -> layers that change format
+    timings: dict[str, float]  # stage -> seconds
+    peak_rss_mb: dict[str, float]  # stage -> the process's peak resident memory during the stage
     tool: str = "mpq-export"  # how mpq-export recognises its own output folders
     plots: list[str] = field(default_factory=list)
 
@@ -66,41 +145,77 @@ class Report:
         d = asdict(self)
         return {"tool": d.pop("tool"), **d}
 
+    @classmethod
+    def from_json(cls, d: dict) -> "Report":
+        """The typed Report of a report.json (as read by json.load)."""
+        return _typed(cls, d)
 
-def layer_rows(info, alloc, layer_storage: dict, imp, sens) -> list[LayerRow]:
+
+def _typed(tp, value):
+    """`value` (parsed JSON) as type `tp`: dataclasses field by field, lists, tuples, dicts and optionals."""
+    import types
+    import typing
+
+    if value is None:
+        return None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return _typed(next(a for a in args if a is not type(None)), value)
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return tp(**{k: _typed(hints[k], v) for k, v in value.items()})
+    if origin is list:
+        return [_typed(args[0], v) for v in value]
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_typed(args[0], v) for v in value)
+        return tuple(_typed(a, v) for a, v in zip(args, value)) if args else tuple(value)
+    if origin is dict:
+        return {k: _typed(args[1], v) for k, v in value.items()}
+    return value
+
+
+def layer_rows(info: ModelInfo, alloc: BitAllocation, layer_storage: dict[str, LayerStorage],
+               imp: LayerImportance | None, sens: SensitivityScores | None) -> list[LayerRow]:
     return [LayerRow(name=l.name, op_type=l.op_type, params=l.params, weight_shape=list(l.weight_shape), format=f.name,
-                     weight_bits=f.weight_bits, act_bits=f.act_bits, storage=layer_storage[l.name]["weight_dtype"],
+                     weight_bits=f.weight_bits, act_bits=f.act_bits, storage=layer_storage[l.name].weight_dtype,
                      importance=float(imp.theta[i]) if imp is not None else None,
                      sensitivity=sens.scores[l.name] if sens is not None else None,
-                     weight_sqnr_db=layer_storage[l.name]["weight_sqnr_db"], pin=alloc.pins.get(l.name))
+                     weight_sqnr_db=layer_storage[l.name].weight_sqnr_db, pin=alloc.pins.get(l.name))
             for i, (l, f) in enumerate(zip(info.layers, alloc.formats))]
 
 
-def importance_summary(imp) -> dict | None:
-    """ORM's settings and the spread of its off-diagonal values (a collapse toward 1 is flagged)."""
+def orm_summary(imp: LayerImportance | None) -> OrmSummary | None:
     if imp is None:
         return None
-    spread_mean = [s["mean"] for s in imp.orm_spread if s["mean"] is not None]
-    spread_std = [s["std"] for s in imp.orm_spread if s["std"] is not None]
+    spread_mean = [s.mean for s in imp.orm_spread if s.mean is not None]
+    spread_std = [s.std for s in imp.orm_spread if s.std is not None]
     m = float(np.mean(spread_mean)) if spread_mean else None
     sd = float(np.mean(spread_std)) if spread_std else None
-    return {"estimator": imp.settings.estimator, "agg": imp.settings.agg, "alpha": imp.settings.alpha,
-            "beta": imp.beta, "excluded": imp.excluded, "spread_per_t": imp.orm_spread, "spread_mean": m,
-            "spread_std": sd, "collapsed": bool(m is not None and sd is not None and m > 0.95 and sd < 0.02)}
+    return OrmSummary(estimator=imp.settings.estimator, agg=imp.settings.agg, alpha=imp.settings.alpha, beta=imp.beta,
+                      excluded=list(imp.excluded), spread_per_t=list(imp.orm_spread), spread_mean=m, spread_std=sd,
+                      collapsed=bool(m is not None and sd is not None and m > 0.95 and sd < 0.02))
 
 
-def calibration_summary(stats, ranges, act_costs, quantized_activations) -> dict:
-    return {"steps": stats.settings.steps, "profiled_timesteps": len(stats.timesteps), "samples": stats.settings.samples,
-            "unet_rows": stats.n_samples, "guidance_scale": stats.settings.guidance_scale, "seed": stats.settings.seed,
-            "schedule": stats.schedule.source, "conditioning": stats.conditioning_source,
-            "cached": stats.cached, "seconds": stats.seconds, "rows_per_call": stats.rows_per_call,
-            "gram_sketch_dim": stats.gram_sketch_dim,
-            "settings": asdict(stats.settings),
-            "activation_ranges": {"method": ranges.settings.method, "settings": asdict(ranges.settings),
-                                  "threshold_over_max_mean": ranges.clipped_fraction(), "amax": ranges.amax,
-                                  "observed_max": ranges.observed_max,
-                                  "costliest": [{**asdict(c), "quantized_here": c.tensor in quantized_activations}
-                                                for c in act_costs] if act_costs else None}}
+def timestep_importance(stats: CalibrationStats, imp: LayerImportance | None) -> TimestepImportance:
+    return TimestepImportance(timesteps=[int(x) for x in stats.timesteps],
+                              weights=[float(x) for x in imp.weights] if imp is not None else None,
+                              theta=imp.theta_per_t.tolist() if imp is not None else None)
+
+
+def calibration_summary(stats: CalibrationStats, ranges: ActivationRanges, act_costs: list[ActivationCost] | None,
+                        quantized_activations: dict[str, float]) -> CalibrationSummary:
+    costliest = ([ActivationCostRow(**asdict(c), quantized_here=c.tensor in quantized_activations) for c in act_costs]
+                 if act_costs else None)
+    return CalibrationSummary(
+        steps=stats.settings.steps, profiled_timesteps=len(stats.timesteps), samples=stats.settings.samples,
+        unet_rows=stats.n_samples, guidance_scale=stats.settings.guidance_scale, seed=stats.settings.seed,
+        schedule=stats.schedule.source, conditioning=stats.conditioning_source, cached=stats.cached,
+        seconds=stats.seconds, rows_per_call=stats.rows_per_call, gram_sketch_dim=stats.gram_sketch_dim,
+        settings=stats.settings,
+        activation_ranges=ActivationRangeSummary(
+            method=ranges.settings.method, settings=ranges.settings, threshold_over_max_mean=ranges.clipped_fraction(),
+            amax=ranges.amax, observed_max=ranges.observed_max, costliest=costliest))
 
 
 def _plt():
@@ -230,8 +345,8 @@ def render_markdown(r: dict) -> str:
     if r.get("validation_compare"):
         lines += ["", "### Same allocation, per target (onnxruntime CPU)", "",
                   "| graph | mean SQNR (dB) | mean cosine | sample PSNR (dB) |", "|---|---:|---:|---:|"]
-        lines += [f"| {k} | {c['mean_sqnr_db']:.2f} | {c['mean_cosine']:.5f} | {c['sample_psnr_db']:.2f} |"
-                  for k, c in r["validation_compare"].items()]
+        lines += [f"| {c['graph']} | {c['mean_sqnr_db']:.2f} | {c['mean_cosine']:.5f} | {c['sample_psnr_db']:.2f} |"
+                  for c in r["validation_compare"]]
     if r.get("check"):
         lines += ["", f"TensorRT rule check: {r['check']}"]
     if r.get("polygraphy"):
@@ -241,8 +356,6 @@ def render_markdown(r: dict) -> str:
                   "t = 0, where the noise prediction is fragile but barely reaches the sample, are covered by the table above):", ""]
         for name, cmd in pg["commands"].items():
             lines += [f"{name}:", "", "```", cmd, "```", ""]
-        if pg.get("cpu_result"):
-            lines.append(f"CPU result from this run: {pg['cpu_result']}")
     if r.get("engine"):
         e = r["engine"]
         lines += ["", "## TensorRT engine", "", f"- status: {e['status']}"]
@@ -266,7 +379,7 @@ def render_markdown(r: dict) -> str:
                   "| change | layers changed |", "|---|---:|"]
         lines += [f"| {k} | {c} |" for k, c in s.items()]
     rss = r.get("peak_rss_mb") or {}
-    lines += ["", "## Timings", "", "| stage | seconds | peak RSS of the process so far (MB) |", "|---|---:|---:|"]
+    lines += ["", "## Timings", "", "| stage | seconds | peak RSS during the stage (MB) |", "|---|---:|---:|"]
     lines += [f"| {k} | {t:.2f} | {_fmt(rss.get(k), 0)} |" for k, t in r["timings"].items()]
     sens = any(l.get("sensitivity") for l in r["layers"])
     lines += ["", "## Layers", "", "| # | layer | op | params | format | bits | ORM importance |"

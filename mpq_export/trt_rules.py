@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from mpq_export.errors import MPQError
-from mpq_export.onnx_utils import opset_of, weight_axes
+from mpq_export.onnx_utils import consumers_of, external_data_problem, opset_of, producers_of, weight_axes
 
 MAX_INT8_ATTENTION_TOKENS = 512
 
@@ -41,14 +41,9 @@ def check_model(path: str) -> list[str]:
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     const_nodes = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
-    producers = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producers, consumers = producers_of(g), consumers_of(g)
     opset = opset_of(model)
     base = os.path.dirname(os.path.abspath(path))
-    from mpq_export.onnx_utils import external_data_problem
 
     problem = external_data_problem(model, base)
     if problem:

@@ -36,9 +36,29 @@ class ValidationSettings:
             raise MPQError(f"--val-samples must be a positive integer, got {self.samples!r}")
 
 
+@dataclass(frozen=True)
+class TimestepError:
+    """The quantized model's noise prediction against FP32's at one profiled step, on FP32's x_t."""
+    t: int
+    sqnr_db: float
+    cosine: float
+    max_abs_err: float
+
+
+@dataclass(frozen=True)
+class ValidationSummary:
+    """What the report keeps of a validation (no arrays)."""
+    per_timestep: list[TimestepError]
+    mean_sqnr_db: float
+    mean_cosine: float
+    sample_psnr_db: float
+    sample_psnr_per_sample: list[float]
+    seconds: float
+
+
 @dataclass
 class ValidationResult:
-    per_timestep: list[dict]  # {"t", "sqnr_db", "cosine", "max_abs_err"}
+    per_timestep: list[TimestepError]
     mean_sqnr_db: float  # mean over t of per-step SQNR (pooled SQNR is dominated by t ~ 0)
     mean_cosine: float
     sample_psnr_db: float  # mean over samples
@@ -48,10 +68,10 @@ class ValidationResult:
     inputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # per-step feeds, stacked
     seconds: float = 0.0
 
-    def to_json(self) -> dict:
-        return {"per_timestep": self.per_timestep, "mean_sqnr_db": self.mean_sqnr_db, "mean_cosine": self.mean_cosine,
-                "sample_psnr_db": self.sample_psnr_db, "sample_psnr_per_sample": self.sample_psnr_per_sample,
-                "seconds": self.seconds}
+    def summary(self) -> ValidationSummary:
+        return ValidationSummary(per_timestep=list(self.per_timestep), mean_sqnr_db=self.mean_sqnr_db,
+                                 mean_cosine=self.mean_cosine, sample_psnr_db=self.sample_psnr_db,
+                                 sample_psnr_per_sample=list(self.sample_psnr_per_sample), seconds=self.seconds)
 
 
 def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
@@ -125,8 +145,8 @@ def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, step
     per_t = []
     for x, t, eps in zip(ref.xs, ref.timesteps, ref.eps):
         eq = run(x, int(t))
-        per_t.append({"t": int(t), "sqnr_db": sqnr_db(eps, eq), "cosine": cosine(eps, eq),
-                      "max_abs_err": float(np.abs(eps - eq).max())})
+        per_t.append(TimestepError(t=int(t), sqnr_db=sqnr_db(eps, eq), cosine=cosine(eps, eq),
+                                   max_abs_err=float(np.abs(eps - eq).max())))
     with Progress("validate", steps) as p:
         final_q = DDIMSampler(schedule, steps).sample(ref.x_T, guided(lambda x, t, i: run(x, t), ref.guidance_scale),
                                                       on_step=lambda d: p.update(d, "quantized steps"))
@@ -136,7 +156,7 @@ def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, step
     inputs = {info.sample.name: ref.xs, "timesteps": ref.timesteps}
     inputs.update({k: v for k, v in ref.cond.items()})
     return ValidationResult(
-        per_timestep=per_t, mean_sqnr_db=float(np.mean([r["sqnr_db"] for r in per_t])),
-        mean_cosine=float(np.mean([r["cosine"] for r in per_t])), sample_psnr_db=float(np.mean(per_sample)),
+        per_timestep=per_t, mean_sqnr_db=float(np.mean([r.sqnr_db for r in per_t])),
+        mean_cosine=float(np.mean([r.cosine for r in per_t])), sample_psnr_db=float(np.mean(per_sample)),
         sample_psnr_per_sample=per_sample, samples_fp32=final_fp, samples_quant=final_q, inputs=inputs,
         seconds=time.perf_counter() - t0)

@@ -8,10 +8,17 @@ sys.path.insert(0, os.path.dirname(__file__))
 import models  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Tests never touch the user's ~/.cache; one cache per session so reruns of a model reuse it."""
-    monkeypatch.setenv("MPQ_EXPORT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Tests never touch the user's ~/.cache; one cache per session so reruns of a model reuse it.
+    Session-scoped, so module- and session-scoped fixtures that run the CLI are covered too."""
+    old = os.environ.get("MPQ_EXPORT_CACHE")
+    os.environ["MPQ_EXPORT_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    yield
+    if old is None:
+        os.environ.pop("MPQ_EXPORT_CACHE", None)
+    else:
+        os.environ["MPQ_EXPORT_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -194,11 +194,14 @@ def test_activation_cost_table_is_skipped_when_it_would_take_too_long(unet_onnx,
                                       validation=ValidationSettings(samples=2),
                                       quantize=QuantizeSettings(target="onnxruntime"), act_costs_limit_s=0.0))
     rep = res.results[0].report  # the typed Report; report.json is its to_json()
-    assert rep.calibration["activation_ranges"]["costliest"] is None
+    assert rep.calibration.activation_ranges.costliest is None
     assert any("activation-cost table was skipped" in n for n in rep.notes)
     on_disk = json.loads((tmp_path / "o" / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(rep.to_json())) and on_disk["tool"] == "mpq-export"
     assert on_disk["layers"][0]["name"] == rep.layers[0].name and rep.plots
+    from mpq_export.report import Report
+
+    assert Report.from_json(on_disk) == rep  # report.json reads back as the same typed Report
 
 
 def test_device_cuda_without_onnxruntime_gpu_is_one_line(tmp_path):

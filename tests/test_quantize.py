@@ -78,7 +78,7 @@ def test_qdq_graph_follows_the_allocation(calibrated, tmp_path):
             assert len(users) == 1  # one DQ per quantized layer, as onnxruntime's fusions want
     n_int4 = sum(i.data_type == onnx.TensorProto.INT4 for i in m.graph.initializer)
     assert n_int4 == sum(f.weight_bits == 4 for f in alloc.formats)
-    assert all(v["weight_sqnr_db"] > 10 for v in qm.layer_storage.values() if v["weight_sqnr_db"] is not None)
+    assert all(v.weight_sqnr_db > 10 for v in qm.layer_storage.values() if v.weight_sqnr_db is not None)
 
 
 def _optimised_ops(path, tmp_path) -> list[str]:

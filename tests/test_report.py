@@ -18,7 +18,11 @@ def _golden():
 def test_report_md_renders_exactly_from_report_json():
     """tests/golden holds report.json and report.md of one real run (the tests' tiny UNet2DModel, onnxruntime
     target, budget 8): rendering must reproduce the markdown byte for byte. After an intended change of
-    the report's layout, regenerate both files with a tiny run and review the diff."""
+    the report's layout, regenerate both files with a tiny run and review the diff:
+        python -c "from tests import models; models.export(models.tiny_unet2d(), '/tmp/g')"
+        mpq-export /tmp/g/model.onnx --budget 8 --target onnxruntime --steps 6 --timesteps 2 --samples 4 \
+            --val-samples 2 --calib-mem-mb 256 -o /tmp/g/out && cp /tmp/g/out/report.{json,md} tests/golden/
+    """
     with open(os.path.join(GOLDEN, "report.md")) as f:
         assert render_markdown(_golden()) == f.read()
 
@@ -27,7 +31,8 @@ def test_report_round_trips_through_its_json():
     d = _golden()
     fields = {f.name for f in dataclasses.fields(Report)}
     assert set(d) == fields  # report.json is exactly the Report's fields
-    rep = Report(**{**d, "layers": [LayerRow(**row) for row in d["layers"]]})
+    rep = Report.from_json(d)
+    assert isinstance(rep.layers[0], LayerRow) and rep.validation.per_timestep[0].t == d["validation"]["per_timestep"][0]["t"]
     assert json.loads(json.dumps(rep.to_json())) == d
     assert next(iter(rep.to_json())) == "tool"  # how is_our_output recognises our folders
 

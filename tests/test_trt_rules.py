@@ -34,7 +34,7 @@ def test_tensorrt_artifact_passes_the_checker_and_reports_both_targets(trt_out, 
     assert code == 0 and "OK" in stdout
     rep = json.loads((trt_out / "report.json").read_text())
     assert rep["target"] == "tensorrt" and rep["check"].startswith("passed")
-    cmp = rep["validation_compare"]
+    cmp = {row["graph"]: row for row in rep["validation_compare"]}
     trt_sqnr = cmp["tensorrt target (FP16 graph + Q/DQ)"]["mean_sqnr_db"]
     ort_sqnr = cmp["FP32 graph + the same Q/DQ (onnxruntime, conv outputs float)"]["mean_sqnr_db"]
     assert abs(trt_sqnr - ort_sqnr) < 1.0  # FP16 costs little next to quantization
@@ -144,9 +144,9 @@ def test_residual_add_inputs_are_quantized(trt_out, unet_onnx):
     producers = {o: n for n in m.graph.node for o in n.output}
     rep = json.loads((trt_out / "report.json").read_text())
     fmt = {l["name"]: l["format"] for l in rep["layers"]}
-    for add_name, (_, _, fed) in info.residual_adds.items():
-        add = next(n for n in m.graph.node if n.name == add_name)
-        if any(fmt[f] in ("w8a8", "w4a8") for f in fed):
+    for residual in info.residual_adds:
+        add = next(n for n in m.graph.node if n.name == residual.node_name)
+        if any(fmt[f] in ("w8a8", "w4a8") for f in residual.feeds):
             assert all(producers[i].op_type == "DequantizeLinear" for i in add.input)
 
 

@@ -255,7 +255,7 @@ def main() -> None:
         ps = np.asarray(v.sample_psnr_per_sample)
         row = {"method": name, "bits": count_bits(path, info), "psnr": float(ps.mean()),
                "psnr_se": float(ps.std(ddof=1) / np.sqrt(len(ps))), "sqnr": v.mean_sqnr_db,
-               "sqnr_per_t": [round(r["sqnr_db"], 2) for r in v.per_timestep],
+               "sqnr_per_t": [round(r.sqnr_db, 2) for r in v.per_timestep],
                "psnr_per_sample": [round(float(x), 3) for x in ps], **extra}
         rows.append(row)
         print(f"{name:55s} bits {row['bits']:.3f}  PSNR {row['psnr']:6.2f} +- {row['psnr_se']:.2f}  "

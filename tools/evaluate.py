@@ -184,8 +184,8 @@ def main() -> None:
     result = {"model": model_path, "samples": n, "eval_seed": EVAL_SEED, "calibration": {"K": cs.timesteps, "N": cs.samples,
               "steps": cs.steps}, "classifier_accuracy": clf_acc, "fp32": fp_metrics, "rows": rows,
               "sensitivity_seconds": sens_seconds, "seconds": time.perf_counter() - t_start,
-              "orm_beta": imp_b.beta, "orm_spread_biased": float(np.mean([s["mean"] for s in imp_b.orm_spread])),
-              "orm_spread_unbiased": float(np.mean([s["mean"] for s in imp_u.orm_spread]))}
+              "orm_beta": imp_b.beta, "orm_spread_biased": float(np.mean([s.mean for s in imp_b.orm_spread])),
+              "orm_spread_unbiased": float(np.mean([s.mean for s in imp_u.orm_spread]))}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "quality.json"), "w") as f:
         json.dump(result, f, indent=1)

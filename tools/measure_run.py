@@ -6,15 +6,19 @@
 Runs `mpq-export MODEL ...` in a child process and prints its wall time, its peak resident memory
 (the kernel's high-water mark of the child, getrusage) and that peak divided by the FP32 weights'
 size (an .onnx file with its external data, a diffusers UNet folder's weight files, or a pipeline
-folder's unet/). The run's report.json also lists each stage's time and the peak so far.
+folder's unet/). While the child runs, its resident memory is sampled every 0.2 s and attributed to
+the stage of its last log line ("[calibrate] ...", "[quantize] ..."), so the table at the end shows
+which stage holds the memory; the run's report.json also lists each stage's time and peak.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import resource
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -38,10 +42,36 @@ def main() -> None:
     model, rest = sys.argv[1], sys.argv[2:]
     exe = os.path.join(os.path.dirname(sys.executable), "mpq-export")
     t0 = time.perf_counter()
-    rc = subprocess.run([exe, model, *rest]).returncode
+    child = subprocess.Popen([exe, model, *rest], stderr=subprocess.PIPE, text=True, bufsize=1)
+    stage = ["start"]
+    peaks: dict[str, float] = {}
+
+    def sample():
+        while child.poll() is None:
+            try:
+                with open(f"/proc/{child.pid}/status") as f:
+                    rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 2**20  # GiB
+                peaks[stage[0]] = max(peaks.get(stage[0], 0.0), rss)
+            except (OSError, StopIteration):
+                pass
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    for line in child.stderr:
+        sys.stderr.write(line)
+        m = re.match(r"\[([\w .:-]+?)\]", line.strip())
+        if m:
+            stage[0] = m.group(1)
+    rc = child.wait()
+    sampler.join()
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
     size = fp32_bytes(model)
+    if peaks:
+        print("\nresident memory by the stage of the last log line (GiB, sampled every 0.2 s):")
+        for name, gib in peaks.items():
+            print(f"  {name:28s} {gib:6.2f}  ({gib * 2**30 / size:.2f}x FP32)")
     print(f"\nmpq-export exit status {rc}, {wall:.0f} s; peak RSS {peak / 2**30:.2f} GiB; FP32 weights "
           f"{size / 2**30:.2f} GiB; peak / FP32 size = {peak / size:.2f}")
     sys.exit(rc)

@@ -1,0 +1,71 @@
+"""onnx_utils: the graph helpers every stage shares."""
+
+import random
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from mpq_export import onnx_utils
+from mpq_export.onnx_utils import (consumers_of, external_data_problem, opset_of, producers_of, toposort_nodes,
+                                   too_big_to_serialise, weight_axes, weights_nbytes)
+
+
+def _chain(n=6):
+    nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"n{i}") for i in range(n)]
+    nodes.append(helper.make_node("Add", ["t0", f"t{n}"], ["y"], name="add"))
+    return nodes
+
+
+def test_producers_and_consumers():
+    g = helper.make_graph(_chain(3), "g", [], [])
+    prod, cons = producers_of(g), consumers_of(g)
+    assert prod["t2"].name == "n1" and "t0" not in prod
+    assert [n.name for n in cons["t0"]] == ["n0", "add"]
+
+
+def test_toposort_restores_order_and_refuses_what_it_cannot_order():
+    nodes = _chain()
+    shuffled = nodes[:]
+    random.Random(0).shuffle(shuffled)
+    ordered = toposort_nodes(shuffled, {"t0"})
+    assert [n.name for n in ordered] == [n.name for n in nodes]
+    assert toposort_nodes(nodes, set()) is None  # t0 is never produced
+
+
+def test_weight_axes_per_op():
+    gemm_t = helper.make_node("Gemm", ["a", "b"], ["c"], transB=1)
+    gemm = helper.make_node("Gemm", ["a", "b"], ["c"])
+    assert weight_axes("Conv", None, 4) == (0, -1)
+    assert weight_axes("ConvTranspose", None, 4) == (1, -1)
+    assert weight_axes("MatMul", None, 2) == (1, 0)  # [K, N]
+    assert weight_axes("Gemm", gemm_t, 2) == (0, 1) and weight_axes("Gemm", gemm, 2) == (1, 0)
+
+
+def _model_with_weight(n=1000):
+    w = numpy_helper.from_array(np.ones(n, np.float32), "w")
+    g = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_weight_bytes_are_counted_without_serialising(monkeypatch):
+    m = _model_with_weight()
+    assert opset_of(m) == 17
+    assert weights_nbytes(m) == 4000
+    assert not too_big_to_serialise(m)
+    monkeypatch.setattr(onnx_utils, "PROTO_LIMIT", 3999)
+    assert too_big_to_serialise(m)
+
+
+def test_external_data_problems_name_the_file(tmp_path):
+    onnx.save(_model_with_weight(), str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.data",
+              size_threshold=0)
+    m = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    assert external_data_problem(m, str(tmp_path)) is None
+    data = tmp_path / "m.data"
+    data.write_bytes(data.read_bytes()[:100])
+    assert "truncated" in external_data_problem(m, str(tmp_path))
+    data.unlink()
+    assert "m.data, which is missing" in external_data_problem(m, str(tmp_path))
