@@ -67,10 +67,15 @@ def abs_histogram(x: np.ndarray, is_abs: bool = False) -> np.ndarray:
     a = np.asarray(x, dtype=np.float32).ravel()
     if not is_abs:
         a = np.abs(a)
-    with np.errstate(divide="ignore"):
-        idx = np.floor((np.log2(a) - LOG2_LO) * BINS_PER_OCTAVE) + 1
-    idx = np.clip(np.nan_to_num(idx, nan=0.0, neginf=0.0), 0, N_BINS - 1).astype(np.int64)
-    return np.bincount(idx, minlength=N_BINS).astype(np.float64)
+    # in place on one float32 buffer (calibration histograms ~100 tensors per profiled step): zeros and
+    # subnormals go to bin 0 through the floor at 2^-126; after clipping at 0 truncation is floor
+    v = np.maximum(a, np.float32(2.0 ** -126))
+    np.log2(v, out=v)
+    v -= LOG2_LO
+    v *= BINS_PER_OCTAVE
+    v += 1
+    np.clip(v, 0, N_BINS - 1, out=v)
+    return np.bincount(v.astype(np.intp), minlength=N_BINS).astype(np.float64)
 
 
 @dataclass
@@ -98,7 +103,7 @@ class ActivationHistograms:
         a = np.abs(np.asarray(x, dtype=np.float32)).ravel()  # once: histogram, max and energy all read it
         self.counts[i, step] += abs_histogram(a, is_abs=True)
         self.amax[i, step] = max(self.amax[i, step], float(a.max()) if a.size else 0.0)
-        self.sumsq[i, step] += float(np.dot(a.astype(np.float64), a))
+        self.sumsq[i, step] += float(np.square(a).sum(dtype=np.float64))
 
     def select_steps(self, keep: np.ndarray) -> "ActivationHistograms":
         return ActivationHistograms(self.names, self.counts[:, keep], self.amax[:, keep], self.sumsq[:, keep])

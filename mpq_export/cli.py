@@ -244,7 +244,9 @@ def _main_run(argv: list[str]) -> int:
         raise MPQError("-o is empty; give an output folder name (default ./<model>.mpq)")
     cfg = config_from_args(args)
     from mpq_export.pipeline import run_pipeline
+    from mpq_export.stage_times import keep_large_blocks_out_of_the_heap
 
+    keep_large_blocks_out_of_the_heap()  # the process is ours: freed weights go back to the system at once
     result = run_pipeline(cfg)
     for r in result.results:
         rep = r.report

@@ -47,7 +47,7 @@ def is_diffusers_folder(path: str) -> bool:
 
 
 def read_json_object(path: str, what: str) -> dict:
-    """A diffusers JSON file (config.json, model_index.json) as a dict, or a one-line error."""
+    """A diffusers JSON file (config.json, model_index.json, scheduler_config.json) as a dict, or a one-line error."""
     try:
         with open(path) as f:
             cfg = json.load(f)

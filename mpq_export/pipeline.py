@@ -1,14 +1,13 @@
 """The whole job as one library function: run_pipeline(PipelineConfig) -> PipelineResult.
 
 export -> inspect -> calibrate -> orm -> allocate -> quantize -> build -> validate -> report,
-for one budget or several (one calibration, one solve per budget). Each output folder is
-written under a temporary name and renamed into place only when complete, so a failed or
-interrupted run never leaves a folder that looks finished.
+for one budget or several (one calibration, one solve per budget), each budget into an output
+folder published only when complete (output_folder), each stage timed with its memory peak
+(stage_times).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -26,10 +25,12 @@ from mpq_export.calibrate import CalibrationSettings, CalibrationStats, calibrat
 from mpq_export.errors import MPQError
 from mpq_export.inspect import ModelInfo, inspect_model
 from mpq_export.orm import LayerImportance, OrmSettings, compute_importance
+from mpq_export.output_folder import OUTPUT_MODEL, SCRATCH_PREFIX, output_folders, remove_stale_scratch, staging_folder
 from mpq_export.progress import log
 from mpq_export.quantize import QuantizedModel, QuantizeSettings, count_weight_bits, quantize
 from mpq_export.report import Report, TargetComparisonRow
 from mpq_export.sampler import NoiseSchedule
+from mpq_export.stage_times import StageTimes
 from mpq_export.validate import FP32Reference, ValidationResult, ValidationSettings, fp32_reference, validate
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 IMPORTANCES = ("orm", "sensitivity")
 BUILD_MODES = ("auto", "yes", "no")
-OUTPUT_MODEL = "model.mpq.onnx"
 
 
 @dataclass
@@ -104,51 +104,6 @@ class PipelineResult:
     act_ranges: ActivationRanges
     results: list[BudgetResult]
     out_root: str
-
-
-def _stage_memory_mb() -> tuple[float, float]:
-    """(peak resident memory since the last call, resident memory now), in MB.
-
-    Linux keeps the peak in /proc/self/status (VmHWM) and lets a process reset it (clear_refs 5), so
-    each stage gets its own peak; elsewhere the process's peak so far (getrusage) stands in."""
-    try:
-        with open("/proc/self/status") as f:
-            fields = dict(line.split(":", 1) for line in f if line.startswith(("VmHWM", "VmRSS")))
-        peak, now = (float(fields[k].split()[0]) / 1024.0 for k in ("VmHWM", "VmRSS"))
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return peak, now
-    except (OSError, KeyError, ValueError):
-        pass
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-        return peak, peak
-    except (ImportError, OSError):
-        return 0.0, 0.0
-
-
-class StageTimes(dict):
-    """stage -> seconds, and `peak_rss_mb`: stage -> the process's peak resident memory during the stage
-    (from the end of the stage before), so the report shows which stage needs the memory."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.peak_rss_mb: dict[str, float] = {}
-
-    def start(self) -> "StageTimes":
-        _stage_memory_mb()  # the first stage's peak starts here
-        return self
-
-    def __setitem__(self, stage: str, seconds: float) -> None:
-        super().__setitem__(stage, seconds)
-        self.peak_rss_mb[stage] = _stage_memory_mb()[0]
-
-    def copy(self) -> "StageTimes":
-        c = StageTimes(self)
-        c.peak_rss_mb = dict(self.peak_rss_mb)
-        return c
 
 
 def default_cache_dir() -> str:
@@ -278,127 +233,6 @@ def _export_once(cfg: PipelineConfig, unet_dir: str, cache_dir: str | None) -> P
     return PreparedModel(onnx_path, sched, notes, temp_dir)
 
 
-# Every file an output folder of ours can hold. A folder is replaced only when it holds nothing else
-# and its report.json says mpq-export wrote it: any other folder may be a user's, and is never touched.
-OUTPUT_FILES = frozenset({OUTPUT_MODEL, OUTPUT_MODEL + ".data", "model.mpq.plan", "model.mpq.layers.json", "report.json",
-                          "report.md", "allocation.json", "bits.png", "validation.png", "importance.png", "samples.png",
-                          "validation_inputs.npz", "polygraphy_data.py", "fp32_outputs.json", "summary.json",
-                          "summary.md", "pareto.png"})
-
-
-def is_our_output(folder: str) -> bool:
-    """True when `folder` is an mpq-export output (single budget, or a budget list's parent) and nothing more."""
-    import json
-
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return False
-    for e in entries:
-        p = os.path.join(folder, e)
-        if e.startswith("budget-") and os.path.isdir(p) and not os.path.islink(p):
-            if not is_our_output(p):
-                return False
-        elif e not in OUTPUT_FILES or not os.path.isfile(p) or os.path.islink(p):
-            return False
-    report = os.path.join(folder, "report.json")
-    summary = os.path.join(folder, "summary.json")
-    if os.path.isfile(report):
-        try:
-            with open(report) as f:
-                return json.load(f).get("tool") == "mpq-export"
-        except (OSError, ValueError, AttributeError):
-            return False
-    return os.path.isfile(summary) and any(e.startswith("budget-") for e in entries)
-
-
-def _check_out_dir(out: str) -> None:
-    absolute = os.path.abspath(out)
-    parent = os.path.dirname(absolute) or "."
-    if absolute == os.getcwd() or absolute == parent:
-        raise MPQError(f"-o {out} is the working directory or a root; the output is a folder of its own: give a new "
-                       f"folder name (e.g. -o out.mpq)")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise MPQError(f"output path {out} exists and is not a folder; choose another -o")
-    if os.path.isdir(out) and os.listdir(out) and not is_our_output(out):
-        raise MPQError(f"output folder {out} holds files mpq-export did not write; choose another -o or empty it "
-                       f"(only an earlier mpq-export output is replaced)")
-    probe_dir = parent
-    while not os.path.exists(probe_dir):
-        probe_dir = os.path.dirname(probe_dir)
-    if not os.access(probe_dir, os.W_OK | os.X_OK):
-        raise MPQError(f"cannot write the output folder {out} ({probe_dir} is not writable); choose another -o")
-    # really try it (read-only mounts, /proc, quotas): before calibration, not after it
-    try:
-        os.makedirs(parent, exist_ok=True)
-        probe = tempfile.mkdtemp(prefix=f".{os.path.basename(absolute)}.probe-{os.getpid()}-", dir=parent)
-        with open(os.path.join(probe, "w"), "wb") as f:
-            f.write(b"0" * 4096)
-        shutil.rmtree(probe)
-    except OSError as e:
-        raise MPQError(f"cannot write the output folder {out} ({e.strerror or e}); choose another -o") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-SCRATCH_PREFIX = "mpq-export-"  # scratch folders in the system temp dir: mpq-export-KIND-PID-xxxx
-
-
-def remove_stale_scratch() -> None:
-    """Scratch folders of runs that were killed (SIGKILL, power loss) and whose process is gone."""
-    import re
-
-    root = tempfile.gettempdir()
-    rx = re.compile(rf"^{re.escape(SCRATCH_PREFIX)}[a-z0-9]+-(\d+)-")
-    try:
-        entries = os.listdir(root)
-    except OSError:
-        return
-    for e in entries:
-        m = rx.match(e)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            shutil.rmtree(os.path.join(root, e), ignore_errors=True)
-
-
-def _remove_stale_temporaries(parent: str, base: str) -> None:
-    """Temporary folders of runs killed with SIGKILL (.BASE.tmp-PID-xxxx) whose process is gone."""
-    import re
-
-    rx = re.compile(rf"^\.{re.escape(base)}\.(?:tmp|probe)-(\d+)-")
-    for e in os.listdir(parent):
-        m = rx.match(e)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            shutil.rmtree(os.path.join(parent, e), ignore_errors=True)
-
-
-def _publish(tmp: str, out: str) -> None:
-    """Move a finished temporary folder into place, replacing an earlier mpq-export output."""
-    old = None
-    if os.path.exists(out):
-        if not is_our_output(out):  # someone put files there while we ran: keep them, and say so
-            raise MPQError(f"output folder {out} changed during the run and now holds files mpq-export did not write; "
-                           f"nothing was replaced: choose another -o")
-        old = f"{out}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def compute_importance_for(stats: CalibrationStats, settings: OrmSettings) -> LayerImportance:
     return compute_importance(stats.grams, stats.timesteps, stats.layer_names, settings,
                               stats.schedule.num_train_timesteps)
@@ -467,7 +301,7 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
                   t: float) -> PipelineResult:
     model_path, sched_path = prepared.onnx_path, prepared.scheduler_config
     timings["export"] = time.perf_counter() - t
-    out_root, out_dirs = _output_folders(cfg)
+    out_root, out_dirs = output_folders(cfg.model, cfg.out_dir, cfg.budgets)
 
     t = time.perf_counter()
     info = inspect_model(model_path, cfg.sample_name, cfg.timestep_name)
@@ -482,21 +316,21 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     calib_data = cfg.calib_data or prepared.calib_data
     calibration = replace(cfg.calibration, guidance_scale=prepared.guidance_scale(cfg.guidance_scale))
     t = time.perf_counter()
-    stats = calibrate(info, calibration, schedule, calib_data, cache_dir)
+    stats = calibrate(info, calibration, schedule, calib_data, cache_dir)  # checks the user's inputs first
     timings["calibrate"] = time.perf_counter() - t
     notes = list(cfg.notes) + prepared.notes
     ranges, act_costs = _activation_ranges(cfg, info, stats, notes, timings)
     imp, sens = _importance(cfg, info, stats, ranges, cache_dir, timings)
 
-    shape = sample_shape(info, cfg.calibration.resolution)
+    shape = sample_shape(info, calibration.resolution)
     t = time.perf_counter()
-    ref = fp32_reference(info, stats.schedule, stats.settings.steps, stats.step_indices, shape, cfg.validation,
-                         calib_data, stats.settings.seq_len, stats.settings.guidance_scale)  # one FP32 run serves every comparison below
+    ref = fp32_reference(info, schedule, stats.settings.steps, stats.step_indices, shape, cfg.validation, calib_data,
+                         stats.settings.seq_len, stats.settings.guidance_scale)  # one FP32 run serves every comparison below
     timings["fp32_reference"] = time.perf_counter() - t
     fp16_val = None
     if cfg.quantize.target == "tensorrt":
         t = time.perf_counter()
-        fp16_val = fp16_graph_validation(cfg, info, stats, shape, ref)
+        fp16_val = fp16_graph_validation(cfg, info, schedule, stats.settings.steps, stats.step_indices, shape, ref)
         timings["fp16_graph_validation"] = time.perf_counter() - t
     shared = _SharedResults(cfg=cfg, model_path=model_path, info=info, stats=stats, ranges=ranges, act_costs=act_costs,
                             importance=imp, sensitivity=sens, shape=shape, reference=ref, fp16_validation=fp16_val,
@@ -508,22 +342,6 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
         write_pareto(out_root, [r.report for r in results])
     return PipelineResult(model_path=model_path, info=info, stats=stats, importance=imp, act_ranges=ranges, results=results,
                           out_root=out_root)
-
-
-def _output_folders(cfg: PipelineConfig) -> tuple[str, list[str]]:
-    """The output root and one folder per budget, checked before any work (empty or ours)."""
-    stem = os.path.splitext(os.path.basename(os.path.normpath(cfg.model)))[0]
-    out_root = cfg.out_dir or os.path.join(os.getcwd(), f"{stem}.mpq")
-    multi = len(cfg.budgets) > 1
-    out_dirs = [os.path.join(out_root, f"budget-{b:g}") if multi else out_root for b in cfg.budgets]
-    for o in out_dirs:
-        _check_out_dir(o)
-    if multi:
-        _check_out_dir(out_root)  # summary files are written there: it must be empty or ours
-        if os.path.exists(os.path.join(out_root, "report.json")):
-            raise MPQError(f"output folder {out_root} holds a single-budget output; a budget list writes budget-* "
-                           f"folders: choose another -o")
-    return out_root, out_dirs
 
 
 def _activation_ranges(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, notes: list[str],
@@ -562,7 +380,8 @@ def _importance(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, r
     return imp, sens
 
 
-def fp16_graph_validation(cfg, info, stats, shape, ref):
+def fp16_graph_validation(cfg: PipelineConfig, info: ModelInfo, schedule: NoiseSchedule, steps: int,
+                          profiled: np.ndarray, shape: tuple[int, ...], ref: FP32Reference) -> ValidationResult:
     """The FP16 graph alone (no Q/DQ) against FP32: what the tensorrt target costs before quantizing."""
     from mpq_export.fp16_graph import to_fp16_graph
     from mpq_export.quantize import load_for_edit, save_model
@@ -571,11 +390,12 @@ def fp16_graph_validation(cfg, info, stats, shape, ref):
     with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}fp16-{os.getpid()}-") as d:
         path = os.path.join(d, "model.fp16.onnx")
         save_model(to_fp16_graph(load_for_edit(info.path)), path)
-        return validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape,
-                        cfg.validation, reference=ref)
+        return validate(info, path, schedule, steps, profiled, shape, cfg.validation, reference=ref,
+                        label="validate: FP16 graph alone")
 
 
-def compare_targets(run: _SharedResults, alloc: BitAllocation, trt_val: ValidationResult) -> list[TargetComparisonRow]:
+def compare_targets(run: _SharedResults, alloc: BitAllocation, trt_val: ValidationResult,
+                    weight_memo: dict | None = None) -> list[TargetComparisonRow]:
     """Validation of the same allocation realised for the onnxruntime target (FP32 graph), and of the
     FP16 graph alone, next to the tensorrt target's figures."""
     cfg, stats = run.cfg, run.stats
@@ -584,9 +404,9 @@ def compare_targets(run: _SharedResults, alloc: BitAllocation, trt_val: Validati
         # conv outputs left float, as on TensorRT: the difference is then the FP16 graph's alone
         log.info("[compare targets] the same allocation as an onnxruntime-target graph")
         quantize(run.info, alloc, run.ranges.amax, path, replace(cfg.quantize, target="onnxruntime", integer_conv=False),
-                 hessians=stats.hessians)
+                 hessians=stats.hessians, weight_memo=weight_memo)
         ort_val = validate(run.info, path, stats.schedule, stats.settings.steps, stats.step_indices, run.shape,
-                           cfg.validation, reference=run.reference)
+                           cfg.validation, reference=run.reference, label="validate: onnxruntime graph")
     return [TargetComparisonRow.of("tensorrt target (FP16 graph + Q/DQ)", trt_val),
             TargetComparisonRow.of("FP32 graph + the same Q/DQ (onnxruntime, conv outputs float)", ort_val),
             TargetComparisonRow.of("FP16 graph alone (no quantization)", run.fp16_validation)]
@@ -596,8 +416,10 @@ def _run_budget(run: _SharedResults, budget: float, out: str, timings: StageTime
                 cache_dir: str | None) -> BudgetResult:
     """allocate -> quantize (+ count, rule check) -> build -> validate -> report, into `out`."""
     alloc, notes = _allocate_budget(run, budget, timings)
-    with _staging_folder(out) as tmp:
-        qm, counted, checker = _quantize_checked(run, alloc, os.path.join(tmp, OUTPUT_MODEL), timings)
+    # the tensorrt target's report compares the same integers on an onnxruntime graph: computed once
+    weight_memo = {} if run.cfg.quantize.target == "tensorrt" else None
+    with staging_folder(out) as tmp:
+        qm, counted, checker = _quantize_checked(run, alloc, os.path.join(tmp, OUTPUT_MODEL), timings, weight_memo)
         engine = _build(run, qm.path, cache_dir, timings)
         t = time.perf_counter()
         val = validate(run.info, qm.path, run.stats.schedule, run.stats.settings.steps, run.stats.step_indices,
@@ -609,7 +431,13 @@ def _run_budget(run: _SharedResults, budget: float, out: str, timings: StageTime
         replay = polygraphy_replay.write_files(tmp, out, run.info, run.model_path, run.stats.schedule.num_train_timesteps)
         if run.cfg.sample_grid:
             _sample_grid(run, val, alloc, tmp, timings)
-        report = _report(run, alloc, out, qm, counted, checker, engine, val, replay, notes, timings)
+        compared = None
+        if weight_memo is not None:
+            t = time.perf_counter()
+            compared = compare_targets(run, alloc, val, weight_memo)
+            timings["compare_targets"] = time.perf_counter() - t
+            del weight_memo
+        report = _report(run, alloc, out, qm, counted, checker, engine, val, replay, compared, notes, timings)
         with open(os.path.join(tmp, "allocation.json"), "w") as f:
             json.dump(alloc.to_json(), f, indent=2)
         from mpq_export.report import write_report
@@ -636,29 +464,13 @@ def _allocate_budget(run: _SharedResults, budget: float, timings: StageTimes) ->
     return alloc, notes
 
 
-@contextlib.contextmanager
-def _staging_folder(out: str):
-    """A temporary folder beside `out`, renamed into place when the block completes, removed if it fails:
-    an interrupted run never leaves a folder that looks finished."""
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    _remove_stale_temporaries(parent, os.path.basename(out))
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-{os.getpid()}-", dir=parent)
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; an output folder honours the umask like any other
-    try:
-        yield tmp
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _quantize_checked(run: _SharedResults, alloc: BitAllocation, path: str,
-                      timings: StageTimes) -> tuple[QuantizedModel, float, str | None]:
+def _quantize_checked(run: _SharedResults, alloc: BitAllocation, path: str, timings: StageTimes,
+                      weight_memo: dict | None = None) -> tuple[QuantizedModel, float, str | None]:
     """The Q/DQ model, its stored bits counted from the file, and (tensorrt) the rule checker's verdict."""
     t = time.perf_counter()
     log.info("[quantize] writing the %s target's Q/DQ model", run.cfg.quantize.target)
-    qm = quantize(run.info, alloc, run.ranges.amax, path, run.cfg.quantize, hessians=run.stats.hessians)
+    qm = quantize(run.info, alloc, run.ranges.amax, path, run.cfg.quantize, hessians=run.stats.hessians,
+                  weight_memo=weight_memo)
     timings["quantize"] = time.perf_counter() - t
     counted, _ = count_weight_bits(path, run.info)
     if abs(counted - alloc.achieved_bits) > 1e-6:  # the budget, the report and the file count one number
@@ -704,16 +516,17 @@ def _sample_grid(run: _SharedResults, val: ValidationResult, alloc: BitAllocatio
 
 
 def _report(run: _SharedResults, alloc: BitAllocation, out: str, qm: QuantizedModel, counted: float,
-            checker: str | None, engine: EngineStatus, val: ValidationResult, replay, notes: list[str],
-            timings: StageTimes) -> Report:
+            checker: str | None, engine: EngineStatus, val: ValidationResult, replay,
+            compared: list[TargetComparisonRow] | None, notes: list[str], timings: StageTimes) -> Report:
     from mpq_export.report import calibration_summary, layer_rows, orm_summary, timestep_importance
 
     cfg, info, imp = run.cfg, run.info, run.importance
-    trt = cfg.quantize.target == "tensorrt"
     stability = None
     if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer == "orm":
+        t = time.perf_counter()
         stability = allocation_stability(info, run.stats, cfg.orm, imp, replace(cfg.allocation, budget=alloc.budget),
                                          alloc)
+        timings["stability"] = time.perf_counter() - t
     return Report(
         model=os.path.abspath(run.model_path), input=os.path.abspath(cfg.model),
         output_model=os.path.join(os.path.abspath(out), OUTPUT_MODEL), budget=alloc.budget,
@@ -724,5 +537,5 @@ def _report(run: _SharedResults, alloc: BitAllocation, out: str, qm: QuantizedMo
         importance=orm_summary(imp), importance_per_timestep=timestep_importance(run.stats, imp),
         calibration=calibration_summary(run.stats, run.ranges, run.act_costs, qm.act_scales),
         validation=val.summary(), polygraphy=replay, engine=engine, notes=notes, check=checker,
-        validation_compare=compare_targets(run, alloc, val) if trt else None, stability=stability,
+        validation_compare=compared, stability=stability,
         timings=dict(timings), peak_rss_mb=dict(timings.peak_rss_mb))

@@ -210,13 +210,16 @@ def save_model(model, path: str) -> None:
 
 
 def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, float], out_path: str,
-             settings: QuantizeSettings, model=None, hessians: dict[str, np.ndarray] | None = None) -> QuantizedModel:
+             settings: QuantizeSettings, model=None, hessians: dict[str, np.ndarray] | None = None,
+             weight_memo: dict | None = None) -> QuantizedModel:
     """Write the Q/DQ model for `allocation` to out_path (the caller makes it atomic).
 
     `act_amax`: activation tensor -> INT8 clipping threshold (act_ranges.choose_ranges).
     `hessians`: layer -> input statistics (CalibrationStats.hessians), used by rounding 'gptq'.
     `model`: the FP32 model already loaded by `load_for_edit` (not modified), to skip reloading when
     many variants of one model are written (the sensitivity scorer).
+    `weight_memo`: a dict shared by calls that write the same allocation for several targets: each
+    layer's integers are computed once (GPTQ takes minutes per target at Stable-Diffusion size).
     """
     import onnx_graphsurgeon as gs
     from onnx import TensorProto, numpy_helper
@@ -300,7 +303,12 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
             continue
         w_tensor = node.inputs[1]
         w = weight_values(w_tensor)
-        qw = quantize_layer_weight(layer, w, fmt, settings, (hessians or {}).get(layer.name))
+        key = (layer.name, fmt.name, settings.rounding, settings.block_size, settings.clip_search, settings.clip_grid)
+        qw = weight_memo.get(key) if weight_memo is not None else None
+        if qw is None:
+            qw = quantize_layer_weight(layer, w, fmt, settings, (hessians or {}).get(layer.name))
+            if weight_memo is not None:
+                weight_memo[key] = qw
         from mpq_export.weight_storage import weight_storage
 
         values, storage = weight_storage(qw, fmt)

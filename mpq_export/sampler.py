@@ -7,7 +7,6 @@ given, else the standard linear beta schedule with T = 1000 (docs/design.md).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -32,13 +31,9 @@ class NoiseSchedule:
     def from_config(cls, path: str | None) -> "NoiseSchedule":
         if path is None:
             return cls()
-        try:
-            with open(path) as f:
-                cfg = json.load(f)
-        except (OSError, ValueError) as e:
-            raise MPQError(f"cannot read scheduler config {path}: {e}; give a diffusers scheduler_config.json") from None
-        if not isinstance(cfg, dict):
-            raise MPQError(f"scheduler config {path} is not a JSON object; give a diffusers scheduler_config.json")
+        from mpq_export.export import read_json_object
+
+        cfg = read_json_object(path, "a diffusers scheduler_config.json")
         kw = {k: cfg[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
                                   "prediction_type", "clip_sample", "steps_offset") if k in cfg}
         for k, kind in (("num_train_timesteps", int), ("steps_offset", int), ("beta_start", float), ("beta_end", float)):

@@ -25,19 +25,14 @@ from mpq_export.onnx_utils import consumers_of, external_data_problem, opset_of,
 MAX_INT8_ATTENTION_TOKENS = 512
 
 
-
-
 def check_model(path: str) -> list[str]:
     """All TensorRT rule violations in the Q/DQ model at `path` (empty list: OK)."""
     import onnx
     from onnx import numpy_helper
 
-    if not os.path.exists(path):
-        raise MPQError(f"model file not found: {path}")
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception as e:
-        raise MPQError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
+    from mpq_export.inspect import load_onnx
+
+    model = load_onnx(path, load_weights=False)
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     const_nodes = {n.output[0]: n for n in g.node if n.op_type == "Constant"}

@@ -129,9 +129,9 @@ def fp32_reference(info: ModelInfo, schedule: NoiseSchedule, steps: int, profile
 def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, steps: int, profiled: np.ndarray,
              sample_shape: tuple[int, ...], settings: ValidationSettings, calib_data: str | None = None,
              seq_len: int | None = None, reference: FP32Reference | None = None,
-             guidance_scale: float = 1.0) -> ValidationResult:
+             guidance_scale: float = 1.0, label: str = "validate") -> ValidationResult:
     """Compare `quantized_path` with the FP32 model; pass `reference` to reuse one FP32 run (its guidance
-    scale then applies)."""
+    scale then applies). `label` names the run in progress messages."""
     t0 = time.perf_counter()
     ref = reference or fp32_reference(info, schedule, steps, profiled, sample_shape, settings, calib_data, seq_len,
                                       guidance_scale)
@@ -147,7 +147,7 @@ def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, step
         eq = run(x, int(t))
         per_t.append(TimestepError(t=int(t), sqnr_db=sqnr_db(eps, eq), cosine=cosine(eps, eq),
                                    max_abs_err=float(np.abs(eps - eq).max())))
-    with Progress("validate", steps) as p:
+    with Progress(label, steps) as p:
         final_q = DDIMSampler(schedule, steps).sample(ref.x_T, guided(lambda x, t, i: run(x, t), ref.guidance_scale),
                                                       on_step=lambda d: p.update(d, "quantized steps"))
     final_fp = ref.final

@@ -32,8 +32,8 @@ def _stub_text():
     return text
 
 
-def _attributes_used_on_trt_objects():
-    tree = ast.parse(open(build.__file__).read())
+def _attributes_used_on_trt_objects(source: str | None = None):
+    tree = ast.parse(source if source is not None else open(build.__file__).read())
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
@@ -46,20 +46,29 @@ def _attributes_used_on_trt_objects():
     return names - {"__version__", "path", "seconds"}
 
 
+def _missing_from_the_api(text: str, used: set[str]) -> list[str]:
+    return sorted(n for n in used if not re.search(rf"\b{re.escape(n)}\b", text))
+
+
 def test_build_stage_uses_only_names_in_the_tensorrt_api():
     text = _stub_text()
     used = _attributes_used_on_trt_objects()
     assert {"create_network", "parse_from_file", "set_memory_pool_limit", "builder_optimization_level",
             "create_optimization_profile", "set_shape", "build_serialized_network", "create_engine_inspector",
             "get_engine_information", "create_timing_cache", "set_timing_cache", "STRONGLY_TYPED"} <= used
-    missing = sorted(n for n in used if not re.search(rf"\b{re.escape(n)}\b", text))
+    missing = _missing_from_the_api(text, used)
     assert not missing, f"not in TensorRT's Python API: {missing}"
 
 
 def test_a_misspelt_api_name_would_be_caught():
+    """The check above, run on build.py with one attribute misspelt and one call renamed."""
     text = _stub_text()
-    assert not re.search(r"\bbuilder_optimisation_level\b", text)
-    assert re.search(r"\bbuilder_optimization_level\b", text)
+    source = open(build.__file__).read()
+    broken = source.replace("config.builder_optimization_level", "config.builder_optimisation_level")
+    broken = broken.replace("builder.build_serialized_network(", "builder.build_engine_serialized(")
+    assert broken != source
+    assert _missing_from_the_api(text, _attributes_used_on_trt_objects(broken)) == [
+        "build_engine_serialized", "builder_optimisation_level"]
 
 
 def test_inspector_json_precisions():

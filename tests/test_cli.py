@@ -48,6 +48,7 @@ def test_budget_sweep_quality_rises_and_the_budget_holds(unet_onnx, tmp_path):
 
 
 def test_conditional_unet_end_to_end_and_baselines(cond_unet_onnx, tmp_path):
+    sqnr = {}
     for extra in ([], ["--allocation", "uniform"], ["--allocation", "random", "--seed", "3"],
                   ["--orm-estimator", "biased", "--agg", "exp-of-mean"]):
         out = tmp_path / ("o" + "_".join(extra))
@@ -55,7 +56,11 @@ def test_conditional_unet_end_to_end_and_baselines(cond_unet_onnx, tmp_path):
         assert code == 0, err
         rep = json.loads((out / "report.json").read_text())
         assert "standard-normal" in rep["calibration"]["conditioning"]
-        assert rep["validation"]["mean_cosine"] > 0.5
+        assert rep["achieved_bits"] <= 6 + 1e-9 and rep["counted_bits"] == pytest.approx(rep["achieved_bits"], abs=1e-9)
+        assert rep["validation"]["mean_cosine"] > 0.9
+        sqnr[" ".join(extra) or "mpq"] = rep["validation"]["mean_sqnr_db"]
+    # uniform puts every unpinned layer at 4 bits; the 6-bit allocation spends the budget it has
+    assert sqnr["mpq"] > sqnr["--allocation uniform"] + 1
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["stability"] and all(isinstance(v, int) for v in rep["stability"].values())
     assert "standard-normal" in (tmp_path / "o" / "report.md").read_text()

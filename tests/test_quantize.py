@@ -116,3 +116,33 @@ def test_onnxruntime_runs_the_quantized_layers_on_integer_kernels(calibrated, tm
     assert ops.count("MatMulNBits") == w4_gemm
     float_convs = sum(f.quantized is False for i, f in enumerate(alloc.formats) if i in conv_idx)
     assert ops.count("Conv") + ops.count("FusedConv") == float_convs + (0 if integer_conv else len(q_conv))
+
+
+def test_a_shared_weight_memo_rounds_each_layer_once_across_targets(calibrated, tmp_path, monkeypatch):
+    """The tensorrt target's report writes the same allocation for onnxruntime too: the integers are
+    computed once (GPTQ) and both files hold the same ones."""
+    import mpq_export.quantize as qmod
+
+    info, stats = calibrated
+    alloc = allocate(info.layers, AllocationSettings(budget=7.6, target="tensorrt"),
+                     theta=np.linspace(0.1, 1, len(info.layers)))
+    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    calls = []
+    real = qmod.quantize_layer_weight
+    monkeypatch.setattr(qmod, "quantize_layer_weight", lambda *a, **k: calls.append(a[0].name) or real(*a, **k))
+    memo = {}
+    quantize(info, alloc, amax, str(tmp_path / "t.onnx"), QuantizeSettings(target="tensorrt"),
+             hessians=stats.hessians, weight_memo=memo)
+    first = len(calls)
+    assert first == sum(f.quantized for f in alloc.formats) == len(memo)
+    quantize(info, alloc, amax, str(tmp_path / "o.onnx"), QuantizeSettings(target="onnxruntime", integer_conv=False),
+             hessians=stats.hessians, weight_memo=memo)
+    assert len(calls) == first  # nothing rounded twice
+
+    def stored(path):
+        m = onnx.load(path)
+        return {t.name: onnx.numpy_helper.to_array(t).astype(np.int8) for t in m.graph.initializer
+                if t.name.endswith(".weight_quantized")}
+
+    a, b = stored(str(tmp_path / "t.onnx")), stored(str(tmp_path / "o.onnx"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

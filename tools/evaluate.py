@@ -152,8 +152,10 @@ def main() -> None:
         return {"bits": alloc.achieved_bits, "psnr": float(psnr.mean()), "psnr_se": float(psnr.std() / np.sqrt(n)),
                 "sqnr": float(np.mean(sq)), **metrics(final_q)}
 
-    imp_b = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(estimator="biased"), 1000)
-    imp_u = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(estimator="unbiased"), 1000)
+    imp_b = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(estimator="biased"),
+                               stats.schedule.num_train_timesteps)
+    imp_u = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(estimator="unbiased"),
+                               stats.schedule.num_train_timesteps)
     t = time.perf_counter()
     sens = measure_sensitivity(info, stats, amax, AllocationSettings(budget=8, target="onnxruntime"), qs, OrmSettings().alpha, cache)
     sens_seconds = time.perf_counter() - t

@@ -35,6 +35,18 @@ def fp32_bytes(model: str) -> int:
                if f.endswith((".safetensors", ".bin")))
 
 
+def report_peaks(args: list[str]) -> dict[str, float]:
+    """Per-stage peak RSS (MB) from the run's report.json, when -o names a single-budget output."""
+    import json
+
+    out = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-o", "--output")), None)
+    try:
+        with open(os.path.join(out, "report.json")) as f:
+            return json.load(f).get("peak_rss_mb", {})
+    except (TypeError, OSError, ValueError):
+        return {}
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(__doc__)
@@ -66,7 +78,11 @@ def main() -> None:
     rc = child.wait()
     sampler.join()
     wall = time.perf_counter() - t0
+    # mpq-export resets the kernel's high-water mark at every stage (report.json's per-stage peaks), so
+    # getrusage's figure covers only the last stage: the peak is the largest of the report's per-stage
+    # peaks (exact) and the samples (which also count mapped weight files)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    peak = max([peak, *(g * 2**30 for g in peaks.values()), *(mb * 2**20 for mb in report_peaks(rest).values())])
     size = fp32_bytes(model)
     if peaks:
         print("\nresident memory by the stage of the last log line (GiB, sampled every 0.2 s):")
