@@ -23,15 +23,16 @@ def to_fp16_graph(model):
     """Return an FP16 copy of `model` (an onnx.ModelProto), FP32 at its inputs and outputs."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    # the converter's shape inference serialises the model: impossible past protobuf's 2 GB
     import onnx_graphsurgeon as gs
 
-    from mpq_export.onnx_utils import too_big_to_serialise
+    from mpq_export.onnx_utils import infer_shapes_without_weights
 
-    too_big = too_big_to_serialise(model)  # ByteSize() itself raises past 2 GB
+    # the converter's own shape inference serialises the whole model several times (GBs at SD size,
+    # impossible past protobuf's 2 GB): the types it needs come from the graph alone
+    infer_shapes_without_weights(model)
     fp32_ops, fp32_nodes = list(DEFAULT_OP_BLOCK_LIST) + KEEP_FP32_OPS, _sinusoid_arguments(model.graph)
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=fp32_ops,
-                                         node_block_list=fp32_nodes, disable_shape_infer=too_big)
+                                         node_block_list=fp32_nodes, disable_shape_infer=True)
     _drop_round_trips(converted.graph, set(fp32_ops), set(fp32_nodes))
     # the converter appends its input casts at the end of the node list: restore topological order,
     # in place (a graph-surgeon round trip would copy every weight once more)

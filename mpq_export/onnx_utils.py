@@ -5,6 +5,9 @@ from __future__ import annotations
 # protobuf cannot serialise one message above 2 GB: larger models are written with external data,
 # and nothing may call ModelProto.ByteSize() / SerializeToString() on them
 PROTO_LIMIT = 1_800_000_000
+# models whose weights pass this are written with one external .data file: the graph alone then loads
+# in a moment (count, check) and no serialised copy of the weights is ever made
+EXTERNAL_DATA_BYTES = 256 << 20
 
 # metadata_props entries our exporter writes, so later stages know what the export assumed
 SAMPLE_SIZE_KEY = "mpq_export.sample_size"  # "H,W" of the sample the UNet was configured for
@@ -108,3 +111,46 @@ def toposort_nodes(nodes, available: set[str]) -> list | None:
             return None
         pending = rest
     return out
+
+
+def read_external_tensor(tensor, base_dir: str):
+    """The values (numpy) of an initializer kept in an external file, read without putting its bytes
+    into `tensor`: protobuf keeps every byte set on a message until the whole model is freed."""
+    import os
+
+    from onnx import TensorProto, external_data_helper, numpy_helper
+
+    info = external_data_helper.ExternalDataInfo(tensor)
+    with open(os.path.join(base_dir, info.location), "rb") as f:
+        f.seek(info.offset or 0)
+        raw = f.read(info.length) if info.length else f.read()
+    t = TensorProto()
+    t.name, t.data_type = tensor.name, tensor.data_type
+    t.dims.extend(tensor.dims)
+    t.raw_data = raw
+    return numpy_helper.to_array(t)
+
+
+def infer_shapes_without_weights(model) -> None:
+    """onnx shape inference on the graph with its large initializers left empty (shape and type only;
+    small ones such as Reshape targets keep their values), its value_info written into `model`.
+    onnx's own inference serialises the whole model several times: GBs at Stable-Diffusion size."""
+    import onnx
+    from onnx import external_data_helper
+
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    g = light.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    for t in model.graph.initializer:
+        if tensor_nbytes(t) <= 4096 and not external_data_helper.uses_external_data(t):
+            g.initializer.append(t)
+        else:  # type and shape only, as a graph input would give them
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    inferred = onnx.shape_inference.infer_shapes(light)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)

@@ -28,7 +28,8 @@ import numpy as np
 from mpq_export.allocate import BitAllocation, Format
 from mpq_export.errors import MPQError
 from mpq_export.inspect import ModelInfo, QuantLayer, load_onnx
-from mpq_export.onnx_utils import opset_of, producers_of, too_big_to_serialise
+from mpq_export.onnx_utils import (EXTERNAL_DATA_BYTES, opset_of, producers_of, read_external_tensor,
+                                   weights_nbytes)
 from mpq_export.rounding import DEFAULT_ROUNDING, ROUNDINGS
 from mpq_export.targets import DEFAULT_TARGET, TENSORRT_INT4_BLOCK_SIZES, check_target, formats_for
 
@@ -179,8 +180,9 @@ def activation_scale(amax: float) -> float:
     return max(float(amax), 1e-6) / 127.0
 
 
-def load_for_edit(path: str):
-    """Load an ONNX model at opset >= 21 and IR >= 10 with its weights in memory."""
+def load_for_edit(path: str, load_weights: bool = True):
+    """Load an ONNX model at opset >= 21 and IR >= 10, with its weights in memory unless `load_weights`
+    is False (external weights then stay in their files: onnx_utils.read_external_tensor)."""
     from onnx import external_data_helper, version_converter
 
     model = load_onnx(path, load_weights=False)  # convert the graph before pulling GBs of weights
@@ -192,7 +194,8 @@ def load_for_edit(path: str):
             raise MPQError(f"cannot convert {path} from opset {opset} to {QDQ_OPSET} for INT4 Q/DQ ({str(e)[:200]}); "
                            f"re-export the model at opset {QDQ_OPSET}") from None
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)
-    external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+    if load_weights:
+        external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
     return model
 
 
@@ -200,10 +203,12 @@ def save_model(model, path: str) -> None:
     """Save (with one external .data file when large) and check the result from its path."""
     import onnx
 
-
     data_name = os.path.basename(path) + ".data"
-    if too_big_to_serialise(model):  # ByteSize() itself raises past 2 GB
+    if weights_nbytes(model) > EXTERNAL_DATA_BYTES:  # and ByteSize() itself raises past 2 GB
         onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(os.path.join(os.path.dirname(path), data_name), 0o666 & ~mask)  # onnx writes it 0600
     else:
         onnx.save(model, path)
     onnx.checker.check_model(path)  # a path, not a proto: works beyond 2 GB
@@ -222,11 +227,12 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
     layer's integers are computed once (GPTQ takes minutes per target at Stable-Diffusion size).
     """
     import onnx_graphsurgeon as gs
-    from onnx import TensorProto, numpy_helper
+    from onnx import TensorProto, external_data_helper, numpy_helper
 
     t0 = time.perf_counter()
-    own_model = model is None
-    model = model if model is not None else load_for_edit(info.path)
+    # weights kept in external files (large models) are read one layer at a time, never all at once
+    model = model if model is not None else load_for_edit(info.path, load_weights=False)
+    weights_dir = os.path.dirname(os.path.abspath(info.path))
     graph = gs.import_onnx(model)
     nodes = {n.name: n for n in graph.nodes}
     result = QuantizedModel(path=out_path, target=settings.target)
@@ -234,12 +240,18 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
     float_dtype = np.float32
     initializers = {t.name: t for t in model.graph.initializer}
 
+    def initializer_values(name: str) -> np.ndarray:
+        # read from the file or the proto, not through Constant.values: graph surgeon would keep the
+        # FP32 array in the Constant, a second copy of every weight (GBs at Stable-Diffusion size)
+        t = initializers[name]
+        if external_data_helper.uses_external_data(t):
+            return read_external_tensor(t, weights_dir)
+        return numpy_helper.to_array(t)
+
     def weight_values(tensor) -> np.ndarray:
         if isinstance(tensor, gs.Constant):
             if tensor.name in initializers:
-                # read from the proto, not through tensor.values: graph surgeon would keep the FP32 array
-                # in the Constant, a second copy of every weight beside the proto's (GBs at SD size)
-                return numpy_helper.to_array(initializers[tensor.name])
+                return initializer_values(tensor.name)
             return np.asarray(tensor.values)
         producer = tensor.inputs[0] if tensor.inputs else None
         if producer is not None and producer.op == "Constant":
@@ -301,8 +313,7 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
         if not fmt.quantized:
             result.layer_storage[layer.name] = LayerStorage(fmt.name, "float", 16, None)
             continue
-        w_tensor = node.inputs[1]
-        w = weight_values(w_tensor)
+        w = weight_values(node.inputs[1])
         key = (layer.name, fmt.name, settings.rounding, settings.block_size, settings.clip_search, settings.clip_grid)
         qw = weight_memo.get(key) if weight_memo is not None else None
         if qw is None:
@@ -328,8 +339,6 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
         graph.nodes.append(gs.Node("DequantizeLinear", name=f"{layer.name}.weight_DequantizeLinear",
                                    inputs=[qc, sc], outputs=[wdq], attrs=attrs))
         node.inputs[1] = wdq
-        if own_model and not w_tensor.outputs and w_tensor.name in initializers:
-            initializers[w_tensor.name].ClearField("raw_data")  # nothing reads the FP32 weight any more: free it
         if fmt.act_bits == 8:
             node.inputs[0] = quantized_activation(layer.activation_input, node.inputs[0])
             if ort and settings.integer_conv and layer.op_type == "Conv":
@@ -349,6 +358,11 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
                 add.inputs[idx] = quantized_activation(tname, add.inputs[idx])
 
     graph.cleanup().toposort()
+    for c in graph.tensors().values():  # what stays float (pins, norms, biases) travels inside the new file
+        if isinstance(c, gs.Constant) and c.name in initializers and \
+                external_data_helper.uses_external_data(initializers[c.name]):
+            c.values = initializer_values(c.name)
+            c.data_location = None  # graph surgeon would otherwise still mark it external
     out = gs.export_onnx(graph)
     out.ir_version = max(out.ir_version, MIN_IR_VERSION)
     from mpq_export.weight_storage import finalize_for_target

@@ -165,10 +165,12 @@ def test_a_failed_run_leaves_no_output_that_looks_complete(unet_onnx, tmp_path, 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # temp folder removed
 
 
-def test_help_is_fast_and_does_not_import_torch():
-    code = ("import sys, time; t = time.perf_counter(); from mpq_export.cli import build_parser; "
-            "build_parser().format_help(); assert 'torch' not in sys.modules and 'onnx' not in sys.modules; "
-            "print(time.perf_counter() - t)")
+def test_help_imports_no_heavy_module():
+    """--help is instant because building the parser imports none of torch, onnx, onnxruntime, tensorrt
+    or diffusers (what it costs is not timed here: these machines are shared and noisy)."""
+    heavy = ("torch", "onnx", "onnxruntime", "tensorrt", "diffusers", "onnx_graphsurgeon", "highspy")
+    code = ("import sys; from mpq_export.cli import build_parser; build_parser().format_help(); "
+            f"loaded = [m for m in {heavy!r} if m in sys.modules]; assert not loaded, loaded")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     p = subprocess.run([sys.executable, "-m", "mpq_export.cli", "--help"], capture_output=True, text=True)

@@ -69,3 +69,30 @@ def test_external_data_problems_name_the_file(tmp_path):
     assert "truncated" in external_data_problem(m, str(tmp_path))
     data.unlink()
     assert "m.data, which is missing" in external_data_problem(m, str(tmp_path))
+
+
+def test_external_tensors_are_read_without_touching_the_proto(tmp_path):
+    from mpq_export.onnx_utils import read_external_tensor
+
+    onnx.save(_model_with_weight(10), str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.data",
+              size_threshold=0)
+    m = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    t = m.graph.initializer[0]
+    assert np.array_equal(read_external_tensor(t, str(tmp_path)), np.ones(10, np.float32))
+    assert not t.raw_data  # the model still holds no weight bytes
+
+
+def test_shape_inference_without_weights_types_every_tensor():
+    from mpq_export.onnx_utils import infer_shapes_without_weights
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Reshape", ["h", "shape"], ["y"]),
+             helper.make_node("Relu", ["y"], ["z"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1000])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.ones((1000, 8), np.float32), "w"),  # large: shape only
+                           numpy_helper.from_array(np.array([4, 4], np.int64), "shape")])  # small: its values
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    infer_shapes_without_weights(m)
+    vi = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in m.graph.value_info}
+    assert vi["h"] == [2, 8] and vi["y"] == [4, 4]
+    assert [i.name for i in m.graph.input] == ["x"]  # the model itself is unchanged but for value_info

@@ -146,3 +146,57 @@ def test_a_shared_weight_memo_rounds_each_layer_once_across_targets(calibrated, 
 
     a, b = stored(str(tmp_path / "t.onnx")), stored(str(tmp_path / "o.onnx"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_external_weights_are_read_layer_by_layer_and_give_the_same_model(calibrated, unet_onnx, tmp_path, monkeypatch):
+    """A model whose weights live in an external file (every Stable-Diffusion-size export) is quantized
+    without loading them all: each layer's weight is read from the file when it is quantized, and the
+    result is the model the inline copy gives."""
+    import mpq_export.quantize as qmod
+    from onnx import numpy_helper
+
+    info, stats = calibrated
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    onnx.save(onnx.load(unet_onnx), str(ext / "model.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.data", size_threshold=0)
+    info_ext = inspect_model(str(ext / "model.onnx"))
+    assert info_ext.has_external_data
+    alloc = allocate(info.layers, AllocationSettings(budget=5.0, target="onnxruntime"),
+                     theta=np.linspace(0.1, 1, len(info.layers)))
+    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    reads = []
+    real = qmod.read_external_tensor
+    monkeypatch.setattr(qmod, "read_external_tensor", lambda t, d: reads.append(t.name) or real(t, d))
+    settings = QuantizeSettings(target="onnxruntime")
+    quantize(info, alloc, amax, str(tmp_path / "inline.onnx"), settings, hessians=stats.hessians)
+    assert not reads
+    quantize(info_ext, alloc, amax, str(tmp_path / "external.onnx"), settings, hessians=stats.hessians)
+    assert set(l.weight_name for l in info.layers) <= set(reads)  # one read per weight, from the file
+
+    def initializers(path):
+        return {t.name: numpy_helper.to_array(t).tobytes() for t in onnx.load(path).graph.initializer}
+
+    assert initializers(str(tmp_path / "inline.onnx")) == initializers(str(tmp_path / "external.onnx"))
+
+
+def test_large_outputs_get_one_external_data_file_honouring_the_umask(tmp_path, monkeypatch):
+    import os
+
+    import mpq_export.quantize as qmod
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    monkeypatch.setattr(qmod, "EXTERNAL_DATA_BYTES", 1024)
+    old = os.umask(0o022)
+    try:
+        qmod.save_model(model, str(tmp_path / "m.onnx"))
+    finally:
+        os.umask(old)
+    data = tmp_path / "m.onnx.data"
+    assert data.stat().st_size == 64 * 64 * 4 and (data.stat().st_mode & 0o777) == 0o644
+    assert os.path.getsize(tmp_path / "m.onnx") < 4096  # the graph alone
