@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-# protobuf cannot serialise one message above 2 GB: larger models are written with external data,
-# and nothing may call ModelProto.ByteSize() / SerializeToString() on them
-PROTO_LIMIT = 1_800_000_000
 # models whose weights pass this are written with one external .data file: the graph alone then loads
-# in a moment (count, check) and no serialised copy of the weights is ever made
+# in a moment (count, check) and no serialised copy of the weights is ever made (protobuf cannot
+# serialise one message above 2 GB at all)
 EXTERNAL_DATA_BYTES = 256 << 20
 
 # metadata_props entries our exporter writes, so later stages know what the export assumed
@@ -86,10 +84,6 @@ def external_data_problem(model, folder: str) -> str | None:
             return (f"{full} is truncated ({os.path.getsize(full):,} bytes; the model reads up to {needed[loc]:,}); "
                     f"copy it again")
     return None
-
-
-def too_big_to_serialise(model) -> bool:
-    return weights_nbytes(model) > PROTO_LIMIT
 
 
 def toposort_nodes(nodes, available: set[str]) -> list | None:

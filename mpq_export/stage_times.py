@@ -33,27 +33,25 @@ def keep_large_blocks_out_of_the_heap(threshold: int = 1 << 20) -> None:
         pass
 
 
-def _stage_memory_mb() -> tuple[float, float]:
-    """(peak resident memory since the last call, resident memory now), in MB.
+def _stage_peak_mb() -> float:
+    """Peak resident memory since the last call, in MB.
 
     Linux keeps the peak in /proc/self/status (VmHWM) and lets a process reset it (clear_refs 5), so
     each stage gets its own peak; elsewhere the process's peak so far (getrusage) stands in."""
     try:
         with open("/proc/self/status") as f:
-            fields = dict(line.split(":", 1) for line in f if line.startswith(("VmHWM", "VmRSS")))
-        peak, now = (float(fields[k].split()[0]) / 1024.0 for k in ("VmHWM", "VmRSS"))
+            peak = next(float(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024.0  # kB
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        return peak, now
-    except (OSError, KeyError, ValueError):
+        return peak
+    except (OSError, StopIteration, ValueError, IndexError):
         pass
     try:
         import resource
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-        return peak, peak
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
     except (ImportError, OSError):
-        return 0.0, 0.0
+        return 0.0
 
 
 class StageTimes(dict):
@@ -65,13 +63,13 @@ class StageTimes(dict):
         self.peak_rss_mb: dict[str, float] = {}
 
     def start(self) -> "StageTimes":
-        _stage_memory_mb()  # the first stage's peak starts here
+        _stage_peak_mb()  # the first stage's peak starts here
         return self
 
     def __setitem__(self, stage: str, seconds: float) -> None:
         super().__setitem__(stage, seconds)
         release_free_memory()  # what the stage freed must not count toward the next one's peak
-        self.peak_rss_mb[stage] = _stage_memory_mb()[0]
+        self.peak_rss_mb[stage] = _stage_peak_mb()
 
     def copy(self) -> "StageTimes":
         c = StageTimes(self)

@@ -104,8 +104,8 @@ class FP32Reference:
 def fp32_reference(info: ModelInfo, schedule: NoiseSchedule, steps: int, profiled: np.ndarray,
                    sample_shape: tuple[int, ...], settings: ValidationSettings, calib_data: str | None = None,
                    seq_len: int | None = None, guidance_scale: float = 1.0) -> FP32Reference:
-    # no arena: runs at two batch sizes (per-step rows, guided sampler rows) would keep the peak of
-    # both (the SD-1.5-size tensorrt-target model: 8.1 GB with the arena, 4.4 GB without, same speed)
+    # no arena, here and in validate: with it, runs at two batch sizes (per-step rows, guided sampler
+    # rows) keep the peak of both (SD-1.5-size tensorrt-target model: 8.1 GB, 4.4 GB without; same speed)
     fp = ort_session(info.path, settings.threads, low_memory=True, device=settings.device)
     cond, _ = load_conditioning(info, calib_data, settings.samples, settings.seed, seq_len, guidance_scale)
     profiled_set = {int(i) for i in profiled}

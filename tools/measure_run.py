@@ -4,7 +4,8 @@
     python tools/measure_run.py MODEL [mpq-export options...]
 
 Runs `mpq-export MODEL ...` in a child process and prints its wall time, its peak resident memory
-(the kernel's high-water mark of the child, getrusage) and that peak divided by the FP32 weights'
+(the largest of the report's per-stage peaks, the 0.2 s samples below and getrusage's high-water
+mark, which mpq-export resets per stage) and that peak divided by the FP32 weights'
 size (an .onnx file with its external data, a diffusers UNet folder's weight files, or a pipeline
 folder's unet/). While the child runs, its resident memory is sampled every 0.2 s and attributed to
 the stage of its last log line ("[calibrate] ...", "[quantize] ..."), so the table at the end shows
