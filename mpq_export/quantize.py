@@ -165,13 +165,27 @@ def quantize_layer_weight(layer: QuantLayer, w: np.ndarray, fmt: Format, setting
         qw = quantize_weight(w, fmt.weight_bits, layer.weight_axis, clip_search=settings.clip_search,
                              grid=settings.clip_grid)
     if settings.rounding == "gptq" and hessian is not None:
-        from mpq_export.rounding import from_matrix, gptq_round, weight_matrix
+        from mpq_export.rounding import from_matrix, gptq_round, gptq_scale_search, weight_matrix
 
         qmax = 2 ** (fmt.weight_bits - 1) - 1
-        q = gptq_round(weight_matrix(np.asarray(w, np.float32), layer), weight_matrix(qw.scale_like(), layer),
-                       hessian, qmax)
+        wm, sm = weight_matrix(np.asarray(w, np.float32), layer), weight_matrix(qw.scale_like(), layer)
+        if fmt.weight_bits == 4:  # the output error chooses each row's scale too (rounding.py)
+            q, mult = gptq_scale_search(wm, sm, hessian, qmax)
+            qw.scale = _scale_rows(qw, layer, mult)
+        else:
+            q = gptq_round(wm, sm, hessian, qmax)
         qw.values = from_matrix(q, w.shape, layer).astype(np.int8)
     return qw
+
+
+def _scale_rows(qw: QuantizedWeight, layer: QuantLayer, mult: np.ndarray) -> np.ndarray:
+    """qw's stored scales with output channel r (a row of rounding.weight_matrix) scaled by mult[r]."""
+    if qw.block_size is None:  # per-channel: one scale per output channel
+        return (qw.scale * mult).astype(np.float32)
+    # blocked: the axis that is not blocked is the output channel
+    shape = [1, 1]
+    shape[1 - qw.axis] = -1
+    return (qw.scale * mult.reshape(shape)).astype(np.float32)
 
 
 def activation_scale(amax: float) -> float:

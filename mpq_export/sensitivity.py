@@ -29,6 +29,7 @@ from mpq_export.inspect import ModelInfo
 from mpq_export.orm import timestep_weights
 from mpq_export.progress import Progress, log
 from mpq_export.quantize import QuantizeSettings, activation_scale, quantize_layer_weight
+from mpq_export.rounding import ROUNDING_VERSION
 from mpq_export.ort import ort_session, run_model
 
 DEFAULT_SAMPLES = 8  # of the N calibration samples: enough to rank layers, 4x cheaper than 32
@@ -51,7 +52,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
                           clip_grid=qsettings.clip_grid, rounding=qsettings.rounding)
     key_blob = json.dumps({"calib": stats.model_sha256, "settings": asdict(stats.settings), "alpha": alpha,
                            "schedule": asdict(stats.schedule), "conditioning": stats.conditioning_source,
-                           "samples": samples, "q": asdict(qs), "act_amax": act_amax,
+                           "samples": samples, "q": asdict(qs), "rounding_version": ROUNDING_VERSION, "act_amax": act_amax,
                            "cands": {l.name: [f.name for f in c] for l, c in zip(info.layers, cands)}}, sort_keys=True)
     key = hashlib.sha256(key_blob.encode()).hexdigest()[:24]
     cache_path = os.path.join(cache_dir, f"sens-{key}.json") if cache_dir else None

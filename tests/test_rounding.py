@@ -6,7 +6,8 @@ from mpq_export.allocate import AllocationSettings, allocate
 from mpq_export.calibrate import CalibrationSettings, calibrate
 from mpq_export.inspect import QuantLayer, inspect_model
 from mpq_export.quantize import QuantizeSettings, quantize, quantize_layer_weight, quantize_weight
-from mpq_export.rounding import gptq_round, layer_rows, output_error, weight_matrix
+from mpq_export.rounding import (DAMP, SCALE_MULTIPLIERS, _gptq, gptq_round, gptq_scale_search, layer_rows,
+                                  output_error, weight_matrix)
 from mpq_export.sampler import NoiseSchedule
 from mpq_export.targets import W4A8, W4A16
 
@@ -16,19 +17,52 @@ def _correlated_inputs(rng, rows, k):
     return (rng.standard_normal((rows, k)) * np.linspace(0.1, 3, k)) @ mix
 
 
+@pytest.mark.parametrize("act_order", [True, False])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_gptq_lowers_the_output_error_at_the_same_scales(bits):
+def test_gptq_lowers_the_output_error_at_the_same_scales(bits, act_order):
     rng = np.random.default_rng(0)
     x = _correlated_inputs(rng, 4000, 96)
     w = rng.standard_normal((32, 96)).astype(np.float32)
     h = x.T @ x
     qw = quantize_weight(w, bits, axis=0)
     qmax = 2 ** (bits - 1) - 1
-    q = gptq_round(w, qw.scale_like(), h, qmax)
+    q = gptq_round(w, qw.scale_like(), h, qmax, act_order=act_order)
     assert np.abs(q).max() <= qmax and np.allclose(q, np.round(q))
     rtn = output_error(w, qw.dequantize(), h)
     gptq = output_error(w, q * qw.scale_like(), h)
     assert gptq < 0.8 * rtn, (gptq, rtn)
+
+
+def test_gptq_loss_is_the_output_error_under_the_damped_hessian():
+    """The per-row loss the scale search ranks by is each row's exact output error (in the original
+    column order, act order or not), so choosing by it needs no second pass."""
+    rng = np.random.default_rng(2)
+    x = _correlated_inputs(rng, 2000, 40)
+    w = rng.standard_normal((6, 40))
+    h = x.T @ x
+    s = quantize_weight(w, 4, axis=0).scale_like()
+    damped = h + DAMP * np.mean(np.diag(h)) * np.eye(40)
+    for act_order in (True, False):
+        q, loss = _gptq(w, s, h, 7, DAMP, 16, act_order)
+        d = w - q * s
+        np.testing.assert_allclose(loss, np.einsum("ik,kl,il->i", d, damped, d), rtol=1e-9)
+
+
+def test_scale_search_never_loses_to_the_starting_scales():
+    """Multiplier 1 is a candidate and rows are independent in GPTQ, so every row ends with at most the
+    error it had at the starting scales; on correlated inputs some rows pick another multiplier."""
+    rng = np.random.default_rng(3)
+    x = _correlated_inputs(rng, 4000, 72)
+    w = rng.standard_normal((24, 72)) * np.linspace(0.2, 2, 72)
+    h = x.T @ x
+    s = quantize_weight(w, 4, axis=0).scale_like()
+    q, mult = gptq_scale_search(w, s, h, 7)
+    assert set(np.unique(mult)) <= set(SCALE_MULTIPLIERS) and np.any(mult != 1.0)
+    damped = h + DAMP * np.mean(np.diag(h)) * np.eye(72)
+    q1 = gptq_round(w, s, h, 7, act_order=True)  # the search runs GPTQ in act order
+    row_err = lambda q_, s_: np.einsum("ik,kl,il->i", w - q_ * s_, damped, w - q_ * s_)  # noqa: E731
+    assert np.all(row_err(q, s * mult[:, None]) <= row_err(q1, s) * (1 + 1e-9))
+    assert row_err(q, s * mult[:, None]).sum() < 0.97 * row_err(q1, s).sum()
 
 
 def test_conv_rows_match_the_convolution():
@@ -60,7 +94,14 @@ def test_gptq_through_calibration_and_quantize(unet_onnx, tmp_path):
         w, h = inits[layer.weight_name], stats.hessians[layer.name]
         rtn = quantize_layer_weight(layer, w, fmt, QuantizeSettings(target="onnxruntime"))
         gq = quantize_layer_weight(layer, w, fmt, QuantizeSettings(target="onnxruntime", rounding="gptq"), h)
-        np.testing.assert_array_equal(rtn.scale, gq.scale)  # same file format, other integers
+        # same file format; at 4 bits each output channel's scales are the round-to-nearest ones times
+        # one multiplier from the search (for INT4 blocks: the same multiplier for every block of a row)
+        assert gq.scale.shape == rtn.scale.shape and gq.values.shape == rtn.values.shape
+        ratio = gq.scale / rtn.scale
+        if gq.block_size is not None:
+            ratio = ratio if gq.axis == 0 else ratio.T  # [blocks, channels]
+            np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:1], ratio.shape), rtol=1e-6)
+        assert np.all(np.min(np.abs(ratio.ravel()[:, None] - np.array(SCALE_MULTIPLIERS)), axis=1) < 1e-5)
         e = lambda q: output_error(weight_matrix(w, layer), weight_matrix(q.dequantize(), layer), h)  # noqa: E731
         assert e(gq) < e(rtn)
     alloc = allocate(info.layers, AllocationSettings(budget=4.5, target="onnxruntime"), theta=np.ones(len(info.layers)))
