@@ -4,8 +4,8 @@ Round-to-nearest minimises each weight's own error; what matters is the layer's 
 ||X W^T - X Q^T||^2 over the inputs X the layer really sees. GPTQ quantizes one input column at a
 time and spreads each column's rounding error over the columns not yet quantized, weighted by the
 inverse of H = X^T X. Scales start from the same MSE clip search as round-to-nearest (per channel, or
-per INT4 block). At 4 bits, GPTQ takes the columns of most input energy first (act order) and each
-row's scales are scaled by the multiplier whose GPTQ result has the least output error
+per INT4 block). For INT4 per-channel weights (convolutions), GPTQ takes the columns of most input
+energy first (act order) and each row's scale is scaled by the multiplier whose GPTQ result has the least output error
 (gptq_scale_search): +2.8 dB (digits) and +2.4 dB (patches) of final-sample PSNR at 4.5 bits over
 plain GPTQ (docs/quality.md). The file format does not change: only which integers and scales are stored.
 
@@ -21,13 +21,13 @@ from __future__ import annotations
 import numpy as np
 
 ROUNDINGS = ("nearest", "gptq")
-ROUNDING_VERSION = 3  # bumped when the integers a rounding writes change (results cached on disk key on it)
+ROUNDING_VERSION = 4  # bumped when the integers a rounding writes change (results cached on disk key on it)
 DEFAULT_ROUNDING = "gptq"  # +4 to +6 dB of final-sample PSNR at W8A8 on both trained models (docs/quality.md)
 MAX_ROWS = 4096  # input rows per layer and step that enter H
 MAX_K = 4608  # largest reduction size that gets an H (and GPTQ)
 HESSIAN_MEM_MB = 2048  # all layers' H together; layers beyond it keep round-to-nearest
 DAMP = 0.01  # diagonal damping, a fraction of the mean diagonal (GPTQ's default)
-# INT4 weights: each row's scale (from the weight-MSE clip search) times each of these, GPTQ at each,
+# INT4 per-channel weights: each row's scale (from the weight-MSE clip search) times each of these, GPTQ at each,
 # the least output error wins (gptq_scale_search). The weight-MSE clip ignores how GPTQ spreads error
 # and which inputs matter; the output error sees both.
 SCALE_MULTIPLIERS = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1)
@@ -105,9 +105,9 @@ def _gptq(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmax: int, damp: floa
     """(q, per-row loss). The loss sum_i ((w_i - q_i s_i) / U_ii)^2 equals (w - q s) H' (w - q s)^T for
     the damped H' (the sequential OBS identity GPTQ rests on). act_order quantizes the columns of the
     largest H diagonal (most input energy) first, while the most columns remain to absorb their error
-    (GPTQ's "desc_act"). Used at 4 bits only, with the scale search: there it adds +0.8 to +1.3 dB of
-    final-sample PSNR at 4.5 bits on both trained models; at W8 it was level on digits and cost
-    0.84 +- 0.36 dB on patches (32 seeds, paired)."""
+    (GPTQ's "desc_act"). Used for INT4 per channel only, with the scale search: alone it added +0.8 to
+    +1.3 dB of final-sample PSNR at 4.5 bits on both trained models; at W8 it was level on digits and
+    cost 0.84 +- 0.36 dB on patches (32 seeds, paired)."""
     w = np.asarray(w, dtype=np.float64).copy()
     scale = np.asarray(scale, dtype=np.float64)
     r, k = w.shape
