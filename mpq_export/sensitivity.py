@@ -52,7 +52,8 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
                           clip_grid=qsettings.clip_grid, rounding=qsettings.rounding)
     key_blob = json.dumps({"calib": stats.model_sha256, "settings": asdict(stats.settings), "alpha": alpha,
                            "schedule": asdict(stats.schedule), "conditioning": stats.conditioning_source,
-                           "samples": samples, "q": asdict(qs), "rounding_version": ROUNDING_VERSION, "act_amax": act_amax,
+                           "samples": samples, "q": asdict(qs), "rounding_version": ROUNDING_VERSION,
+                           "act_amax": act_amax,
                            "cands": {l.name: [f.name for f in c] for l, c in zip(info.layers, cands)}}, sort_keys=True)
     key = hashlib.sha256(key_blob.encode()).hexdigest()[:24]
     cache_path = os.path.join(cache_dir, f"sens-{key}.json") if cache_dir else None
