@@ -6,7 +6,7 @@
 
 1. time(calibrate) / time(the bare onnxruntime trajectory): the same FP32 model, N, steps, rows per
    call (calibrate's memory-budget chunk), threads and session options; the bare run only predicts.
-   Both are timed twice, alternating, and the ratio of the faster runs is printed.
+   Both are timed --repeats times (2), alternating, and the ratio of the faster runs is printed.
 2. ORM with Grams from sketches (--gram-mem-mb 0, each --sketch-dims value) against exact Grams of
    the same rows: the largest change of any layer's aggregated importance theta and of any per-step
    ORM score, and how many layers the allocation moves at 4.5 bits (onnxruntime) and 7.5 bits
@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--sketch-dims", default="4096,8192")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-sketch-study", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="timed runs of each, alternating; the faster of each is compared (1 for models that take minutes)")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="mpq-bench-calib-")
@@ -90,7 +92,7 @@ def main() -> None:
                                 resolution=(res, res) if res else None, seq_len=77 if info.conditioning else None,
                                 threads=args.threads)
         cal_t, bare_t, stats = [], [], None
-        for _ in range(2):  # alternate, keep the faster of each: a shared machine is noisy
+        for _ in range(max(1, args.repeats)):  # alternate, keep the faster of each: a shared machine is noisy
             t0 = time.perf_counter()
             stats = calibrate(info, s, schedule)  # no cache: really calibrates
             cal_t.append(time.perf_counter() - t0)
@@ -99,8 +101,8 @@ def main() -> None:
               f"sample {list(stats.inputs[info.sample.name].shape[2:])}, {stats.rows_per_call} rows per call, Grams "
               f"{'exact' if not stats.gram_sketch_dim else f'sketched ({stats.gram_sketch_dim})'}")
         print(f"calibrate {min(cal_t):.1f} s, bare trajectory {min(bare_t):.1f} s: "
-              f"time(calibrate) / time(bare) = {min(cal_t) / min(bare_t):.2f}  (runs: {cal_t[0]:.1f}/{bare_t[0]:.1f}, "
-              f"{cal_t[1]:.1f}/{bare_t[1]:.1f} s)")
+              f"time(calibrate) / time(bare) = {min(cal_t) / min(bare_t):.2f}  (runs: "
+              f"{', '.join(f'{c:.1f}/{b:.1f}' for c, b in zip(cal_t, bare_t))} s)")
         if args.no_sketch_study:
             return
         exact = stats if not stats.gram_sketch_dim else calibrate(info, replace(s, gram_mem_mb=1 << 20), schedule)
