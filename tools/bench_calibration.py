@@ -6,6 +6,7 @@
 
 1. time(calibrate) / time(the bare onnxruntime trajectory): the same FP32 model, N, steps, rows per
    call (calibrate's memory-budget chunk), threads and session options; the bare run only predicts.
+   Both include loading their onnxruntime session; calibrate also hashes the model (its cache key).
    Both are timed --repeats times (2), alternating, and the ratio of the faster runs is printed.
 2. ORM with Grams from sketches (--gram-mem-mb 0, each --sketch-dims value) against exact Grams of
    the same rows: the largest change of any layer's aggregated importance theta and of any per-step
@@ -44,7 +45,9 @@ from mpq_export.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise
 
 
 def bare_trajectory(info, settings: CalibrationSettings, schedule: NoiseSchedule, chunk: int) -> float:
-    """Seconds for the sampler alone: the plain FP32 model over the same rows, `chunk` rows per call."""
+    """Seconds for the sampler alone: the plain FP32 model over the same rows, `chunk` rows per call,
+    loading the model included (calibrate's time includes loading its own session too)."""
+    t0 = time.perf_counter()
     sess = ort_session(info.path, settings.threads, os.path.dirname(info.path) if info.has_external_data else None,
                        low_memory=True)
     n = settings.samples
@@ -56,7 +59,6 @@ def bare_trajectory(info, settings: CalibrationSettings, schedule: NoiseSchedule
                                for j in range(0, x.shape[0], chunk)])
 
     shape = sample_shape(info, settings.resolution)
-    t0 = time.perf_counter()
     DDIMSampler(schedule, settings.steps).sample(initial_noise(settings.seed, n, shape),
                                                  guided(rows, settings.guidance_scale))
     return time.perf_counter() - t0
