@@ -100,6 +100,11 @@ def test_gptq_through_calibration_and_quantize(unet_onnx, tmp_path):
         if gq.block_size is None:
             ratio = gq.scale / rtn.scale
             assert np.all(np.min(np.abs(ratio[:, None] - np.array(SCALE_MULTIPLIERS)), axis=1) < 1e-5)
+            # and they are the search's own choice: quantize writes exactly what gptq_scale_search picks
+            q, mult = gptq_scale_search(weight_matrix(w, layer), weight_matrix(rtn.scale_like(), layer), h, 7)
+            np.testing.assert_allclose(gq.scale, rtn.scale * mult, rtol=1e-6)
+            np.testing.assert_array_equal(weight_matrix(gq.values, layer), q)
+            assert np.any(mult != 1.0)  # on this conv the search moves some channels (0.95, 1.05)
         else:
             np.testing.assert_array_equal(rtn.scale, gq.scale)
         e = lambda q: output_error(weight_matrix(w, layer), weight_matrix(q.dequantize(), layer), h)  # noqa: E731
