@@ -62,20 +62,43 @@ def bin_edges() -> np.ndarray:
     return np.concatenate([[0.0], e])
 
 
-def abs_histogram(x: np.ndarray, is_abs: bool = False) -> np.ndarray:
-    """Counts of |x| on the fixed log2 grid (float64, [N_BINS]); values beyond the grid fall in the end bins."""
-    a = np.asarray(x, dtype=np.float32).ravel()
-    if not is_abs:
-        a = np.abs(a)
-    # in place on one float32 buffer (calibration histograms ~100 tensors per profiled step): zeros and
-    # subnormals go to bin 0 through the floor at 2^-126; after clipping at 0 truncation is floor
-    v = np.maximum(a, np.float32(2.0 ** -126))
-    np.log2(v, out=v)
+_SLICE = 1 << 20  # values reduced per pass: scratch stays small and is reused, not allocated per tensor
+
+
+class _Scratch:
+    """Reusable buffers for the histogram passes. A fresh array per tensor costs more than the
+    arithmetic: each large allocation is new pages, and every page faults on first touch (on the
+    SD-1.5-size UNet that made the histograms 3x slower)."""
+
+    def __init__(self):
+        self.f32 = np.empty(0, np.float32)
+        self.idx = np.empty(0, np.intp)
+
+    def get(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.f32.size < n:
+            self.f32, self.idx = np.empty(n, np.float32), np.empty(n, np.intp)
+        return self.f32[:n], self.idx[:n]
+
+
+def _bin_counts(v: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Counts of the |x| values in `v` (float32, overwritten) on the fixed log2 grid; `idx` is scratch."""
+    # in place: log2(0) = -inf and subnormals (< 2^-126) clip to bin 0, below the grid's 2^-24;
+    # after clipping at 0 truncation is floor
+    with np.errstate(divide="ignore"):
+        np.log2(v, out=v)
     v -= LOG2_LO
     v *= BINS_PER_OCTAVE
     v += 1
     np.clip(v, 0, N_BINS - 1, out=v)
-    return np.bincount(v.astype(np.intp), minlength=N_BINS).astype(np.float64)
+    idx[...] = v  # truncating cast into a reused buffer (bincount wants intp; astype would allocate)
+    return np.bincount(idx, minlength=N_BINS)
+
+
+def abs_histogram(x: np.ndarray, is_abs: bool = False) -> np.ndarray:
+    """Counts of |x| on the fixed log2 grid (float64, [N_BINS]); values beyond the grid fall in the end bins."""
+    a = np.asarray(x, dtype=np.float32).ravel()
+    v = np.abs(a) if not is_abs else a.copy()
+    return _bin_counts(v, np.empty(v.size, np.intp)).astype(np.float64)
 
 
 @dataclass
@@ -86,6 +109,7 @@ class ActivationHistograms:
     amax: np.ndarray  # [A, K] float64
     sumsq: np.ndarray  # [A, K] float64
     _index: dict[str, int] = field(init=False, repr=False, default_factory=dict)
+    _scratch: _Scratch = field(init=False, repr=False, default_factory=_Scratch)  # reused per tensor
 
     def __post_init__(self):
         self._index = {n: i for i, n in enumerate(self.names)}
@@ -100,10 +124,16 @@ class ActivationHistograms:
 
     def add(self, name: str, step: int, x: np.ndarray) -> None:
         i = self._index[name]
-        a = np.abs(np.asarray(x, dtype=np.float32)).ravel()  # once: histogram, max and energy all read it
-        self.counts[i, step] += abs_histogram(a, is_abs=True)
-        self.amax[i, step] = max(self.amax[i, step], float(a.max()) if a.size else 0.0)
-        self.sumsq[i, step] += float(np.square(a).sum(dtype=np.float64))
+        flat = np.asarray(x, dtype=np.float32).ravel()
+        for start in range(0, flat.size, _SLICE):  # histogram, max and energy read one |x| slice
+            part = flat[start: start + _SLICE]
+            a, idx = self._scratch.get(part.size)
+            # energy by BLAS dot in float32 (a relative error ~1e-6 here), 10x cheaper than squaring
+            # into a buffer and summing in float64
+            self.sumsq[i, step] += float(np.vdot(part, part))
+            np.abs(part, out=a)
+            self.amax[i, step] = max(self.amax[i, step], float(a.max()))
+            self.counts[i, step] += _bin_counts(a, idx)
 
     def select_steps(self, keep: np.ndarray) -> "ActivationHistograms":
         return ActivationHistograms(self.names, self.counts[:, keep], self.amax[:, keep], self.sumsq[:, keep])

@@ -20,7 +20,8 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -101,6 +102,9 @@ class CalibrationStats:
     cached: bool = False
     rows_per_call: int = 0  # UNet rows per onnxruntime call (the memory budget's chunk)
     gram_sketch_dim: int = 0  # 0: exact Grams; else the sketch dimension they came from
+    # where calibration's seconds went: hashing the model (cache key), loading its session, the
+    # onnxruntime calls, and reducing fetched tensors to GPTQ statistics, histograms and Grams
+    time_split: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:
@@ -111,7 +115,8 @@ class CalibrationStats:
                 "schedule": asdict(self.schedule), "conditioning_source": self.conditioning_source,
                 "model_sha256": self.model_sha256, "seconds": self.seconds, "version": CACHE_VERSION,
                 "rows_per_call": self.rows_per_call, "gram_sketch_dim": self.gram_sketch_dim,
-                "input_names": sorted(self.inputs), "hessian_layers": sorted(self.hessians)}
+                "input_names": sorted(self.inputs), "hessian_layers": sorted(self.hessians),
+                "time_split": self.time_split}
         tmp = f"{path}.tmp-{os.getpid()}.npz"
         np.savez(tmp, meta=np.array(json.dumps(meta)), timesteps=self.timesteps, step_indices=self.step_indices,
                  grams=self.grams, outputs=self.outputs, act_counts=self.act_hist.counts, act_amax=self.act_hist.amax,
@@ -134,7 +139,7 @@ class CalibrationStats:
                        conditioning_source=meta["conditioning_source"], model_sha256=meta["model_sha256"],
                        rows_per_call=int(meta.get("rows_per_call", 0)),
                        gram_sketch_dim=int(meta.get("gram_sketch_dim", 0)),
-                       seconds=meta["seconds"], cached=True)
+                       time_split=meta.get("time_split", {}), seconds=meta["seconds"], cached=True)
 
 
 _HASH_MEMO = "file-hashes.json"
@@ -279,7 +284,19 @@ def sample_shape(info: ModelInfo, resolution: tuple[int, int] | None) -> tuple[i
 def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSchedule,
               calib_data: str | None = None, cache_dir: str | None = None) -> CalibrationStats:
     """Profile the FP32 model along a real DDIM trajectory; load from cache when nothing changed."""
+    split: dict[str, float] = {}
+
+    @contextmanager
+    def timed(part: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            split[part] = split.get(part, 0.0) + time.perf_counter() - t
+
+    t_hash = time.perf_counter()
     sha = model_sha256(info.path, cache_dir)
+    split["hash"] = time.perf_counter() - t_hash
     key = cache_key(sha, settings, schedule, calib_data)
     cache_path = os.path.join(cache_dir, f"calib-{key}.npz") if cache_dir else None
     if cache_path and os.path.exists(cache_path):
@@ -310,15 +327,17 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
                          | {l.output for l in info.layers if l.op_type in CONV_OPS})
     fetch_acts = [a for a in act_tensors if a not in graph_inputs]
     wanted = list(dict.fromkeys(layer_outputs + fetch_acts))
-    model_bytes, ext_dir = _augmented_model(info, wanted)
-    sess = ort_session(model_bytes, settings.threads, ext_dir, low_memory=True, device=settings.device)
+    with timed("session"):
+        model_bytes, ext_dir = _augmented_model(info, wanted)
+        sess = ort_session(model_bytes, settings.threads, ext_dir, low_memory=True, device=settings.device)
 
     # one batch-1 call measures every fetched tensor, so the chunk can be sized to the memory budget
     probe_n = fixed_batch(info) or 1
     x_probe = initial_noise(settings.seed, probe_n, shape)
-    probe = run_model(sess, info, wanted, x_probe, int(sampler.timesteps[0]), cond)
-    per_sample = {name: int(a.nbytes) // probe_n for name, a in zip(wanted, probe)}
-    (eps_probe,) = run_model(sess, info, [info.output], x_probe, int(sampler.timesteps[0]), cond)
+    with timed("onnxruntime"):
+        probe = run_model(sess, info, wanted, x_probe, int(sampler.timesteps[0]), cond)
+        per_sample = {name: int(a.nbytes) // probe_n for name, a in zip(wanted, probe)}
+        (eps_probe,) = run_model(sess, info, [info.output], x_probe, int(sampler.timesteps[0]), cond)
     if eps_probe.shape != x_probe.shape:
         raise MPQError(f"the model's output '{info.output}' has shape {list(eps_probe.shape)} for a sample of shape "
                        f"{list(x_probe.shape)}; a diffusion UNet predicts noise of the sample's shape (is "
@@ -346,7 +365,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
                        f"or --timesteps")
     grams = np.zeros((K, L, rows, rows), dtype=np.float64)
     hist = ActivationHistograms.empty(act_tensors, K)
-    hessians: dict[str, np.ndarray] = {}
+    hessians: dict = {}  # layer -> rounding.HessianSum while the sampler runs
     readers: dict[str, list] = {}
     if settings.input_hessians:
         for l in info.layers:
@@ -356,7 +375,12 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     h_bytes = [0]
 
     def add_hessians(name: str, arr: np.ndarray) -> None:
-        from mpq_export.rounding import HESSIAN_MEM_MB, MAX_ROWS, layer_rows
+        if name in readers:
+            with timed("gptq_statistics"):
+                _add_hessians(name, arr)
+
+    def _add_hessians(name: str, arr: np.ndarray) -> None:
+        from mpq_export.rounding import HESSIAN_MEM_MB, MAX_ROWS, HessianSum, layer_rows
 
         quota = -(-MAX_ROWS * arr.shape[0] // rows)  # this chunk's share of the step's rows
 
@@ -370,15 +394,10 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
                 continue
             if l.name not in hessians:
                 h_bytes[0] += 4 * x.shape[1] ** 2
-            h = x.T @ x  # float32: K x K, accumulated in place (GPTQ itself works in float64); normalised per
-            # call: every step is split into the same chunks, so every step still weighs the same
-            tr = float(np.trace(h, dtype=np.float64))
-            if tr > 0:
-                h /= tr
-                if l.name in hessians:
-                    hessians[l.name] += h
-                else:
-                    hessians[l.name] = h
+                hessians[l.name] = HessianSum(x.shape[1])
+            # normalised per call: every step is split into the same chunks, so every step still
+            # weighs the same (GPTQ itself works in float64)
+            hessians[l.name].add(x)
     layer_index = {}
     for i, l in enumerate(info.layers):
         layer_index.setdefault(l.output, []).append(i)
@@ -392,7 +411,8 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
         """The model on rows x, `chunk` rows per call: [prediction, *names] per chunk, as a generator."""
         for i in range(0, x.shape[0], chunk):
             sub = {k: v[i: i + chunk] for k, v in cond.items()}
-            res = run_model(sess, info, [info.output, *names], x[i: i + chunk], t, sub)
+            with timed("onnxruntime"):
+                res = run_model(sess, info, [info.output, *names], x[i: i + chunk], t, sub)
             check_finite(res[0], f"the model output at t={t}")
             yield i, res
 
@@ -407,22 +427,26 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
             feeds = build_feeds(info, x[start: start + chunk], t, cond, offset=start)
             for name in (info.sample.name, *(c.name for c in info.conditioning)):  # graph inputs are not fetched
                 if name in hist:
-                    hist.add(name, k, feeds[name])
+                    with timed("histograms"):
+                        hist.add(name, k, feeds[name])
                 add_hessians(name, feeds[name])
             eps[start: start + len(res[0])] = res[0]
             for name, arr in zip(wanted, res[1:]):
                 check_finite(arr, f"tensor '{name}' at t={t}")
                 if name in layer_index:
-                    parts.setdefault(name, []).append(sketch.rows(name, arr.reshape(arr.shape[0], -1)))
+                    with timed("grams"):
+                        parts.setdefault(name, []).append(sketch.rows(name, arr.reshape(arr.shape[0], -1)))
                 if name in hist:
-                    hist.add(name, k, arr)
+                    with timed("histograms"):
+                        hist.add(name, k, arr)
                 add_hessians(name, arr)
             del res
-        for name, ps in parts.items():  # the Gram of all rows, from their (sketched) outputs
-            z = np.concatenate(ps).astype(np.float64)
-            gram = z @ z.T
-            for li in layer_index[name]:
-                grams[k, li] = gram
+        with timed("grams"):
+            for name, ps in parts.items():  # the Gram of all rows, from their (sketched) outputs
+                z = np.concatenate(ps).astype(np.float64)
+                gram = z @ z.T
+                for li in layer_index[name]:
+                    grams[k, li] = gram
         outs[k] = eps
         return eps
 
@@ -431,12 +455,17 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
         sampler.sample(x_T, guided(model_rows, settings.guidance_scale),
                        on_step=lambda d: p.update(d, f"steps (t={sampler.timesteps[d - 1]})"))
 
+    if hessians:
+        with timed("gptq_statistics"):
+            hessians = {name: acc.result() for name, acc in hessians.items() if acc.calls}
+    seconds = time.perf_counter() - t0
+    split["other"] = seconds - sum(v for p, v in split.items() if p != "hash")  # the sampler, copies, checks
     stats = CalibrationStats(
         layer_names=[l.name for l in info.layers], timesteps=sampler.timesteps[profiled].copy(),
         step_indices=profiled.astype(np.int64), grams=grams, act_hist=hist,
         inputs={info.sample.name: xs, **cond}, outputs=outs, hessians=hessians, settings=settings, schedule=schedule,
-        conditioning_source=cond_source, model_sha256=sha, seconds=time.perf_counter() - t0, rows_per_call=chunk,
-        gram_sketch_dim=settings.sketch_dim if sketched else 0)
+        conditioning_source=cond_source, model_sha256=sha, seconds=seconds, rows_per_call=chunk,
+        gram_sketch_dim=settings.sketch_dim if sketched else 0, time_split=split)
     if cache_path:
         try:  # the cache is optional: a full disk or a read-only cache folder never fails the run
             os.makedirs(cache_dir, exist_ok=True)

@@ -91,6 +91,7 @@ class CalibrationSummary:
     conditioning: str
     cached: bool
     seconds: float
+    time_split: dict[str, float]  # where calibrate's seconds went (CalibrationStats.time_split)
     rows_per_call: int
     gram_sketch_dim: int | None  # None: exact Grams
     settings: CalibrationSettings
@@ -211,7 +212,7 @@ def calibration_summary(stats: CalibrationStats, ranges: ActivationRanges, act_c
         steps=stats.settings.steps, profiled_timesteps=len(stats.timesteps), samples=stats.settings.samples,
         unet_rows=stats.n_samples, guidance_scale=stats.settings.guidance_scale, seed=stats.settings.seed,
         schedule=stats.schedule.source, conditioning=stats.conditioning_source, cached=stats.cached,
-        seconds=stats.seconds, rows_per_call=stats.rows_per_call, gram_sketch_dim=stats.gram_sketch_dim,
+        seconds=stats.seconds, time_split=dict(stats.time_split), rows_per_call=stats.rows_per_call, gram_sketch_dim=stats.gram_sketch_dim,
         settings=stats.settings,
         activation_ranges=ActivationRangeSummary(
             method=ranges.settings.method, settings=ranges.settings, threshold_over_max_mean=ranges.clipped_fraction(),
@@ -381,6 +382,9 @@ def render_markdown(r: dict) -> str:
     rss = r.get("peak_rss_mb") or {}
     lines += ["", "## Timings", "", "| stage | seconds | peak RSS during the stage (MB) |", "|---|---:|---:|"]
     lines += [f"| {k} | {t:.2f} | {_fmt(rss.get(k), 0)} |" for k, t in r["timings"].items()]
+    split = r["calibration"].get("time_split") or {}
+    if split and not r["calibration"]["cached"]:
+        lines += ["", "Calibration's time: " + ", ".join(f"{k.replace('_', ' ')} {t:.1f} s" for k, t in split.items())]
     sens = any(l.get("sensitivity") for l in r["layers"])
     lines += ["", "## Layers", "", "| # | layer | op | params | format | bits | ORM importance |"
               + (" sensitivity at 4 / 8 bits |" if sens else "") + " weight SQNR (dB) |",

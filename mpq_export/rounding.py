@@ -74,6 +74,39 @@ def layer_rows(x: np.ndarray, layer, rng: np.random.Generator, max_rows: int = M
     return None
 
 
+class HessianSum:
+    """sum over calls of X^T X / tr(X^T X) for one layer's input rows X [rows, K], in float32.
+
+    Calibration fetches a chunk of rows per onnxruntime call (one UNet row per call at Stable-Diffusion
+    size), so each call adds only MAX_ROWS / N rows. The sum is therefore accumulated in place by BLAS
+    syrk (C += alpha X^T X, upper triangle, no K x K temporary per call) and mirrored once at the end:
+    forming, scaling and adding a full K x K matrix per call cost 3 to 4x the product itself at 128
+    rows (SD-1.5-size calibration, N = 32: 136 s of GPTQ statistics)."""
+
+    def __init__(self, k: int):
+        self._upper = np.zeros((k, k), dtype=np.float32, order="F")
+        self.calls = 0  # calls that added rows of nonzero energy
+
+    def add(self, x: np.ndarray) -> None:
+        from scipy.linalg.blas import ssyrk
+
+        x = np.asarray(x, dtype=np.float32)
+        tr = float(np.vdot(x, x))  # tr(X^T X): the sum of squares
+        if tr <= 0:
+            return
+        # x.T is Fortran-ordered [K, rows]: syrk with trans=0 forms x.T @ x without copying x. Always
+        # scipy's BLAS, even where numpy's product alone is a little faster (4096 rows): alternating the
+        # two libraries' thread pools made digits' statistics 1.8x slower (4.8 s against 2.6 s)
+        self._upper = ssyrk(1.0 / tr, x.T, beta=1.0, c=self._upper, trans=0, overwrite_c=1)
+        self.calls += 1
+
+    def result(self) -> np.ndarray:
+        """The symmetric K x K sum (C-ordered float32)."""
+        h = np.triu(self._upper)
+        h += np.triu(self._upper, 1).T
+        return np.ascontiguousarray(h, dtype=np.float32)
+
+
 def weight_matrix(w: np.ndarray, layer) -> np.ndarray:
     """The weight as [output channels, K] in the column order of `layer_rows`."""
     if layer.op_type == "Conv":

@@ -45,6 +45,21 @@ def test_cache_is_reused_and_keyed_by_settings(unet_onnx, tmp_path):
     assert not first.cached and again.cached and not other.cached
     np.testing.assert_array_equal(first.grams, again.grams)
     assert not np.allclose(first.grams, other.grams)
+    assert again.time_split == first.time_split  # where the time went is kept with the statistics
+
+
+def test_time_split_accounts_for_the_calibration(unet_onnx):
+    """Each part is timed once: none is negative, and together (hashing aside) they are the calibration's
+    seconds; the GPTQ statistics are a part only when they are gathered."""
+    info = inspect_model(unet_onnx)
+    with_h = calibrate(info, CalibrationSettings(steps=5, timesteps=2, samples=4), NoiseSchedule())
+    without = calibrate(info, CalibrationSettings(steps=5, timesteps=2, samples=4, input_hessians=False), NoiseSchedule())
+    for stats in (with_h, without):
+        split = stats.time_split
+        assert {"hash", "session", "onnxruntime", "histograms", "grams", "other"} <= set(split)
+        assert min(split.values()) >= 0 and split["onnxruntime"] > 0 and split["histograms"] > 0
+        assert abs(sum(v for k, v in split.items() if k != "hash") - stats.seconds) < 1e-6
+    assert with_h.time_split["gptq_statistics"] > 0 and "gptq_statistics" not in without.time_split
 
 
 def test_conditioning_defaults_to_standard_normal_and_says_so(cond_unet_onnx):

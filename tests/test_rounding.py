@@ -6,7 +6,7 @@ from mpq_export.allocate import AllocationSettings, allocate
 from mpq_export.calibrate import CalibrationSettings, calibrate
 from mpq_export.inspect import QuantLayer, inspect_model
 from mpq_export.quantize import QuantizeSettings, quantize, quantize_layer_weight, quantize_weight
-from mpq_export.rounding import (DAMP, SCALE_MULTIPLIERS, _gptq, gptq_round, gptq_scale_search, layer_rows,
+from mpq_export.rounding import (DAMP, SCALE_MULTIPLIERS, HessianSum, _gptq, gptq_round, gptq_scale_search, layer_rows,
                                   output_error, weight_matrix)
 from mpq_export.sampler import NoiseSchedule
 from mpq_export.targets import W4A8, W4A16
@@ -15,6 +15,24 @@ from mpq_export.targets import W4A8, W4A16
 def _correlated_inputs(rng, rows, k):
     mix = rng.standard_normal((k, k)) / np.sqrt(k)
     return (rng.standard_normal((rows, k)) * np.linspace(0.1, 3, k)) @ mix
+
+
+def test_hessian_sum_is_the_sum_of_trace_normalised_grams():
+    """Accumulated in place by syrk, one chunk of rows at a time: the same as forming each X^T X /
+    tr(X^T X) in float64 and adding; a chunk of zeros adds nothing and is not counted."""
+    rng = np.random.default_rng(1)
+    acc, ref = HessianSum(70), np.zeros((70, 70))
+    for rows, gain in ((128, 0.01), (5, 1.0), (1500, 40.0)):
+        x = (_correlated_inputs(rng, rows, 70) * gain).astype(np.float32)
+        acc.add(x)
+        g = x.astype(np.float64).T @ x
+        ref += g / np.trace(g)
+    acc.add(np.zeros((16, 70), np.float32))
+    h = acc.result()
+    assert acc.calls == 3 and h.dtype == np.float32 and h.flags.c_contiguous
+    assert np.array_equal(h, h.T)
+    np.testing.assert_allclose(h, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    assert np.trace(h) == pytest.approx(3.0, rel=1e-5)  # each chunk weighs one
 
 
 @pytest.mark.parametrize("act_order", [True, False])
