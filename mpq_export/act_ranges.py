@@ -109,7 +109,7 @@ class ActivationHistograms:
     amax: np.ndarray  # [A, K] float64
     sumsq: np.ndarray  # [A, K] float64
     _index: dict[str, int] = field(init=False, repr=False, default_factory=dict)
-    _scratch: _Scratch = field(init=False, repr=False, default_factory=_Scratch)  # reused per tensor
+    _scratch: _Scratch = field(init=False, repr=False, compare=False, default_factory=_Scratch)  # reused per tensor
 
     def __post_init__(self):
         self._index = {n: i for i, n in enumerate(self.names)}

@@ -457,7 +457,12 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
 
     if hessians:
         with timed("gptq_statistics"):
-            hessians = {name: acc.result() for name, acc in hessians.items() if acc.calls}
+            sums, hessians = hessians, {}
+            for name in list(sums):  # one at a time, each sum freed as its result is made: no 2x peak
+                acc = sums.pop(name)
+                if acc.calls:
+                    hessians[name] = acc.result()
+                del acc
     seconds = time.perf_counter() - t0
     split["other"] = seconds - sum(v for p, v in split.items() if p != "hash")  # the sampler, copies, checks
     stats = CalibrationStats(

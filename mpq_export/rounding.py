@@ -90,7 +90,7 @@ class HessianSum:
     def add(self, x: np.ndarray) -> None:
         from scipy.linalg.blas import ssyrk
 
-        x = np.asarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=np.float32)  # so that x.T is Fortran-ordered: no copy in syrk
         tr = float(np.vdot(x, x))  # tr(X^T X): the sum of squares
         if tr <= 0:
             return
