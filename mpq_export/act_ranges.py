@@ -67,8 +67,8 @@ _SLICE = 1 << 20  # values reduced per pass: scratch stays small and is reused, 
 
 class _Scratch:
     """Reusable buffers for the histogram passes. A fresh array per tensor costs more than the
-    arithmetic: each large allocation is new pages, and every page faults on first touch (on the
-    SD-1.5-size UNet that made the histograms 3x slower)."""
+    arithmetic: each large allocation is new pages, and every page faults on first touch (one add of
+    a 327 K-value tensor, an SD-1.5-size activation at 32x32: 2.9 ms with fresh arrays, 1.1 ms now)."""
 
     def __init__(self):
         self.f32 = np.empty(0, np.float32)

@@ -212,7 +212,8 @@ def calibration_summary(stats: CalibrationStats, ranges: ActivationRanges, act_c
         steps=stats.settings.steps, profiled_timesteps=len(stats.timesteps), samples=stats.settings.samples,
         unet_rows=stats.n_samples, guidance_scale=stats.settings.guidance_scale, seed=stats.settings.seed,
         schedule=stats.schedule.source, conditioning=stats.conditioning_source, cached=stats.cached,
-        seconds=stats.seconds, time_split=dict(stats.time_split), rows_per_call=stats.rows_per_call, gram_sketch_dim=stats.gram_sketch_dim,
+        seconds=stats.seconds, time_split=dict(stats.time_split), rows_per_call=stats.rows_per_call,
+        gram_sketch_dim=stats.gram_sketch_dim,
         settings=stats.settings,
         activation_ranges=ActivationRangeSummary(
             method=ranges.settings.method, settings=ranges.settings, threshold_over_max_mean=ranges.clipped_fraction(),
