@@ -51,3 +51,14 @@ def test_compare_peers_counts_bits_of_any_qdq_file(unet_onnx, tmp_path):
     want = (16 * (total - layer.params) + 8 * layer.params) / total
     assert compare_peers.count_bits(str(path), info) == pytest.approx(want)
     assert compare_peers.count_bits(unet_onnx, info) == 16  # the FP32 model: every weight float
+
+
+def test_bench_attention_runs_the_products_on_integer_kernels():
+    """docs/speed.md rests on onnxruntime taking the Q/DQ attention products as integer MatMuls."""
+    p = subprocess.run([sys.executable, os.path.join(TOOLS, "bench_attention.py"), "--batch", "1", "--heads", "2",
+                        "--tokens", "64", "--context", "32", "--head-dim", "8", "--rounds", "2"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    ratio_line, kernels_line = p.stdout.strip().splitlines()
+    assert "Q/DQ / FP32 = " in ratio_line
+    assert kernels_line.count("MatMulIntegerToFloat") == 2 and "MatMul " not in kernels_line + " "
