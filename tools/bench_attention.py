@@ -28,7 +28,6 @@ import numpy as np
 
 def attention_model(shape: tuple[int, int, int, int], ranges: dict[str, float] | None) -> bytes:
     """softmax(Q K^T / sqrt(d)) V over [batch*heads, tokens, d]; with INT8 Q/DQ on Q, K, P, V when ranges."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     bh, tokens, context, d = shape

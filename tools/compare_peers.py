@@ -285,12 +285,12 @@ def main() -> None:
                          QuantizeSettings(target="onnxruntime", rounding=r, integer_conv=False), hessians=stats.hessians)
                 score("ours W8A8 onnxruntime, defaults, --float-conv-outputs", fc, rounding=r, float_conv_outputs=True)
                 strip_activation_qdq(path, os.path.join(d, "w8-only.onnx"))
-                score(f"ours W8, activations float (the row above with its act Q/DQ removed)",
+                score("ours W8, activations float (the row above with its act Q/DQ removed)",
                       os.path.join(d, "w8-only.onnx"))
         trt = os.path.join(d, "w8a8-trt.onnx")
         quantize(info, allocate(info.layers, replace(w8, target="tensorrt")), default_ranges.amax, trt,
                  QuantizeSettings(target="tensorrt"), hessians=stats.hessians)
-        score(f"ours W8A8 tensorrt (FP16 graph), defaults", trt, default=True)
+        score("ours W8A8 tensorrt (FP16 graph), defaults", trt, default=True)
         imp = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(),
                                  schedule.num_train_timesteps)
         budgets = [float(x) for x in args.budgets.split(",") if x]
