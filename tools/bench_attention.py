@@ -70,6 +70,7 @@ def measure(shape: tuple[int, int, int, int], rounds: int, threads: int) -> None
 
     def session(model: bytes, optimized: str | None = None):
         so = ort.SessionOptions()
+        so.log_severity_level = 3  # not the warning about saving an optimised model
         if threads:
             so.intra_op_num_threads = threads
         if optimized:
