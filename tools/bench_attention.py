@@ -97,7 +97,7 @@ def measure(shape: tuple[int, int, int, int], rounds: int, threads: int) -> None
     err = float(np.linalg.norm(out_q - out) / np.linalg.norm(out))
     print(f"batch*heads {bh}, tokens {tokens}, context {context}, head size {d}: FP32 {1000 * np.median(times[0]):.1f} ms, "
           f"Q/DQ {1000 * np.median(times[1]):.1f} ms; Q/DQ / FP32 = {ratio.min():.2f} / {np.median(ratio):.2f} / "
-          f"{ratio.max():.2f} (min / median / max, {rounds} rounds); relative output error {err:.4f}")
+          f"{ratio.max():.2f} (min / median / max, {rounds} rounds); relative output error on these random inputs {err:.4f}")
     print(f"  onnxruntime's kernels for the Q/DQ graph: {' '.join(kernels)}")
 
 
