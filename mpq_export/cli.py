@@ -64,6 +64,17 @@ def _default(cls, name: str):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where it tells something: not for flags, unset options, or help that
+    already states its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # settings classes and choice lists come from the library (numpy-only modules: --help stays light)
     from mpq_export.act_ranges import ActCalibSettings
@@ -77,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     C, Q, O, A = CalibrationSettings, QuantizeSettings, OrmSettings, AllocationSettings
     p = _Parser(prog=PROG, description="Mixed-precision INT4/INT8 Q/DQ export of a diffusion UNet (MPQ-Diff).",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                formatter_class=_DefaultsHelpFormatter,
                 epilog=f"Also: '{PROG} check MODEL.onnx' checks a Q/DQ model against TensorRT's rules.")
     p.add_argument("model", nargs="?", help="FP32 ONNX UNet (inputs sample, timestep[, encoder_hidden_states]), "
                    "a diffusers UNet folder (config.json + weights), or a diffusers text-to-image pipeline folder "
