@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mpq_export.errors import MPQError
+from mpq_export.errors import MPQError, require_int
 from mpq_export.inspect import QuantLayer
 from mpq_export.targets import DEFAULT_TARGET, FP16, WHY_NOT, Format, check_target, format_for, formats_for
 
@@ -57,6 +57,7 @@ class AllocationSettings:
                 re.compile(rx)
             except re.error as e:
                 raise MPQError(f"bad layer regex '{rx}': {e}") from None
+        require_int(self.seed, "--seed", 0)  # numpy's generators take no negative seeds
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,11 @@ def check_budget(layers: list[QuantLayer], settings: AllocationSettings, budget:
     """One-line error when no allocation can meet `budget`, stating the reachable range (and why, per target)."""
     if not np.isfinite(budget):
         raise MPQError(f"--budget must be a finite number of average weight bits, got {budget:g}")
-    lo, hi = reachable_range(layers, cands if cands is not None else candidates(layers, settings)[0])
+    cands = cands if cands is not None else candidates(layers, settings)[0]
+    if all(f.weight_bits >= 16 for c in cands for f in c):
+        raise MPQError("every layer is held FP16 (--keep-fp16 patterns, --bits 16 or pins): there is nothing to "
+                       "quantize; narrow the --keep-fp16 patterns or add 4 or 8 to --bits")
+    lo, hi = reachable_range(layers, cands)
     if budget < lo - 1e-9 or budget > hi + 1e-9:
         bits_txt = ",".join(map(str, sorted(set(settings.bits))))
         why = ""

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mpq_export.act_ranges import ActivationHistograms
-from mpq_export.errors import MPQError
+from mpq_export.errors import MPQError, require_int
 from mpq_export.inspect import ModelInfo
 from mpq_export.progress import Progress, log
 from mpq_export.ort import DEVICES, build_feeds, check_finite, fixed_batch, load_conditioning, ort_session, run_model
@@ -56,6 +56,7 @@ class CalibrationSettings:
     # memory stops growing with N and the resolution (docs/design.md measures what that moves)
     gram_mem_mb: int = 1024
     sketch_dim: int = 8192
+    threads: int = 0  # onnxruntime intra-op threads; 0: all cores
 
     def __post_init__(self):
         for name, flag in (("steps", "--steps"), ("timesteps", "--timesteps"), ("samples", "--samples"),
@@ -81,7 +82,8 @@ class CalibrationSettings:
             raise MPQError(f"--guidance-scale must be a number >= 1 (1: no guidance), got {g!r}")
         if self.resolution is not None and (len(self.resolution) != 2 or min(self.resolution) <= 0):
             raise MPQError(f"--resolution must be H or HxW with positive sizes, got {self.resolution}")
-    threads: int = 0
+        require_int(self.seed, "--calib-seed", 0)  # numpy's generators take no negative seeds
+        require_int(self.threads, "--threads", 0)
 
 
 @dataclass

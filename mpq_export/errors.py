@@ -7,3 +7,10 @@ else that escapes is a bug and keeps its traceback. Messages name the problem an
 
 class MPQError(Exception):
     """A user-facing error: bad input, an impossible request, a missing optional dependency."""
+
+
+def require_int(value, flag: str, minimum: int) -> None:
+    """Settings' integer options: an int (not a bool) of at least `minimum`, else the one-line error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise MPQError(f"{flag} must be {what}, got {value!r}")

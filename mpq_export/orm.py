@@ -13,6 +13,7 @@ drifts toward 1; the unbiased one does not. `orm_spread` lets a user see when OR
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,8 +37,10 @@ class OrmSettings:
             raise MPQError(f"--orm-estimator must be one of {', '.join(ESTIMATORS)}, got '{self.estimator}'")
         if self.agg not in AGGREGATIONS:
             raise MPQError(f"--agg must be one of {', '.join(AGGREGATIONS)}, got '{self.agg}'")
-        if self.beta is not None and self.beta <= 0:
-            raise MPQError(f"--beta must be positive, got {self.beta}")
+        if not math.isfinite(self.alpha):
+            raise MPQError(f"--alpha must be a finite number, got {self.alpha}")
+        if self.beta is not None and not (math.isfinite(self.beta) and self.beta > 0):
+            raise MPQError(f"--beta must be a finite positive number, got {self.beta}")
 
 
 def timestep_weights(timesteps: np.ndarray, alpha: float, num_train_timesteps: int) -> np.ndarray:

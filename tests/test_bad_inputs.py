@@ -77,6 +77,12 @@ def test_budget_list_never_mixes_into_a_single_budget_output(unet_onnx, tmp_path
     (["--budget", "nan"], ["finite"]),
     (["--act-calib", "percentile", "--act-percentile", "100"], ["--act-percentile"]),
     (["--target", "tensorrt", "--block-size", "32"], ["--block-size 32", "TensorRT"]),
+    (["--allocation", "random", "--seed", "-1"], ["--seed must be an integer >= 0"]),
+    (["--calib-seed", "-1"], ["--calib-seed must be an integer >= 0"]),
+    (["--threads", "-1"], ["--threads must be an integer >= 0"]),
+    (["--alpha", "nan"], ["--alpha must be a finite number"]),
+    (["--beta", "inf"], ["--beta must be a finite positive number"]),
+    (["--keep-fp16", ".*"], ["every layer is held FP16", "--keep-fp16"]),
 ])
 def test_bad_options_are_one_line_errors(unet_onnx, tmp_path, monkeypatch, args, needles):
     monkeypatch.chdir(tmp_path)
