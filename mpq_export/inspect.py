@@ -18,6 +18,9 @@ from mpq_export.errors import MPQError
 from mpq_export.onnx_utils import DEFAULT_SEQ_LEN, SAMPLE_SIZE_KEY, SEQ_LEN_KEY, opset_of, producers_of, weight_axes
 
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# ops that mark a model as quantized already (ONNX Q/DQ, onnxruntime's integer and INT4 kernels)
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+                 "ConvInteger", "MatMulNBits", "DynamicQuantizeLinear")
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "time", "sigma")
 
 
@@ -110,7 +113,7 @@ def load_onnx(path: str, load_weights: bool = True):
     if not os.path.exists(path):
         raise MPQError(f"model file not found: {path} (check the path)")
     if os.path.isdir(path):
-        raise MPQError(f"{path} is a folder; give an .onnx file or a diffusers UNet folder with config.json")
+        raise MPQError(f"{path} is a folder; give the .onnx file in it")
     try:
         model = onnx.load(path, load_external_data=load_weights)
     except FileNotFoundError as e:
@@ -221,6 +224,10 @@ def inspect_model(path: str, sample_name: str | None = None, timestep_name: str 
                     shapes[n.output[0]] = tuple(a.t.dims)
     if not inputs:
         raise MPQError(f"{path} has no inputs; export the UNet with sample and timestep inputs")
+    quantized = sum(n.op_type in QUANTIZED_OPS for n in graph.node)
+    if quantized:  # its weights sit behind DequantizeLinear: no layer would be found, and none should be
+        raise MPQError(f"{path} is already quantized ({quantized} Q/DQ or integer nodes); give the FP32 model it was "
+                       f"made from")
 
     def pick(explicit, predicate, role):
         if explicit:

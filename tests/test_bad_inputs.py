@@ -401,3 +401,10 @@ def test_two_concurrent_runs_into_one_folder_leave_one_complete_output(unet_onnx
     rep = json.loads((out / "report.json").read_text())
     assert rep["tool"] == "mpq-export" and (out / "model.mpq.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "o"]  # no temporaries or .old folders left
+
+
+def test_an_already_quantized_model_is_refused(unet_onnx, tmp_path):
+    assert run_cli(unet_onnx, "-o", tmp_path / "first", *FAST)[0] == 0
+    code, _, err = run_cli(tmp_path / "first" / "model.mpq.onnx", "-o", tmp_path / "again", *FAST)
+    _one_line_error(code, err, "already quantized", "FP32 model")
+    assert not (tmp_path / "again").exists()
