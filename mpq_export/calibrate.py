@@ -283,32 +283,28 @@ def sample_shape(info: ModelInfo, resolution: tuple[int, int] | None) -> tuple[i
     return (c, int(hw[0]), int(hw[1]))
 
 
-def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSchedule,
-              calib_data: str | None = None, cache_dir: str | None = None) -> CalibrationStats:
-    """Profile the FP32 model along a real DDIM trajectory; load from cache when nothing changed."""
-    split: dict[str, float] = {}
+class _TimeSplit(dict):
+    """Seconds per part of calibration (CalibrationStats.time_split); `with split("part"):` adds to one."""
 
     @contextmanager
-    def timed(part: str):
+    def __call__(self, part: str):
         t = time.perf_counter()
         try:
             yield
         finally:
-            split[part] = split.get(part, 0.0) + time.perf_counter() - t
+            self[part] = self.get(part, 0.0) + time.perf_counter() - t
 
-    t_hash = time.perf_counter()
-    sha = model_sha256(info.path, cache_dir)
-    split["hash"] = time.perf_counter() - t_hash
-    key = cache_key(sha, settings, schedule, calib_data)
-    cache_path = os.path.join(cache_dir, f"calib-{key}.npz") if cache_dir else None
-    if cache_path and os.path.exists(cache_path):
-        try:
-            stats = CalibrationStats.load(cache_path)
-            if stats.layer_names == [l.name for l in info.layers]:
-                log.info("[calibrate] reusing cached statistics %s", cache_path)
-                return stats
-        except Exception as e:  # a corrupt or old cache entry is recomputed, not fatal
-            log.warning("[calibrate] ignoring unreadable cache %s (%s)", cache_path, e)
+
+def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSchedule,
+              calib_data: str | None = None, cache_dir: str | None = None) -> CalibrationStats:
+    """Profile the FP32 model along a real DDIM trajectory; load from cache when nothing changed."""
+    split = _TimeSplit()
+    with split("hash"):
+        sha = model_sha256(info.path, cache_dir)
+    cache_path = os.path.join(cache_dir, f"calib-{cache_key(sha, settings, schedule, calib_data)}.npz") if cache_dir else None
+    cached = _load_cached(cache_path, info)
+    if cached is not None:
+        return cached
 
     t0 = time.perf_counter()
     n = settings.samples
@@ -320,167 +316,225 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     cond, cond_source = load_conditioning(info, calib_data, n, settings.seed, settings.seq_len, settings.guidance_scale)
     rows = n * (2 if settings.guidance_scale != 1 else 1)  # what the UNet sees per call: both CFG branches
 
-    layer_outputs = [l.output for l in info.layers]
+    act_tensors = _activation_tensors(info)
     graph_inputs = {info.sample.name, info.timestep.name, *(c.name for c in info.conditioning)}
-    # layer inputs and residual-Add inputs get Q/DQ; conv outputs too on the onnxruntime target,
-    # whose integer convolution (QLinearConv) writes INT8 (quantize.py)
-    act_tensors = sorted({l.activation_input for l in info.layers}
-                         | {t for r in info.residual_adds for t in r.inputs}
-                         | {l.output for l in info.layers if l.op_type in CONV_OPS})
-    fetch_acts = [a for a in act_tensors if a not in graph_inputs]
-    wanted = list(dict.fromkeys(layer_outputs + fetch_acts))
-    with timed("session"):
+    layer_outputs = [l.output for l in info.layers]
+    wanted = list(dict.fromkeys(layer_outputs + [a for a in act_tensors if a not in graph_inputs]))
+    with split("session"):
         model_bytes, ext_dir = _augmented_model(info, wanted)
         sess = ort_session(model_bytes, settings.threads, ext_dir, low_memory=True, device=settings.device)
-
-    # one batch-1 call measures every fetched tensor, so the chunk can be sized to the memory budget
-    probe_n = fixed_batch(info) or 1
-    x_probe = initial_noise(settings.seed, probe_n, shape)
-    with timed("onnxruntime"):
-        probe = run_model(sess, info, wanted, x_probe, int(sampler.timesteps[0]), cond)
-        per_sample = {name: int(a.nbytes) // probe_n for name, a in zip(wanted, probe)}
-        (eps_probe,) = run_model(sess, info, [info.output], x_probe, int(sampler.timesteps[0]), cond)
-    if eps_probe.shape != x_probe.shape:
-        raise MPQError(f"the model's output '{info.output}' has shape {list(eps_probe.shape)} for a sample of shape "
-                       f"{list(x_probe.shape)}; a diffusion UNet predicts noise of the sample's shape (is "
-                       f"--sample-name the noisy sample, and the first output the prediction?)")
-    del probe
-    # every call fetches everything, over at most `chunk` rows: the batch is bounded by the memory
-    # budget, not by N, and each profiled step costs one pass over its rows
-    chunk = int(max(1, min(rows, settings.mem_budget_mb * (1 << 20) // max(1, sum(per_sample.values())))))
-    b = fixed_batch(info)
-    if b and chunk % b:
-        chunk = min(rows, max(b, chunk // b * b))  # whole fixed-size batches
-    exact_bytes = rows * sum(per_sample[name] for name in dict.fromkeys(layer_outputs))
+    with split("onnxruntime"):
+        per_row = _bytes_per_row(sess, info, wanted, cond, initial_noise(settings.seed, fixed_batch(info) or 1, shape),
+                                 int(sampler.timesteps[0]))
+    chunk = _rows_per_call(info, rows, settings.mem_budget_mb, sum(per_row.values()))
+    exact_bytes = rows * sum(per_row[name] for name in dict.fromkeys(layer_outputs))
     sketched = exact_bytes > settings.gram_mem_mb * (1 << 20)
     log.info("[calibrate] %d layers, %d activation tensors, %d row(s) per onnxruntime call, %d rows (N=%d), "
              "K=%d of %d steps, Grams %s", len(layer_outputs), len(act_tensors), chunk, rows, n, len(profiled),
              settings.steps, f"from {settings.sketch_dim}-d sketches (exact would keep {exact_bytes / 2**20:.0f} MB "
              f"per step; --gram-mem-mb)" if sketched else "exact")
+    _check_statistics_fit(len(info.layers), len(profiled), rows, shape, n)
 
-    L, K = len(info.layers), len(profiled)
-    need = 8 * K * L * rows * rows + 2 * 4 * K * rows * int(np.prod(shape))
-    avail = _physical_memory()
-    if avail and need > 0.5 * avail:
-        raise MPQError(f"--samples {n} needs {need / 2**30:.1f} GiB of statistics (N x N Grams for {L} layers at {K} "
-                       f"steps, plus the stored inputs) on a machine with {avail / 2**30:.0f} GiB; lower --samples "
-                       f"or --timesteps")
-    grams = np.zeros((K, L, rows, rows), dtype=np.float64)
-    hist = ActivationHistograms.empty(act_tensors, K)
-    hessians: dict = {}  # layer -> rounding.HessianSum while the sampler runs
-    readers: dict[str, list] = {}
-    if settings.input_hessians:
-        for l in info.layers:
-            readers.setdefault(l.activation_input, []).append(l)
-    h_rng = np.random.default_rng(settings.seed + 104729)
-
-    h_bytes = [0]
-
-    def add_hessians(name: str, arr: np.ndarray) -> None:
-        if name in readers:
-            with timed("gptq_statistics"):
-                _add_hessians(name, arr)
-
-    def _add_hessians(name: str, arr: np.ndarray) -> None:
-        from mpq_export.rounding import HESSIAN_MEM_MB, MAX_ROWS, HessianSum, layer_rows
-
-        quota = -(-MAX_ROWS * arr.shape[0] // rows)  # this chunk's share of the step's rows
-
-        for l in readers.get(name, ()):
-            if l.name not in hessians:
-                k = int(np.prod(l.weight_shape)) // l.weight_shape[l.weight_axis]
-                if h_bytes[0] + 4 * k * k > HESSIAN_MEM_MB * (1 << 20):
-                    continue  # over the memory cap: this layer keeps round-to-nearest
-            x = layer_rows(arr, l, h_rng, quota)
-            if x is None:
-                continue
-            if l.name not in hessians:
-                h_bytes[0] += 4 * x.shape[1] ** 2
-                hessians[l.name] = HessianSum(x.shape[1])
-            # normalised per call: every step is split into the same chunks, so every step still
-            # weighs the same (GPTQ itself works in float64)
-            hessians[l.name].add(x)
-    layer_index = {}
-    for i, l in enumerate(info.layers):
-        layer_index.setdefault(l.output, []).append(i)
-    xs = np.zeros((K, rows) + shape, dtype=np.float32)
-    outs = np.zeros((K, rows) + shape, dtype=np.float32)
-    profiled_set = {int(i): k for k, i in enumerate(profiled)}
-
-    sketch = GramSketch(settings.sketch_dim if sketched else 0, settings.seed)
-
-    def forward(x, t, names):
-        """The model on rows x, `chunk` rows per call: [prediction, *names] per chunk, as a generator."""
-        for i in range(0, x.shape[0], chunk):
-            sub = {k: v[i: i + chunk] for k, v in cond.items()}
-            with timed("onnxruntime"):
-                res = run_model(sess, info, [info.output, *names], x[i: i + chunk], t, sub)
-            check_finite(res[0], f"the model output at t={t}")
-            yield i, res
-
-    def model_rows(x, t, i):  # x: the UNet's rows (both guidance branches)
-        if i not in profiled_set:
-            return np.concatenate([res[0] for _, res in forward(x, t, [])])
-        k = profiled_set[i]
-        xs[k] = x
-        eps = np.zeros_like(x)
-        parts: dict[str, list[np.ndarray]] = {}
-        for start, res in forward(x, t, wanted):
-            feeds = build_feeds(info, x[start: start + chunk], t, cond, offset=start)
-            for name in (info.sample.name, *(c.name for c in info.conditioning)):  # graph inputs are not fetched
-                if name in hist:
-                    with timed("histograms"):
-                        hist.add(name, k, feeds[name])
-                add_hessians(name, feeds[name])
-            eps[start: start + len(res[0])] = res[0]
-            for name, arr in zip(wanted, res[1:]):
-                check_finite(arr, f"tensor '{name}' at t={t}")
-                if name in layer_index:
-                    with timed("grams"):
-                        parts.setdefault(name, []).append(sketch.rows(name, arr.reshape(arr.shape[0], -1)))
-                if name in hist:
-                    with timed("histograms"):
-                        hist.add(name, k, arr)
-                add_hessians(name, arr)
-            del res
-        with timed("grams"):
-            for name, ps in parts.items():  # the Gram of all rows, from their (sketched) outputs
-                z = np.concatenate(ps).astype(np.float64)
-                gram = z @ z.T
-                for li in layer_index[name]:
-                    grams[k, li] = gram
-        outs[k] = eps
-        return eps
-
-    x_T = initial_noise(settings.seed, n, shape)
+    profiler = _TrajectoryProfiler(info, sess, cond, wanted, act_tensors, chunk, rows, profiled, shape, split,
+                                   _InputStatistics(info, settings.input_hessians, settings.seed, rows),
+                                   GramSketch(settings.sketch_dim if sketched else 0, settings.seed))
     with Progress("calibrate", settings.steps) as p:
-        sampler.sample(x_T, guided(model_rows, settings.guidance_scale),
+        sampler.sample(initial_noise(settings.seed, n, shape), guided(profiler, settings.guidance_scale),
                        on_step=lambda d: p.update(d, f"steps (t={sampler.timesteps[d - 1]})"))
-
-    if hessians:
-        with timed("gptq_statistics"):
-            sums, hessians = hessians, {}
-            for name in list(sums):  # one at a time, each sum freed as its result is made: no 2x peak
-                acc = sums.pop(name)
-                if acc.calls:
-                    hessians[name] = acc.result()
-                del acc
+    hessians = {}
+    if profiler.input_stats.sums:
+        with split("gptq_statistics"):
+            hessians = profiler.input_stats.result()
     seconds = time.perf_counter() - t0
     split["other"] = seconds - sum(v for p, v in split.items() if p != "hash")  # the sampler, copies, checks
     stats = CalibrationStats(
         layer_names=[l.name for l in info.layers], timesteps=sampler.timesteps[profiled].copy(),
-        step_indices=profiled.astype(np.int64), grams=grams, act_hist=hist,
-        inputs={info.sample.name: xs, **cond}, outputs=outs, hessians=hessians, settings=settings, schedule=schedule,
-        conditioning_source=cond_source, model_sha256=sha, seconds=seconds, rows_per_call=chunk,
-        gram_sketch_dim=settings.sketch_dim if sketched else 0, time_split=split)
+        step_indices=profiled.astype(np.int64), grams=profiler.grams, act_hist=profiler.hist,
+        inputs={info.sample.name: profiler.xs, **cond}, outputs=profiler.outs, hessians=hessians, settings=settings,
+        schedule=schedule, conditioning_source=cond_source, model_sha256=sha, seconds=seconds, rows_per_call=chunk,
+        gram_sketch_dim=settings.sketch_dim if sketched else 0, time_split=dict(split))
     if cache_path:
-        try:  # the cache is optional: a full disk or a read-only cache folder never fails the run
-            os.makedirs(cache_dir, exist_ok=True)
-            stats.save(cache_path)
-        except OSError as e:
-            log.warning("[calibrate] could not write the calibration cache %s (%s); continuing without it",
-                        cache_path, e.strerror or e)
-            for leftover in (f"{cache_path}.tmp-{os.getpid()}.npz",):
-                if os.path.exists(leftover):
-                    os.remove(leftover)
+        _save_cached(stats, cache_path)
     return stats
+
+
+def _activation_tensors(info: ModelInfo) -> list[str]:
+    """The tensors that get an INT8 Q/DQ: layer inputs and residual-Add inputs, and conv outputs too
+    (on the onnxruntime target its integer convolution, QLinearConv, writes INT8: quantize.py)."""
+    return sorted({l.activation_input for l in info.layers}
+                  | {t for r in info.residual_adds for t in r.inputs}
+                  | {l.output for l in info.layers if l.op_type in CONV_OPS})
+
+
+def _load_cached(cache_path: str | None, info: ModelInfo) -> CalibrationStats | None:
+    if not cache_path or not os.path.exists(cache_path):
+        return None
+    try:
+        stats = CalibrationStats.load(cache_path)
+    except Exception as e:  # a corrupt or old cache entry is recomputed, not fatal
+        log.warning("[calibrate] ignoring unreadable cache %s (%s)", cache_path, e)
+        return None
+    if stats.layer_names != [l.name for l in info.layers]:
+        return None
+    log.info("[calibrate] reusing cached statistics %s", cache_path)
+    return stats
+
+
+def _save_cached(stats: CalibrationStats, cache_path: str) -> None:
+    try:  # the cache is optional: a full disk or a read-only cache folder never fails the run
+        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+        stats.save(cache_path)
+    except OSError as e:
+        log.warning("[calibrate] could not write the calibration cache %s (%s); continuing without it",
+                    cache_path, e.strerror or e)
+        leftover = f"{cache_path}.tmp-{os.getpid()}.npz"
+        if os.path.exists(leftover):
+            os.remove(leftover)
+
+
+def _bytes_per_row(sess, info: ModelInfo, wanted: list[str], cond: dict, x_probe: np.ndarray, t: int) -> dict[str, int]:
+    """One small call measures every fetched tensor per UNet row (so the chunk fits the memory budget),
+    and checks that the model predicts noise of the sample's shape."""
+    probe = run_model(sess, info, wanted, x_probe, t, cond)
+    per_row = {name: int(a.nbytes) // x_probe.shape[0] for name, a in zip(wanted, probe)}
+    del probe
+    (eps_probe,) = run_model(sess, info, [info.output], x_probe, t, cond)
+    if eps_probe.shape != x_probe.shape:
+        raise MPQError(f"the model's output '{info.output}' has shape {list(eps_probe.shape)} for a sample of shape "
+                       f"{list(x_probe.shape)}; a diffusion UNet predicts noise of the sample's shape (is "
+                       f"--sample-name the noisy sample, and the first output the prediction?)")
+    return per_row
+
+
+def _rows_per_call(info: ModelInfo, rows: int, mem_budget_mb: int, bytes_per_row: int) -> int:
+    """Every call fetches everything, over at most this many rows: the batch is bounded by the memory
+    budget, not by N, and each profiled step costs one pass over its rows."""
+    chunk = int(max(1, min(rows, mem_budget_mb * (1 << 20) // max(1, bytes_per_row))))
+    b = fixed_batch(info)
+    if b and chunk % b:
+        chunk = min(rows, max(b, chunk // b * b))  # whole fixed-size batches
+    return chunk
+
+
+def _check_statistics_fit(layers: int, steps: int, rows: int, shape: tuple, n: int) -> None:
+    need = 8 * steps * layers * rows * rows + 2 * 4 * steps * rows * int(np.prod(shape))
+    avail = _physical_memory()
+    if avail and need > 0.5 * avail:
+        raise MPQError(f"--samples {n} needs {need / 2**30:.1f} GiB of statistics (N x N Grams for {layers} layers at "
+                       f"{steps} steps, plus the stored inputs) on a machine with {avail / 2**30:.0f} GiB; lower "
+                       f"--samples or --timesteps")
+
+
+class _InputStatistics:
+    """GPTQ's per-layer input statistics H = sum X^T X / tr (rounding.HessianSum), from each fetched layer
+    input: at most MAX_ROWS rows per layer and step, drawn with a fixed seed, within HESSIAN_MEM_MB."""
+
+    def __init__(self, info: ModelInfo, enabled: bool, seed: int, rows: int):
+        self.readers: dict[str, list] = {}  # tensor -> the layers that read it
+        if enabled:
+            for l in info.layers:
+                self.readers.setdefault(l.activation_input, []).append(l)
+        self.rng = np.random.default_rng(seed + 104729)
+        self.rows = rows  # per step: each call adds its share of MAX_ROWS
+        self.sums: dict = {}  # layer -> HessianSum while the sampler runs
+        self.bytes = 0
+
+    def add(self, name: str, arr: np.ndarray) -> None:
+        from mpq_export.rounding import HESSIAN_MEM_MB, MAX_ROWS, HessianSum, layer_rows
+
+        quota = -(-MAX_ROWS * arr.shape[0] // self.rows)  # this chunk's share of the step's rows
+        for l in self.readers.get(name, ()):
+            if l.name not in self.sums:
+                k = int(np.prod(l.weight_shape)) // l.weight_shape[l.weight_axis]
+                if self.bytes + 4 * k * k > HESSIAN_MEM_MB * (1 << 20):
+                    continue  # over the memory cap: this layer keeps round-to-nearest
+            x = layer_rows(arr, l, self.rng, quota)
+            if x is None:
+                continue
+            if l.name not in self.sums:
+                self.bytes += 4 * x.shape[1] ** 2
+                self.sums[l.name] = HessianSum(x.shape[1])
+            # normalised per call: every step is split into the same chunks, so every step still
+            # weighs the same (GPTQ itself works in float64)
+            self.sums[l.name].add(x)
+
+    def result(self) -> dict[str, np.ndarray]:
+        """layer -> its symmetric H; each sum is freed as its result is made (no 2x peak)."""
+        out = {}
+        for name in list(self.sums):
+            acc = self.sums.pop(name)
+            if acc.calls:
+                out[name] = acc.result()
+            del acc
+        return out
+
+
+class _TrajectoryProfiler:
+    """The sampler's model: runs the FP32 UNet over chunks of rows and, at the profiled steps, reduces
+    every fetched tensor at once (Grams, histograms, GPTQ statistics) and keeps the step's x_t and
+    prediction."""
+
+    def __init__(self, info: ModelInfo, sess, cond: dict, wanted: list[str], act_tensors: list[str], chunk: int,
+                 rows: int, profiled: np.ndarray, shape: tuple, split: _TimeSplit, input_stats: _InputStatistics,
+                 sketch: GramSketch):
+        self.info, self.sess, self.cond, self.wanted, self.chunk = info, sess, cond, wanted, chunk
+        self.split, self.input_stats, self.sketch = split, input_stats, sketch
+        k = len(profiled)
+        self.profiled = {int(i): j for j, i in enumerate(profiled)}
+        self.grams = np.zeros((k, len(info.layers), rows, rows), dtype=np.float64)
+        self.hist = ActivationHistograms.empty(act_tensors, k)
+        self.xs = np.zeros((k, rows) + shape, dtype=np.float32)
+        self.outs = np.zeros((k, rows) + shape, dtype=np.float32)
+        self.layer_index: dict[str, list[int]] = {}  # output tensor -> its layers' indices
+        for i, l in enumerate(info.layers):
+            self.layer_index.setdefault(l.output, []).append(i)
+
+    def __call__(self, x: np.ndarray, t: int, i: int) -> np.ndarray:
+        """The prediction for the UNet's rows x (both guidance branches) at step i."""
+        if i not in self.profiled:
+            return np.concatenate([res[0] for _, res in self._forward(x, t, [])])
+        return self._profile_step(x, t, self.profiled[i])
+
+    def _forward(self, x: np.ndarray, t: int, names: list[str]):
+        """The model on rows x, `chunk` rows per call: (first row, [prediction, *names]) per chunk."""
+        for i in range(0, x.shape[0], self.chunk):
+            sub = {k: v[i: i + self.chunk] for k, v in self.cond.items()}
+            with self.split("onnxruntime"):
+                res = run_model(self.sess, self.info, [self.info.output, *names], x[i: i + self.chunk], t, sub)
+            check_finite(res[0], f"the model output at t={t}")
+            yield i, res
+
+    def _reduce(self, name: str, k: int, arr: np.ndarray) -> None:
+        """A tensor's histogram and GPTQ statistics at profiled step k."""
+        if name in self.hist:
+            with self.split("histograms"):
+                self.hist.add(name, k, arr)
+        if name in self.input_stats.readers:
+            with self.split("gptq_statistics"):
+                self.input_stats.add(name, arr)
+
+    def _profile_step(self, x: np.ndarray, t: int, k: int) -> np.ndarray:
+        info = self.info
+        self.xs[k] = x
+        eps = np.zeros_like(x)
+        parts: dict[str, list[np.ndarray]] = {}
+        for start, res in self._forward(x, t, self.wanted):
+            feeds = build_feeds(info, x[start: start + self.chunk], t, self.cond, offset=start)
+            for name in (info.sample.name, *(c.name for c in info.conditioning)):  # graph inputs are not fetched
+                self._reduce(name, k, feeds[name])
+            eps[start: start + len(res[0])] = res[0]
+            for name, arr in zip(self.wanted, res[1:]):
+                check_finite(arr, f"tensor '{name}' at t={t}")
+                if name in self.layer_index:
+                    with self.split("grams"):
+                        parts.setdefault(name, []).append(self.sketch.rows(name, arr.reshape(arr.shape[0], -1)))
+                self._reduce(name, k, arr)
+            del res
+        with self.split("grams"):
+            for name, ps in parts.items():  # the Gram of all rows, from their (sketched) outputs
+                z = np.concatenate(ps).astype(np.float64)
+                gram = z @ z.T
+                for li in self.layer_index[name]:
+                    self.grams[k, li] = gram
+        self.outs[k] = eps
+        return eps
