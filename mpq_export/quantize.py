@@ -232,151 +232,181 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
     `weight_memo`: a dict shared by calls that write the same allocation for several targets: each
     layer's integers are computed once (GPTQ takes minutes per target at Stable-Diffusion size).
     """
-    import onnx_graphsurgeon as gs
-    from onnx import TensorProto, external_data_helper, numpy_helper
-
     t0 = time.perf_counter()
     # weights kept in external files (large models) are read one layer at a time, never all at once
     model = model if model is not None else load_for_edit(info.path, load_weights=False)
-    weights_dir = os.path.dirname(os.path.abspath(info.path))
-    graph = gs.import_onnx(model)
-    nodes = {n.name: n for n in graph.nodes}
-    result = QuantizedModel(path=out_path, target=settings.target)
-    act_qdq: dict[str, gs.Variable] = {}
-    float_dtype = np.float32
-    initializers = {t.name: t for t in model.graph.initializer}
+    writer = _QDQWriter(model, os.path.dirname(os.path.abspath(info.path)), settings, act_amax,
+                        QuantizedModel(path=out_path, target=settings.target))
+    for layer, fmt in zip(info.layers, allocation.formats):
+        if layer.name != allocation.layer_names[len(writer.result.layer_storage)]:
+            raise MPQError("internal: allocation and model layers are out of order")
+        if fmt not in formats_for(layer.op_type, settings.target):
+            raise MPQError(f"format {fmt.name} of layer {layer.name} ({layer.op_type}) is not stored by the "
+                           f"{settings.target} target; allocate with target='{settings.target}'")
+        writer.quantize_layer(layer, fmt, (hessians or {}).get(layer.name), weight_memo)
+    if settings.target == "tensorrt":
+        # TensorRT fuses a residual Add into the conv before it only when both Add inputs are
+        # quantized; do it for every Add that feeds a conv whose input is INT8 (docs/design.md)
+        fmt_of = dict(zip(allocation.layer_names, allocation.formats))
+        for residual in info.residual_adds:
+            if any(fmt_of[n].act_bits == 8 for n in residual.feeds):
+                writer.quantize_add_inputs(residual)
+    save_model(writer.export(), out_path)
+    writer.result.seconds = time.perf_counter() - t0
+    return writer.result
 
-    def initializer_values(name: str) -> np.ndarray:
+
+class _QDQWriter:
+    """Q/DQ edits of one FP32 graph (onnx-graphsurgeon): weight DequantizeLinear per quantized layer,
+    INT8 Q/DQ on activations, and what the target's runtime needs around them."""
+
+    def __init__(self, model, weights_dir: str, settings: QuantizeSettings, act_amax: dict[str, float],
+                 result: QuantizedModel):
+        import onnx_graphsurgeon as gs
+
+        self.graph = gs.import_onnx(model)
+        self.nodes = {n.name: n for n in self.graph.nodes}
+        self.initializers = {t.name: t for t in model.graph.initializer}
+        self.weights_dir, self.settings, self.act_amax, self.result = weights_dir, settings, act_amax, result
+        self.ort = settings.target == "onnxruntime"
+        self.float_dtype = np.float32
+        # onnxruntime's CPU integer kernels take UINT8 activations: zero point 128 gives exactly the
+        # symmetric INT8 grid (q - 128 in [-128, 127]) without the S8->U8 rewrite onnxruntime would add.
+        # Its QDQ fusions also want one DequantizeLinear per consumer; TensorRT takes one shared pair.
+        self.zero_point = np.array(128, dtype=np.uint8) if self.ort else np.array(0, dtype=np.int8)
+        self.act_q: dict[str, tuple] = {}  # tensor -> its (QuantizeLinear output, scale, zero point)
+        self.act_qdq: dict = {}  # tensor -> its shared DequantizeLinear output (tensorrt)
+        self.dq_count: dict[str, int] = {}
+
+    def initializer_values(self, name: str) -> np.ndarray:
+        from onnx import external_data_helper, numpy_helper
+
         # read from the file or the proto, not through Constant.values: graph surgeon would keep the
         # FP32 array in the Constant, a second copy of every weight (GBs at Stable-Diffusion size)
-        t = initializers[name]
+        t = self.initializers[name]
         if external_data_helper.uses_external_data(t):
-            return read_external_tensor(t, weights_dir)
+            return read_external_tensor(t, self.weights_dir)
         return numpy_helper.to_array(t)
 
-    def weight_values(tensor) -> np.ndarray:
+    def weight_values(self, tensor) -> np.ndarray:
+        import onnx_graphsurgeon as gs
+
         if isinstance(tensor, gs.Constant):
-            if tensor.name in initializers:
-                return initializer_values(tensor.name)
+            if tensor.name in self.initializers:
+                return self.initializer_values(tensor.name)
             return np.asarray(tensor.values)
         producer = tensor.inputs[0] if tensor.inputs else None
         if producer is not None and producer.op == "Constant":
             return np.asarray(producer.attrs["value"].values)
         raise MPQError(f"weight {tensor.name} is not a constant")
 
-    ort = settings.target == "onnxruntime"
-    # onnxruntime's CPU integer kernels take UINT8 activations: zero point 128 gives exactly the
-    # symmetric INT8 grid (q - 128 in [-128, 127]) without the S8->U8 rewrite onnxruntime would add.
-    # Its QDQ fusions also want one DequantizeLinear per consumer; TensorRT takes one shared pair.
-    zero_point = np.array(128, dtype=np.uint8) if ort else np.array(0, dtype=np.int8)
-    act_q: dict[str, tuple] = {}
-    dq_count: dict[str, int] = {}
-
-    def quantized_activation(name: str, tensor) -> gs.Variable:
+    def quantized_activation(self, name: str, tensor):
         """The tensor through its INT8 Q/DQ (act_amax[name]); one Q per tensor."""
-        if name in act_qdq:
-            return act_qdq[name]
-        if name not in act_q:
-            if name not in act_amax:
+        import onnx_graphsurgeon as gs
+
+        if name in self.act_qdq:
+            return self.act_qdq[name]
+        if name not in self.act_q:
+            if name not in self.act_amax:
                 raise MPQError(f"internal: no calibrated range for activation '{name}'")
-            scale = activation_scale(act_amax[name])
-            result.act_scales[name] = scale
-            s = gs.Constant(f"{name}_act_scale", np.array(scale, dtype=float_dtype))
-            zp = gs.Constant(f"{name}_act_zero_point", zero_point)
-            q = gs.Variable(f"{name}_quantized", dtype=zero_point.dtype, shape=tensor.shape)
-            graph.nodes.append(gs.Node("QuantizeLinear", name=f"{name}_QuantizeLinear", inputs=[tensor, s, zp], outputs=[q]))
-            act_q[name] = (q, s, zp)
-        q, s, zp = act_q[name]
-        i = dq_count[name] = dq_count.get(name, -1) + 1
+            scale = activation_scale(self.act_amax[name])
+            self.result.act_scales[name] = scale
+            s = gs.Constant(f"{name}_act_scale", np.array(scale, dtype=self.float_dtype))
+            zp = gs.Constant(f"{name}_act_zero_point", self.zero_point)
+            q = gs.Variable(f"{name}_quantized", dtype=self.zero_point.dtype, shape=tensor.shape)
+            self.graph.nodes.append(gs.Node("QuantizeLinear", name=f"{name}_QuantizeLinear", inputs=[tensor, s, zp],
+                                            outputs=[q]))
+            self.act_q[name] = (q, s, zp)
+        q, s, zp = self.act_q[name]
+        i = self.dq_count[name] = self.dq_count.get(name, -1) + 1
         suffix = f"_{i}" if i else ""
         dq = gs.Variable(f"{name}_dequantized{suffix}", dtype=tensor.dtype, shape=tensor.shape)
-        graph.nodes.append(gs.Node("DequantizeLinear", name=f"{name}_DequantizeLinear{suffix}", inputs=[q, s, zp],
-                                   outputs=[dq]))
-        if not ort:
-            act_qdq[name] = dq
+        self.graph.nodes.append(gs.Node("DequantizeLinear", name=f"{name}_DequantizeLinear{suffix}",
+                                        inputs=[q, s, zp], outputs=[dq]))
+        if not self.ort:
+            self.act_qdq[name] = dq
         return dq
 
-    def quantize_output(name: str, node) -> None:
+    def quantize_output(self, name: str, node) -> None:
         """Q/DQ on a layer's output, keeping the output tensor's name for its consumers."""
-        if name in act_q:  # already quantized where a consumer reads it: leave the output float
+        import onnx_graphsurgeon as gs
+
+        if name in self.act_q:  # already quantized where a consumer reads it: leave the output float
             return
         y = node.outputs[0]
         raw = gs.Variable(f"{name}_before_output_quantizer", dtype=y.dtype, shape=y.shape)
         node.outputs[0] = raw
-        dq = quantized_activation(name, raw)
-        dq_node = dq.inputs[0]
-        dq_node.outputs[0] = y  # the DequantizeLinear now produces the original tensor
+        dq = self.quantized_activation(name, raw)
+        dq.inputs[0].outputs[0] = y  # the DequantizeLinear now produces the original tensor
 
-    for layer, fmt in zip(info.layers, allocation.formats):
-        if layer.name != allocation.layer_names[len(result.layer_storage)]:
-            raise MPQError("internal: allocation and model layers are out of order")
-        node = nodes.get(layer.node_name)
-        if node is None:
-            raise MPQError(f"internal: node {layer.node_name} vanished after the opset conversion")
-        if fmt not in formats_for(layer.op_type, settings.target):
-            raise MPQError(f"format {fmt.name} of layer {layer.name} ({layer.op_type}) is not stored by the "
-                           f"{settings.target} target; allocate with target='{settings.target}'")
-        if not fmt.quantized:
-            result.layer_storage[layer.name] = LayerStorage(fmt.name, "float", 16, None)
-            continue
-        w = weight_values(node.inputs[1])
-        key = (layer.name, fmt.name, settings.rounding, settings.block_size, settings.clip_search, settings.clip_grid)
-        qw = weight_memo.get(key) if weight_memo is not None else None
-        if qw is None:
-            qw = quantize_layer_weight(layer, w, fmt, settings, (hessians or {}).get(layer.name))
-            if weight_memo is not None:
-                weight_memo[key] = qw
+    def quantize_layer(self, layer: QuantLayer, fmt: Format, hessian: np.ndarray | None,
+                       weight_memo: dict | None) -> None:
+        """The layer in format `fmt`: its weight behind a DequantizeLinear, its input (and on the
+        onnxruntime target a conv's output) through INT8 Q/DQ; float formats stay as they are."""
+        import onnx_graphsurgeon as gs
+        from onnx import TensorProto
+
         from mpq_export.weight_storage import weight_storage
 
+        node = self.nodes.get(layer.node_name)
+        if node is None:
+            raise MPQError(f"internal: node {layer.node_name} vanished after the opset conversion")
+        if not fmt.quantized:
+            self.result.layer_storage[layer.name] = LayerStorage(fmt.name, "float", 16, None)
+            return
+        st = self.settings
+        w = self.weight_values(node.inputs[1])
+        key = (layer.name, fmt.name, st.rounding, st.block_size, st.clip_search, st.clip_grid)
+        qw = weight_memo.get(key) if weight_memo is not None else None
+        if qw is None:
+            qw = quantize_layer_weight(layer, w, fmt, st, hessian)
+            if weight_memo is not None:
+                weight_memo[key] = qw
         values, storage = weight_storage(qw, fmt)
         qc = gs.Constant(f"{layer.name}.weight_quantized", values)
-        sc = gs.Constant(f"{layer.name}.weight_scale", qw.scale.astype(float_dtype))
+        sc = gs.Constant(f"{layer.name}.weight_scale", qw.scale.astype(self.float_dtype))
         attrs = {"axis": qw.axis}
         if qw.block_size is not None:
             attrs["block_size"] = qw.block_size
-        if ort and storage == "int4" and layer.op_type == "Conv":
+        if self.ort and storage == "int4" and layer.op_type == "Conv":
             # onnxruntime has no INT4 convolution: a Cast to INT8, folded once when a session loads the
             # model, lets its QLinearConv fusion take the layer while the file keeps 4-bit storage
             w8 = gs.Variable(f"{layer.name}.weight_int8", dtype=np.int8, shape=list(w.shape))
-            graph.nodes.append(gs.Node("Cast", name=f"{layer.name}.weight_Cast", inputs=[qc], outputs=[w8],
-                                       attrs={"to": int(TensorProto.INT8)}))
+            self.graph.nodes.append(gs.Node("Cast", name=f"{layer.name}.weight_Cast", inputs=[qc], outputs=[w8],
+                                            attrs={"to": int(TensorProto.INT8)}))
             qc = w8
-        wdq = gs.Variable(f"{layer.name}.weight_dequantized", dtype=float_dtype, shape=list(w.shape))
-        graph.nodes.append(gs.Node("DequantizeLinear", name=f"{layer.name}.weight_DequantizeLinear",
-                                   inputs=[qc, sc], outputs=[wdq], attrs=attrs))
+        wdq = gs.Variable(f"{layer.name}.weight_dequantized", dtype=self.float_dtype, shape=list(w.shape))
+        self.graph.nodes.append(gs.Node("DequantizeLinear", name=f"{layer.name}.weight_DequantizeLinear",
+                                        inputs=[qc, sc], outputs=[wdq], attrs=attrs))
         node.inputs[1] = wdq
         if fmt.act_bits == 8:
-            node.inputs[0] = quantized_activation(layer.activation_input, node.inputs[0])
-            if ort and settings.integer_conv and layer.op_type == "Conv":
-                quantize_output(layer.output, node)
-        result.layer_storage[layer.name] = LayerStorage(fmt.name, storage, 4 if storage == "int4" else 8,
-                                                        weight_sqnr_db(w, qw))
+            node.inputs[0] = self.quantized_activation(layer.activation_input, node.inputs[0])
+            if self.ort and st.integer_conv and layer.op_type == "Conv":
+                self.quantize_output(layer.output, node)
+        self.result.layer_storage[layer.name] = LayerStorage(fmt.name, storage, 4 if storage == "int4" else 8,
+                                                             weight_sqnr_db(w, qw))
 
-    if settings.target == "tensorrt":
-        # TensorRT fuses a residual Add into the conv before it only when both Add inputs are
-        # quantized; do it for every Add that feeds a conv whose input is INT8 (docs/design.md)
-        fmt_of = dict(zip(allocation.layer_names, allocation.formats))
-        for residual in info.residual_adds:
-            if not any(fmt_of[n].act_bits == 8 for n in residual.feeds):
-                continue
-            add = nodes[residual.node_name]
-            for idx, tname in enumerate(residual.inputs):
-                add.inputs[idx] = quantized_activation(tname, add.inputs[idx])
+    def quantize_add_inputs(self, residual) -> None:
+        add = self.nodes[residual.node_name]
+        for idx, tname in enumerate(residual.inputs):
+            add.inputs[idx] = self.quantized_activation(tname, add.inputs[idx])
 
-    graph.cleanup().toposort()
-    for c in graph.tensors().values():  # what stays float (pins, norms, biases) travels inside the new file
-        if isinstance(c, gs.Constant) and c.name in initializers and \
-                external_data_helper.uses_external_data(initializers[c.name]):
-            c.values = initializer_values(c.name)
-            c.data_location = None  # graph surgeon would otherwise still mark it external
-    out = gs.export_onnx(graph)
-    out.ir_version = max(out.ir_version, MIN_IR_VERSION)
-    from mpq_export.weight_storage import finalize_for_target
+    def export(self):
+        """The edited graph as a ModelProto, the float weights it keeps inside it, finished for the target."""
+        import onnx_graphsurgeon as gs
+        from onnx import external_data_helper
 
-    out = finalize_for_target(out, settings.target)
-    save_model(out, out_path)
-    result.seconds = time.perf_counter() - t0
-    return result
+        from mpq_export.weight_storage import finalize_for_target
+
+        self.graph.cleanup().toposort()
+        for c in self.graph.tensors().values():  # what stays float (pins, norms, biases) travels inside the new file
+            if isinstance(c, gs.Constant) and c.name in self.initializers and \
+                    external_data_helper.uses_external_data(self.initializers[c.name]):
+                c.values = self.initializer_values(c.name)
+                c.data_location = None  # graph surgeon would otherwise still mark it external
+        out = gs.export_onnx(self.graph)
+        out.ir_version = max(out.ir_version, MIN_IR_VERSION)
+        return finalize_for_target(out, self.settings.target)
 
 
 def count_weight_bits(path: str, info: ModelInfo) -> tuple[float, dict[str, int]]:
