@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--sketch-dims", default="4096,8192")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-sketch-study", action="store_true")
+    ap.add_argument("--no-gptq-statistics", action="store_true",
+                    help="calibrate without the layers' input statistics (what only --weight-rounding gptq needs)")
     ap.add_argument("--repeats", type=int, default=2,
                     help="timed runs of each, alternating; the faster of each is compared (1 for models that take minutes)")
     args = ap.parse_args()
@@ -100,7 +102,7 @@ def main() -> None:
         schedule = NoiseSchedule.from_config(prepared.scheduler_config)
         s = CalibrationSettings(steps=args.steps, timesteps=args.timesteps, samples=args.samples,
                                 resolution=(res, res) if res else None, seq_len=77 if info.conditioning else None,
-                                threads=args.threads)
+                                threads=args.threads, input_hessians=not args.no_gptq_statistics)
         cal_t, bare_t, stats, splits = [], [], None, []
         for _ in range(max(1, args.repeats)):  # alternate, keep the faster of each: a shared machine is noisy
             t0 = time.perf_counter()
