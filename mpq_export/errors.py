@@ -10,7 +10,10 @@ class MPQError(Exception):
 
 
 def require_int(value, flag: str, minimum: int) -> None:
-    """Settings' integer options: an int (not a bool) of at least `minimum`, else the one-line error."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """Settings' integer options: an integer (numpy's too; not a bool) of at least `minimum`, else the
+    one-line error."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise MPQError(f"{flag} must be {what}, got {value!r}")
