@@ -21,7 +21,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -303,6 +303,11 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
         sha = model_sha256(info.path, cache_dir)
     cache_path = os.path.join(cache_dir, f"calib-{cache_key(sha, settings, schedule, calib_data)}.npz") if cache_dir else None
     cached = _load_cached(cache_path, info)
+    if cached is None and cache_dir and not settings.input_hessians:
+        # statistics gathered with GPTQ's input statistics serve a run that needs none (nearest rounding
+        # after a gptq run of the same model and settings): no second calibration
+        with_h = cache_key(sha, replace(settings, input_hessians=True), schedule, calib_data)
+        cached = _load_cached(os.path.join(cache_dir, f"calib-{with_h}.npz"), info)
     if cached is not None:
         return cached
 

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -121,3 +123,16 @@ def test_sketched_grams_move_orm_little(unet_onnx):
     (rel_1k, theta_1k), (rel_4k, theta_4k) = errors
     assert 0 < rel_4k < rel_1k < 0.15  # error shrinks with the sketch size
     assert theta_4k < theta_1k and theta_4k < 0.01  # this model's largest outputs are 4096 values: exact there
+
+
+def test_statistics_with_gptq_inputs_serve_a_run_without_them_from_the_cache(unet_onnx, tmp_path):
+    """Nearest rounding after a gptq run reuses its calibration; the other way round it cannot."""
+    info = inspect_model(unet_onnx)
+    s = CalibrationSettings(steps=5, timesteps=2, samples=4)
+    with_h = calibrate(info, s, NoiseSchedule(), cache_dir=str(tmp_path / "a"))
+    reused = calibrate(info, replace(s, input_hessians=False), NoiseSchedule(), cache_dir=str(tmp_path / "a"))
+    assert reused.cached and reused.hessians.keys() == with_h.hessians.keys() and with_h.hessians
+    np.testing.assert_array_equal(reused.grams, with_h.grams)
+    without = calibrate(info, replace(s, input_hessians=False), NoiseSchedule(), cache_dir=str(tmp_path / "b"))
+    again = calibrate(info, s, NoiseSchedule(), cache_dir=str(tmp_path / "b"))
+    assert not without.cached and not without.hessians and not again.cached and again.hessians

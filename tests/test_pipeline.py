@@ -14,6 +14,8 @@ def test_gptq_rounding_turns_on_the_input_statistics_it_needs():
     cfg = PipelineConfig(model="m.onnx", quantize=QuantizeSettings(rounding="nearest"),
                          calibration=CalibrationSettings(input_hessians=False))
     assert not cfg.calibration.input_hessians
+    # nearest rounding reads no input statistics, so calibration does not gather them
+    assert not PipelineConfig(model="m.onnx", quantize=QuantizeSettings(rounding="nearest")).calibration.input_hessians
 
 
 def test_the_allocator_picks_from_the_target_quantize_writes():
