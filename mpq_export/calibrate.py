@@ -213,7 +213,9 @@ def _file_sha(path: str | None) -> str:
 def cache_key(sha: str, settings: CalibrationSettings, schedule: NoiseSchedule, calib_data: str | None) -> str:
     d = asdict(settings)
     d.pop("threads")
-    d.pop("mem_budget_mb")  # grouping changes memory, not results
+    # grouping changes memory, not results: Grams and histograms are the same for any chunking; GPTQ's
+    # rows are drawn per call, so its H is an equally good sample, not the same one (not worth a rerun)
+    d.pop("mem_budget_mb")
     s = asdict(schedule)
     s.pop("source")
     blob = json.dumps({"v": CACHE_VERSION, "model": sha, "settings": d, "schedule": s,
