@@ -62,3 +62,15 @@ def test_bench_attention_runs_the_products_on_integer_kernels():
     ratio_line, kernels_line = p.stdout.strip().splitlines()
     assert "Q/DQ / FP32 = " in ratio_line
     assert kernels_line.count("MatMulIntegerToFloat") == 2 and "MatMul " not in kernels_line + " "
+
+
+@pytest.mark.parametrize("extra, gptq", [([], True), (["--no-gptq-statistics"], False)])
+def test_bench_calibration_prints_the_ratio_and_where_time_went(unet_onnx, extra, gptq):
+    """README's calibration-cost figures come from this script: a ratio of two timed runs and the split."""
+    p = subprocess.run([sys.executable, os.path.join(TOOLS, "bench_calibration.py"), "--model", unet_onnx,
+                        "--samples", "4", "--steps", "4", "--timesteps", "2", "--repeats", "1", "--no-sketch-study",
+                        *extra], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    ratio = [l for l in p.stdout.splitlines() if "time(calibrate) / time(bare) = " in l]
+    assert len(ratio) == 1 and float(ratio[0].split("= ")[1].split()[0]) > 0
+    assert ("gptq_statistics" in p.stdout) == gptq
