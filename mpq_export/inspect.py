@@ -206,8 +206,6 @@ def _conv_geometry(node, wshape) -> tuple:
     return (strides, pads, dil, group)
 
 
-
-
 def inspect_model(path: str, sample_name: str | None = None, timestep_name: str | None = None) -> ModelInfo:
     """Read an ONNX UNet (weights not loaded) and describe its inputs and quantizable layers."""
     from onnx import external_data_helper
@@ -229,6 +227,27 @@ def inspect_model(path: str, sample_name: str | None = None, timestep_name: str 
         raise MPQError(f"{path} is already quantized ({quantized} Q/DQ or integer nodes); give the FP32 model it was "
                        f"made from")
 
+    sample, timestep = _pick_inputs(path, inputs, sample_name, timestep_name)
+    conditioning = [i for i in inputs if i.name not in (sample.name, timestep.name)]
+    layers = _find_layers(path, graph, shapes)
+
+    residual = _residual_adds(graph, shapes, layers)
+    meta = {p.key: p.value for p in model.metadata_props}
+    sample_size = None
+    if isinstance(sample.shape[2], int) and isinstance(sample.shape[3], int) and sample.shape[2] > 0:
+        sample_size = (sample.shape[2], sample.shape[3])
+    elif SAMPLE_SIZE_KEY in meta:
+        h, w = (int(v) for v in meta[SAMPLE_SIZE_KEY].split(","))
+        sample_size = (h, w)
+    opset = opset_of(model)
+    return ModelInfo(path=os.path.abspath(path), sample=sample, timestep=timestep, conditioning=conditioning,
+                     output=graph.output[0].name, layers=layers, opset=opset, sample_size=sample_size,
+                     has_external_data=any(external_data_helper.uses_external_data(t) for t in graph.initializer),
+                     metadata=meta, residual_adds=residual)
+
+
+def _pick_inputs(path: str, inputs: list, sample_name: str | None, timestep_name: str | None):
+    """(sample, timestep) input specs: the named ones, else detected by name and shape."""
     def pick(explicit, predicate, role):
         if explicit:
             found = [i for i in inputs if i.name == explicit]
@@ -253,8 +272,11 @@ def inspect_model(path: str, sample_name: str | None = None, timestep_name: str 
         raise MPQError(
             f"{path} has no timestep-like input (inputs: {', '.join(i.name for i in inputs)}); "
             "this tool quantizes diffusion UNets, which take (sample, timestep, ...): name it with --timestep-name")
-    conditioning = [i for i in inputs if i.name not in (sample.name, timestep.name)]
+    return sample, timestep
 
+
+def _find_layers(path: str, graph, shapes: dict) -> list[QuantLayer]:
+    """Every Conv/ConvTranspose/MatMul/Gemm with a constant weight, named by its module path."""
     raw = []
     for node in graph.node:
         if node.op_type not in QUANTIZABLE_OPS or len(node.input) < 2:
@@ -285,20 +307,7 @@ def inspect_model(path: str, sample_name: str | None = None, timestep_name: str 
                                  weight_shape=tuple(int(d) for d in wshape), params=int(np.prod(wshape)),
                                  activation_input=act, output=node.output[0], weight_axis=out_axis,
                                  reduction_axis=red_axis, conv_geometry=_conv_geometry(node, wshape)))
-
-    residual = _residual_adds(graph, shapes, layers)
-    meta = {p.key: p.value for p in model.metadata_props}
-    sample_size = None
-    if isinstance(sample.shape[2], int) and isinstance(sample.shape[3], int) and sample.shape[2] > 0:
-        sample_size = (sample.shape[2], sample.shape[3])
-    elif SAMPLE_SIZE_KEY in meta:
-        h, w = (int(v) for v in meta[SAMPLE_SIZE_KEY].split(","))
-        sample_size = (h, w)
-    opset = opset_of(model)
-    return ModelInfo(path=os.path.abspath(path), sample=sample, timestep=timestep, conditioning=conditioning,
-                     output=graph.output[0].name, layers=layers, opset=opset, sample_size=sample_size,
-                     has_external_data=any(external_data_helper.uses_external_data(t) for t in graph.initializer),
-                     metadata=meta, residual_adds=residual)
+    return layers
 
 
 def _residual_adds(graph, constants: dict, layers: list[QuantLayer]) -> list[ResidualAdd]:
