@@ -80,7 +80,7 @@ class BitAllocation:
     params: list[int]
     budget: float
     method: str
-    scorer: str  # what the objective was built from: orm | sensitivity | none
+    scorer: str  # what the objective was built from: orm | sensitivity | trajectory | none
     objective: float | None = None
     solver_status: str = ""
     seconds: float = 0.0

@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--allocation", choices=METHODS, default=_default(A, "method"),
                    help="mpq: the 0/1 program over the importance scores; others are baselines")
     g.add_argument("--importance", choices=IMPORTANCES, default=_default(PipelineConfig, "importance"),
-                   help="orm: the paper's orthogonality metric; sensitivity: measured per-layer output error")
+                   help="orm: the paper's orthogonality metric; sensitivity: measured per-layer noise-prediction "
+                        "error at the profiled steps; trajectory: measured per-layer final-sample error (about 10x "
+                        "sensitivity's forwards; small models)")
     g.add_argument("--bits", type=_ints, default=_default(A, "bits"), help="candidate weight bit-widths (4, 8, 16)")
     g.add_argument("--keep-fp16", action="append", default=[], metavar="REGEX",
                    help="pin matching layers to FP16 (repeatable; conv_in and conv_out always, unless --no-default-pins)")

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from mpq_export.sd_pipeline import PipelineFolder
     from mpq_export.sensitivity import SensitivityScores
 
-IMPORTANCES = ("orm", "sensitivity")
+IMPORTANCES = ("orm", "sensitivity", "trajectory")  # the last two: sensitivity.py's two objectives
 BUILD_MODES = ("auto", "yes", "no")
 
 
@@ -373,11 +373,12 @@ def _importance(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, r
     imp = compute_importance_for(stats, cfg.orm)
     timings["orm"] = time.perf_counter() - t
     sens = None
-    if cfg.importance == "sensitivity":
+    if cfg.importance in ("sensitivity", "trajectory"):
         from mpq_export.sensitivity import measure_sensitivity
 
         t = time.perf_counter()
-        sens = measure_sensitivity(info, stats, ranges.amax, cfg.allocation, cfg.quantize, cfg.orm.alpha, cache_dir)
+        sens = measure_sensitivity(info, stats, ranges.amax, cfg.allocation, cfg.quantize, cfg.orm.alpha, cache_dir,
+                                   objective="trajectory" if cfg.importance == "trajectory" else "step")
         timings["sensitivity"] = time.perf_counter() - t
     return imp, sens
 
@@ -455,6 +456,8 @@ def _allocate_budget(run: _SharedResults, budget: float, timings: StageTimes) ->
                      theta=run.importance.theta if run.importance is not None else None,
                      sensitivity=run.sensitivity.scores if run.sensitivity is not None else None)
     timings["allocate"] = time.perf_counter() - t
+    if alloc.scorer == "sensitivity" and run.sensitivity is not None and run.sensitivity.objective == "trajectory":
+        alloc = replace(alloc, scorer="trajectory")  # the report names which measured error decided
     log.info("[allocate] %s: %.4f average bits (budget %g)", alloc.method, alloc.achieved_bits, budget)
     if not any(f.quantized for f in alloc.formats):
         raise MPQError(f"at --budget {budget:g} every layer stays FP16 (pins or a budget that needs no quantization): "

@@ -177,12 +177,13 @@ def test_help_imports_no_heavy_module():
     assert p.returncode == 0 and "--budget" in p.stdout
 
 
-def test_sensitivity_scorer_through_the_cli(unet_onnx, tmp_path):
+@pytest.mark.parametrize("importance", ["sensitivity", "trajectory"])
+def test_sensitivity_scorer_through_the_cli(unet_onnx, tmp_path, importance):
     out = tmp_path / "sens"
-    code, _, err = run_cli(unet_onnx, "--budget", "5", "-o", out, *FAST, "--importance", "sensitivity", "--no-stability")
+    code, _, err = run_cli(unet_onnx, "--budget", "5", "-o", out, *FAST, "--importance", importance, "--no-stability")
     assert code == 0, err
     rep = json.loads((out / "report.json").read_text())
-    assert rep["allocation"]["scorer"] == "sensitivity" and rep["achieved_bits"] <= 5
+    assert rep["allocation"]["scorer"] == importance and rep["achieved_bits"] <= 5
     eight = [l for l in rep["layers"] if l["format"] == "w8a8" and l["pin"] is None]
     four = [l for l in rep["layers"] if l["format"] in ("w4a8", "w4a16")]
     # the program bought 8 bits where the measured gain per parameter was largest

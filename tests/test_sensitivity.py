@@ -46,6 +46,24 @@ def test_artificially_sensitive_layer_gets_the_high_bits(sabotaged, tmp_path):
     assert again.cached and again.scores == sens.scores
 
 
+def test_trajectory_objective_finds_the_sensitive_layer_by_its_final_samples(sabotaged, tmp_path):
+    """--importance trajectory: the whole sampler per probe; its scores are the final sample's relative error."""
+    info, stats = sabotaged
+    s = AllocationSettings(budget=4.6, target="onnxruntime")
+    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    traj = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path),
+                               objective="trajectory")
+    gain = {n: v["w4a8"] - v["w8a8"] for n, v in traj.scores.items() if "w4a8" in v}
+    assert traj.objective == "trajectory" and max(gain, key=gain.get) == VICTIM
+    assert 0 < traj.scores[VICTIM]["w8a8"] < traj.scores[VICTIM]["w4a8"]
+    assert allocate(info.layers, s, sensitivity=traj.scores).format_of(VICTIM).weight_bits == 8
+    step = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
+    assert not step.cached and step.scores != traj.scores  # the objective is part of the cache key
+    again = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path),
+                                objective="trajectory")
+    assert again.cached and again.scores == traj.scores and again.objective == "trajectory"
+
+
 def test_probes_read_external_weights_from_the_models_folder(sabotaged, tmp_path):
     """Stable-Diffusion-size models keep their weights in .data files and cannot be serialised as one
     proto (2 GB): the probe graph goes to onnxruntime without them. Same figures as the embedded model."""

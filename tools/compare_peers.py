@@ -15,8 +15,8 @@ Rows:
   ours W8, activations float (the default W8A8 file with its activation Q/DQ removed): what
        activation quantization costs
   ours W8A8, tensorrt target (FP16 graph), defaults
-  ours MPQ at each --budgets value, onnxruntime target, per scorer (ORM, measured sensitivity) and
-       weight rounding (nearest, GPTQ)
+  ours MPQ at each --budgets value, onnxruntime target, per scorer (ORM, measured sensitivity per
+       step and over the whole trajectory) and weight rounding (nearest, GPTQ)
   onnxruntime quantize_static (QDQ, symmetric INT8 activations and per-channel INT8 weights, on
        Conv/MatMul/Gemm), MinMax and Percentile (99.999) calibration, in this environment
   ModelOpt ONNX PTQ INT8 (`modelopt.onnx.quantization.quantize`, entropy and max calibration, FP16
@@ -222,7 +222,7 @@ def main() -> None:
                     help="activation calibrations of the ablation rows (round-to-nearest weights); mse-relative: "
                          "mse averaged over steps as error / energy")
     ap.add_argument("--trt-budgets", default="7.5", help="MPQ rows on the tensorrt target")
-    ap.add_argument("--scorers", default="orm,sensitivity", help="importance scorers of the MPQ rows")
+    ap.add_argument("--scorers", default="orm,sensitivity,trajectory", help="importance scorers of the MPQ rows")
     ap.add_argument("--roundings", default="nearest,gptq", help="weight roundings of our default W8A8 rows")
     ap.add_argument("--mpq-roundings", default=DEFAULT_ROUNDING, help="weight roundings of the MPQ rows")
     ap.add_argument("--json", default=None, help="write the rows here")
@@ -297,18 +297,18 @@ def main() -> None:
         scorers = [x for x in args.scorers.split(",") if x]
         for r in [x for x in args.mpq_roundings.split(",") if x] if budgets else []:
             qs = QuantizeSettings(target="onnxruntime", rounding=r)
-            sens = None
-            if "sensitivity" in scorers:
-                from mpq_export.sensitivity import measure_sensitivity
+            measured = {}  # scorer -> SensitivityScores (sensitivity.py's two objectives)
+            for scorer, objective in (("sensitivity", "step"), ("trajectory", "trajectory")):
+                if scorer in scorers:
+                    from mpq_export.sensitivity import measure_sensitivity
 
-                sens = measure_sensitivity(info, stats, default_ranges.amax,
-                                           AllocationSettings(budget=8, target="onnxruntime"), qs, OrmSettings().alpha,
-                                           cache)
+                    measured[scorer] = measure_sensitivity(
+                        info, stats, default_ranges.amax, AllocationSettings(budget=8, target="onnxruntime"), qs,
+                        OrmSettings().alpha, cache, objective=objective).scores
             for b in budgets:
                 for scorer in scorers:
                     alloc = allocate(info.layers, AllocationSettings(budget=b, target="onnxruntime"),
-                                     theta=imp.theta if scorer == "orm" else None,
-                                     sensitivity=sens.scores if scorer == "sensitivity" else None)
+                                     theta=imp.theta if scorer == "orm" else None, sensitivity=measured.get(scorer))
                     path = os.path.join(d, f"mpq-{b:g}-{r}-{scorer}.onnx")
                     quantize(info, alloc, default_ranges.amax, path, qs, hessians=stats.hessians)
                     score(f"ours MPQ {b:g} bits onnxruntime ({scorer}), {r} rounding", path, budget=b, rounding=r,
@@ -316,8 +316,7 @@ def main() -> None:
             for b in [float(x) for x in args.trt_budgets.split(",") if x]:  # the tensorrt target's own range
                 for scorer in scorers:
                     alloc = allocate(info.layers, AllocationSettings(budget=b, target="tensorrt"),
-                                     theta=imp.theta if scorer == "orm" else None,
-                                     sensitivity=sens.scores if scorer == "sensitivity" else None)
+                                     theta=imp.theta if scorer == "orm" else None, sensitivity=measured.get(scorer))
                     path = os.path.join(d, f"mpq-trt-{b:g}-{r}-{scorer}.onnx")
                     quantize(info, alloc, default_ranges.amax, path, replace(qs, target="tensorrt"),
                              hessians=stats.hessians)
@@ -389,11 +388,12 @@ def summary(result: dict) -> str:
                 m, se = paired(result, r["method"], ref["method"])
                 lines.append(f"- {r['method']} minus {label}: **{m:+.2f} +- {se:.2f} dB**")
     by_key = {(r.get("budget"), r.get("target", "onnxruntime"), r.get("scorer")): r for r in mpq}
-    for (budget, target, scorer), r in by_key.items():  # the measured scorer against the paper's
-        orm = by_key.get((budget, target, "orm"))
-        if scorer == "sensitivity" and orm:
-            m, se = paired(result, r["method"], orm["method"])
-            lines.append(f"- {r['method']} minus {orm['method']}: **{m:+.2f} +- {se:.2f} dB**")
+    for (budget, target, scorer), r in by_key.items():  # the measured scorers against the paper's, and each other
+        against = {"sensitivity": ["orm"], "trajectory": ["orm", "sensitivity"]}.get(scorer, [])
+        for other in [by_key.get((budget, target, o)) for o in against]:
+            if other:
+                m, se = paired(result, r["method"], other["method"])
+                lines.append(f"- {r['method']} minus {other['method']}: **{m:+.2f} +- {se:.2f} dB**")
     float_conv = next((r for r in rows if r.get("float_conv_outputs")), None)
     if ours and float_conv:
         m, se = paired(result, ours["method"], float_conv["method"])
