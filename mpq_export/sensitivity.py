@@ -129,8 +129,9 @@ def _final_sample_error(info: ModelInfo, stats: CalibrationStats, sess):
     from mpq_export.sampler import DDIMSampler, guided, initial_noise
 
     st = stats.settings
-    n = min(TRAJECTORY_SAMPLES, stats.n_samples)
-    rows = n * (2 if st.guidance_scale != 1 else 1)  # (unconditional, conditional) adjacent per sample
+    per_sample = 2 if st.guidance_scale != 1 else 1  # UNet rows: (unconditional, conditional) adjacent
+    n = min(TRAJECTORY_SAMPLES, stats.n_samples // per_sample)  # n_samples counts rows
+    rows = n * per_sample
     cond = {c.name: stats.inputs[c.name][:rows] for c in info.conditioning}
     sampler = DDIMSampler(stats.schedule, st.steps)
     x_T = initial_noise(st.seed + TRAJECTORY_SEED_OFFSET, n, sample_shape(info, st.resolution))

@@ -87,3 +87,23 @@ def test_probes_read_external_weights_from_the_models_folder(sabotaged, tmp_path
     s1 = measure_sensitivity(info, stats, amax, alloc, qs, 0.0, None)
     s2 = measure_sensitivity(info_ext, stats, amax, alloc, qs, 0.0, None)
     assert s1.scores[VICTIM] == pytest.approx(s2.scores[VICTIM], rel=1e-6)
+
+
+def test_trajectory_objective_under_guidance_runs_both_branches(cond_unet_onnx, tmp_path):
+    """Under classifier-free guidance calibration holds two UNet rows per sample; the trajectories take
+    whole samples (both rows) and run the guided sampler."""
+    info = inspect_model(cond_unet_onnx)
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "c.npz")
+    np.savez(path, encoder_hidden_states=rng.standard_normal((4, 8, 16)).astype(np.float32),
+             uncond_encoder_hidden_states=np.zeros((1, 8, 16), np.float32))
+    stats = calibrate(info, CalibrationSettings(steps=4, timesteps=2, samples=4, guidance_scale=3.0),
+                      NoiseSchedule(), calib_data=path)
+    assert stats.n_samples == 8  # rows: both branches of 4 samples
+    s = AllocationSettings(budget=6, target="onnxruntime")
+    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    traj = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, objective="trajectory")
+    quantized = [v for v in traj.scores.values() if "w8a8" in v]
+    assert quantized and all(0 < v["w8a8"] for v in quantized)
+    four = [v for v in quantized if "w4a8" in v or "w4a16" in v]  # the time embedding is held at 8 bits
+    assert four and np.median([v.get("w4a8", v.get("w4a16")) / v["w8a8"] for v in four]) > 1
