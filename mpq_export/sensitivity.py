@@ -10,9 +10,10 @@ the FP32 trajectory's. Results are cached beside the calibration statistics.
 With objective "trajectory" (`--importance trajectory`), s[i, f] is instead what the layer alone does
 to the final sample: the whole DDIM trajectory (the calibration's steps and guidance) from
 TRAJECTORY_SAMPLES fixed seeds of its own, ||x0_q - x0||^2 / ||x0||^2 against the FP32 trajectory from
-the same seeds. About 10x the forwards of the per-step objective; on patches it chose allocations
-+1.3 dB better in final-sample PSNR at 4.5 and 6 bits, on digits level (docs/quality.md): errors
-made early in the trajectory weigh most in the final sample, which the per-step error does not see.
+the same seeds. About 10x the forwards of the per-step objective; its allocations gained +0.9 to
++1.3 dB of final-sample PSNR on patches and +0.6, -0.4 and +0.4 dB on digits (4.5 and 6 bits on
+onnxruntime, 7.5 on tensorrt; docs/quality.md): errors made early in the trajectory weigh most in the
+final sample, which the per-step error does not see.
 
 All (layer, format) probes share one onnxruntime session: every layer weight is made an
 overridable initializer (listed as a graph input, so a feed replaces it), and every layer input
