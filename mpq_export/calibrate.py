@@ -29,7 +29,7 @@ from mpq_export.act_ranges import ActivationHistograms
 from mpq_export.errors import MPQError, require_int
 from mpq_export.inspect import ModelInfo
 from mpq_export.progress import Progress, log
-from mpq_export.ort import DEVICES, build_feeds, check_finite, fixed_batch, load_conditioning, ort_session, run_model
+from mpq_export.ort import DEVICES, build_feeds, check_finite, check_threads, fixed_batch, load_conditioning, ort_session, run_model
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise
 from mpq_export.targets import CONV_OPS
 
@@ -83,7 +83,7 @@ class CalibrationSettings:
         if self.resolution is not None and (len(self.resolution) != 2 or min(self.resolution) <= 0):
             raise MPQError(f"--resolution must be H or HxW with positive sizes, got {self.resolution}")
         require_int(self.seed, "--calib-seed", 0)  # numpy's generators take no negative seeds
-        require_int(self.threads, "--threads", 0)
+        check_threads(self.threads)
 
 
 @dataclass

@@ -25,6 +25,9 @@ AGGREGATIONS = ("mean-of-exp", "exp-of-mean")
 _DEGENERATE_RTOL = 1e-7  # centred Gram norm relative to the raw one below which a layer carries no per-sample signal
 
 
+MAX_ALPHA = 100.0  # exp(100) between the first and last step: far past any weighting that still averages
+
+
 @dataclass(frozen=True)
 class OrmSettings:
     estimator: str = "unbiased"  # decided by docs/quality.md: better than or equal to biased at every budget
@@ -37,15 +40,17 @@ class OrmSettings:
             raise MPQError(f"--orm-estimator must be one of {', '.join(ESTIMATORS)}, got '{self.estimator}'")
         if self.agg not in AGGREGATIONS:
             raise MPQError(f"--agg must be one of {', '.join(AGGREGATIONS)}, got '{self.agg}'")
-        if not math.isfinite(self.alpha):
-            raise MPQError(f"--alpha must be a finite number, got {self.alpha}")
+        if not (math.isfinite(self.alpha) and abs(self.alpha) <= MAX_ALPHA):
+            raise MPQError(f"--alpha must be a finite number in [-{MAX_ALPHA:g}, {MAX_ALPHA:g}] (w_t = exp(-alpha t / T): "
+                           f"beyond that one profiled step takes all the weight), got {self.alpha}")
         if self.beta is not None and not (math.isfinite(self.beta) and self.beta > 0):
             raise MPQError(f"--beta must be a finite positive number, got {self.beta}")
 
 
 def timestep_weights(timesteps: np.ndarray, alpha: float, num_train_timesteps: int) -> np.ndarray:
     """w_t = exp(-alpha t / T), normalised to sum 1: how much each profiled step counts (ORM and sensitivity)."""
-    w = np.exp(-alpha * np.asarray(timesteps, dtype=np.float64) / num_train_timesteps)
+    log_w = -alpha * np.asarray(timesteps, dtype=np.float64) / num_train_timesteps
+    w = np.exp(log_w - log_w.max())  # the same ratios; no overflow for a large negative alpha
     return w / w.sum()
 
 

@@ -6,11 +6,23 @@ import os
 
 import numpy as np
 
-from mpq_export.errors import MPQError
+from mpq_export.errors import MPQError, require_int
 from mpq_export.inspect import InputSpec, ModelInfo
 
 
 DEVICES = ("cpu", "cuda")
+THREADS_PER_CORE = 4  # the most --threads per available core
+
+
+def check_threads(threads) -> None:
+    """--threads: 0 (onnxruntime's choice, one per core) up to THREADS_PER_CORE per core this process may
+    use. Each onnxruntime thread is an OS thread with its own stack and scratch: --threads 100000 held
+    16 GB of memory before the first forward here, so a count past any use is refused up front."""
+    require_int(threads, "--threads", 0)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads > THREADS_PER_CORE * cores:
+        raise MPQError(f"--threads {threads} is more than {THREADS_PER_CORE} per core on this machine ({cores} "
+                       f"cores): give at most {THREADS_PER_CORE * cores}, or 0 for one per core")
 
 
 def providers_for(device: str) -> list[str]:
@@ -39,6 +51,7 @@ def ort_session(model: str | bytes, threads: int = 0, external_data_dir: str | N
     """
     import onnxruntime as ort
 
+    check_threads(threads)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:

@@ -18,7 +18,7 @@ import numpy as np
 
 from mpq_export.inspect import ModelInfo
 from mpq_export.progress import Progress
-from mpq_export.ort import check_finite, load_conditioning, ort_session, run_model
+from mpq_export.ort import check_finite, check_threads, load_conditioning, ort_session, run_model
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise
 
 
@@ -34,6 +34,7 @@ class ValidationSettings:
             from mpq_export.errors import MPQError
 
             raise MPQError(f"--val-samples must be a positive integer, got {self.samples!r}")
+        check_threads(self.threads)
 
 
 @dataclass(frozen=True)

@@ -100,3 +100,14 @@ def test_bad_settings_are_user_errors():
         OrmSettings(estimator="fancy")
     with pytest.raises(MPQError, match="beta"):
         OrmSettings(beta=-1)
+
+
+def test_timestep_weights_stay_finite_at_the_ends_of_the_alpha_range():
+    from mpq_export.orm import MAX_ALPHA, timestep_weights
+
+    ts = np.array([999, 500, 0])
+    for alpha in (-MAX_ALPHA, MAX_ALPHA):
+        w = timestep_weights(ts, alpha, 1000)
+        assert np.isfinite(w).all() and w.sum() == pytest.approx(1.0)
+        assert w[np.argmin(alpha * ts)] == w.max()  # the step exp(-alpha t / T) favours
+    np.testing.assert_allclose(timestep_weights(ts, -2.0, 1000), np.exp(2.0 * ts / 1000) / np.exp(2.0 * ts / 1000).sum())
