@@ -156,6 +156,9 @@ def load_conditioning(info: ModelInfo, path: str | None, n: int, seed: int, seq_
         if guidance_scale != 1:
             raise MPQError(f"--guidance-scale {guidance_scale:g} needs a conditional model; this one has no "
                            f"conditioning inputs: drop --guidance-scale")
+        if seq_len is not None:
+            raise MPQError(f"--seq-len {seq_len} is given but the model has no conditioning inputs (only "
+                           f"'{info.sample.name}' and '{info.timestep.name}'); drop --seq-len")
         return {}, "none (unconditional model)"
     if guidance_scale != 1 and path is None:
         raise MPQError(f"--guidance-scale {guidance_scale:g} needs the unconditional (empty-prompt) embeddings: run on a "

@@ -82,6 +82,7 @@ def test_budget_list_never_mixes_into_a_single_budget_output(unet_onnx, tmp_path
     (["--threads", "-1"], ["--threads must be an integer >= 0"]),
     (["--threads", "100000"], ["--threads 100000 is more than 4 per core", "or 0 for one per core"]),
     (["--alpha", "nan"], ["--alpha must be a finite number"]),
+    (["--seq-len", "77"], ["--seq-len 77 is given but the model has no conditioning inputs"]),
     (["--alpha", "1e308"], ["--alpha must be a finite number in [-100, 100]"]),
     (["--beta", "inf"], ["--beta must be a finite positive number"]),
     (["--keep-fp16", ".*"], ["every layer is held FP16", "--keep-fp16"]),

@@ -36,7 +36,8 @@ from compare_peers import BUNDLED, calibration_feeds, count_bits, feeds_reader  
 
 from mpq_export.allocate import AllocationSettings  # noqa: E402
 from mpq_export.calibrate import CalibrationSettings  # noqa: E402
-from mpq_export.pipeline import PipelineConfig, run_pipeline  # noqa: E402
+from mpq_export.inspect import inspect_model  # noqa: E402
+from mpq_export.pipeline import PipelineConfig, default_cache_dir, prepare_model, run_pipeline  # noqa: E402
 from mpq_export.quantize import QuantizeSettings  # noqa: E402
 from mpq_export.validate import ValidationSettings  # noqa: E402
 
@@ -63,7 +64,7 @@ def bench_feeds(info, batch: int, shape, seed: int = 123) -> dict[str, np.ndarra
     from mpq_export.ort import build_feeds, load_conditioning
     from mpq_export.sampler import initial_noise
 
-    cond, _ = load_conditioning(info, None, batch, seed, 77)
+    cond, _ = load_conditioning(info, None, batch, seed, 77 if info.conditioning else None)
     return build_feeds(info, initial_noise(seed, batch, shape), 500, cond)
 
 
@@ -113,8 +114,9 @@ def main() -> None:
         make("sd15-mini", os.path.join(work, "sd15-mini"))
         model = os.path.join(work, "sd15-mini", "unet")
         res_ = res_ or 32
+    conditional = bool(inspect_model(prepare_model(PipelineConfig(model=model), default_cache_dir()).onnx_path).conditioning)
     calib = CalibrationSettings(steps=10, timesteps=2, samples=4, resolution=(res_, res_) if res_ else None,
-                                seq_len=77, threads=args.threads)
+                                seq_len=77 if conditional else None, threads=args.threads)
 
     t0 = time.perf_counter()
     w8 = AllocationSettings(budget=8.01, bits=(8, 16), method="uniform")
