@@ -2,7 +2,7 @@
 
     mpq-export MODEL --budget B [-o DIR] ...         quantize (ONNX file or diffusers UNet folder)
     mpq-export --demo [--budget B] [-o DIR]          the whole pipeline on the bundled trained model
-    mpq-export check MODEL.mpq.onnx                  check a Q/DQ model against TensorRT's rules
+    mpq-export check MODEL.mpq.onnx | DIR            check a Q/DQ model (or an output folder's) against TensorRT's rules
 
 User errors (MPQError) become one line on stderr and exit status 1; nothing heavy is imported
 before the arguments are parsed, so --help is instant.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from mpq_export.act_ranges import ACT_CALIB_METHODS
@@ -221,18 +222,35 @@ def _setup_logging(quiet: bool) -> None:
 def _main_check(argv: list[str]) -> int:
     p = _Parser(prog=f"{PROG} check", description="Check a Q/DQ ONNX model against TensorRT's quantization rules "
                 "(docs/design.md); prints every offending node, exits 1 if any rule is broken.")
-    p.add_argument("model", help="the Q/DQ ONNX model (e.g. out/model.mpq.onnx)")
+    p.add_argument("model", help="the Q/DQ ONNX model (e.g. out/model.mpq.onnx), or an output folder holding one")
     args = p.parse_args(argv)
     from mpq_export.trt_rules import check_model
 
-    violations = check_model(args.model)
+    model = _checked_model_path(args.model)
+    violations = check_model(model)
     for v in violations:
         print(v)
     if violations:
-        print(f"{args.model}: {len(violations)} TensorRT rule violation(s)", file=sys.stderr)
+        print(f"{model}: {len(violations)} TensorRT rule violation(s)", file=sys.stderr)
         return 1
-    print(f"{args.model}: OK, no TensorRT rule violations")
+    print(f"{model}: OK, no TensorRT rule violations")
     return 0
+
+
+def _checked_model_path(path: str) -> str:
+    """`check`'s model: the file itself, or the quantized model of an mpq-export output folder."""
+    from mpq_export.output_folder import OUTPUT_MODEL
+
+    if not os.path.isdir(path):
+        return path
+    inside = os.path.join(path, OUTPUT_MODEL)
+    if os.path.isfile(inside):
+        return inside
+    per_budget = sorted(d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, OUTPUT_MODEL)))
+    if per_budget:
+        raise MPQError(f"{path} holds one model per budget ({', '.join(per_budget)}); check one of them, e.g. "
+                       f"{PROG} check {os.path.join(path, per_budget[0])}")
+    raise MPQError(f"{path} is a folder without {OUTPUT_MODEL}; give the Q/DQ .onnx file to check")
 
 
 def _main_run(argv: list[str]) -> int:

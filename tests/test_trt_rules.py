@@ -175,3 +175,18 @@ def test_build_engine_yes_fails_clearly_without_tensorrt(unet_onnx, tmp_path):
     code, _, err = run_cli(unet_onnx, "--budget", "8", "-o", tmp_path / "o", *FAST, "--build-engine", "yes")
     assert code == 1 and "--build-engine yes" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_check_takes_an_output_folder(trt_out, tmp_path):
+    code, stdout, _ = run_cli("check", trt_out)
+    assert code == 0 and f"{trt_out / 'model.mpq.onnx'}: OK" in stdout
+    sweep = tmp_path / "sweep"
+    (sweep / "budget-8").mkdir(parents=True)
+    (sweep / "budget-8" / "model.mpq.onnx").write_bytes((trt_out / "model.mpq.onnx").read_bytes())
+    code, _, err = run_cli("check", sweep)
+    assert code == 1 and "one model per budget (budget-8)" in err and err.count("\n") == 1
+    code, _, err = run_cli("check", tmp_path / "sweep" / "budget-8")
+    assert code == 0
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("check", tmp_path / "empty")
+    assert code == 1 and "without model.mpq.onnx" in err and err.count("\n") == 1
