@@ -238,19 +238,35 @@ def _main_check(argv: list[str]) -> int:
 
 
 def _checked_model_path(path: str) -> str:
-    """`check`'s model: the file itself, or the quantized model of an mpq-export output folder."""
+    """`check`'s model: the file itself, or the quantized model of an mpq-export output folder; refused when
+    the report beside it says it was written for the onnxruntime target, which TensorRT's rules do not fit."""
     from mpq_export.output_folder import OUTPUT_MODEL
 
     if not os.path.isdir(path):
+        _refuse_other_target(path)
         return path
     inside = os.path.join(path, OUTPUT_MODEL)
     if os.path.isfile(inside):
+        _refuse_other_target(inside)
         return inside
     per_budget = sorted(d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, OUTPUT_MODEL)))
     if per_budget:
         raise MPQError(f"{path} holds one model per budget ({', '.join(per_budget)}); check one of them, e.g. "
                        f"{PROG} check {os.path.join(path, per_budget[0])}")
     raise MPQError(f"{path} is a folder without {OUTPUT_MODEL}; give the Q/DQ .onnx file to check")
+
+
+def _refuse_other_target(model: str) -> None:
+    import json
+
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(model)), "report.json")) as f:
+            target = json.load(f).get("target")
+    except (OSError, ValueError, AttributeError):
+        return  # no report of ours beside it: check the file as it is
+    if target == "onnxruntime":
+        raise MPQError(f"{model} was written for --target onnxruntime (FP32 graph, INT4 convolutions, integer-kernel "
+                       f"Q/DQ), which TensorRT's rules do not fit; quantize with --target tensorrt for TensorRT")
 
 
 def _main_run(argv: list[str]) -> int:

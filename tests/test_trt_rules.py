@@ -190,3 +190,15 @@ def test_check_takes_an_output_folder(trt_out, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli("check", tmp_path / "empty")
     assert code == 1 and "without model.mpq.onnx" in err and err.count("\n") == 1
+
+
+def test_check_refuses_a_model_written_for_the_onnxruntime_target(trt_out, tmp_path):
+    ort_out = tmp_path / "ort"
+    ort_out.mkdir()
+    (ort_out / "model.mpq.onnx").write_bytes((trt_out / "model.mpq.onnx").read_bytes())
+    (ort_out / "report.json").write_text(json.dumps({"target": "onnxruntime"}))
+    for arg in (ort_out, ort_out / "model.mpq.onnx"):
+        code, _, err = run_cli("check", arg)
+        assert code == 1 and "written for --target onnxruntime" in err and err.count("\n") == 1
+    (ort_out / "report.json").write_text("{not json")  # not our report: the file is checked as it is
+    assert run_cli("check", ort_out)[0] == 0
