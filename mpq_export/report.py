@@ -388,7 +388,7 @@ def render_markdown(r: dict) -> str:
         lines += ["", "Calibration's time: " + ", ".join(f"{k.replace('_', ' ')} {t:.1f} s" for k, t in split.items())]
     sens = any(l.get("sensitivity") for l in r["layers"])
     lines += ["", "## Layers", "", "| # | layer | op | params | format | bits | ORM importance |"
-              + (" sensitivity at 4 / 8 bits |" if sens else "") + " weight SQNR (dB) |",
+              + (f" {_measured_column(r['allocation']['scorer'])} at 4 / 8 bits |" if sens else "") + " weight SQNR (dB) |",
               "|---:|---|---|---:|---|---:|---:|" + ("---:|" if sens else "") + "---:|"]
     for i, l in enumerate(r["layers"]):
         s = l.get("sensitivity") or {}
@@ -452,3 +452,8 @@ def write_pareto(out_root: str, reports: list[Report]) -> None:
     md += ["", "![pareto](pareto.png)", ""]
     with open(os.path.join(out_root, "summary.md"), "w") as f:
         f.write("\n".join(md))
+
+
+def _measured_column(scorer: str) -> str:
+    """The layer table's heading for the measured scores: what the scorer measured (sensitivity.py)."""
+    return "final-sample error" if scorer == "trajectory" else "noise-prediction error"

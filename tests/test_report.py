@@ -48,3 +48,13 @@ def test_markdown_states_budget_bits_and_validation():
     d2 = json.loads(json.dumps(d))
     d2["budget"] = 6.5
     assert "**6.5** average weight bits" in render_markdown(d2)  # rendered from the data, not fixed text
+
+
+def test_the_layer_table_names_what_the_measured_scorer_measured():
+    d = json.loads(json.dumps(_golden()))
+    assert "error at 4 / 8 bits" not in render_markdown(d)  # ORM: no measured column
+    for row in d["layers"]:
+        row["sensitivity"] = {"w4a8": 2e-5, "w8a8": 1e-6}
+    for scorer, heading in (("sensitivity", "noise-prediction error"), ("trajectory", "final-sample error")):
+        d["allocation"]["scorer"] = scorer
+        assert f"| {heading} at 4 / 8 bits |" in render_markdown(d)
