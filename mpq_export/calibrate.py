@@ -29,7 +29,8 @@ from mpq_export.act_ranges import ActivationHistograms
 from mpq_export.errors import MPQError, require_int
 from mpq_export.inspect import ModelInfo
 from mpq_export.progress import Progress, log
-from mpq_export.ort import DEVICES, build_feeds, check_finite, check_threads, fixed_batch, load_conditioning, ort_session, run_model
+from mpq_export.ort import (DEVICES, build_feeds, check_finite, check_threads, fixed_batch, load_conditioning,
+                             ort_session, run_model)
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise
 from mpq_export.targets import CONV_OPS
 

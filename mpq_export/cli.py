@@ -261,10 +261,11 @@ def _refuse_other_target(model: str) -> None:
 
     try:
         with open(os.path.join(os.path.dirname(os.path.abspath(model)), "report.json")) as f:
-            target = json.load(f).get("target")
+            report = json.load(f)
+        ours, target = report.get("tool") == "mpq-export", report.get("target")
     except (OSError, ValueError, AttributeError):
-        return  # no report of ours beside it: check the file as it is
-    if target == "onnxruntime":
+        return  # no readable report beside it: check the file as it is
+    if ours and target == "onnxruntime":
         raise MPQError(f"{model} was written for --target onnxruntime (FP32 graph, INT4 convolutions, integer-kernel "
                        f"Q/DQ), which TensorRT's rules do not fit; quantize with --target tensorrt for TensorRT")
 

@@ -196,9 +196,10 @@ def test_check_refuses_a_model_written_for_the_onnxruntime_target(trt_out, tmp_p
     ort_out = tmp_path / "ort"
     ort_out.mkdir()
     (ort_out / "model.mpq.onnx").write_bytes((trt_out / "model.mpq.onnx").read_bytes())
-    (ort_out / "report.json").write_text(json.dumps({"target": "onnxruntime"}))
+    (ort_out / "report.json").write_text(json.dumps({"tool": "mpq-export", "target": "onnxruntime"}))
     for arg in (ort_out, ort_out / "model.mpq.onnx"):
         code, _, err = run_cli("check", arg)
         assert code == 1 and "written for --target onnxruntime" in err and err.count("\n") == 1
-    (ort_out / "report.json").write_text("{not json")  # not our report: the file is checked as it is
-    assert run_cli("check", ort_out)[0] == 0
+    for other in ("{not json", json.dumps({"tool": "another", "target": "onnxruntime"})):
+        (ort_out / "report.json").write_text(other)  # not our report: the file is checked as it is
+        assert run_cli("check", ort_out)[0] == 0
