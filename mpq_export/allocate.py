@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mpq_export.errors import MPQError, require_int
+from mpq_export.errors import MPQError, require_int, require_number
 from mpq_export.inspect import QuantLayer
 from mpq_export.targets import DEFAULT_TARGET, FP16, WHY_NOT, Format, check_target, format_for, formats_for
 
@@ -46,6 +46,7 @@ class AllocationSettings:
     target: str = DEFAULT_TARGET  # whose format table the candidates come from (targets.py)
 
     def __post_init__(self):
+        require_number(self.budget, "--budget")
         check_target(self.target)
         if self.method not in METHODS:
             raise MPQError(f"--allocation must be one of {', '.join(METHODS)}, got '{self.method}'")

@@ -17,3 +17,22 @@ def require_int(value, flag: str, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise MPQError(f"{flag} must be {what}, got {value!r}")
+
+
+def require_number(value, flag: str) -> float:
+    """A real number (numpy's too; not a bool nor a string) that is finite, as a float; else the one-line error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) == float(value) \
+            or abs(float(value)) == float("inf"):
+        raise MPQError(f"{flag} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def require_path(value, what: str) -> str:
+    """A non-empty path (str or os.PathLike, e.g. pathlib.Path) as a str; else the one-line error."""
+    import os
+
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise MPQError(f"{what} must be a path (a non-empty string or pathlib.Path), got {value!r}")
+    return value

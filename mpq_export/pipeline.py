@@ -22,7 +22,7 @@ import numpy as np
 from mpq_export.act_ranges import ActCalibSettings, ActivationRanges, choose_ranges
 from mpq_export.allocate import AllocationSettings, BitAllocation, allocate, check_budget
 from mpq_export.calibrate import CalibrationSettings, CalibrationStats, calibrate, sample_shape
-from mpq_export.errors import MPQError
+from mpq_export.errors import MPQError, require_number, require_path
 from mpq_export.inspect import ModelInfo, inspect_model
 from mpq_export.orm import LayerImportance, OrmSettings, compute_importance
 from mpq_export.output_folder import OUTPUT_MODEL, SCRATCH_PREFIX, output_folders, remove_stale_scratch, staging_folder
@@ -48,7 +48,7 @@ class PipelineConfig:
     budgets: tuple[float, ...] = (4.5,)
     out_dir: str | None = None  # default ./<model stem>.mpq
     allocation: AllocationSettings | None = None  # budget inside is replaced per budget
-    importance: str = "orm"  # orm | sensitivity
+    importance: str = "orm"  # orm | sensitivity | trajectory
     orm: OrmSettings = field(default_factory=OrmSettings)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     act_calib: ActCalibSettings = field(default_factory=ActCalibSettings)
@@ -73,6 +73,12 @@ class PipelineConfig:
             raise MPQError(f"--importance must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
         if self.build_engine not in BUILD_MODES:
             raise MPQError(f"--build-engine must be one of {', '.join(BUILD_MODES)}, got '{self.build_engine}'")
+        self.model = require_path(self.model, "the model")
+        if self.out_dir is not None:
+            self.out_dir = require_path(self.out_dir, "-o")
+        if isinstance(self.budgets, (str, bytes)) or not hasattr(self.budgets, "__iter__"):
+            self.budgets = (self.budgets,)  # one budget given bare; checked as a number below
+        self.budgets = tuple(require_number(b, "--budget") for b in self.budgets)
         if not self.budgets:
             raise MPQError("give at least one --budget")
         g = self.guidance_scale

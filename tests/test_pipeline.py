@@ -26,7 +26,21 @@ def test_the_allocator_picks_from_the_target_quantize_writes():
 @pytest.mark.parametrize("kwargs, needle", [({"importance": "hessian"}, "--importance must be one of"),
                                             ({"build_engine": "maybe"}, "--build-engine must be one of"),
                                             ({"budgets": ()}, "give at least one --budget"),
-                                            ({"guidance_scale": 0.5}, "--guidance-scale must be a number >= 1")])
+                                            ({"guidance_scale": 0.5}, "--guidance-scale must be a number >= 1"),
+                                            ({"budgets": "8"}, "--budget must be a finite number, got '8'"),
+                                            ({"budgets": (8.0, float("nan"))}, "--budget must be a finite number"),
+                                            ({"model": None}, "the model must be a path"),
+                                            ({"out_dir": ""}, "-o must be a path")])
 def test_bad_settings_are_one_line_errors(kwargs, needle):
     with pytest.raises(MPQError, match=needle):
-        PipelineConfig(model="m.onnx", **kwargs)
+        PipelineConfig(**{"model": "m.onnx", **kwargs})
+
+
+def test_paths_and_bare_budgets_from_python_are_taken_as_the_cli_takes_them():
+    from pathlib import Path
+
+    import numpy as np
+
+    cfg = PipelineConfig(model=Path("m.onnx"), out_dir=Path("out"), budgets=np.float64(7.5))
+    assert cfg.model == "m.onnx" and cfg.out_dir == "out" and cfg.budgets == (7.5,)
+    assert isinstance(cfg.budgets[0], float)
