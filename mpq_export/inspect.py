@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from mpq_export.errors import MPQError
+from mpq_export.errors import MPQError, require_path
 from mpq_export.onnx_utils import DEFAULT_SEQ_LEN, SAMPLE_SIZE_KEY, SEQ_LEN_KEY, opset_of, producers_of, weight_axes
 
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -110,6 +110,7 @@ def load_onnx(path: str, load_weights: bool = True):
     """onnx.load with user-facing errors for missing and non-ONNX files."""
     import onnx
 
+    path = require_path(path, "the model")
     if not os.path.exists(path):
         raise MPQError(f"model file not found: {path} (check the path)")
     if os.path.isdir(path):

@@ -7,6 +7,7 @@ given, else the standard linear beta schedule with T = 1000 (docs/design.md).
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -14,6 +15,10 @@ from typing import Callable
 import numpy as np
 
 from mpq_export.errors import MPQError
+
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,20 @@ class NoiseSchedule:
     clip_sample: bool = True  # diffusers DDIMScheduler default; latent-model configs set it false
     steps_offset: int = 0
     source: str = "default linear schedule (T=1000, clip_sample)"
+
+    def __post_init__(self):
+        """The schedule's values, checked however it was made (from_config or directly from Python)."""
+        where = f" in {self.source}" if os.path.isabs(self.source) else ""
+        T = self.num_train_timesteps
+        if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 2:
+            raise MPQError(f"num_train_timesteps{where} must be an integer >= 2, got {T!r}")
+        b0, b1 = self.beta_start, self.beta_end
+        if not all(isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 < b < 1 for b in (b0, b1)):
+            raise MPQError(f"beta_start / beta_end{where} must lie in (0, 1), got {b0!r} / {b1!r}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise MPQError(f"unsupported beta_schedule '{self.beta_schedule}'{where} ({', '.join(BETA_SCHEDULES)})")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise MPQError(f"unsupported prediction_type '{self.prediction_type}'{where} ({', '.join(PREDICTION_TYPES)})")
 
     @classmethod
     def from_config(cls, path: str | None) -> "NoiseSchedule":
@@ -43,17 +62,7 @@ class NoiseSchedule:
                 raise MPQError(f"'{k}' in {path} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
             if v is not None and kind is int:
                 kw[k] = int(v)
-        if kw.get("num_train_timesteps", 1000) < 2:
-            raise MPQError(f"num_train_timesteps in {path} must be at least 2, got {kw['num_train_timesteps']}")
-        b0, b1 = kw.get("beta_start", 0.0001), kw.get("beta_end", 0.02)
-        if not (0 < b0 < 1 and 0 < b1 < 1):
-            raise MPQError(f"beta_start / beta_end in {path} must lie in (0, 1), got {b0!r} / {b1!r}")
-        s = cls(**kw, source=os.path.abspath(path))
-        if s.beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
-            raise MPQError(f"unsupported beta_schedule '{s.beta_schedule}' in {path} (linear, scaled_linear, squaredcos_cap_v2)")
-        if s.prediction_type not in ("epsilon", "v_prediction"):
-            raise MPQError(f"unsupported prediction_type '{s.prediction_type}' in {path} (epsilon, v_prediction)")
-        return s
+        return cls(**kw, source=os.path.abspath(path))
 
     def alphas_cumprod(self) -> np.ndarray:
         T = self.num_train_timesteps

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise
 
@@ -52,3 +53,16 @@ def test_ddim_step_matches_diffusers():
     for i, t in enumerate(ours.timesteps[:3]):
         want = ref.step(torch.from_numpy(eps), int(t), torch.from_numpy(x)).prev_sample.numpy()
         np.testing.assert_allclose(ours.step(x, eps, i), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, needle", [({"num_train_timesteps": 0}, "num_train_timesteps must be an integer >= 2"),
+                                            ({"num_train_timesteps": 10.0}, "num_train_timesteps must be an integer"),
+                                            ({"beta_start": -1.0}, "beta_start / beta_end must lie in"),
+                                            ({"beta_schedule": "cosine"}, "unsupported beta_schedule 'cosine'"),
+                                            ({"prediction_type": "sample"}, "unsupported prediction_type")])
+def test_a_schedule_made_in_python_is_checked_like_one_read_from_a_file(kwargs, needle):
+    from mpq_export.errors import MPQError
+    from mpq_export.sampler import NoiseSchedule
+
+    with pytest.raises(MPQError, match=needle):
+        NoiseSchedule(**kwargs)
