@@ -133,6 +133,7 @@ class CalibrationStats:
             meta = json.loads(str(z["meta"]))
             s = meta["settings"]
             s["resolution"] = tuple(s["resolution"]) if s["resolution"] else None
+            s["threads"] = 0  # not part of the statistics (nor of the key); another machine's count may not fit here
             return cls(layer_names=meta["layer_names"], timesteps=z["timesteps"], step_indices=z["step_indices"],
                        grams=z["grams"], act_hist=ActivationHistograms(meta["act_names"], z["act_counts"],
                                                                        z["act_amax"], z["act_sumsq"]),
@@ -312,6 +313,9 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
         with_h = cache_key(sha, replace(settings, input_hessians=True), schedule, calib_data)
         cached = _load_cached(os.path.join(cache_dir, f"calib-{with_h}.npz"), info)
     if cached is not None:
+        # the entry matched on everything that shapes the statistics; how this run may use the machine
+        # (threads for the sensitivity probes, memory per call) is this run's, not the entry's
+        cached.settings = replace(cached.settings, threads=settings.threads, mem_budget_mb=settings.mem_budget_mb)
         return cached
 
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ def check_threads(threads) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if threads > THREADS_PER_CORE * cores:
         raise MPQError(f"--threads {threads} is more than {THREADS_PER_CORE} per core on this machine ({cores} "
-                       f"cores): give at most {THREADS_PER_CORE * cores}, or 0 for one per core")
+                       f"core{'s' if cores != 1 else ''}): give at most {THREADS_PER_CORE * cores}, or 0 for one per core")
 
 
 def providers_for(device: str) -> list[str]:

@@ -136,3 +136,23 @@ def test_statistics_with_gptq_inputs_serve_a_run_without_them_from_the_cache(une
     without = calibrate(info, replace(s, input_hessians=False), NoiseSchedule(), cache_dir=str(tmp_path / "b"))
     again = calibrate(info, s, NoiseSchedule(), cache_dir=str(tmp_path / "b"))
     assert not without.cached and not without.hessians and not again.cached and again.hessians
+
+
+def test_a_cached_entry_takes_this_runs_threads_even_from_a_bigger_machine(unet_onnx, tmp_path):
+    import json
+    import os
+
+    info = inspect_model(unet_onnx)
+    cache = str(tmp_path / "cache")
+    s = CalibrationSettings(steps=5, timesteps=2, samples=4, threads=1)
+    calibrate(info, s, NoiseSchedule(), cache_dir=cache)
+    (entry,) = [os.path.join(cache, f) for f in os.listdir(cache) if f.startswith("calib-")]
+    with np.load(entry) as z:  # as if written on a 64-core machine with --threads 64
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["settings"]["threads"] = 64
+    arrays["meta"] = np.array(json.dumps(meta))
+    with open(entry, "wb") as f:
+        np.savez(f, **arrays)
+    again = calibrate(info, replace(s, threads=2), NoiseSchedule(), cache_dir=cache)
+    assert again.cached and again.settings.threads == 2
