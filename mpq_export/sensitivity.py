@@ -67,8 +67,12 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
     cands, _ = candidates(info.layers, alloc_settings)
     qs = QuantizeSettings(target="onnxruntime", block_size=qsettings.block_size, clip_search=qsettings.clip_search,
                           clip_grid=qsettings.clip_grid, rounding=qsettings.rounding)
-    key_blob = json.dumps({"calib": stats.model_sha256, "settings": asdict(stats.settings), "alpha": alpha,
-                           "schedule": asdict(stats.schedule), "conditioning": stats.conditioning_source,
+    # as in calibration's own cache key: how this machine runs the probes (threads, memory per call) and
+    # where the scheduler config lies are not what they measure
+    calib, schedule = asdict(stats.settings), asdict(stats.schedule)
+    calib.pop("threads"), calib.pop("mem_budget_mb"), schedule.pop("source")
+    key_blob = json.dumps({"calib": stats.model_sha256, "settings": calib, "alpha": alpha,
+                           "schedule": schedule, "conditioning": stats.conditioning_source,
                            "samples": samples, "q": asdict(qs), "rounding_version": ROUNDING_VERSION,
                            "objective": objective,
                            "act_amax": act_amax,

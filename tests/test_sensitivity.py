@@ -1,5 +1,7 @@
 """The sensitivity scorer on a model with a known answer."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -43,6 +45,10 @@ def test_artificially_sensitive_layer_gets_the_high_bits(sabotaged, tmp_path):
     assert alloc.format_of(VICTIM).weight_bits == 8
     assert alloc.achieved_bits <= 4.6
     again = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
+    assert again.cached and again.scores == sens.scores
+    # another --threads or --calib-mem-mb measures the same: the cached scores serve it
+    other_machine = replace(stats, settings=replace(stats.settings, threads=1, mem_budget_mb=64))
+    again = measure_sensitivity(info, other_machine, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
     assert again.cached and again.scores == sens.scores
 
 
