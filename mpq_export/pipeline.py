@@ -151,6 +151,10 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
         raise MPQError("give --prompts or --calib-data, not both")
     if not is_diffusers_folder(unet_dir):
         if os.path.isdir(unet_dir):
+            inner = os.path.join(unet_dir, "unet")
+            if is_diffusers_folder(inner):  # unet/ and scheduler/ saved without the pipeline's model_index.json
+                raise MPQError(f"{cfg.model} has no model_index.json but holds a diffusers UNet: give {inner} "
+                               f"(a scheduler/ beside it is found)")
             raise MPQError(f"{cfg.model} is a folder without config.json or model_index.json; give an .onnx file, a "
                            f"diffusers UNet folder or a pipeline folder")
         return PreparedModel(cfg.model, cfg.scheduler_config, [])

@@ -107,6 +107,14 @@ def test_empty_file_is_not_called_a_model(tmp_path):
     _one_line_error(*run_cli(empty, "-o", tmp_path / "o", *FAST)[::2], "no graph")
 
 
+def test_a_folder_holding_unet_and_scheduler_points_at_its_unet(tmp_path):
+    (tmp_path / "saved" / "unet").mkdir(parents=True)
+    (tmp_path / "saved" / "unet" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    _one_line_error(*run_cli(tmp_path / "saved", "-o", tmp_path / "o", *FAST)[::2], "holds a diffusers UNet: give",
+                    str(tmp_path / "saved" / "unet"))
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_fine_tuned_model_with_identical_sizes_never_reuses_statistics(unet_onnx, tmp_path):
     """Same graph, same external-data file sizes, other weights: the calibration cache must miss."""
     from mpq_export.calibrate import CalibrationSettings, calibrate
