@@ -311,8 +311,10 @@ def _fmt(v, nd=2):
 def render_markdown(r: dict) -> str:
     v = r["validation"]
     imp = r["importance"]
+    given = r.get("input") or r["model"]
     lines = [
-        f"# mpq-export report: {os.path.basename(r['model'])}", "",
+        f"# mpq-export report: {_display_name(given)}", "",
+        *([f"- input: `{given}`"] if given != r["model"] else []),
         f"- model: `{r['model']}` ({r['total_params']:,} quantizable weight parameters in {len(r['layers'])} layers)",
         f"- target: **{r['target']}**; output: `{r['output_model']}`",
         f"- budget: **{r['budget']:g}** average weight bits; achieved (allocation): **{r['achieved_bits']:.4f}**; "
@@ -457,3 +459,9 @@ def write_pareto(out_root: str, reports: list[Report]) -> None:
 def _measured_column(scorer: str) -> str:
     """The layer table's heading for the measured scores: what the scorer measured (sensitivity.py)."""
     return "final-sample error" if scorer == "trajectory" else "noise-prediction error"
+
+
+def _display_name(path: str) -> str:
+    """The title's name for what the user gave: a UNet folder called unet/ is named with its parent."""
+    name = os.path.basename(os.path.normpath(path))
+    return f"{os.path.basename(os.path.dirname(os.path.normpath(path)))}/{name}" if name == "unet" else name

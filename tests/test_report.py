@@ -58,3 +58,11 @@ def test_the_layer_table_names_what_the_measured_scorer_measured():
     for scorer, heading in (("sensitivity", "noise-prediction error"), ("trajectory", "final-sample error")):
         d["allocation"]["scorer"] = scorer
         assert f"| {heading} at 4 / 8 bits |" in render_markdown(d)
+
+
+def test_the_title_names_what_the_user_gave():
+    d = json.loads(json.dumps(_golden()))
+    assert render_markdown(d).startswith(f"# mpq-export report: {os.path.basename(d['model'])}\n\n- model:")
+    d["input"] = "/models/patches_ddpm/unet"  # a diffusers folder, exported to d["model"] by the run
+    md = render_markdown(d)
+    assert md.startswith("# mpq-export report: patches_ddpm/unet\n\n- input: `/models/patches_ddpm/unet`\n- model:")
