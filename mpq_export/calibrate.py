@@ -471,12 +471,18 @@ class _InputStatistics:
             self.sums[l.name].add(x)
 
     def result(self) -> dict[str, np.ndarray]:
-        """layer -> its symmetric H; each sum is freed as its result is made (no 2x peak)."""
+        """layer -> its symmetric H in the weight's column order; each sum is freed as its result is made
+        (no 2x peak)."""
+        from mpq_export.rounding import weight_order
+
+        by_name = {l.name: l for ls in self.readers.values() for l in ls}
         out = {}
         for name in list(self.sums):
             acc = self.sums.pop(name)
             if acc.calls:
-                out[name] = acc.result()
+                h = acc.result()
+                p = weight_order(by_name[name])
+                out[name] = h if p is None else np.ascontiguousarray(h[np.ix_(p, p)])
             del acc
         return out
 

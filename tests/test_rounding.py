@@ -7,7 +7,7 @@ from mpq_export.calibrate import CalibrationSettings, calibrate
 from mpq_export.inspect import QuantLayer, inspect_model
 from mpq_export.quantize import QuantizeSettings, quantize, quantize_layer_weight, quantize_weight
 from mpq_export.rounding import (DAMP, SCALE_MULTIPLIERS, HessianSum, _gptq, gptq_round, gptq_scale_search, layer_rows,
-                                  output_error, weight_matrix)
+                                  output_error, weight_matrix, weight_order)
 from mpq_export.sampler import NoiseSchedule
 from mpq_export.targets import W4A8, W4A16
 
@@ -92,7 +92,7 @@ def test_conv_rows_match_the_convolution():
     layer = QuantLayer(name="c", node_name="c", op_type="Conv", weight_name="w", weight_shape=w.shape, params=w.size,
                        activation_input="x", output="y", weight_axis=0, reduction_axis=-1,
                        conv_geometry=((2, 2), (1, 1, 1, 1), (1, 1), 1))
-    rows = layer_rows(x, layer, np.random.default_rng(0))  # 2 * 5 * 5 = 50 rows, all kept
+    rows = layer_rows(x, layer, np.random.default_rng(0))[:, weight_order(layer)]  # 2 * 5 * 5 = 50 rows, all kept
     y = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=2, padding=1).numpy()
     got = np.sort((rows @ weight_matrix(w, layer).T).ravel())
     np.testing.assert_allclose(got, np.sort(y.transpose(0, 2, 3, 1).reshape(-1, 5).ravel()), rtol=1e-4, atol=1e-4)
