@@ -4,6 +4,7 @@ The CLI prints `error: <message>` for it, with no traceback, and exits non-zero.
 else that escapes is a bug and keeps its traceback. Messages name the problem and the fix.
 """
 
+import math
 import numbers
 
 
@@ -21,8 +22,7 @@ def require_int(value, flag: str, minimum: int) -> None:
 
 def require_number(value, flag: str) -> float:
     """A real number (numpy's too; not a bool nor a string) that is finite, as a float; else the one-line error."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) == float(value) \
-            or abs(float(value)) == float("inf"):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise MPQError(f"{flag} must be a finite number, got {value!r}")
     return float(value)
 
