@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 
+from mpq_export import __version__
 from mpq_export.act_ranges import ACT_CALIB_METHODS
 from mpq_export.errors import MPQError
 from mpq_export.rounding import ROUNDINGS
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "a diffusers UNet folder (config.json + weights), or a diffusers text-to-image pipeline folder "
                    "(model_index.json, unet/, scheduler/, text_encoder/, tokenizer/[, vae/]): calibrated on "
                    "prompts with classifier-free guidance")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--demo", action="store_true", help="run on the bundled trained digits DDPM (needs the [torch] extra)")
     p.add_argument("--budget", type=_floats, default=None,
                    help="average stored weight bits (FP16 counts 16); a comma list gives one output per budget. "

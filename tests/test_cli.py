@@ -177,6 +177,18 @@ def test_help_imports_no_heavy_module():
     assert p.returncode == 0 and "--budget" in p.stdout
 
 
+def test_version_is_the_installed_distributions(capsys):
+    """--version prints the one version string, the one the installed distribution carries too."""
+    import importlib.metadata
+
+    from mpq_export import __version__
+    from mpq_export.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"mpq-export {__version__}"
+    assert importlib.metadata.version("mpq-export") == __version__
+
+
 @pytest.mark.parametrize("importance", ["sensitivity", "trajectory"])
 def test_sensitivity_scorer_through_the_cli(unet_onnx, tmp_path, importance):
     out = tmp_path / "sens"
