@@ -164,63 +164,84 @@ def load_conditioning(info: ModelInfo, path: str | None, n: int, seed: int, seq_
         raise MPQError(f"--guidance-scale {guidance_scale:g} needs the unconditional (empty-prompt) embeddings: run on a "
                        f"diffusers pipeline folder (prompts are encoded with its text encoder) or give --calib-data "
                        f"FILE.npz with {UNCOND_PREFIX}{info.conditioning[0].name}")
-    out: dict[str, np.ndarray] = {}
-    if path is not None:
-        if not os.path.exists(path):
-            raise MPQError(f"--calib-data file not found: {path}")
-        try:
-            data = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise MPQError(f"--calib-data {path} is not a readable .npz ({type(e).__name__}); save it with numpy.savez") from None
-        if not hasattr(data, "files"):
-            raise MPQError(f"--calib-data {path} is a single array (.npy); save the inputs by name with "
-                           f"numpy.savez(FILE.npz, {info.conditioning[0].name}=...)")
-        for spec in info.conditioning:
-            if spec.name not in data.files:
-                raise MPQError(f"--calib-data {path} has no array '{spec.name}' (has: {', '.join(data.files)}); add it")
-            raw = np.asarray(data[spec.name])
-            if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_):
-                raise MPQError(f"'{spec.name}' in {path} holds {raw.dtype} values; it must be numeric ({spec.dtype})")
-            if raw.ndim != len(spec.shape):
-                raise MPQError(f"'{spec.name}' in {path} has rank {raw.ndim}, the model wants {len(spec.shape)} ({spec.shape})")
-            if raw.shape[0] == 0:
-                raise MPQError(f"'{spec.name}' in {path} has no rows; give at least one")
-            for axis, d in enumerate(spec.shape[1:], 1):
-                if isinstance(d, int) and d > 0 and raw.shape[axis] != d:
-                    raise MPQError(f"'{spec.name}' in {path} has shape {list(raw.shape)}; the model wants "
-                                   f"{[str(x) for x in spec.shape]} (dimension {axis} must be {d})")
-            if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
-                raise MPQError(f"'{spec.name}' in {path} contains NaN/Inf; give finite values")
-            arr = raw.astype(np.dtype(spec.dtype))
-            out[spec.name] = arr[(seed + np.arange(n)) % arr.shape[0]]
-        source = str(data[DESCRIPTION_KEY]) if DESCRIPTION_KEY in data.files else f"file {os.path.abspath(path)}"
-        if guidance_scale != 1:
-            for spec in info.conditioning:
-                key = UNCOND_PREFIX + spec.name
-                if key not in data.files:
-                    raise MPQError(f"--calib-data {path} has no '{key}' for classifier-free guidance (has: "
-                                   f"{', '.join(data.files)}); add the empty prompt's {spec.name} as '{key}', "
-                                   f"or give --guidance-scale 1")
-                u = np.asarray(data[key])
-                if u.ndim != out[spec.name].ndim or u.shape[1:] != out[spec.name].shape[1:] or not len(u):
-                    raise MPQError(f"'{key}' in {path} has shape {list(u.shape)}; it must match '{spec.name}' "
-                                   f"{list(out[spec.name].shape[1:])} after the first axis (one row or one per sample)")
-                u = u.astype(np.dtype(spec.dtype))[(seed + np.arange(n)) % len(u)]
-                pairs = np.stack([u, out[spec.name]], axis=1)  # [n, 2, ...]: (uncond, cond) adjacent
-                out[spec.name] = pairs.reshape(2 * n, *pairs.shape[2:])
-            source += (f"; classifier-free guidance {guidance_scale:g} (each sample's unconditional and conditional "
-                       f"rows batched, as the pipeline runs the UNet)")
-        return out, source
-    rng = np.random.default_rng(seed + 7919)
-    seq_default = info.seq_len
+    if path is None:
+        return _standard_normal_conditioning(info, n, seed, seq_len)
+    data = _open_calib_data(info, path)
+    rows = (seed + np.arange(n))  # row j of the file for sample j, modulo the file's length
+    out = {}
     for spec in info.conditioning:
-        shape = spec.concrete(n, fallback={1: seq_len or seq_default})
+        arr = _calib_array(data, spec, path)
+        out[spec.name] = arr[rows % len(arr)]
+    source = str(data[DESCRIPTION_KEY]) if DESCRIPTION_KEY in data.files else f"file {os.path.abspath(path)}"
+    if guidance_scale == 1:
+        return out, source
+    for spec in info.conditioning:
+        u = _uncond_array(data, spec, out[spec.name], path)
+        pairs = np.stack([u[rows % len(u)], out[spec.name]], axis=1)  # [n, 2, ...]: (uncond, cond) adjacent
+        out[spec.name] = pairs.reshape(2 * n, *pairs.shape[2:])
+    return out, source + (f"; classifier-free guidance {guidance_scale:g} (each sample's unconditional and "
+                          f"conditional rows batched, as the pipeline runs the UNet)")
+
+
+def _standard_normal_conditioning(info: ModelInfo, n: int, seed: int,
+                                  seq_len: int | None) -> tuple[dict[str, np.ndarray], str]:
+    rng = np.random.default_rng(seed + 7919)
+    out = {}
+    for spec in info.conditioning:
+        shape = spec.concrete(n, fallback={1: seq_len or info.seq_len})
         if np.issubdtype(np.dtype(spec.dtype), np.integer):
             out[spec.name] = np.zeros(shape, dtype=spec.dtype)
         else:
             out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
     names = ", ".join(s.name for s in info.conditioning)
     return out, f"standard-normal {names} (none supplied: give --calib-data FILE.npz for real conditioning)"
+
+
+def _open_calib_data(info: ModelInfo, path: str):
+    if not os.path.exists(path):
+        raise MPQError(f"--calib-data file not found: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise MPQError(f"--calib-data {path} is not a readable .npz ({type(e).__name__}); save it with numpy.savez") from None
+    if not hasattr(data, "files"):
+        raise MPQError(f"--calib-data {path} is a single array (.npy); save the inputs by name with "
+                       f"numpy.savez(FILE.npz, {info.conditioning[0].name}=...)")
+    return data
+
+
+def _calib_array(data, spec, path: str) -> np.ndarray:
+    """The file's array for input `spec`, checked against the model's input and cast to its dtype."""
+    if spec.name not in data.files:
+        raise MPQError(f"--calib-data {path} has no array '{spec.name}' (has: {', '.join(data.files)}); add it")
+    raw = np.asarray(data[spec.name])
+    if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_):
+        raise MPQError(f"'{spec.name}' in {path} holds {raw.dtype} values; it must be numeric ({spec.dtype})")
+    if raw.ndim != len(spec.shape):
+        raise MPQError(f"'{spec.name}' in {path} has rank {raw.ndim}, the model wants {len(spec.shape)} ({spec.shape})")
+    if raw.shape[0] == 0:
+        raise MPQError(f"'{spec.name}' in {path} has no rows; give at least one")
+    for axis, d in enumerate(spec.shape[1:], 1):
+        if isinstance(d, int) and d > 0 and raw.shape[axis] != d:
+            raise MPQError(f"'{spec.name}' in {path} has shape {list(raw.shape)}; the model wants "
+                           f"{[str(x) for x in spec.shape]} (dimension {axis} must be {d})")
+    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
+        raise MPQError(f"'{spec.name}' in {path} contains NaN/Inf; give finite values")
+    return raw.astype(np.dtype(spec.dtype))
+
+
+def _uncond_array(data, spec, cond: np.ndarray, path: str) -> np.ndarray:
+    """The unconditional (empty-prompt) rows for input `spec`: one row, or one per sample."""
+    key = UNCOND_PREFIX + spec.name
+    if key not in data.files:
+        raise MPQError(f"--calib-data {path} has no '{key}' for classifier-free guidance (has: "
+                       f"{', '.join(data.files)}); add the empty prompt's {spec.name} as '{key}', "
+                       f"or give --guidance-scale 1")
+    u = np.asarray(data[key])
+    if u.ndim != cond.ndim or u.shape[1:] != cond.shape[1:] or not len(u):
+        raise MPQError(f"'{key}' in {path} has shape {list(u.shape)}; it must match '{spec.name}' "
+                       f"{list(cond.shape[1:])} after the first axis (one row or one per sample)")
+    return u.astype(np.dtype(spec.dtype))
 
 
 def check_finite(arr: np.ndarray, what: str) -> None:

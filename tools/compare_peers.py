@@ -188,10 +188,14 @@ def ort_quantize_static(model_path: str, feeds: list[dict], out: str, method: st
 
 def modelopt_python(venv: str) -> str:
     py = os.path.join(venv, "bin", "python")
+    # an interrupted first install leaves a venv without ModelOpt: test the import, not the folder
+    if os.path.exists(py) and subprocess.run([py, "-c", "import modelopt.onnx.quantization"],
+                                             capture_output=True).returncode == 0:
+        return py
+    print(f"[peers] creating the ModelOpt environment {venv} ({MODELOPT_REQUIREMENT}; several GB, minutes)", flush=True)
     if not os.path.exists(py):
-        print(f"[peers] creating the ModelOpt environment {venv} ({MODELOPT_REQUIREMENT}; several GB, minutes)", flush=True)
         subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-        subprocess.run([py, "-m", "pip", "install", "-q", MODELOPT_REQUIREMENT], check=True)
+    subprocess.run([py, "-m", "pip", "install", "-q", MODELOPT_REQUIREMENT], check=True)
     return py
 
 
