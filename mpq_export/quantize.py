@@ -46,8 +46,8 @@ class QuantizeSettings:
     rounding: str = DEFAULT_ROUNDING  # nearest | gptq (needs calibration's input statistics; rounding.py)
     # onnxruntime target: quantize the output of each INT8-input convolution (w8a8, w4a8) too, so that
     # onnxruntime's CPU provider fuses DQ -> Conv -> Q into QLinearConv (an integer kernel; without the
-    # output Q it dequantizes the weight at every call and runs the float convolution). Costs 1.6 to
-    # 3.7 dB at W8A8 on the trained models (docs/quality.md); False: --float-conv-outputs
+    # output Q it dequantizes the weight at every call and runs the float convolution). Costs 1.7 to
+    # 3.4 dB at W8A8 on the trained models (docs/quality.md); False: --float-conv-outputs
     integer_conv: bool = True
 
     def __post_init__(self):

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The quality table: MPQ (ORM) against other allocations at the same average bits, on the
-bundled trained digits DDPM. Writes docs/quality.md, docs/quality.json and docs/quality.png.
+bundled trained digits DDPM. Writes quality.json and quality.png under --out (docs/ by default); `--table-only`
+prints the Markdown table of docs/quality.md from an earlier run's quality.json.
 
 For budgets 4.5, 5 and 6 average weight bits (and W8A8 everywhere but the FP16 conv_in, as a reference point), with one
 calibration, one set of seeds and one sampler (50-step DDIM) for every method:
