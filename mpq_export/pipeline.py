@@ -81,6 +81,12 @@ class PipelineConfig:
         self.budgets = tuple(require_number(b, "--budget") for b in self.budgets)
         if not self.budgets:
             raise MPQError("give at least one --budget")
+        seen: dict[str, float] = {}
+        for b in self.budgets:  # a budget list writes one budget-<b:g> folder per budget
+            if f"{b:g}" in seen:
+                same = f"{b:g} twice" if seen[f"{b:g}"] == b else f"{seen[f'{b:g}']!r} and {b!r}, which name one output"
+                raise MPQError(f"--budget lists {same}; give each budget once")
+            seen[f"{b:g}"] = b
         g = self.guidance_scale
         if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not np.isfinite(g) or g < 1):
             raise MPQError(f"--guidance-scale must be a number >= 1 (1: no guidance), got {g!r}")
@@ -155,6 +161,10 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
             if is_diffusers_folder(inner):  # unet/ and scheduler/ saved without the pipeline's model_index.json
                 raise MPQError(f"{cfg.model} has no model_index.json but holds a diffusers UNet: give {inner} "
                                f"(a scheduler/ beside it is found)")
+            onnx_files = sorted(e for e in os.listdir(unet_dir) if e.endswith(".onnx"))
+            if len(onnx_files) == 1:  # a folder an ONNX export was saved into
+                raise MPQError(f"{cfg.model} is a folder without config.json or model_index.json; give the ONNX "
+                               f"file it holds: {os.path.join(cfg.model, onnx_files[0])}")
             raise MPQError(f"{cfg.model} is a folder without config.json or model_index.json; give an .onnx file, a "
                            f"diffusers UNet folder or a pipeline folder")
         return PreparedModel(cfg.model, cfg.scheduler_config, [])

@@ -3,6 +3,7 @@ user's is lost or reused stale."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import onnx
@@ -75,6 +76,8 @@ def test_budget_list_never_mixes_into_a_single_budget_output(unet_onnx, tmp_path
     (["-o", ""], ["-o is empty"]),
     (["--calib-data", "missing.npz"], ["--calib-data file not found"]),
     (["--budget", "nan"], ["finite"]),
+    (["--budget", "8,8"], ["--budget lists 8 twice; give each budget once"]),
+    (["--budget", "8,8.0000001"], ["which name one output"]),  # both would write budget-8/
     (["--act-calib", "percentile", "--act-percentile", "100"], ["--act-percentile"]),
     (["--target", "tensorrt", "--block-size", "32"], ["--block-size 32", "TensorRT"]),
     (["--allocation", "random", "--seed", "-1"], ["--seed must be an integer >= 0"]),
@@ -112,6 +115,14 @@ def test_a_folder_holding_unet_and_scheduler_points_at_its_unet(tmp_path):
     (tmp_path / "saved" / "unet" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
     _one_line_error(*run_cli(tmp_path / "saved", "-o", tmp_path / "o", *FAST)[::2], "holds a diffusers UNet: give",
                     str(tmp_path / "saved" / "unet"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_folder_holding_one_onnx_file_names_it(unet_onnx, tmp_path):
+    (tmp_path / "export").mkdir()
+    shutil.copy(unet_onnx, tmp_path / "export" / "unet.onnx")
+    _one_line_error(*run_cli(tmp_path / "export", "-o", tmp_path / "o", *FAST)[::2], "give the ONNX file it holds",
+                    str(tmp_path / "export" / "unet.onnx"))
     assert not (tmp_path / "o").exists()
 
 
