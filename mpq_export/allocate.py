@@ -53,11 +53,13 @@ class AllocationSettings:
         bad = [b for b in self.bits if b not in (4, 8, 16)]
         if bad or not self.bits:
             raise MPQError(f"--bits takes a comma list of 4, 8, 16 (got {','.join(map(str, self.bits)) or 'nothing'})")
-        for rx in (*self.keep_fp16, *self.min8):
-            try:
-                re.compile(rx)
-            except re.error as e:
-                raise MPQError(f"bad layer regex '{rx}': {e}") from None
+        for option, patterns in (("--keep-fp16", self.keep_fp16), ("--min8", self.min8)):
+            for rx in patterns:
+                try:
+                    re.compile(rx)
+                except re.error as e:
+                    raise MPQError(f"{option} '{rx}' is not a regular expression ({e}); escape special characters "
+                                   f"with a backslash, e.g. '\\.' for a dot") from None
         require_int(self.seed, "--seed", 0)  # numpy's generators take no negative seeds
 
 

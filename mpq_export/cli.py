@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-cache", action="store_true", help="neither read nor write the calibration cache")
     c.add_argument("--act-calib", choices=ACT_CALIB_METHODS, default=_default(ActCalibSettings, "method"),
                    help="how each INT8 activation threshold is chosen from the calibration histograms (docs/quality.md)")
-    c.add_argument("--act-percentile", type=float, default=_default(ActCalibSettings, "percentile"), help="percentile of |x| for --act-calib percentile")
+    c.add_argument("--act-percentile", type=float, default=None,
+                   help=f"percentile of |x| for --act-calib percentile (default: {_default(ActCalibSettings, 'percentile')})")
     c.add_argument("--calib-mem-mb", type=int, default=_default(C, "mem_budget_mb"),
                    help="tensors fetched per onnxruntime call (MB): bounds the rows per call")
     c.add_argument("--gram-mem-mb", type=int, default=_default(C, "gram_mem_mb"),
@@ -178,9 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _act_calib(args):
+    from mpq_export.act_ranges import ActCalibSettings
+
+    if args.act_percentile is None:
+        return ActCalibSettings(method=args.act_calib)
+    if args.act_calib != "percentile":  # it would be ignored, and the user believes it applied
+        raise MPQError(f"--act-percentile is used only with --act-calib percentile (this run: --act-calib "
+                       f"{args.act_calib}); add --act-calib percentile or drop --act-percentile")
+    return ActCalibSettings(method=args.act_calib, percentile=args.act_percentile)
+
+
 def config_from_args(args):
     """PipelineConfig from parsed arguments (imports the pipeline: call after parsing)."""
-    from mpq_export.act_ranges import ActCalibSettings
     from mpq_export.allocate import DEFAULT_KEEP_FP16, DEFAULT_MIN8, AllocationSettings
     from mpq_export.calibrate import CalibrationSettings
     from mpq_export.orm import OrmSettings
@@ -201,7 +212,7 @@ def config_from_args(args):
                                         seed=args.calib_seed, resolution=args.resolution, seq_len=args.seq_len,
                                         mem_budget_mb=args.calib_mem_mb, threads=args.threads, device=args.device,
                                         sketch_dim=args.sketch_dim, gram_mem_mb=args.gram_mem_mb),
-        act_calib=ActCalibSettings(method=args.act_calib, percentile=args.act_percentile),
+        act_calib=_act_calib(args),
         validation=ValidationSettings(samples=args.val_samples, threads=args.threads, device=args.device),
         quantize=QuantizeSettings(target=args.target, block_size=args.block_size, clip_search=not args.no_clip_search,
                                   rounding=args.weight_rounding, integer_conv=not args.float_conv_outputs),

@@ -79,6 +79,9 @@ def test_budget_list_never_mixes_into_a_single_budget_output(unet_onnx, tmp_path
     (["--budget", "8,8"], ["--budget lists 8 twice; give each budget once"]),
     (["--budget", "8,8.0000001"], ["which name one output"]),  # both would write budget-8/
     (["--act-calib", "percentile", "--act-percentile", "100"], ["--act-percentile"]),
+    (["--act-percentile", "99.9"], ["--act-percentile is used only with --act-calib percentile"]),
+    (["--keep-fp16", "["], ["--keep-fp16 '[' is not a regular expression", "escape"]),
+    (["--min8", "("], ["--min8 '(' is not a regular expression"]),
     (["--target", "tensorrt", "--block-size", "32"], ["--block-size 32", "TensorRT"]),
     (["--allocation", "random", "--seed", "-1"], ["--seed must be an integer >= 0"]),
     (["--calib-seed", "-1"], ["--calib-seed must be an integer >= 0"]),
