@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "when they are not FP16)")
     g.add_argument("--no-default-pins", action="store_true",
                    help="drop the default pins (conv_in and conv_out FP16; time_embedding >= 8 bits)")
-    g.add_argument("--seed", type=int, default=_default(A, "seed"), help="seed of --allocation random")
+    g.add_argument("--seed", type=int, default=None, help=f"seed of --allocation random (default: {_default(A, 'seed')})")
     o = p.add_argument_group("ORM importance")
     o.add_argument("--orm-estimator", choices=ESTIMATORS, default=_default(O, "estimator"),
                    help="linear-CKA estimator: unbiased HSIC (default, see docs/quality.md) or OMPQ's biased one")
@@ -190,8 +190,19 @@ def _act_calib(args):
     return ActCalibSettings(method=args.act_calib, percentile=args.act_percentile)
 
 
+def _check_option_combinations(args) -> None:
+    """Options that would be ignored in this run are refused: the user believes they applied."""
+    if args.seed is not None and args.allocation != "random":
+        raise MPQError(f"--seed is the seed of --allocation random (this run: --allocation {args.allocation}); "
+                       f"add --allocation random or drop --seed")
+    if args.float_conv_outputs and args.target != "onnxruntime":
+        raise MPQError(f"--float-conv-outputs changes the onnxruntime target's graph (this run: --target "
+                       f"{args.target}, where TensorRT chooses its own fusions); add --target onnxruntime or drop it")
+
+
 def config_from_args(args):
     """PipelineConfig from parsed arguments (imports the pipeline: call after parsing)."""
+    _check_option_combinations(args)
     from mpq_export.allocate import DEFAULT_KEEP_FP16, DEFAULT_MIN8, AllocationSettings
     from mpq_export.calibrate import CalibrationSettings
     from mpq_export.orm import OrmSettings
@@ -204,7 +215,8 @@ def config_from_args(args):
     keep_fp16 = tuple(args.keep_fp16) + (DEFAULT_KEEP_FP16 if defaults else ())
     return PipelineConfig(
         model=args.model, budgets=args.budget, out_dir=args.output,
-        allocation=AllocationSettings(budget=args.budget[0], bits=args.bits, method=args.allocation, seed=args.seed,
+        allocation=AllocationSettings(budget=args.budget[0], bits=args.bits, method=args.allocation,
+                                      seed=_default(AllocationSettings, "seed") if args.seed is None else args.seed,
                                       keep_fp16=keep_fp16, min8=min8, target=args.target),
         importance=args.importance,
         orm=OrmSettings(estimator=args.orm_estimator, alpha=args.alpha, beta=args.beta, agg=args.agg),

@@ -92,6 +92,10 @@ class PipelineConfig:
             raise MPQError(f"--guidance-scale must be a number >= 1 (1: no guidance), got {g!r}")
         if self.allocation is None:
             self.allocation = AllocationSettings(budget=self.budgets[0], target=self.quantize.target)
+        if self.importance != "orm" and self.allocation.method != "mpq":  # its probes would run for nothing
+            raise MPQError(f"--importance {self.importance} scores layers for --allocation mpq (this run: --allocation "
+                           f"{self.allocation.method}, which does not read scores); drop --importance or use "
+                           f"--allocation mpq")
         # one target for the format table the allocator picks from and the graph quantize writes
         self.allocation = replace(self.allocation, target=self.quantize.target)
         # GPTQ rounding needs the layers' input statistics from calibration; nothing else reads them

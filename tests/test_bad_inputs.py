@@ -82,6 +82,10 @@ def test_budget_list_never_mixes_into_a_single_budget_output(unet_onnx, tmp_path
     (["--act-percentile", "99.9"], ["--act-percentile is used only with --act-calib percentile"]),
     (["--keep-fp16", "["], ["--keep-fp16 '[' is not a regular expression", "escape"]),
     (["--min8", "("], ["--min8 '(' is not a regular expression"]),
+    (["--seed", "3"], ["--seed is the seed of --allocation random", "this run: --allocation mpq"]),
+    (["--target", "tensorrt", "--float-conv-outputs"], ["--float-conv-outputs changes the onnxruntime target"]),
+    (["--allocation", "uniform", "--importance", "sensitivity"], ["--importance sensitivity scores layers for "
+                                                                  "--allocation mpq"]),
     (["--target", "tensorrt", "--block-size", "32"], ["--block-size 32", "TensorRT"]),
     (["--allocation", "random", "--seed", "-1"], ["--seed must be an integer >= 0"]),
     (["--calib-seed", "-1"], ["--calib-seed must be an integer >= 0"]),
