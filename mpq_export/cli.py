@@ -26,7 +26,7 @@ PROG = "mpq-export"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not usage + message
-        self.exit(2, f"{PROG}: error: {message} (see {PROG} --help)\n")
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
 def _floats(text: str) -> tuple[float, ...]:
