@@ -309,7 +309,17 @@ def _fmt(v, nd=2):
 
 
 def render_markdown(r: dict) -> str:
-    v = r["validation"]
+    """report.md from report.json's dict, section by section."""
+    lines = _md_summary(r)
+    if r.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
+    lines += _md_validation(r) + _md_checks_and_engine(r) + _md_activation_costs(r) + _md_stability_and_timings(r)
+    lines += _md_layers(r)
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r.get("plots", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _md_summary(r: dict) -> list[str]:
     imp = r["importance"]
     given = r.get("input") or r["model"]
     lines = [
@@ -338,8 +348,12 @@ def render_markdown(r: dict) -> str:
             lines.append(f"- {len(imp['excluded'])} time-only layer(s) have no per-sample signal (ORM undefined) and "
                          f"take the median importance: " + ", ".join(f"`{n}`" for n in imp["excluded"][:8])
                          + (" ..." if len(imp["excluded"]) > 8 else ""))
-    if r.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
+    return lines
+
+
+def _md_validation(r: dict) -> list[str]:
+    v = r["validation"]
+    lines = []
     lines += ["", "## Validation (onnxruntime, held-back seeds)", "",
               f"Mean per-timestep noise-prediction SQNR **{v['mean_sqnr_db']:.2f} dB**, cosine {v['mean_cosine']:.5f}; "
               f"final-sample PSNR vs FP32 from the same seeds **{v['sample_psnr_db']:.2f} dB** "
@@ -351,6 +365,11 @@ def render_markdown(r: dict) -> str:
                   "| graph | mean SQNR (dB) | mean cosine | sample PSNR (dB) |", "|---|---:|---:|---:|"]
         lines += [f"| {c['graph']} | {c['mean_sqnr_db']:.2f} | {c['mean_cosine']:.5f} | {c['sample_psnr_db']:.2f} |"
                   for c in r["validation_compare"]]
+    return lines
+
+
+def _md_checks_and_engine(r: dict) -> list[str]:
+    lines = []
     if r.get("check"):
         lines += ["", f"TensorRT rule check: {r['check']}"]
     if r.get("polygraphy"):
@@ -367,6 +386,11 @@ def render_markdown(r: dict) -> str:
             lines.append(f"- engine: `{e['path']}` ({e.get('seconds', 0):.1f} s to build)")
         if e.get("layer_precisions"):
             lines.append("- per-layer precision (engine inspector): " + ", ".join(f"{k}: {c}" for k, c in e["layer_precisions"].items()))
+    return lines
+
+
+def _md_activation_costs(r: dict) -> list[str]:
+    lines = []
     costs = r["calibration"]["activation_ranges"].get("costliest")
     if costs:
         lines += ["", "## Activation quantizers that cost the most", "",
@@ -377,6 +401,11 @@ def render_markdown(r: dict) -> str:
         lines += [f"| `{c['tensor']}` | {', '.join(f'`{n}`' for n in c['layers'][:3])}{' ...' if len(c['layers']) > 3 else ''} | "
                   f"{'yes' if c.get('quantized_here') else 'no'} | {c['sqnr_db']:.2f} | {c['threshold']:.4g} | "
                   f"{c['observed_max']:.4g} |" for c in costs[:10]]
+    return lines
+
+
+def _md_stability_and_timings(r: dict) -> list[str]:
+    lines = []
     if r.get("stability"):
         s = r["stability"]
         lines += ["", "## Allocation stability", "", "Layers that change format when a setting changes (same budget):", "",
@@ -388,6 +417,11 @@ def render_markdown(r: dict) -> str:
     split = r["calibration"].get("time_split") or {}
     if split and not r["calibration"]["cached"]:
         lines += ["", "Calibration's time: " + ", ".join(f"{k.replace('_', ' ')} {t:.1f} s" for k, t in split.items())]
+    return lines
+
+
+def _md_layers(r: dict) -> list[str]:
+    lines = []
     sens = any(l.get("sensitivity") for l in r["layers"])
     lines += ["", "## Layers", "", "| # | layer | op | params | format | bits | ORM importance |"
               + (f" {_measured_column(r['allocation']['scorer'])} at 4 / 8 bits |" if sens else "") + " weight SQNR (dB) |",
@@ -399,8 +433,7 @@ def render_markdown(r: dict) -> str:
         sens_cell = f" {g(s4)} / {g(s.get('w8a8'))} |" if sens else ""
         lines.append(f"| {i} | `{l['name']}` | {l['op_type']} | {l['params']:,} | {l['format']} | {l['weight_bits']} | "
                      f"{l['importance']:.4g} |{sens_cell} {_fmt(l.get('weight_sqnr_db'), 1)} |")
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r.get("plots", [])]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_report(rep: Report, out_dir: str) -> None:
