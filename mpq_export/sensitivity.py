@@ -118,12 +118,22 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
             scores[names[i]][fmt.name] = error_of(extra)
             p.update(done, names[i])
     if cache_path:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = cache_path + ".tmp"
+        _save_cached(scores, cache_path)
+    return SensitivityScores(scores=scores, samples=n, seconds=time.perf_counter() - t0, objective=objective)
+
+
+def _save_cached(scores: dict, cache_path: str) -> None:
+    tmp = f"{cache_path}.tmp-{os.getpid()}"
+    try:  # the cache is optional: a full disk or a read-only cache folder never fails a run after its probes
+        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
         with open(tmp, "w") as f:
             json.dump(scores, f)
         os.replace(tmp, cache_path)
-    return SensitivityScores(scores=scores, samples=n, seconds=time.perf_counter() - t0, objective=objective)
+    except OSError as e:
+        log.warning("[sensitivity] could not write the cache %s (%s); continuing without it", cache_path,
+                    e.strerror or e)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _final_sample_error(info: ModelInfo, stats: CalibrationStats, sess):

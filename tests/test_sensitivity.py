@@ -113,3 +113,20 @@ def test_trajectory_objective_under_guidance_runs_both_branches(cond_unet_onnx, 
     assert quantized and all(0 < v["w8a8"] for v in quantized)
     four = [v for v in quantized if "w4a8" in v or "w4a16" in v]  # the time embedding is held at 8 bits
     assert four and np.median([v.get("w4a8", v.get("w4a16")) / v["w8a8"] for v in four]) > 1
+
+
+def test_a_full_disk_while_caching_scores_is_a_warning_and_leaves_no_temporary(tmp_path, monkeypatch, caplog):
+    """The probes' scores are kept even when the cache cannot take them (the run goes on)."""
+    import errno
+
+    import mpq_export.sensitivity as sensitivity_mod
+
+    def full(obj, f):
+        f.write("{")  # a partial file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sensitivity_mod.json, "dump", full)
+    path = tmp_path / "cache" / "sens-x.json"
+    sensitivity_mod._save_cached({"conv": {"w8a8": 1.0}}, str(path))
+    assert "could not write the cache" in caplog.text and "No space left" in caplog.text
+    assert list((tmp_path / "cache").iterdir()) == []
