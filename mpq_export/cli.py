@@ -16,10 +16,10 @@ import os
 import sys
 
 from mpq_export import __version__
-from mpq_export.act_ranges import ACT_CALIB_METHODS
-from mpq_export.errors import MPQError
-from mpq_export.rounding import ROUNDINGS
-from mpq_export.targets import TARGETS
+from mpq_export.stages.act_ranges import ACT_CALIB_METHODS
+from mpq_export.util.errors import MPQError
+from mpq_export.stages.rounding import ROUNDINGS
+from mpq_export.targets import DEFAULT_TARGET, TARGETS, all_targets, get_target
 
 PROG = "mpq-export"
 
@@ -79,14 +79,14 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     # settings classes and choice lists come from the library (numpy-only modules: --help stays light)
-    from mpq_export.act_ranges import ActCalibSettings
-    from mpq_export.allocate import METHODS, AllocationSettings
-    from mpq_export.calibrate import CalibrationSettings
-    from mpq_export.orm import AGGREGATIONS, ESTIMATORS, OrmSettings
-    from mpq_export.pipeline import BUILD_MODES, IMPORTANCES, PipelineConfig
-    from mpq_export.quantize import QuantizeSettings
-    from mpq_export.ort import DEVICES
-    from mpq_export.validate import ValidationSettings
+    from mpq_export.stages.act_ranges import DEFAULT_PERCENTILE, ActCalibSettings
+    from mpq_export.stages.allocate import METHODS, AllocationSettings
+    from mpq_export.stages.calibrate import CalibrationSettings
+    from mpq_export.stages.orm import AGGREGATIONS, ESTIMATORS, OrmSettings
+    from mpq_export.config import BUILD_MODES, IMPORTANCES, PipelineConfig
+    from mpq_export.stages.quantize import QuantizeSettings
+    from mpq_export.runtime.ort import DEVICES, RuntimeSettings
+    from mpq_export.stages.validate import ValidationSettings
 
     C, Q, O, A = CalibrationSettings, QuantizeSettings, OrmSettings, AllocationSettings
     p = _Parser(prog=PROG, description="Mixed-precision INT4/INT8 Q/DQ export of a diffusion UNet (MPQ-Diff).",
@@ -101,11 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_floats, default=None,
                    help="average stored weight bits (FP16 counts 16); a comma list gives one output per budget. "
                         "A budget the model cannot reach on the target is refused with the reachable range. "
-                        "With --demo: 7.5 on tensorrt, 4.5 on onnxruntime")
+                        "With --demo: " + ", ".join(f"{t.demo_budget:g} on {t.name}" for t in all_targets()))
     p.add_argument("-o", "--output", help="output folder (default ./<model>.mpq)")
-    p.add_argument("--target", choices=TARGETS, default=_default(Q, "target"),
-                   help="tensorrt: FP16 graph + Q/DQ TensorRT builds (INT8 convs, INT4 weight-only GEMMs); "
-                        "onnxruntime: FP32 graph + Q/DQ its integer CPU kernels fuse (also INT4 convs)")
+    p.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET,
+                   help="; ".join(f"{t.name}: {t.help}" for t in all_targets()))
     g = p.add_argument_group("allocation")
     g.add_argument("--allocation", choices=METHODS, default=_default(A, "method"),
                    help="mpq: the 0/1 program over the importance scores; others are baselines")
@@ -121,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "when they are not FP16)")
     g.add_argument("--no-default-pins", action="store_true",
                    help="drop the default pins (conv_in and conv_out FP16; time_embedding >= 8 bits)")
-    g.add_argument("--seed", type=int, default=None, help=f"seed of --allocation random (default: {_default(A, 'seed')})")
+    g.add_argument("--seed", type=int, default=None, help="seed of --allocation random (default: 0)")
     o = p.add_argument_group("ORM importance")
     o.add_argument("--orm-estimator", choices=ESTIMATORS, default=_default(O, "estimator"),
                    help="linear-CKA estimator: unbiased HSIC (default, see docs/quality.md) or OMPQ's biased one")
@@ -139,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="conditioning inputs (arrays named like the model inputs; with guidance also uncond_<name>)")
     c.add_argument("--prompts", default=None, metavar="FILE",
                    help="pipeline folders: calibration prompts, one per line (default: the bundled prompt set)")
-    c.add_argument("--guidance-scale", type=float, default=_default(PipelineConfig, "guidance_scale"),
+    c.add_argument("--guidance-scale", type=float, default=_default(C, "guidance_scale"),
                    help="classifier-free guidance of the calibration and validation sampler (1: none; "
                         "default: 7.5 for SD 1.x/2.x pipeline folders, else 1)")
     c.add_argument("--scheduler-config", default=None, help="diffusers scheduler_config.json (default: found beside a diffusers folder)")
@@ -150,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--act-calib", choices=ACT_CALIB_METHODS, default=_default(ActCalibSettings, "method"),
                    help="how each INT8 activation threshold is chosen from the calibration histograms (docs/quality.md)")
     c.add_argument("--act-percentile", type=float, default=None,
-                   help=f"percentile of |x| for --act-calib percentile (default: {_default(ActCalibSettings, 'percentile')})")
+                   help=f"percentile of |x| for --act-calib percentile (default: {DEFAULT_PERCENTILE})")
     c.add_argument("--calib-mem-mb", type=int, default=_default(C, "mem_budget_mb"),
                    help="tensors fetched per onnxruntime call (MB): bounds the rows per call")
     c.add_argument("--gram-mem-mb", type=int, default=_default(C, "gram_mem_mb"),
@@ -171,65 +170,43 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-stability", action="store_true", help="skip the allocation-stability study in the report")
     v.add_argument("--no-act-costs", action="store_true",
                    help="skip measuring each activation quantizer alone for the report (one forward per tensor and step)")
-    v.add_argument("--threads", type=int, default=_default(C, "threads"), help="onnxruntime threads (0: all cores)")
-    v.add_argument("--device", choices=DEVICES, default=_default(C, "device"),
+    v.add_argument("--threads", type=int, default=_default(RuntimeSettings, "threads"),
+                   help="onnxruntime threads (0: all cores)")
+    v.add_argument("--device", choices=DEVICES, default=_default(RuntimeSettings, "device"),
                    help="where calibration and validation run: cuda uses onnxruntime's CUDA provider (onnxruntime-gpu)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     p.add_argument("-v", "--verbose", action="store_true", help="on an unexpected failure, print the Python traceback")
     return p
 
 
-def _act_calib(args):
-    from mpq_export.act_ranges import ActCalibSettings
-
-    if args.act_percentile is None:
-        return ActCalibSettings(method=args.act_calib)
-    if args.act_calib != "percentile":  # it would be ignored, and the user believes it applied
-        raise MPQError(f"--act-percentile is used only with --act-calib percentile (this run: --act-calib "
-                       f"{args.act_calib}); add --act-calib percentile or drop --act-percentile")
-    return ActCalibSettings(method=args.act_calib, percentile=args.act_percentile)
-
-
-def _check_option_combinations(args) -> None:
-    """Options that would be ignored in this run are refused: the user believes they applied."""
-    if args.seed is not None and args.allocation != "random":
-        raise MPQError(f"--seed is the seed of --allocation random (this run: --allocation {args.allocation}); "
-                       f"add --allocation random or drop --seed")
-    if args.float_conv_outputs and args.target != "onnxruntime":
-        raise MPQError(f"--float-conv-outputs changes the onnxruntime target's graph (this run: --target "
-                       f"{args.target}, where TensorRT chooses its own fusions); add --target onnxruntime or drop it")
-
-
 def config_from_args(args):
-    """PipelineConfig from parsed arguments (imports the pipeline: call after parsing)."""
-    _check_option_combinations(args)
-    from mpq_export.allocate import DEFAULT_KEEP_FP16, DEFAULT_MIN8, AllocationSettings
-    from mpq_export.calibrate import CalibrationSettings
-    from mpq_export.orm import OrmSettings
-    from mpq_export.pipeline import PipelineConfig
-    from mpq_export.quantize import QuantizeSettings
-    from mpq_export.validate import ValidationSettings
+    """PipelineConfig from parsed arguments; every check between options is the library's (config.py)."""
+    from mpq_export.config import PipelineConfig
+    from mpq_export.runtime.ort import RuntimeSettings
+    from mpq_export.stages.act_ranges import ActCalibSettings
+    from mpq_export.stages.allocate import AllocationSettings
+    from mpq_export.stages.calibrate import CalibrationSettings
+    from mpq_export.stages.orm import OrmSettings
+    from mpq_export.stages.quantize import QuantizeSettings
+    from mpq_export.stages.validate import ValidationSettings
 
-    defaults = not args.no_default_pins
-    min8 = tuple(args.min8 or ()) + (DEFAULT_MIN8 if defaults and args.min8 is None else ())
-    keep_fp16 = tuple(args.keep_fp16) + (DEFAULT_KEEP_FP16 if defaults else ())
     return PipelineConfig(
-        model=args.model, budgets=args.budget, out_dir=args.output,
-        allocation=AllocationSettings(budget=args.budget[0], bits=args.bits, method=args.allocation,
-                                      seed=_default(AllocationSettings, "seed") if args.seed is None else args.seed,
-                                      keep_fp16=keep_fp16, min8=min8, target=args.target),
+        model=args.model, budgets=args.budget, out_dir=args.output, target=args.target,
+        allocation=AllocationSettings(bits=args.bits, method=args.allocation, seed=args.seed,
+                                      keep_fp16=tuple(args.keep_fp16), min8=None if args.min8 is None else tuple(args.min8),
+                                      default_pins=not args.no_default_pins),
         importance=args.importance,
         orm=OrmSettings(estimator=args.orm_estimator, alpha=args.alpha, beta=args.beta, agg=args.agg),
         calibration=CalibrationSettings(steps=args.steps, timesteps=args.timesteps, samples=args.samples,
                                         seed=args.calib_seed, resolution=args.resolution, seq_len=args.seq_len,
-                                        mem_budget_mb=args.calib_mem_mb, threads=args.threads, device=args.device,
+                                        mem_budget_mb=args.calib_mem_mb, guidance_scale=args.guidance_scale,
                                         sketch_dim=args.sketch_dim, gram_mem_mb=args.gram_mem_mb),
-        act_calib=_act_calib(args),
-        validation=ValidationSettings(samples=args.val_samples, threads=args.threads, device=args.device),
-        quantize=QuantizeSettings(target=args.target, block_size=args.block_size, clip_search=not args.no_clip_search,
+        act_calib=ActCalibSettings(method=args.act_calib, percentile=args.act_percentile),
+        validation=ValidationSettings(samples=args.val_samples),
+        quantize=QuantizeSettings(block_size=args.block_size, clip_search=not args.no_clip_search,
                                   rounding=args.weight_rounding, integer_conv=not args.float_conv_outputs),
-        calib_data=args.calib_data, prompts=args.prompts, guidance_scale=args.guidance_scale,
-        scheduler_config=args.scheduler_config,
+        runtime=RuntimeSettings(threads=args.threads, device=args.device),
+        calib_data=args.calib_data, prompts=args.prompts, scheduler_config=args.scheduler_config,
         cache_dir="" if args.no_cache else args.cache_dir, sample_name=args.sample_name,
         timestep_name=args.timestep_name, build_engine=args.build_engine, stability=not args.no_stability,
         act_costs=not args.no_act_costs)
@@ -249,7 +226,7 @@ def _main_check(argv: list[str]) -> int:
                 "(docs/design.md); prints every offending node, exits 1 if any rule is broken.")
     p.add_argument("model", help="the Q/DQ ONNX model (e.g. out/model.mpq.onnx), or an output folder holding one")
     args = p.parse_args(argv)
-    from mpq_export.trt_rules import check_model
+    from mpq_export.targets.trt_rules import check_model
 
     model = _checked_model_path(args.model)
     violations = check_model(model)
@@ -265,7 +242,7 @@ def _main_check(argv: list[str]) -> int:
 def _checked_model_path(path: str) -> str:
     """`check`'s model: the file itself, or the quantized model of an mpq-export output folder; refused when
     the report beside it says it was written for the onnxruntime target, which TensorRT's rules do not fit."""
-    from mpq_export.output_folder import OUTPUT_MODEL
+    from mpq_export.util.output_folder import OUTPUT_MODEL
 
     if not os.path.isdir(path):
         _refuse_other_target(path)
@@ -290,8 +267,8 @@ def _refuse_other_target(model: str) -> None:
         ours, target = report.get("tool") == "mpq-export", report.get("target")
     except (OSError, ValueError, AttributeError):
         return  # no readable report beside it: check the file as it is
-    if ours and target == "onnxruntime":
-        raise MPQError(f"{model} was written for --target onnxruntime (FP32 graph, INT4 convolutions, integer-kernel "
+    if ours and target in TARGETS and not get_target(target).checks_rules:
+        raise MPQError(f"{model} was written for --target {target} (FP32 graph, INT4 convolutions, integer-kernel "
                        f"Q/DQ), which TensorRT's rules do not fit; quantize with --target tensorrt for TensorRT")
 
 
@@ -301,11 +278,11 @@ def _main_run(argv: list[str]) -> int:
     if args.demo:
         if args.model:
             raise MPQError("--demo runs on the bundled model; drop the MODEL argument or drop --demo")
-        from mpq_export.demo import DEMO_BUDGETS, demo_model
+        from mpq_export.inputs.demo import demo_model
 
         args.model = demo_model()
         if args.budget is None:
-            args.budget = (DEMO_BUDGETS[args.target],)
+            args.budget = (get_target(args.target).demo_budget,)
         if args.output is None:
             args.output = "demo.mpq"
     if not args.model:
@@ -313,11 +290,9 @@ def _main_run(argv: list[str]) -> int:
     if args.budget is None:
         raise MPQError("give --budget B, the average stored weight bits to aim for (e.g. 8 for W8A8 on tensorrt, "
                        "4.5 on onnxruntime); an unreachable budget is answered with the model's range")
-    if args.output is not None and not args.output.strip():
-        raise MPQError("-o is empty; give an output folder name (default ./<model>.mpq)")
     cfg = config_from_args(args)
     from mpq_export.pipeline import run_pipeline
-    from mpq_export.stage_times import keep_large_blocks_out_of_the_heap
+    from mpq_export.util.stage_times import keep_large_blocks_out_of_the_heap
 
     keep_large_blocks_out_of_the_heap()  # the process is ours: freed weights go back to the system at once
     result = run_pipeline(cfg)

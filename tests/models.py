@@ -28,7 +28,7 @@ def tiny_unet2d_condition(seed: int = 0, size: int = 8, channels=(16, 32), cross
 
 
 def export(unet, folder: str, name: str = "model.onnx", seq_len: int = 8) -> str:
-    from mpq_export.export import export_module
+    from mpq_export.inputs.export import export_module
 
     path = os.path.join(folder, name)
     export_module(unet, path, seq_len=seq_len)

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from mpq_export.act_ranges import (ActCalibSettings, ActivationHistograms, abs_histogram, bin_edges, choose_ranges,
+from mpq_export.stages.act_ranges import (ActCalibSettings, ActivationHistograms, abs_histogram, bin_edges, choose_ranges,
                                    linear_histogram, quantization_error)
-from mpq_export.errors import MPQError
+from mpq_export.util.errors import MPQError
 
 
 def _int8_error(x: np.ndarray, amax: float) -> float:
@@ -83,7 +83,7 @@ def test_linear_rebinning_keeps_the_mass():
 
 
 def test_a_tensor_that_is_always_zero_gets_a_positive_scale():
-    from mpq_export.quantize import activation_scale
+    from mpq_export.stages.quantize import activation_scale
 
     for method in ("mse", "entropy", "percentile", "max"):
         r = choose_ranges(_hists([np.zeros(100)]), ActCalibSettings(method=method))

@@ -135,9 +135,9 @@ def test_a_folder_holding_one_onnx_file_names_it(unet_onnx, tmp_path):
 
 def test_a_fine_tuned_model_with_identical_sizes_never_reuses_statistics(unet_onnx, tmp_path):
     """Same graph, same external-data file sizes, other weights: the calibration cache must miss."""
-    from mpq_export.calibrate import CalibrationSettings, calibrate
-    from mpq_export.inspect import inspect_model
-    from mpq_export.sampler import NoiseSchedule
+    from mpq_export.stages.calibrate import CalibrationSettings, calibrate
+    from mpq_export.stages.inspect import inspect_model
+    from mpq_export.runtime.sampler import NoiseSchedule
 
     cache = str(tmp_path / "cache")
     paths = []
@@ -250,7 +250,7 @@ def test_unexpected_failures_are_one_line_with_a_pointer_to_verbose(unet_onnx, t
     def boom(*a, **k):
         raise ValueError("something nobody foresaw\nsecond line")
 
-    monkeypatch.setattr(pipeline_mod, "compute_importance_for", boom)
+    monkeypatch.setattr(pipeline_mod, "importance_of", boom)
     code, _, err = run_cli(unet_onnx, "-o", tmp_path / "o", *FAST)
     _one_line_error(code, err, "ValueError", "something nobody foresaw", "-v")
     assert "second line" not in err
@@ -342,7 +342,7 @@ def test_samples_beyond_memory_fail_before_sampling(unet_onnx, tmp_path):
 def test_a_full_disk_while_caching_is_a_warning_and_leaves_no_temporary(unet_onnx, tmp_path, monkeypatch):
     import errno
 
-    import mpq_export.calibrate as calibrate_mod
+    import mpq_export.stages.calibrate as calibrate_mod
 
     real = np.savez
 

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-import mpq_export.build as build
-from mpq_export.build import _precisions, tensorrt_status
+import mpq_export.runtime.engine as build
+from mpq_export.runtime.engine import _precisions, tensorrt_status
 
 TRT_OBJECTS = {"trt", "builder", "network", "parser", "config", "profile", "runtime", "engine", "inspector",
                "tensor", "cache"}

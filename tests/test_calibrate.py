@@ -4,11 +4,13 @@ import numpy as np
 import onnx
 import pytest
 
-from mpq_export.calibrate import CalibrationSettings, calibrate
-from mpq_export.errors import MPQError
-from mpq_export.inspect import inspect_model
-from mpq_export.ort import build_feeds, ort_session
-from mpq_export.sampler import NoiseSchedule
+from mpq_export.runtime.ort import RuntimeSettings
+
+from mpq_export.stages.calibrate import CalibrationSettings, calibrate
+from mpq_export.util.errors import MPQError
+from mpq_export.stages.inspect import inspect_model
+from mpq_export.runtime.ort import build_feeds, ort_session
+from mpq_export.runtime.sampler import NoiseSchedule
 
 
 def test_grams_are_exact_and_independent_of_fetch_grouping(unet_onnx, tmp_path):
@@ -55,7 +57,8 @@ def test_time_split_accounts_for_the_calibration(unet_onnx):
     seconds; the GPTQ statistics are a part only when they are gathered."""
     info = inspect_model(unet_onnx)
     with_h = calibrate(info, CalibrationSettings(steps=5, timesteps=2, samples=4), NoiseSchedule())
-    without = calibrate(info, CalibrationSettings(steps=5, timesteps=2, samples=4, input_hessians=False), NoiseSchedule())
+    without = calibrate(info, CalibrationSettings(steps=5, timesteps=2, samples=4), NoiseSchedule(),
+                        input_statistics=False)
     for stats in (with_h, without):
         split = stats.time_split
         assert {"hash", "session", "onnxruntime", "histograms", "grams", "other"} <= set(split)
@@ -84,7 +87,7 @@ def test_conditioning_from_file(cond_unet_onnx, tmp_path):
 
 
 def test_gram_sketch_estimates_inner_products_and_keeps_small_rows_exact():
-    from mpq_export.calibrate import GramSketch
+    from mpq_export.stages.calibrate import GramSketch
 
     rng = np.random.default_rng(0)
     base = rng.standard_normal((1, 40_000))
@@ -106,7 +109,7 @@ def test_gram_sketch_estimates_inner_products_and_keeps_small_rows_exact():
 
 def test_sketched_grams_move_orm_little(unet_onnx):
     """Calibration in chunks with sketched Grams against exact Grams of the same rows."""
-    from mpq_export.orm import OrmSettings, compute_importance
+    from mpq_export.stages.orm import OrmSettings, compute_importance
 
     info = inspect_model(unet_onnx)
     exact = calibrate(info, CalibrationSettings(steps=6, timesteps=2, samples=8), NoiseSchedule())
@@ -130,29 +133,26 @@ def test_statistics_with_gptq_inputs_serve_a_run_without_them_from_the_cache(une
     info = inspect_model(unet_onnx)
     s = CalibrationSettings(steps=5, timesteps=2, samples=4)
     with_h = calibrate(info, s, NoiseSchedule(), cache_dir=str(tmp_path / "a"))
-    reused = calibrate(info, replace(s, input_hessians=False), NoiseSchedule(), cache_dir=str(tmp_path / "a"))
+    reused = calibrate(info, s, NoiseSchedule(), cache_dir=str(tmp_path / "a"), input_statistics=False)
     assert reused.cached and reused.hessians.keys() == with_h.hessians.keys() and with_h.hessians
     np.testing.assert_array_equal(reused.grams, with_h.grams)
-    without = calibrate(info, replace(s, input_hessians=False), NoiseSchedule(), cache_dir=str(tmp_path / "b"))
+    without = calibrate(info, s, NoiseSchedule(), cache_dir=str(tmp_path / "b"), input_statistics=False)
     again = calibrate(info, s, NoiseSchedule(), cache_dir=str(tmp_path / "b"))
     assert not without.cached and not without.hessians and not again.cached and again.hessians
 
 
-def test_a_cached_entry_takes_this_runs_threads_even_from_a_bigger_machine(unet_onnx, tmp_path):
+def test_a_cached_entry_holds_no_machine_settings_and_serves_any_thread_count(unet_onnx, tmp_path):
     import json
     import os
 
     info = inspect_model(unet_onnx)
     cache = str(tmp_path / "cache")
-    s = CalibrationSettings(steps=5, timesteps=2, samples=4, threads=1)
-    calibrate(info, s, NoiseSchedule(), cache_dir=cache)
+    s = CalibrationSettings(steps=5, timesteps=2, samples=4)
+    first = calibrate(info, s, NoiseSchedule(), cache_dir=cache, runtime=RuntimeSettings(threads=1))
     (entry,) = [os.path.join(cache, f) for f in os.listdir(cache) if f.startswith("calib-")]
-    with np.load(entry) as z:  # as if written on a 64-core machine with --threads 64
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(str(arrays["meta"]))
-    meta["settings"]["threads"] = 64
-    arrays["meta"] = np.array(json.dumps(meta))
-    with open(entry, "wb") as f:
-        np.savez(f, **arrays)
-    again = calibrate(info, replace(s, threads=2), NoiseSchedule(), cache_dir=cache)
-    assert again.cached and again.settings.threads == 2
+    with np.load(entry) as z:
+        meta = json.loads(str(z["meta"]))
+    assert "threads" not in meta["settings"] and "device" not in meta["settings"]  # RuntimeSettings: not a result
+    again = calibrate(info, s, NoiseSchedule(), cache_dir=cache, runtime=RuntimeSettings(threads=2))
+    assert again.cached and np.array_equal(again.grams, first.grams)
+

@@ -5,10 +5,10 @@ import json
 import onnx
 import pytest
 
-from mpq_export.errors import MPQError
-from mpq_export.export import export_diffusers, find_scheduler_config, is_diffusers_folder, read_unet_config
-from mpq_export.inspect import inspect_model
-from mpq_export.onnx_utils import SAMPLE_SIZE_KEY, SEQ_LEN_KEY, SOURCE_CLASS_KEY
+from mpq_export.util.errors import MPQError
+from mpq_export.inputs.export import export_diffusers, find_scheduler_config, is_diffusers_folder, read_unet_config
+from mpq_export.stages.inspect import inspect_model
+from mpq_export.util.onnx_io import SAMPLE_SIZE_KEY, SEQ_LEN_KEY, SOURCE_CLASS_KEY
 
 
 def test_a_diffusers_folder_exports_with_its_metadata(tmp_path):

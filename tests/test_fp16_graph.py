@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from mpq_export.fp16_graph import to_fp16_graph
+from mpq_export.targets.fp16_graph import to_fp16_graph
 
 
 def _model():

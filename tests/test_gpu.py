@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from mpq_export.build import tensorrt_status
+from mpq_export.runtime.engine import tensorrt_status
 
 pytestmark = pytest.mark.gpu
 

@@ -3,8 +3,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from mpq_export.errors import MPQError
-from mpq_export.inspect import inspect_model
+from mpq_export.util.errors import MPQError
+from mpq_export.stages.inspect import inspect_model
 
 
 def test_layer_names_are_module_paths(unet_onnx):
@@ -97,7 +97,7 @@ def test_dynamo_exported_model_keeps_module_names_and_quantizes(tmp_path):
     code, _, err = run_cli(path, "--budget", "7.7", "-o", out, "--steps", "6", "--timesteps", "2",
                            "--samples", "6", "--val-samples", "4", "--no-stability")
     assert code == 0, err
-    from mpq_export.polygraphy_replay import run_cpu_check
+    from mpq_export.runtime.polygraphy_replay import run_cpu_check
 
     passed, tail = run_cpu_check(str(out), path)
     assert passed, tail
@@ -107,11 +107,11 @@ def test_unnamed_and_duplicate_nodes_get_unique_names(unet_onnx, tmp_path):
     """ONNX allows empty and repeated node names; every stage looks nodes up by name."""
     import onnx
 
-    from mpq_export.act_ranges import ActCalibSettings, choose_ranges
-    from mpq_export.allocate import AllocationSettings, allocate
-    from mpq_export.calibrate import CalibrationSettings, calibrate
-    from mpq_export.quantize import QuantizeSettings, count_weight_bits, quantize
-    from mpq_export.sampler import NoiseSchedule
+    from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges
+    from mpq_export.stages.allocate import AllocationSettings, allocate
+    from mpq_export.stages.calibrate import CalibrationSettings, calibrate
+    from mpq_export.stages.quantize import QuantizeSettings, count_weight_bits, quantize
+    from mpq_export.runtime.sampler import NoiseSchedule
 
     m = onnx.load(unet_onnx)
     for i, n in enumerate(m.graph.node):
@@ -121,9 +121,9 @@ def test_unnamed_and_duplicate_nodes_get_unique_names(unet_onnx, tmp_path):
     info = inspect_model(path)
     assert len({l.node_name for l in info.layers}) == len(info.layers)
     stats = calibrate(info, CalibrationSettings(steps=4, timesteps=2, samples=4), NoiseSchedule())
-    alloc = allocate(info.layers, AllocationSettings(budget=6, target="onnxruntime"), theta=np.ones(len(info.layers)))
+    alloc = allocate(info.layers, 6, "onnxruntime", theta=np.ones(len(info.layers)))
     out = str(tmp_path / "q.onnx")
-    quantize(info, alloc, choose_ranges(stats.act_hist, ActCalibSettings()).amax, out, QuantizeSettings(target="onnxruntime"))
+    quantize(info, alloc, choose_ranges(stats.act_hist, ActCalibSettings()).amax, out, QuantizeSettings(), "onnxruntime")
     counted, per_layer = count_weight_bits(out, info)
     assert counted == pytest.approx(alloc.achieved_bits)
     assert [per_layer[n] for n in alloc.layer_names] == [f.weight_bits for f in alloc.formats]

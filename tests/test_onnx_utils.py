@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mpq_export.onnx_utils import (consumers_of, external_data_problem, opset_of, producers_of, toposort_nodes,
+from mpq_export.util.onnx_io import (consumers_of, external_data_problem, opset_of, producers_of, toposort_nodes,
                                    weight_axes, weights_nbytes)
 
 
@@ -70,7 +70,7 @@ def test_external_data_problems_name_the_file(tmp_path):
 
 
 def test_external_tensors_are_read_without_touching_the_proto(tmp_path):
-    from mpq_export.onnx_utils import read_external_tensor
+    from mpq_export.util.onnx_io import read_external_tensor
 
     onnx.save(_model_with_weight(10), str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.data",
               size_threshold=0)
@@ -81,7 +81,7 @@ def test_external_tensors_are_read_without_touching_the_proto(tmp_path):
 
 
 def test_shape_inference_without_weights_types_every_tensor():
-    from mpq_export.onnx_utils import infer_shapes_without_weights
+    from mpq_export.util.onnx_io import infer_shapes_without_weights
 
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Reshape", ["h", "shape"], ["y"]),
              helper.make_node("Relu", ["y"], ["z"])]

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mpq_export.errors import MPQError
-from mpq_export.orm import OrmSettings, compute_importance, linear_cka, orm_matrix
+from mpq_export.util.errors import MPQError
+from mpq_export.stages.orm import OrmSettings, compute_importance, linear_cka, orm_matrix
 
 
 def _gram(y):
@@ -103,7 +103,7 @@ def test_bad_settings_are_user_errors():
 
 
 def test_timestep_weights_stay_finite_at_the_ends_of_the_alpha_range():
-    from mpq_export.orm import MAX_ALPHA, timestep_weights
+    from mpq_export.stages.orm import MAX_ALPHA, timestep_weights
 
     ts = np.array([999, 500, 0])
     for alpha in (-MAX_ALPHA, MAX_ALPHA):

@@ -3,9 +3,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mpq_export.errors import MPQError
-from mpq_export.inspect import inspect_model
-from mpq_export.ort import load_conditioning, ort_session, run_model
+from mpq_export.util.errors import MPQError
+from mpq_export.stages.inspect import inspect_model
+from mpq_export.runtime.ort import ort_session, run_model
+from mpq_export.inputs.conditioning import load_conditioning
 
 
 def _model(path, batch):

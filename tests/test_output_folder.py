@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from mpq_export.errors import MPQError
-from mpq_export.output_folder import is_our_output, output_folders, staging_folder
+from mpq_export.util.errors import MPQError
+from mpq_export.util.output_folder import is_our_output, output_folders, staging_folder
 
 
 def test_staging_folder_publishes_only_a_finished_output(tmp_path):

@@ -2,31 +2,65 @@
 
 import pytest
 
-from mpq_export.calibrate import CalibrationSettings
-from mpq_export.errors import MPQError
+from mpq_export.util.errors import MPQError
 from mpq_export.pipeline import PipelineConfig
-from mpq_export.quantize import QuantizeSettings
+from mpq_export.stages.quantize import QuantizeSettings
+from mpq_export.targets import all_targets, get_target
 
 
-def test_gptq_rounding_turns_on_the_input_statistics_it_needs():
-    cfg = PipelineConfig(model="m.onnx", calibration=CalibrationSettings(input_hessians=False))
-    assert cfg.quantize.rounding == "gptq" and cfg.calibration.input_hessians
-    cfg = PipelineConfig(model="m.onnx", quantize=QuantizeSettings(rounding="nearest"),
-                         calibration=CalibrationSettings(input_hessians=False))
-    assert not cfg.calibration.input_hessians
-    # nearest rounding reads no input statistics, so calibration does not gather them
-    assert not PipelineConfig(model="m.onnx", quantize=QuantizeSettings(rounding="nearest")).calibration.input_hessians
+def test_gptq_rounding_is_what_asks_calibration_for_input_statistics():
+    assert PipelineConfig(model="m.onnx").gptq  # the default rounding
+    assert not PipelineConfig(model="m.onnx", quantize=QuantizeSettings(rounding="nearest")).gptq
 
 
-def test_the_allocator_picks_from_the_target_quantize_writes():
-    cfg = PipelineConfig(model="m.onnx", quantize=QuantizeSettings(target="onnxruntime"))
-    assert cfg.allocation.target == "onnxruntime"
+def test_one_target_for_the_whole_run_and_a_reachable_default_budget():
+    cfg = PipelineConfig(model="m.onnx", target="onnxruntime")
+    assert cfg.target is get_target("onnxruntime")
+    assert PipelineConfig(model="m.onnx").target.name == "tensorrt" and PipelineConfig(model="m.onnx").budgets == (8.0,)
+    # 8 bits is reachable on every target: each op type has an 8-bit format there
+    for t in all_targets():
+        assert all(any(f.weight_bits == 8 for f in fmts) for fmts in t.formats.values())
+
+
+# Every "would be ignored" / "cannot be built" refusal the README lists, raised by the library: the same
+# bad combination through PipelineConfig (Python) and through the CLI gives the same one line.
+REFUSALS = [
+    (dict(allocation=dict(method="mpq", seed=3)), ["--seed", "3"], "--seed is the seed of --allocation random"),
+    (dict(act_calib=dict(method="mse", percentile=99.9)), ["--act-calib", "mse", "--act-percentile", "99.9"],
+     "--act-percentile is used only with --act-calib percentile"),
+    (dict(target="tensorrt", quantize=dict(integer_conv=False)), ["--float-conv-outputs"],
+     "--float-conv-outputs changes the onnxruntime target's graph"),
+    (dict(target="tensorrt", quantize=dict(block_size=32)), ["--block-size", "32"], "--block-size 32 cannot be built"),
+    (dict(importance="sensitivity", allocation=dict(method="uniform")),
+     ["--importance", "sensitivity", "--allocation", "uniform"], "--importance sensitivity scores layers for"),
+    (dict(target="onnxruntime", build_engine="yes"), ["--target", "onnxruntime", "--build-engine", "yes"],
+     "--build-engine yes builds TensorRT engines"),
+    (dict(budgets=(8.0, 8.0)), ["--budget", "8,8"], "--budget lists 8 twice"),
+    (dict(out_dir=" "), ["-o", " "], "-o is empty"),
+]
+
+
+@pytest.mark.parametrize("kwargs, argv, needle", REFUSALS)
+def test_refusals_come_from_the_library_for_python_and_cli_alike(kwargs, argv, needle, tmp_path):
+    from conftest import run_cli
+
+    from mpq_export.stages.act_ranges import ActCalibSettings
+    from mpq_export.stages.allocate import AllocationSettings
+
+    classes = {"allocation": AllocationSettings, "act_calib": ActCalibSettings, "quantize": QuantizeSettings}
+    with pytest.raises(MPQError, match=needle):
+        built = {k: classes[k](**v) if k in classes else v for k, v in kwargs.items()}
+        PipelineConfig(model="m.onnx", **built)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not read: the refusal comes first")
+    code, out, err = run_cli(model, "--budget", "8", *argv) if "--budget" not in argv else run_cli(model, *argv)
+    assert code == 1 and needle in err and err.count("\n") == 1 and not out, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # nothing written
 
 
 @pytest.mark.parametrize("kwargs, needle", [({"importance": "hessian"}, "--importance must be one of"),
                                             ({"build_engine": "maybe"}, "--build-engine must be one of"),
                                             ({"budgets": ()}, "give at least one --budget"),
-                                            ({"guidance_scale": 0.5}, "--guidance-scale must be a number >= 1"),
                                             ({"budgets": "8"}, "--budget must be a finite number, got '8'"),
                                             ({"budgets": (8.0, float("nan"))}, "--budget must be a finite number"),
                                             ({"model": None}, "the model must be a path"),

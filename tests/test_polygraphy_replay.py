@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from mpq_export.inspect import inspect_model
-from mpq_export.polygraphy_replay import MIN_T_FRACTION, PolygraphyReplay, write_files
+from mpq_export.stages.inspect import inspect_model
+from mpq_export.runtime.polygraphy_replay import MIN_T_FRACTION, PolygraphyReplay, write_files
 
 
 def test_loader_yields_the_saved_steps_above_min_t(unet_onnx, tmp_path):

@@ -2,7 +2,7 @@
 
 import logging
 
-from mpq_export.progress import Progress
+from mpq_export.util.progress import Progress
 
 
 def test_progress_logs_start_rate_limited_updates_and_done(caplog, capsys):

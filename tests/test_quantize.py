@@ -2,12 +2,12 @@ import numpy as np
 import onnx
 import pytest
 
-from mpq_export.act_ranges import ActCalibSettings, choose_ranges
-from mpq_export.allocate import AllocationSettings, allocate
-from mpq_export.calibrate import CalibrationSettings, calibrate
-from mpq_export.inspect import inspect_model
-from mpq_export.quantize import QuantizeSettings, count_weight_bits, quantize, quantize_weight
-from mpq_export.sampler import NoiseSchedule
+from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges
+from mpq_export.stages.allocate import AllocationSettings, allocate
+from mpq_export.stages.calibrate import CalibrationSettings, calibrate
+from mpq_export.stages.inspect import inspect_model
+from mpq_export.stages.quantize import QuantizeSettings, count_weight_bits, quantize, quantize_weight
+from mpq_export.runtime.sampler import NoiseSchedule
 
 
 def _mse(w, qw):
@@ -53,10 +53,10 @@ def calibrated(unet_onnx):
 def test_qdq_graph_follows_the_allocation(calibrated, tmp_path):
     info, stats = calibrated
     theta = np.linspace(0.1, 1, len(info.layers))
-    alloc = allocate(info.layers, AllocationSettings(budget=5.0, target="onnxruntime"), theta=theta)
+    alloc = allocate(info.layers, 5.0, "onnxruntime", theta=theta)
     out = str(tmp_path / "q.onnx")
     ranges = choose_ranges(stats.act_hist, ActCalibSettings())
-    qm = quantize(info, alloc, ranges.amax, out, QuantizeSettings(target="onnxruntime"))
+    qm = quantize(info, alloc, ranges.amax, out, QuantizeSettings(), "onnxruntime")
     counted, per_layer = count_weight_bits(out, info)
     assert counted == pytest.approx(alloc.achieved_bits, abs=1e-12)
     assert all(per_layer[n] == f.weight_bits for n, f in zip(alloc.layer_names, alloc.formats))
@@ -101,15 +101,14 @@ def test_onnxruntime_runs_the_quantized_layers_on_integer_kernels(calibrated, tm
     conv_idx = [i for i, l in enumerate(info.layers) if l.op_type == "Conv"]
     # MatMuls least important, so that some get INT4 (onnxruntime's MatMulNBits fusion takes MatMul, not Gemm)
     theta = np.where([l.op_type == "MatMul" for l in info.layers], 0.01, np.linspace(0.1, 1, len(info.layers)))
-    alloc = allocate(info.layers, AllocationSettings(budget=6.0, target="onnxruntime", keep_fp16=(), min8=()),
-                     theta=theta)
+    alloc = allocate(info.layers, 6.0, "onnxruntime", AllocationSettings(keep_fp16=(), min8=()), theta=theta)
     q_conv = [i for i in conv_idx if alloc.formats[i].quantized]
     assert {alloc.formats[i].weight_bits for i in q_conv} == {4, 8}, "the test wants both conv widths"
     w4_gemm = sum(f.name == "w4a16" for l, f in zip(info.layers, alloc.formats) if l.op_type == "MatMul")
     assert w4_gemm > 0, "the test wants INT4 MatMuls"
     out = str(tmp_path / "q.onnx")
     ranges = choose_ranges(stats.act_hist, ActCalibSettings())
-    quantize(info, alloc, ranges.amax, out, QuantizeSettings(target="onnxruntime", integer_conv=integer_conv, block_size=16))
+    quantize(info, alloc, ranges.amax, out, QuantizeSettings(integer_conv=integer_conv, block_size=16), "onnxruntime")
     assert count_weight_bits(out, info)[0] == pytest.approx(alloc.achieved_bits, abs=1e-12)  # Cast-widened INT4 counts 4
     ops = _optimised_ops(out, tmp_path)
     assert ops.count("QLinearConv") == (len(q_conv) if integer_conv else 0)
@@ -121,22 +120,19 @@ def test_onnxruntime_runs_the_quantized_layers_on_integer_kernels(calibrated, tm
 def test_a_shared_weight_memo_rounds_each_layer_once_across_targets(calibrated, tmp_path, monkeypatch):
     """The tensorrt target's report writes the same allocation for onnxruntime too: the integers are
     computed once (GPTQ) and both files hold the same ones."""
-    import mpq_export.quantize as qmod
+    import mpq_export.stages.quantize as qmod
 
     info, stats = calibrated
-    alloc = allocate(info.layers, AllocationSettings(budget=7.6, target="tensorrt"),
-                     theta=np.linspace(0.1, 1, len(info.layers)))
+    alloc = allocate(info.layers, 7.6, "tensorrt", theta=np.linspace(0.1, 1, len(info.layers)))
     amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
     calls = []
     real = qmod.quantize_layer_weight
     monkeypatch.setattr(qmod, "quantize_layer_weight", lambda *a, **k: calls.append(a[0].name) or real(*a, **k))
     memo = {}
-    quantize(info, alloc, amax, str(tmp_path / "t.onnx"), QuantizeSettings(target="tensorrt"),
-             hessians=stats.hessians, weight_memo=memo)
+    quantize(info, alloc, amax, str(tmp_path / "t.onnx"), QuantizeSettings(), "tensorrt", hessians=stats.hessians, weight_memo=memo)
     first = len(calls)
     assert first == sum(f.quantized for f in alloc.formats) == len(memo)
-    quantize(info, alloc, amax, str(tmp_path / "o.onnx"), QuantizeSettings(target="onnxruntime", integer_conv=False),
-             hessians=stats.hessians, weight_memo=memo)
+    quantize(info, alloc, amax, str(tmp_path / "o.onnx"), QuantizeSettings(integer_conv=False), "onnxruntime", hessians=stats.hessians, weight_memo=memo)
     assert len(calls) == first  # nothing rounded twice
 
     def stored(path):
@@ -152,7 +148,7 @@ def test_external_weights_are_read_layer_by_layer_and_give_the_same_model(calibr
     """A model whose weights live in an external file (every Stable-Diffusion-size export) is quantized
     without loading them all: each layer's weight is read from the file when it is quantized, and the
     result is the model the inline copy gives."""
-    import mpq_export.quantize as qmod
+    import mpq_export.stages.quantize as qmod
     from onnx import numpy_helper
 
     info, stats = calibrated
@@ -162,13 +158,12 @@ def test_external_weights_are_read_layer_by_layer_and_give_the_same_model(calibr
               all_tensors_to_one_file=True, location="weights.data", size_threshold=0)
     info_ext = inspect_model(str(ext / "model.onnx"))
     assert info_ext.has_external_data
-    alloc = allocate(info.layers, AllocationSettings(budget=5.0, target="onnxruntime"),
-                     theta=np.linspace(0.1, 1, len(info.layers)))
+    alloc = allocate(info.layers, 5.0, "onnxruntime", theta=np.linspace(0.1, 1, len(info.layers)))
     amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
     reads = []
     real = qmod.read_external_tensor
     monkeypatch.setattr(qmod, "read_external_tensor", lambda t, d: reads.append(t.name) or real(t, d))
-    settings = QuantizeSettings(target="onnxruntime")
+    settings = QuantizeSettings()
     quantize(info, alloc, amax, str(tmp_path / "inline.onnx"), settings, hessians=stats.hessians)
     assert not reads
     quantize(info_ext, alloc, amax, str(tmp_path / "external.onnx"), settings, hessians=stats.hessians)
@@ -183,7 +178,7 @@ def test_external_weights_are_read_layer_by_layer_and_give_the_same_model(calibr
 def test_large_outputs_get_one_external_data_file_honouring_the_umask(tmp_path, monkeypatch):
     import os
 
-    import mpq_export.quantize as qmod
+    import mpq_export.stages.quantize as qmod
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")

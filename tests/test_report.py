@@ -5,7 +5,7 @@ import dataclasses
 import json
 import os
 
-from mpq_export.report import LayerRow, Report, render_markdown
+from mpq_export.report.records import LayerRow, Report, render_markdown
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 

@@ -1,15 +1,15 @@
 import numpy as np
 import pytest
 
-from mpq_export.act_ranges import ActCalibSettings, choose_ranges
-from mpq_export.allocate import AllocationSettings, allocate
-from mpq_export.calibrate import CalibrationSettings, calibrate
-from mpq_export.inspect import QuantLayer, inspect_model
-from mpq_export.quantize import QuantizeSettings, quantize, quantize_layer_weight, quantize_weight
-from mpq_export.rounding import (DAMP, SCALE_MULTIPLIERS, HessianSum, _gptq, gptq_round, gptq_scale_search, layer_rows,
+from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges
+from mpq_export.stages.allocate import AllocationSettings, allocate
+from mpq_export.stages.calibrate import CalibrationSettings, calibrate
+from mpq_export.stages.inspect import QuantLayer, inspect_model
+from mpq_export.stages.quantize import QuantizeSettings, quantize, quantize_layer_weight, quantize_weight
+from mpq_export.stages.rounding import (DAMP, SCALE_MULTIPLIERS, HessianSum, _gptq, gptq_round, gptq_scale_search, layer_rows,
                                   output_error, weight_matrix, weight_order)
-from mpq_export.sampler import NoiseSchedule
-from mpq_export.targets import W4A8, W4A16
+from mpq_export.runtime.sampler import NoiseSchedule
+from mpq_export.targets.formats import W4A8, W4A16
 
 
 def _correlated_inputs(rng, rows, k):
@@ -100,7 +100,7 @@ def test_conv_rows_match_the_convolution():
 
 def test_gptq_through_calibration_and_quantize(unet_onnx, tmp_path):
     info = inspect_model(unet_onnx)
-    stats = calibrate(info, CalibrationSettings(steps=6, timesteps=2, samples=6, input_hessians=True), NoiseSchedule())
+    stats = calibrate(info, CalibrationSettings(steps=6, timesteps=2, samples=6), NoiseSchedule(), input_statistics=True)
     conv = info.layer("mid_block.resnets.0.conv1")
     attn = next(l for l in info.layers if l.op_type in ("MatMul", "Gemm") and l.name.endswith("to_q"))
     assert conv.name in stats.hessians and attn.name in stats.hessians
@@ -110,8 +110,8 @@ def test_gptq_through_calibration_and_quantize(unet_onnx, tmp_path):
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(unet_onnx).graph.initializer}
     for layer, fmt in ((conv, W4A8), (attn, W4A16)):
         w, h = inits[layer.weight_name], stats.hessians[layer.name]
-        rtn = quantize_layer_weight(layer, w, fmt, QuantizeSettings(target="onnxruntime"))
-        gq = quantize_layer_weight(layer, w, fmt, QuantizeSettings(target="onnxruntime", rounding="gptq"), h)
+        rtn = quantize_layer_weight(layer, w, fmt, QuantizeSettings())
+        gq = quantize_layer_weight(layer, w, fmt, QuantizeSettings(rounding="gptq"), h)
         # same file format; INT4 per channel (the conv): each channel's scale is the round-to-nearest one
         # times one multiplier from the search; INT4 blocks (the MatMul) keep their scales
         assert gq.scale.shape == rtn.scale.shape and gq.values.shape == rtn.values.shape
@@ -127,8 +127,7 @@ def test_gptq_through_calibration_and_quantize(unet_onnx, tmp_path):
             np.testing.assert_array_equal(rtn.scale, gq.scale)
         e = lambda q: output_error(weight_matrix(w, layer), weight_matrix(q.dequantize(), layer), h)  # noqa: E731
         assert e(gq) < e(rtn)
-    alloc = allocate(info.layers, AllocationSettings(budget=4.5, target="onnxruntime"), theta=np.ones(len(info.layers)))
+    alloc = allocate(info.layers, 4.5, "onnxruntime", theta=np.ones(len(info.layers)))
     amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
-    quantize(info, alloc, amax, str(tmp_path / "g.onnx"), QuantizeSettings(target="onnxruntime", rounding="gptq"),
-             hessians=stats.hessians)
+    quantize(info, alloc, amax, str(tmp_path / "g.onnx"), QuantizeSettings(rounding="gptq"), "onnxruntime", hessians=stats.hessians)
     assert (tmp_path / "g.onnx").exists()

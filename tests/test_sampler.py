@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise
+from mpq_export.runtime.sampler import DDIMSampler, NoiseSchedule, initial_noise
 
 
 def test_ddim_with_the_true_noise_recovers_the_clean_sample():
@@ -61,8 +61,8 @@ def test_ddim_step_matches_diffusers():
                                             ({"beta_schedule": "cosine"}, "unsupported beta_schedule 'cosine'"),
                                             ({"prediction_type": "sample"}, "unsupported prediction_type")])
 def test_a_schedule_made_in_python_is_checked_like_one_read_from_a_file(kwargs, needle):
-    from mpq_export.errors import MPQError
-    from mpq_export.sampler import NoiseSchedule
+    from mpq_export.util.errors import MPQError
+    from mpq_export.runtime.sampler import NoiseSchedule
 
     with pytest.raises(MPQError, match=needle):
         NoiseSchedule(**kwargs)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from mpq_export.errors import MPQError
+from mpq_export.util.errors import MPQError
 
 TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
 FAST = ("--steps", "6", "--timesteps", "2", "--samples", "4", "--val-samples", "2", "--no-stability", "--no-act-costs")
@@ -111,7 +111,7 @@ def test_prompts_need_a_pipeline_folder(cond_unet_onnx, tmp_path):
 
 
 def test_guided_prediction_combines_the_two_rows_of_each_sample():
-    from mpq_export.sampler import guided
+    from mpq_export.runtime.sampler import guided
 
     seen = []
 
@@ -128,8 +128,8 @@ def test_guided_prediction_combines_the_two_rows_of_each_sample():
 
 
 def test_conditioning_file_gives_uncond_rows_next_to_cond_rows(cond_unet_onnx, tmp_path):
-    from mpq_export.inspect import inspect_model
-    from mpq_export.ort import load_conditioning
+    from mpq_export.stages.inspect import inspect_model
+    from mpq_export.inputs.conditioning import load_conditioning
 
     info = inspect_model(cond_unet_onnx)
     cond = np.random.default_rng(0).standard_normal((5, 8, 16)).astype(np.float32)

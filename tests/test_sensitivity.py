@@ -5,14 +5,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from mpq_export.runtime.ort import RuntimeSettings
+
 import models
-from mpq_export.act_ranges import ActCalibSettings, choose_ranges
-from mpq_export.allocate import AllocationSettings, allocate
-from mpq_export.calibrate import CalibrationSettings, calibrate
-from mpq_export.inspect import inspect_model
-from mpq_export.quantize import QuantizeSettings
-from mpq_export.sampler import NoiseSchedule
-from mpq_export.sensitivity import measure_sensitivity
+from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges
+from mpq_export.stages.allocate import AllocationSettings, allocate, candidates
+from mpq_export.stages.calibrate import CalibrationSettings, calibrate
+from mpq_export.stages.inspect import inspect_model
+from mpq_export.stages.quantize import QuantizeSettings
+from mpq_export.runtime.sampler import NoiseSchedule
+from mpq_export.stages.sensitivity import measure_sensitivity
 
 VICTIM = "mid_block.resnets.0.conv1"
 
@@ -34,7 +36,7 @@ def sabotaged(tmp_path_factory):
 
 def test_artificially_sensitive_layer_gets_the_high_bits(sabotaged, tmp_path):
     info, stats = sabotaged
-    s = AllocationSettings(budget=4.6, target="onnxruntime")
+    s = candidates(info.layers, "onnxruntime")[0]
     amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
     sens = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
     gain = {n: v["w4a8"] - v["w8a8"] for n, v in sens.scores.items() if "w4a8" in v}
@@ -47,15 +49,16 @@ def test_artificially_sensitive_layer_gets_the_high_bits(sabotaged, tmp_path):
     again = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
     assert again.cached and again.scores == sens.scores
     # another --threads or --calib-mem-mb measures the same: the cached scores serve it
-    other_machine = replace(stats, settings=replace(stats.settings, threads=1, mem_budget_mb=64))
-    again = measure_sensitivity(info, other_machine, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
+    other_machine = replace(stats, settings=replace(stats.settings, mem_budget_mb=64))
+    again = measure_sensitivity(info, other_machine, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path),
+                                runtime=RuntimeSettings(threads=1))
     assert again.cached and again.scores == sens.scores
 
 
 def test_trajectory_objective_finds_the_sensitive_layer_by_its_final_samples(sabotaged, tmp_path):
     """--importance trajectory: the whole sampler per probe; its scores are the final sample's relative error."""
     info, stats = sabotaged
-    s = AllocationSettings(budget=4.6, target="onnxruntime")
+    s = candidates(info.layers, "onnxruntime")[0]
     amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
     traj = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path),
                                objective="trajectory")
@@ -75,7 +78,7 @@ def test_probes_read_external_weights_from_the_models_folder(sabotaged, tmp_path
     proto (2 GB): the probe graph goes to onnxruntime without them. Same figures as the embedded model."""
     import onnx
 
-    from mpq_export.sensitivity import activation_costs
+    from mpq_export.stages.diagnostics import activation_costs
 
     info, stats = sabotaged
     ext = str(tmp_path / "external.onnx")
@@ -88,8 +91,8 @@ def test_probes_read_external_weights_from_the_models_folder(sabotaged, tmp_path
     b, _ = activation_costs(info_ext, stats, amax, {}, samples=2)
     assert [c.tensor for c in a] == [c.tensor for c in b]
     np.testing.assert_allclose([c.sqnr_db for c in a], [c.sqnr_db for c in b], rtol=1e-6)
-    qs = QuantizeSettings(target="onnxruntime", rounding="nearest")
-    alloc = AllocationSettings(budget=8, target="onnxruntime")
+    qs = QuantizeSettings(rounding="nearest")
+    alloc = candidates(info.layers, "onnxruntime")[0]
     s1 = measure_sensitivity(info, stats, amax, alloc, qs, 0.0, None)
     s2 = measure_sensitivity(info_ext, stats, amax, alloc, qs, 0.0, None)
     assert s1.scores[VICTIM] == pytest.approx(s2.scores[VICTIM], rel=1e-6)
@@ -106,7 +109,7 @@ def test_trajectory_objective_under_guidance_runs_both_branches(cond_unet_onnx, 
     stats = calibrate(info, CalibrationSettings(steps=4, timesteps=2, samples=4, guidance_scale=3.0),
                       NoiseSchedule(), calib_data=path)
     assert stats.n_samples == 8  # rows: both branches of 4 samples
-    s = AllocationSettings(budget=6, target="onnxruntime")
+    s = candidates(info.layers, "onnxruntime")[0]
     amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
     traj = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, objective="trajectory")
     quantized = [v for v in traj.scores.values() if "w8a8" in v]
@@ -119,7 +122,7 @@ def test_a_full_disk_while_caching_scores_is_a_warning_and_leaves_no_temporary(t
     """The probes' scores are kept even when the cache cannot take them (the run goes on)."""
     import errno
 
-    import mpq_export.sensitivity as sensitivity_mod
+    import mpq_export.stages.sensitivity as sensitivity_mod
 
     def full(obj, f):
         f.write("{")  # a partial file, then the disk is full

@@ -33,7 +33,7 @@ def test_compare_peers_counts_bits_of_any_qdq_file(unet_onnx, tmp_path):
     from onnx import helper, numpy_helper
 
     import compare_peers
-    from mpq_export.inspect import inspect_model
+    from mpq_export.stages.inspect import inspect_model
 
     info = inspect_model(unet_onnx)
     m = onnx.load(unet_onnx)

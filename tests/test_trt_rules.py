@@ -11,10 +11,10 @@ from conftest import run_cli
 from onnx import numpy_helper
 
 import models
-from mpq_export.trt_rules import check_model
-from mpq_export.inspect import inspect_model
-from mpq_export.polygraphy_replay import run_cpu_check
-from mpq_export.quantize import count_weight_bits
+from mpq_export.targets.trt_rules import check_model
+from mpq_export.stages.inspect import inspect_model
+from mpq_export.runtime.polygraphy_replay import run_cpu_check
+from mpq_export.stages.quantize import count_weight_bits
 
 FAST = ["--steps", "10", "--timesteps", "4", "--samples", "8", "--val-samples", "4"]
 
@@ -168,7 +168,7 @@ def test_checker_passes_other_unet_configurations(variant, tmp_path, cond_unet_o
 
 
 def test_build_engine_yes_fails_clearly_without_tensorrt(unet_onnx, tmp_path):
-    from mpq_export.build import tensorrt_status
+    from mpq_export.runtime.engine import tensorrt_status
 
     if tensorrt_status()[0]:
         pytest.skip("TensorRT is present: this test is about machines without it")

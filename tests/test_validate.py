@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mpq_export.validate import cosine, psnr_db, sqnr_db
+from mpq_export.util.metrics import cosine, psnr_db, sqnr_db
 
 
 def test_metrics_on_constructed_arrays():

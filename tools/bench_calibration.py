@@ -37,13 +37,16 @@ sys.path.insert(0, HERE)
 
 from compare_peers import BUNDLED  # noqa: E402
 
-from mpq_export.allocate import AllocationSettings, allocate  # noqa: E402
-from mpq_export.calibrate import CalibrationSettings, calibrate, sample_shape  # noqa: E402
-from mpq_export.inspect import inspect_model  # noqa: E402
-from mpq_export.orm import OrmSettings, compute_importance  # noqa: E402
-from mpq_export.pipeline import PipelineConfig, default_cache_dir, prepare_model  # noqa: E402
-from mpq_export.ort import load_conditioning, ort_session, run_model  # noqa: E402
-from mpq_export.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise  # noqa: E402
+from mpq_export.stages.allocate import AllocationSettings, allocate  # noqa: E402
+from mpq_export.stages.calibrate import CalibrationSettings, calibrate, sample_shape  # noqa: E402
+from mpq_export.stages.inspect import inspect_model  # noqa: E402
+from mpq_export.stages.orm import OrmSettings, compute_importance  # noqa: E402
+from mpq_export.pipeline import PipelineConfig, prepare_model  # noqa: E402
+from mpq_export.runtime.ort import RuntimeSettings  # noqa: E402
+from mpq_export.util.cache import default_cache_dir
+from mpq_export.runtime.ort import ort_session, run_model  # noqa: E402
+from mpq_export.inputs.conditioning import load_conditioning
+from mpq_export.runtime.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise  # noqa: E402
 
 
 def bare_trajectory(info, settings: CalibrationSettings, schedule: NoiseSchedule, chunk: int) -> tuple[float, dict]:
@@ -102,11 +105,12 @@ def main() -> None:
         schedule = NoiseSchedule.from_config(prepared.scheduler_config)
         s = CalibrationSettings(steps=args.steps, timesteps=args.timesteps, samples=args.samples,
                                 resolution=(res, res) if res else None, seq_len=77 if info.conditioning else None,
-                                threads=args.threads, input_hessians=not args.no_gptq_statistics)
+                                )
+        runtime = RuntimeSettings(threads=args.threads)
         cal_t, bare_t, stats, splits = [], [], None, []
         for _ in range(max(1, args.repeats)):  # alternate, keep the faster of each: a shared machine is noisy
             t0 = time.perf_counter()
-            run = calibrate(info, s, schedule)  # no cache: really calibrates
+            run = calibrate(info, s, schedule, runtime=runtime, input_statistics=not args.no_gptq_statistics)  # no cache
             cal_t.append(time.perf_counter() - t0)
             bare, bare_split = bare_trajectory(info, s, schedule, run.rows_per_call)
             bare_t.append(bare)
@@ -125,17 +129,18 @@ def main() -> None:
             for part, sec in cal_split.items()))
         if args.no_sketch_study:
             return
-        exact = stats if not stats.gram_sketch_dim else calibrate(info, replace(s, gram_mem_mb=1 << 20), schedule)
+        exact = stats if not stats.gram_sketch_dim else calibrate(info, replace(s, gram_mem_mb=1 << 20), schedule, runtime=runtime,
+                                                                input_statistics=not args.no_gptq_statistics)
         orm = OrmSettings()
         a = compute_importance(exact.grams, exact.timesteps, exact.layer_names, orm, schedule.num_train_timesteps)
         allocs = {}
         for target, budget in (("onnxruntime", 4.5), ("tensorrt", 7.5)):
-            allocs[target] = allocate(info.layers, AllocationSettings(budget=budget, target=target), theta=a.theta).formats
+            allocs[target] = allocate(info.layers, budget, target, theta=a.theta).formats
         for m in [int(x) for x in args.sketch_dims.split(",") if x]:
             sk = calibrate(info, replace(s, gram_mem_mb=0, sketch_dim=m), schedule)
             b = compute_importance(sk.grams, sk.timesteps, sk.layer_names, orm, schedule.num_train_timesteps)
             moved = {t: sum(f != g for f, g in zip(
-                allocate(info.layers, AllocationSettings(budget=bud, target=t), theta=b.theta).formats, allocs[t]))
+                allocate(info.layers, bud, t, theta=b.theta).formats, allocs[t]))
                 for t, bud in (("onnxruntime", 4.5), ("tensorrt", 7.5))}
             print(f"sketch {m:5d}: max |theta - exact| = {np.abs(a.theta - b.theta).max():.4f} "
                   f"(theta spans {a.theta.min():.3f}..{a.theta.max():.3f}), max |ORM score - exact| per step = "

@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mpq_export.build import EngineSettings, build_engine, tensorrt_status  # noqa: E402
-from mpq_export.fp16_graph import to_fp16_graph  # noqa: E402
-from mpq_export.inspect import inspect_model  # noqa: E402
-from mpq_export.quantize import load_for_edit, save_model  # noqa: E402
+from mpq_export.runtime.engine import EngineSettings, build_engine, tensorrt_status  # noqa: E402
+from mpq_export.targets.fp16_graph import to_fp16_graph  # noqa: E402
+from mpq_export.stages.inspect import inspect_model  # noqa: E402
+from mpq_export.util.onnx_io import load_for_edit, save_model  # noqa: E402
 
 
 def time_engine(path: str, feeds: dict, iters: int) -> float:

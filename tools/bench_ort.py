@@ -34,12 +34,14 @@ sys.path.insert(0, HERE)
 
 from compare_peers import BUNDLED, calibration_feeds, count_bits, feeds_reader  # noqa: E402
 
-from mpq_export.allocate import AllocationSettings  # noqa: E402
-from mpq_export.calibrate import CalibrationSettings  # noqa: E402
-from mpq_export.inspect import inspect_model  # noqa: E402
-from mpq_export.pipeline import PipelineConfig, default_cache_dir, prepare_model, run_pipeline  # noqa: E402
-from mpq_export.quantize import QuantizeSettings  # noqa: E402
-from mpq_export.validate import ValidationSettings  # noqa: E402
+from mpq_export.stages.allocate import AllocationSettings  # noqa: E402
+from mpq_export.stages.calibrate import CalibrationSettings  # noqa: E402
+from mpq_export.stages.inspect import inspect_model  # noqa: E402
+from mpq_export.pipeline import PipelineConfig, prepare_model, run_pipeline  # noqa: E402
+from mpq_export.runtime.ort import RuntimeSettings  # noqa: E402
+from mpq_export.util.cache import default_cache_dir
+from mpq_export.stages.quantize import QuantizeSettings  # noqa: E402
+from mpq_export.stages.validate import ValidationSettings  # noqa: E402
 
 
 def quantize_static_default(model_path: str, feeds: list[dict], out: str, op_types: list[str] | None) -> None:
@@ -51,18 +53,23 @@ def quantize_static_default(model_path: str, feeds: list[dict], out: str, op_typ
                     op_types_to_quantize=op_types)
 
 
+RUNTIME = None  # the --threads of this run (main)
+
+
 def ours(model: str, workdir: str, name: str, budget: float, allocation: AllocationSettings,
          quantize: QuantizeSettings, calibration: CalibrationSettings):
     cfg = PipelineConfig(model=model, budgets=(budget,), out_dir=os.path.join(workdir, name), allocation=allocation,
-                         quantize=quantize, calibration=calibration, validation=ValidationSettings(samples=2),
+                         target="onnxruntime", quantize=quantize, calibration=calibration,
+                         validation=ValidationSettings(samples=2), runtime=RUNTIME,
                          build_engine="no", stability=False, act_costs=False, sample_grid=False)
     res = run_pipeline(cfg)
     return res, os.path.join(res.results[0].out_dir, "model.mpq.onnx")
 
 
 def bench_feeds(info, batch: int, shape, seed: int = 123) -> dict[str, np.ndarray]:
-    from mpq_export.ort import build_feeds, load_conditioning
-    from mpq_export.sampler import initial_noise
+    from mpq_export.runtime.ort import build_feeds
+    from mpq_export.inputs.conditioning import load_conditioning
+    from mpq_export.runtime.sampler import initial_noise
 
     cond, _ = load_conditioning(info, None, batch, seed, 77 if info.conditioning else None)
     return build_feeds(info, initial_noise(seed, batch, shape), 500, cond)
@@ -116,17 +123,19 @@ def main() -> None:
         res_ = res_ or 32
     conditional = bool(inspect_model(prepare_model(PipelineConfig(model=model), default_cache_dir()).onnx_path).conditioning)
     calib = CalibrationSettings(steps=10, timesteps=2, samples=4, resolution=(res_, res_) if res_ else None,
-                                seq_len=77 if conditional else None, threads=args.threads)
+                                seq_len=77 if conditional else None)
+    global RUNTIME
+    RUNTIME = RuntimeSettings(threads=args.threads)
 
     t0 = time.perf_counter()
-    w8 = AllocationSettings(budget=8.01, bits=(8, 16), method="uniform")
-    qs = QuantizeSettings(target="onnxruntime")
+    w8 = AllocationSettings(bits=(8, 16), method="uniform")
+    qs = QuantizeSettings()
     res, paths_w8 = ours(model, work, "w8a8", 8.01, w8, qs, calib)
     info, stats = res.info, res.stats
     paths = {"FP32 (onnxruntime, all graph optimisations)": res.model_path,
              "ours W8A8, onnxruntime target": paths_w8}
     _, paths["ours MPQ 4.5 bits, onnxruntime target"] = ours(model, work, "mpq45", 4.5,
-                                                             AllocationSettings(budget=4.5), qs, calib)
+                                                             AllocationSettings(), qs, calib)
     _, paths["ours W8A8, --float-conv-outputs"] = ours(model, work, "w8a8-float-conv", 8.01, w8,
                                                        replace(qs, integer_conv=False), calib)
     feeds = calibration_feeds(info, stats)

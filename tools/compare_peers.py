@@ -45,17 +45,18 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mpq_export.act_ranges import ActCalibSettings, choose_ranges  # noqa: E402
-from mpq_export.allocate import AllocationSettings, allocate  # noqa: E402
-from mpq_export.calibrate import CalibrationSettings, calibrate, sample_shape  # noqa: E402
-from mpq_export.demo import ASSET_DIR  # noqa: E402
-from mpq_export.inspect import inspect_model  # noqa: E402
-from mpq_export.orm import OrmSettings, compute_importance  # noqa: E402
-from mpq_export.pipeline import PipelineConfig, default_cache_dir, prepare_model  # noqa: E402
-from mpq_export.quantize import QuantizeSettings, quantize  # noqa: E402
-from mpq_export.rounding import DEFAULT_ROUNDING  # noqa: E402
-from mpq_export.sampler import NoiseSchedule  # noqa: E402
-from mpq_export.validate import ValidationSettings, fp32_reference, validate  # noqa: E402
+from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges  # noqa: E402
+from mpq_export.stages.allocate import AllocationSettings, allocate, candidates  # noqa: E402
+from mpq_export.stages.calibrate import CalibrationSettings, calibrate, sample_shape  # noqa: E402
+from mpq_export.inputs.demo import ASSET_DIR  # noqa: E402
+from mpq_export.stages.inspect import inspect_model  # noqa: E402
+from mpq_export.stages.orm import OrmSettings, compute_importance  # noqa: E402
+from mpq_export.pipeline import PipelineConfig, prepare_model  # noqa: E402
+from mpq_export.util.cache import default_cache_dir
+from mpq_export.stages.quantize import QuantizeSettings, quantize  # noqa: E402
+from mpq_export.stages.rounding import DEFAULT_ROUNDING  # noqa: E402
+from mpq_export.runtime.sampler import NoiseSchedule  # noqa: E402
+from mpq_export.stages.validate import ValidationSettings, fp32_reference, validate  # noqa: E402
 
 EVAL_SEED = 50_000  # disjoint from calibration (0..N-1) and the pipeline's validation (10,000..)
 MODELOPT_REQUIREMENT = "nvidia-modelopt[onnx]==0.47.0"
@@ -151,7 +152,7 @@ def strip_activation_qdq(src: str, dst: str) -> None:
 
 def calibration_feeds(info, stats) -> list[dict[str, np.ndarray]]:
     """One feed dict per profiled step: exactly what our calibration saw (x_t at t, N samples)."""
-    from mpq_export.ort import build_feeds
+    from mpq_export.runtime.ort import build_feeds
 
     cond = {c.name: stats.inputs[c.name] for c in info.conditioning}
     xs = stats.inputs[info.sample.name]
@@ -246,8 +247,8 @@ def main() -> None:
     model_path, sched_path = prepared.onnx_path, prepared.scheduler_config
     info = inspect_model(model_path)
     schedule = NoiseSchedule.from_config(sched_path)
-    cs = CalibrationSettings(input_hessians=True)  # the GPTQ rows need them; nothing else changes
-    stats = calibrate(info, cs, schedule, cache_dir=cache)
+    cs = CalibrationSettings()
+    stats = calibrate(info, cs, schedule, cache_dir=cache, input_statistics=True)  # the GPTQ rows need them
     shape = sample_shape(info, None)
     vs = ValidationSettings(samples=args.seeds, seed=EVAL_SEED)
     ref = fp32_reference(info, schedule, cs.steps, stats.step_indices, shape, vs)
@@ -265,64 +266,59 @@ def main() -> None:
         print(f"{name:55s} bits {row['bits']:.3f}  PSNR {row['psnr']:6.2f} +- {row['psnr_se']:.2f}  "
               f"SQNR {row['sqnr']:6.2f}  ({time.perf_counter() - t:.0f}s)", flush=True)
 
-    w8 = AllocationSettings(budget=8, method="uniform", target="onnxruntime")
-    alloc8 = allocate(info.layers, w8)
+    w8 = AllocationSettings(method="uniform")
+    alloc8 = allocate(info.layers, 8, "onnxruntime", w8)
     with tempfile.TemporaryDirectory(prefix="mpq-peers-") as d:
         # ablation of the activation calibration, round-to-nearest weights
         for m in [s for s in args.act_methods.split(",") if s]:
             act = ActCalibSettings(method="mse", over_steps="relative") if m == "mse-relative" else ActCalibSettings(method=m)
             ranges = choose_ranges(stats.act_hist, act)
             path = os.path.join(d, f"w8a8-{m}.onnx")
-            quantize(info, alloc8, ranges.amax, path, QuantizeSettings(target="onnxruntime", rounding="nearest"))
+            quantize(info, alloc8, ranges.amax, path, QuantizeSettings(rounding="nearest"), "onnxruntime")
             score(f"ours W8A8 onnxruntime, act {m}, nearest rounding", path, act_calib=m, rounding="nearest")
         default_ranges = choose_ranges(stats.act_hist, ActCalibSettings())
         roundings = [r for r in args.roundings.split(",") if r]
         for r in roundings:  # the defaults (act mse), per weight rounding
             path = os.path.join(d, f"w8a8-default-{r}.onnx")
-            quantize(info, alloc8, default_ranges.amax, path, QuantizeSettings(target="onnxruntime", rounding=r),
-                     hessians=stats.hessians)
+            quantize(info, alloc8, default_ranges.amax, path, QuantizeSettings(rounding=r), "onnxruntime", hessians=stats.hessians)
             score(f"ours W8A8 onnxruntime, defaults (act {default_ranges.settings.method}), {r} rounding", path,
                   rounding=r, default=r == DEFAULT_ROUNDING)
             if r == DEFAULT_ROUNDING:
                 fc = os.path.join(d, "w8a8-float-conv.onnx")
-                quantize(info, alloc8, default_ranges.amax, fc,
-                         QuantizeSettings(target="onnxruntime", rounding=r, integer_conv=False), hessians=stats.hessians)
+                quantize(info, alloc8, default_ranges.amax, fc, QuantizeSettings(rounding=r, integer_conv=False), "onnxruntime", hessians=stats.hessians)
                 score("ours W8A8 onnxruntime, defaults, --float-conv-outputs", fc, rounding=r, float_conv_outputs=True)
                 strip_activation_qdq(path, os.path.join(d, "w8-only.onnx"))
                 score("ours W8, activations float (the row above with its act Q/DQ removed)",
                       os.path.join(d, "w8-only.onnx"))
         trt = os.path.join(d, "w8a8-trt.onnx")
-        quantize(info, allocate(info.layers, replace(w8, target="tensorrt")), default_ranges.amax, trt,
-                 QuantizeSettings(target="tensorrt"), hessians=stats.hessians)
+        quantize(info, allocate(info.layers, 8, "tensorrt", w8), default_ranges.amax, trt, QuantizeSettings(), "tensorrt", hessians=stats.hessians)
         score("ours W8A8 tensorrt (FP16 graph), defaults", trt, default=True)
         imp = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(),
                                  schedule.num_train_timesteps)
         budgets = [float(x) for x in args.budgets.split(",") if x]
         scorers = [x for x in args.scorers.split(",") if x]
         for r in [x for x in args.mpq_roundings.split(",") if x] if budgets else []:
-            qs = QuantizeSettings(target="onnxruntime", rounding=r)
+            qs = QuantizeSettings(rounding=r)
             measured = {}  # scorer -> SensitivityScores (sensitivity.py's two objectives)
             for scorer, objective in (("sensitivity", "step"), ("trajectory", "trajectory")):
                 if scorer in scorers:
-                    from mpq_export.sensitivity import measure_sensitivity
+                    from mpq_export.stages.sensitivity import measure_sensitivity
 
                     measured[scorer] = measure_sensitivity(
-                        info, stats, default_ranges.amax, AllocationSettings(budget=8, target="onnxruntime"), qs,
+                        info, stats, default_ranges.amax, candidates(info.layers, "onnxruntime")[0], qs,
                         OrmSettings().alpha, cache, objective=objective).scores
             for b in budgets:
                 for scorer in scorers:
-                    alloc = allocate(info.layers, AllocationSettings(budget=b, target="onnxruntime"),
-                                     theta=imp.theta if scorer == "orm" else None, sensitivity=measured.get(scorer))
+                    alloc = allocate(info.layers, b, "onnxruntime", theta=imp.theta if scorer == "orm" else None, sensitivity=measured.get(scorer))
                     path = os.path.join(d, f"mpq-{b:g}-{r}-{scorer}.onnx")
-                    quantize(info, alloc, default_ranges.amax, path, qs, hessians=stats.hessians)
+                    quantize(info, alloc, default_ranges.amax, path, qs, "onnxruntime", hessians=stats.hessians)
                     score(f"ours MPQ {b:g} bits onnxruntime ({scorer}), {r} rounding", path, budget=b, rounding=r,
                           scorer=scorer)
             for b in [float(x) for x in args.trt_budgets.split(",") if x]:  # the tensorrt target's own range
                 for scorer in scorers:
-                    alloc = allocate(info.layers, AllocationSettings(budget=b, target="tensorrt"),
-                                     theta=imp.theta if scorer == "orm" else None, sensitivity=measured.get(scorer))
+                    alloc = allocate(info.layers, b, "tensorrt", theta=imp.theta if scorer == "orm" else None, sensitivity=measured.get(scorer))
                     path = os.path.join(d, f"mpq-trt-{b:g}-{r}-{scorer}.onnx")
-                    quantize(info, alloc, default_ranges.amax, path, replace(qs, target="tensorrt"),
+                    quantize(info, alloc, default_ranges.amax, path, qs, "tensorrt",
                              hessians=stats.hessians)
                     score(f"ours MPQ {b:g} bits tensorrt ({scorer}), {r} rounding", path, budget=b, rounding=r,
                           scorer=scorer, target="tensorrt")
@@ -332,7 +328,7 @@ def main() -> None:
         # so the comparison separates calibration and rounding from the choice of float layers
         import re
 
-        from mpq_export.allocate import DEFAULT_KEEP_FP16
+        from mpq_export.stages.allocate import DEFAULT_KEEP_FP16
 
         pinned = [l.node_name for l in info.layers if any(re.search(rx, l.name) for rx in DEFAULT_KEEP_FP16)]
         if not args.no_ort:

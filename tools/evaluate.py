@@ -34,18 +34,19 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mpq_export.act_ranges import ActCalibSettings, choose_ranges  # noqa: E402
-from mpq_export.allocate import AllocationSettings, allocate  # noqa: E402
-from mpq_export.calibrate import CalibrationSettings, calibrate  # noqa: E402
-from mpq_export.demo import demo_model  # noqa: E402
-from mpq_export.inspect import inspect_model  # noqa: E402
-from mpq_export.orm import OrmSettings, compute_importance  # noqa: E402
-from mpq_export.pipeline import PipelineConfig, prepare_model, default_cache_dir  # noqa: E402
-from mpq_export.quantize import QuantizeSettings, quantize  # noqa: E402
-from mpq_export.ort import build_feeds, ort_session  # noqa: E402
-from mpq_export.sampler import DDIMSampler, NoiseSchedule, initial_noise  # noqa: E402
-from mpq_export.sensitivity import measure_sensitivity  # noqa: E402
-from mpq_export.validate import sqnr_db  # noqa: E402
+from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges  # noqa: E402
+from mpq_export.stages.allocate import AllocationSettings, allocate, candidates  # noqa: E402
+from mpq_export.stages.calibrate import CalibrationSettings, calibrate  # noqa: E402
+from mpq_export.inputs.demo import demo_model  # noqa: E402
+from mpq_export.stages.inspect import inspect_model  # noqa: E402
+from mpq_export.stages.orm import OrmSettings, compute_importance  # noqa: E402
+from mpq_export.pipeline import PipelineConfig, prepare_model  # noqa: E402
+from mpq_export.util.cache import default_cache_dir
+from mpq_export.stages.quantize import QuantizeSettings, quantize  # noqa: E402
+from mpq_export.runtime.ort import build_feeds, ort_session  # noqa: E402
+from mpq_export.runtime.sampler import DDIMSampler, NoiseSchedule, initial_noise  # noqa: E402
+from mpq_export.stages.sensitivity import measure_sensitivity  # noqa: E402
+from mpq_export.util.metrics import sqnr_db  # noqa: E402
 
 EVAL_SEED = 50_000  # disjoint from calibration (0..31) and validation (10,000..)
 
@@ -107,8 +108,8 @@ def main() -> None:
     model_path, sched_path = prepared.onnx_path, prepared.scheduler_config
     info = inspect_model(model_path)
     schedule = NoiseSchedule.from_config(sched_path)
-    cs = CalibrationSettings(input_hessians=True)  # GPTQ rounding needs the layers' input statistics
-    stats = calibrate(info, cs, schedule, cache_dir=cache)
+    cs = CalibrationSettings()
+    stats = calibrate(info, cs, schedule, cache_dir=cache, input_statistics=True)  # GPTQ reads them
     sampler = DDIMSampler(schedule, cs.steps)
     profiled = set(int(i) for i in stats.step_indices)
     shape = tuple(stats.inputs[info.sample.name].shape[2:])
@@ -136,13 +137,13 @@ def main() -> None:
     fp_metrics = metrics(final_fp)
     # conv outputs in float (--float-conv-outputs): the allocation methods are compared on the
     # quantizer's accuracy, not on onnxruntime's kernel choice (docs/quality.md)
-    qs = QuantizeSettings(target="onnxruntime", integer_conv=False)
+    qs = QuantizeSettings(integer_conv=False)
     amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
 
     def evaluate(alloc):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "q.onnx")
-            quantize(info, alloc, amax, path, qs, hessians=stats.hessians)
+            quantize(info, alloc, amax, path, qs, "onnxruntime", hessians=stats.hessians)
             q = ort_session(path)
             final_q = sampler.sample(x_T, lambda x, t, i: q.run([info.output], build_feeds(info, x, t, {}))[0])
             sq = [sqnr_db(eps_fp[i], q.run([info.output], build_feeds(info, traj[i], int(sampler.timesteps[i]), {}))[0])
@@ -158,31 +159,28 @@ def main() -> None:
     imp_u = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(estimator="unbiased"),
                                stats.schedule.num_train_timesteps)
     t = time.perf_counter()
-    sens = measure_sensitivity(info, stats, amax, AllocationSettings(budget=8, target="onnxruntime"), qs, OrmSettings().alpha, cache)
+    sens = measure_sensitivity(info, stats, amax, candidates(info.layers, "onnxruntime")[0], qs, OrmSettings().alpha, cache)
     sens_seconds = time.perf_counter() - t
     rows = []
     for budget in budgets:
-        base = AllocationSettings(budget=budget, target="onnxruntime")
-        runs = {"orm": allocate(info.layers, base, theta=imp_b.theta),
-                "orm-unbiased": allocate(info.layers, base, theta=imp_u.theta),
-                "sensitivity": allocate(info.layers, base, sensitivity=sens.scores),
-                "uniform": allocate(info.layers, AllocationSettings(budget=budget, method="uniform", target="onnxruntime")),
-                "smallest-first": allocate(info.layers, AllocationSettings(budget=budget, method="smallest-first",
-                                                                          target="onnxruntime"))}
+        runs = {"orm": allocate(info.layers, budget, "onnxruntime", theta=imp_b.theta),
+                "orm-unbiased": allocate(info.layers, budget, "onnxruntime", theta=imp_u.theta),
+                "sensitivity": allocate(info.layers, budget, "onnxruntime", sensitivity=sens.scores),
+                "uniform": allocate(info.layers, budget, "onnxruntime", AllocationSettings(method="uniform")),
+                "smallest-first": allocate(info.layers, budget, "onnxruntime", AllocationSettings(method="smallest-first"))}
         for name, alloc in runs.items():
             r = evaluate(alloc)
             rows.append({"budget": budget, "method": name, **r})
             print(f"budget {budget:g} {name:15s} bits {r['bits']:.3f} PSNR {r['psnr']:.2f} SQNR {r['sqnr']:.2f} "
                   f"FID {r['fid']:.2f}", flush=True)
-        rand = [evaluate(allocate(info.layers, AllocationSettings(budget=budget, method="random", seed=s,
-                                                                target="onnxruntime")))
+        rand = [evaluate(allocate(info.layers, budget, "onnxruntime", AllocationSettings(method="random", seed=s)))
                 for s in range(args.random)]
         med = {k: float(np.median([r[k] for r in rand])) for k in ("bits", "psnr", "sqnr", "fid")}
         spread = {k + "_range": [float(min(r[k] for r in rand)), float(max(r[k] for r in rand))] for k in ("psnr", "sqnr", "fid")}
         rows.append({"budget": budget, "method": f"random (median of {args.random})", **med, "psnr_se": None,
                      "fid_std": None, **spread})
         print(f"budget {budget:g} random median PSNR {med['psnr']:.2f} range {spread['psnr_range']}", flush=True)
-    w8 = evaluate(allocate(info.layers, AllocationSettings(budget=8, method="uniform", target="onnxruntime")))
+    w8 = evaluate(allocate(info.layers, 8, "onnxruntime", AllocationSettings(method="uniform")))
     rows.append({"budget": 8.0, "method": "W8A8 (conv_in, conv_out FP16)", **w8})
     result = {"model": model_path, "samples": n, "eval_seed": EVAL_SEED, "calibration": {"K": cs.timesteps, "N": cs.samples,
               "steps": cs.steps}, "classifier_accuracy": clf_acc, "fp32": fp_metrics, "rows": rows,

@@ -25,7 +25,7 @@ EXPORT = """
 import sys, torch
 sys.path.insert(0, {root!r})
 from diffusers import UNet2DModel
-from mpq_export.export import export_module
+from mpq_export.inputs.export import export_module
 torch.manual_seed(0)
 m = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128), layers_per_block=2,
                 down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
@@ -38,9 +38,9 @@ CALIBRATE = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import numpy as np
-from mpq_export.calibrate import CalibrationSettings, calibrate
-from mpq_export.inspect import inspect_model
-from mpq_export.sampler import NoiseSchedule
+from mpq_export.stages.calibrate import CalibrationSettings, calibrate
+from mpq_export.stages.inspect import inspect_model
+from mpq_export.runtime.sampler import NoiseSchedule
 info = inspect_model({path!r})
 t = time.perf_counter()
 s = calibrate(info, CalibrationSettings(steps={steps}, timesteps={k}, samples={n}), NoiseSchedule())
@@ -51,8 +51,8 @@ PER_SAMPLE = """
 import json, sys
 sys.path.insert(0, {root!r})
 import onnx, numpy as np
-from mpq_export.inspect import inspect_model
-from mpq_export.ort import ort_session, build_feeds
+from mpq_export.stages.inspect import inspect_model
+from mpq_export.runtime.ort import ort_session, build_feeds
 info = inspect_model({path!r})
 m = onnx.load({path!r})
 for l in info.layers:

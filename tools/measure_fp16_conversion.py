@@ -4,7 +4,7 @@
     python tools/measure_fp16_conversion.py MODEL.onnx
 
 Loads the model with its weights (as the quantize stage does) and converts it with
-`mpq_export.fp16_graph.to_fp16_graph`; prints the process's peak RSS after loading and after
+`mpq_export.targets.fp16_graph.to_fp16_graph`; prints the process's peak RSS after loading and after
 converting, so the conversion's own cost can be compared across versions of the code.
 """
 
@@ -17,8 +17,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mpq_export.fp16_graph import to_fp16_graph  # noqa: E402
-from mpq_export.quantize import load_for_edit  # noqa: E402
+from mpq_export.targets.fp16_graph import to_fp16_graph  # noqa: E402
+from mpq_export.util.onnx_io import load_for_edit  # noqa: E402
 
 
 def peak_gib() -> float:

@@ -1,0 +1,96 @@
+"""The one configuration of a run: `PipelineConfig`, and every check between options.
+
+Each settings class checks its own fields; what depends on two of them (an option another one makes
+meaningless, a setting the chosen target cannot build) is checked here, once, so the CLI and Python
+callers get the same refusals before any work. Nothing is overwritten silently: a combination that
+would be ignored is an error naming the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mpq_export.runtime.ort import RuntimeSettings
+from mpq_export.stages.act_ranges import ActCalibSettings
+from mpq_export.stages.allocate import AllocationSettings
+from mpq_export.stages.calibrate import CalibrationSettings
+from mpq_export.stages.orm import OrmSettings
+from mpq_export.stages.quantize import QuantizeSettings
+from mpq_export.stages.validate import ValidationSettings
+from mpq_export.targets import DEFAULT_TARGET, Target, get_target
+from mpq_export.util.errors import MPQError, require_number, require_path
+
+IMPORTANCES = ("orm", "sensitivity", "trajectory")  # the last two: sensitivity.py's two objectives
+BUILD_MODES = ("auto", "yes", "no")
+# 8 average bits is reachable on every target (each op type has an 8-bit format) for any model with a
+# quantizable layer left unpinned: W8A8 where the scorer sees no reason to spend bits elsewhere
+DEFAULT_BUDGETS = (8.0,)
+
+
+@dataclass
+class PipelineConfig:
+    model: str  # an .onnx file, a diffusers UNet folder or a diffusers pipeline folder
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS
+    out_dir: str | None = None  # default ./<model stem>.mpq
+    target: str | Target = DEFAULT_TARGET  # a name, resolved to the Target object
+    allocation: AllocationSettings = field(default_factory=AllocationSettings)
+    importance: str = "orm"  # orm | sensitivity | trajectory
+    orm: OrmSettings = field(default_factory=OrmSettings)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    act_calib: ActCalibSettings = field(default_factory=ActCalibSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    calib_data: str | None = None
+    prompts: str | None = None  # pipeline folders: one prompt per line (None: the bundled prompt set)
+    scheduler_config: str | None = None
+    cache_dir: str | None = None  # None: $MPQ_EXPORT_CACHE or ~/.cache/mpq-export; "" disables
+    sample_name: str | None = None
+    timestep_name: str | None = None
+    build_engine: str = "auto"
+    stability: bool = True  # report how many layers move when K, alpha, beta change
+    act_costs: bool = True  # measure each activation quantizer alone for the report ...
+    act_costs_limit_s: float = 120.0  # ... unless that would take longer than this (large models)
+    sample_grid: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.target = get_target(self.target)
+        if self.importance not in IMPORTANCES:
+            raise MPQError(f"--importance must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
+        if self.build_engine not in BUILD_MODES:
+            raise MPQError(f"--build-engine must be one of {', '.join(BUILD_MODES)}, got '{self.build_engine}'")
+        self.model = require_path(self.model, "the model")
+        if self.out_dir is not None:
+            self.out_dir = require_path(self.out_dir, "-o")
+            if not self.out_dir.strip():
+                raise MPQError("-o is empty; give an output folder name (default ./<model>.mpq)")
+        self.budgets = _budgets(self.budgets)
+        if self.importance != "orm" and self.allocation.method != "mpq":  # its probes would run for nothing
+            raise MPQError(f"--importance {self.importance} scores layers for --allocation mpq (this run: --allocation "
+                           f"{self.allocation.method}, which does not read scores); drop --importance or use "
+                           f"--allocation mpq")
+        self.target.check_quantize_settings(self.quantize)
+        if self.build_engine == "yes" and not self.target.builds_engines:
+            raise MPQError(f"--build-engine yes builds TensorRT engines, which the {self.target.name} target does not "
+                           f"use; drop --build-engine or use --target tensorrt")
+
+    @property
+    def gptq(self) -> bool:
+        """GPTQ rounding reads the layers' input statistics from calibration; nothing else does."""
+        return self.quantize.rounding == "gptq"
+
+
+def _budgets(budgets) -> tuple[float, ...]:
+    if isinstance(budgets, (str, bytes)) or not hasattr(budgets, "__iter__"):
+        budgets = (budgets,)  # one budget given bare; checked as a number below
+    budgets = tuple(require_number(b, "--budget") for b in budgets)
+    if not budgets:
+        raise MPQError("give at least one --budget")
+    seen: dict[str, float] = {}
+    for b in budgets:  # a budget list writes one budget-<b:g> folder per budget
+        if f"{b:g}" in seen:
+            same = f"{b:g} twice" if seen[f"{b:g}"] == b else f"{seen[f'{b:g}']!r} and {b!r}, which name one output"
+            raise MPQError(f"--budget lists {same}; give each budget once")
+        seen[f"{b:g}"] = b
+    return budgets

@@ -1,0 +1,149 @@
+"""The model a run starts from: the user's ONNX file as it is, or a diffusers UNet (alone or in a pipeline
+folder) exported to ONNX once per content hash in the cache; for a text-to-image pipeline folder also its
+prompts, encoded by its own text encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mpq_export.util.cache import file_sha256
+from mpq_export.util.errors import MPQError
+from mpq_export.util.onnx_io import load_onnx
+from mpq_export.util.output_folder import SCRATCH_PREFIX
+from mpq_export.util.progress import log
+
+if TYPE_CHECKING:
+    from mpq_export.config import PipelineConfig
+    from mpq_export.inputs.sd_pipeline import PipelineFolder
+
+
+@dataclass
+class PreparedModel:
+    onnx_path: str  # the FP32 ONNX the run starts from
+    scheduler_config: str | None
+    notes: list[str]
+    temp_dir: str | None = None  # an export made without a cache: the caller removes it when done
+    pipeline: PipelineFolder | None = None  # when the input is a diffusers text-to-image pipeline folder
+    calib_data: str | None = None  # the pipeline's prompts encoded by its text encoder (.npz, sd_pipeline)
+
+    def guidance_scale(self, requested: float | None) -> float:
+        """The requested scale, else the pipeline type's default when prompts were encoded, else 1 (none)."""
+        if requested is not None:
+            return float(requested)
+        return self.pipeline.default_guidance if self.pipeline is not None and self.calib_data else 1.0
+
+
+def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
+    """The FP32 ONNX of cfg.model: the file itself, or a diffusers UNet (alone or in a pipeline folder)
+    exported once per content hash; for a text-to-image pipeline also its prompts, encoded once."""
+    from mpq_export.inputs.export import is_diffusers_folder, read_unet_config
+    from mpq_export.inputs.sd_pipeline import is_pipeline_folder, read_pipeline
+
+    if not os.path.exists(cfg.model):
+        raise MPQError(f"model not found: {cfg.model} (give an .onnx file, a diffusers UNet folder or a pipeline folder)")
+    pipe = read_pipeline(cfg.model) if is_pipeline_folder(cfg.model) else None
+    unet_dir = pipe.unet_dir if pipe else cfg.model
+    if cfg.prompts is not None and pipe is None:
+        raise MPQError("--prompts needs a diffusers pipeline folder (its text encoder encodes them); for a bare UNet "
+                       "give encoded prompts with --calib-data FILE.npz")
+    if cfg.prompts is not None and cfg.calib_data is not None:
+        raise MPQError("give --prompts or --calib-data, not both")
+    if not is_diffusers_folder(unet_dir):
+        if os.path.isdir(unet_dir):
+            inner = os.path.join(unet_dir, "unet")
+            if is_diffusers_folder(inner):  # unet/ and scheduler/ saved without the pipeline's model_index.json
+                raise MPQError(f"{cfg.model} has no model_index.json but holds a diffusers UNet: give {inner} "
+                               f"(a scheduler/ beside it is found)")
+            onnx_files = sorted(e for e in os.listdir(unet_dir) if e.endswith(".onnx"))
+            if len(onnx_files) == 1:  # a folder an ONNX export was saved into
+                raise MPQError(f"{cfg.model} is a folder without config.json or model_index.json; give the ONNX "
+                               f"file it holds: {os.path.join(cfg.model, onnx_files[0])}")
+            raise MPQError(f"{cfg.model} is a folder without config.json or model_index.json; give an .onnx file, a "
+                           f"diffusers UNet folder or a pipeline folder")
+        return PreparedModel(cfg.model, cfg.scheduler_config, [])
+    unet_cfg = read_unet_config(unet_dir)  # a broken config.json is a one-line error before hashing GBs
+    if cfg.prompts is not None and unet_cfg.get("_class_name") != "UNet2DConditionModel":
+        raise MPQError(f"--prompts: the UNet of {cfg.model} ({unet_cfg.get('_class_name') or 'unknown'}) takes no "
+                       f"text conditioning; drop --prompts")
+    prompts = None
+    if pipe is not None and unet_cfg.get("_class_name") == "UNet2DConditionModel" and cfg.calib_data is None:
+        from mpq_export.inputs.sd_pipeline import load_prompts
+
+        prompts = load_prompts(cfg.prompts)  # a bad prompt file fails before the export
+    prepared = _export_once(cfg, unet_dir, cache_dir)
+    if pipe is not None:
+        prepared.pipeline = pipe
+        if pipe.scheduler_config and not cfg.scheduler_config:
+            prepared.scheduler_config = pipe.scheduler_config
+        prepared.notes.insert(0, f"diffusers pipeline folder {pipe.root} ({pipe.class_name or 'no _class_name'})")
+        if prompts is not None:
+            from mpq_export.inputs.sd_pipeline import encode_prompts
+
+            try:
+                # without a cache the export lives in temp_dir, removed at the end of the run: so do these
+                size = unet_cfg.get("sample_size") or 64
+                latent = cfg.calibration.resolution or ((size, size) if isinstance(size, int) else tuple(size))
+                pixels = tuple(int(d) * pipe.vae_scale_factor() for d in latent)  # SDXL's time_ids
+                emb = encode_prompts(pipe, prompts, cache_dir or prepared.temp_dir, cache_dir, pixels)
+            except BaseException:
+                if prepared.temp_dir:
+                    shutil.rmtree(prepared.temp_dir, ignore_errors=True)
+                raise
+            prepared.calib_data = emb.path
+    return prepared
+
+
+def _export_once(cfg: PipelineConfig, unet_dir: str, cache_dir: str | None) -> PreparedModel:
+    """The FP32 ONNX of a diffusers UNet folder, exported once per content hash (in the cache)."""
+    from mpq_export.inputs.export import export_diffusers, find_scheduler_config
+
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(unet_dir)):
+        p = os.path.join(unet_dir, name)
+        if os.path.isfile(p):  # SD-sized weights are GBs: hashed once, remembered in the cache
+            h.update(name.encode())
+            h.update(file_sha256(p, cache_dir).encode())
+    temp_dir = None if cache_dir else tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}export-{os.getpid()}-")
+    folder = os.path.join(cache_dir or temp_dir, f"export-{h.hexdigest()[:20]}")
+    onnx_path = os.path.join(folder, "model.onnx")
+    sched = cfg.scheduler_config or find_scheduler_config(unet_dir)
+    source = os.path.abspath(unet_dir)
+    if os.path.exists(onnx_path):
+        from mpq_export.util.onnx_io import external_data_problem
+
+        try:  # a truncated or damaged export is healed, not reused (checked without loading the weights)
+            problem = external_data_problem(load_onnx(onnx_path, load_weights=False), folder)
+        except MPQError as e:
+            problem = str(e)
+        if problem is None:
+            log.info("[export] reusing %s", onnx_path)
+            return PreparedModel(onnx_path, sched, [f"exported from diffusers folder {source} (cached export)"])
+        log.warning("[export] the cached export %s is damaged (%s); exporting again", onnx_path, problem)
+        shutil.rmtree(folder, ignore_errors=True)
+    tmp = folder + f".tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("[export] %s -> ONNX (torch)", unet_dir)
+    try:
+        res = export_diffusers(unet_dir, os.path.join(tmp, "model.onnx"))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another run exported the same model meanwhile (and may be reading it): use theirs
+            if not os.path.exists(onnx_path):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    log.info("[export] %s, %d parameters, %.1fs", res.model_class, res.params, res.seconds)
+    notes = [f"exported from diffusers folder {source} ({res.model_class})"]
+    if temp_dir:
+        notes.append("the FP32 export was made for this run only (--no-cache) and is removed at its end: the "
+                     "Polygraphy commands below need the model exported again (run without --no-cache)")
+    return PreparedModel(onnx_path, sched, notes, temp_dir)

@@ -1,0 +1,326 @@
+"""allocate stage: one format per layer from an exact 0/1 program solved by HiGHS.
+
+Binary z[i, f]: layer i takes candidate format f. sum_f z[i, f] = 1 for every layer;
+sum_{i,f} z[i, f] * bits_f * P_i <= B * sum_i P_i (B = --budget, average weight bits);
+the objective is the scorer's: maximise sum z * bits_f * theta_i (ORM, the paper's), or minimise
+sum z * s[i, f] (measured sensitivity). Pins are constraints (a layer's candidate set shrinks).
+Baselines (uniform, random, smallest-first) produce the same BitAllocation type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from mpq_export.util.errors import MPQError, require_int, require_number
+from mpq_export.stages.inspect import QuantLayer
+from mpq_export.targets import Target, all_targets, get_target
+from mpq_export.targets.formats import FP16, Format
+
+METHODS = ("mpq", "uniform", "random", "smallest-first")
+# Layers the literature keeps at >= 8 bits: the first and last convs and the time embedding.
+DEFAULT_MIN8 = (r"^conv_in$", r"^conv_out$", r"^time_embedding\.")
+# conv_in reads the network input, whose noise near t = 0 is far below the INT8 step of the one static
+# scale that must also cover x_T: quantizing that input erases what the model must predict at the last
+# steps. conv_out writes the noise prediction itself: nothing after it dilutes its error, and its input
+# (a SiLU output) wastes half of a symmetric INT8 range. Both hold a few thousand parameters; the gain of
+# keeping them FP16 is measured in docs/quality.md ("Default pins").
+DEFAULT_KEEP_FP16 = (r"^conv_in$", r"^conv_out$")
+
+
+@dataclass(frozen=True)
+class AllocationSettings:
+    """How formats are chosen. The budget and the target are the run's (allocate's arguments), not settings."""
+    bits: tuple[int, ...] = (4, 8)
+    method: str = "mpq"
+    seed: int | None = None  # --allocation random only (None: 0)
+    keep_fp16: tuple[str, ...] = ()  # regexes (re.search on the layer name) pinned to FP16, beside the defaults
+    min8: tuple[str, ...] | None = None  # regexes held at >= 8 bits; None: DEFAULT_MIN8 (with default_pins)
+    default_pins: bool = True  # DEFAULT_KEEP_FP16 and DEFAULT_MIN8 apply
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise MPQError(f"--allocation must be one of {', '.join(METHODS)}, got '{self.method}'")
+        bad = [b for b in self.bits if b not in (4, 8, 16)]
+        if bad or not self.bits:
+            raise MPQError(f"--bits takes a comma list of 4, 8, 16 (got {','.join(map(str, self.bits)) or 'nothing'})")
+        for option, patterns in (("--keep-fp16", self.keep_fp16), ("--min8", self.min8 or ())):
+            for rx in patterns:
+                try:
+                    re.compile(rx)
+                except (re.error, TypeError) as e:
+                    raise MPQError(f"{option} '{rx}' is not a regular expression ({e}); escape special characters "
+                                   f"with a backslash, e.g. '\\.' for a dot") from None
+        if self.seed is not None:
+            if self.method != "random":  # it would be ignored, and the user believes it applied
+                raise MPQError(f"--seed is the seed of --allocation random (this run: --allocation {self.method}); "
+                               f"add --allocation random or drop --seed")
+            require_int(self.seed, "--seed", 0)  # numpy's generators take no negative seeds
+
+    @property
+    def fp16_patterns(self) -> tuple[str, ...]:
+        return tuple(self.keep_fp16) + (DEFAULT_KEEP_FP16 if self.default_pins else ())
+
+    @property
+    def min8_patterns(self) -> tuple[str, ...]:
+        if self.min8 is not None:
+            return tuple(self.min8)
+        return DEFAULT_MIN8 if self.default_pins else ()
+
+
+@dataclass(frozen=True)
+class AllocationSummary:
+    """allocation.json, and the report's `allocation`."""
+    budget: float
+    achieved_bits: float
+    method: str
+    scorer: str
+    objective: float | None
+    solver_status: str
+    layers: dict[str, str]  # layer -> format name
+    pins: dict[str, str]  # layer -> why its candidates were restricted
+
+
+@dataclass
+class BitAllocation:
+    layer_names: list[str]
+    formats: list[Format]
+    params: list[int]
+    budget: float
+    method: str
+    scorer: str  # what the objective was built from: orm | sensitivity | trajectory | none
+    objective: float | None = None
+    solver_status: str = ""
+    seconds: float = 0.0
+    pins: dict[str, str] = field(default_factory=dict)  # layer -> why its candidates were restricted
+
+    @property
+    def achieved_bits(self) -> float:
+        p = np.asarray(self.params, dtype=np.float64)
+        b = np.asarray([f.weight_bits for f in self.formats], dtype=np.float64)
+        return float((p * b).sum() / p.sum())
+
+    @property
+    def within_budget(self) -> bool:
+        return sum(p * f.weight_bits for p, f in zip(self.params, self.formats)) <= self.budget * sum(self.params) + 1e-9
+
+    def format_of(self, name: str) -> Format:
+        return self.formats[self.layer_names.index(name)]
+
+    def summary(self) -> AllocationSummary:
+        return AllocationSummary(budget=self.budget, achieved_bits=self.achieved_bits, method=self.method,
+                                 scorer=self.scorer, objective=self.objective, solver_status=self.solver_status,
+                                 layers={n: f.name for n, f in zip(self.layer_names, self.formats)}, pins=dict(self.pins))
+
+    def to_json(self) -> dict:
+        return asdict(self.summary())
+
+
+def candidates(layers: list[QuantLayer], target: str | Target,
+               settings: AllocationSettings = AllocationSettings()) -> tuple[list[list[Format]], dict[str, str]]:
+    """Legal formats per layer on `target` after pins (smallest bits first)."""
+    target = get_target(target)
+    out, pins = [], {}
+    for l in layers:
+        if any(re.search(rx, l.name) for rx in settings.fp16_patterns):
+            out.append([FP16])
+            pins[l.name] = "fp16 (pinned)"
+            continue
+        bits = sorted(set(settings.bits))
+        if any(re.search(rx, l.name) for rx in settings.min8_patterns):
+            bits = [b for b in bits if b >= 8] or [8]
+            pins[l.name] = ">= 8 bits (sensitive layer)"
+        fmts = [f for f in (target.format_for(l.op_type, b) for b in bits) if f is not None]
+        if not fmts:
+            why = "; ".join(sorted({target.why_not[(l.op_type, b)] for b in bits if (l.op_type, b) in target.why_not}))
+            have = ",".join(str(f.weight_bits) for f in target.formats_for(l.op_type))
+            others = [t.name for t in all_targets() if t is not target and any(t.format_for(l.op_type, b) for b in bits)]
+            raise MPQError(f"--bits {','.join(map(str, bits))} leaves {l.op_type} layer {l.name} without a format on the "
+                           f"{target.name} target{f' ({why})' if why else ''}; it stores {have} bits: add one of "
+                           f"them to --bits" + (f" or use --target {others[0]}" if others else ""))
+        out.append(fmts)
+    return out, pins
+
+
+def reachable_range(layers: list[QuantLayer], cands: list[list[Format]]) -> tuple[float, float]:
+    p = np.array([l.params for l in layers], dtype=np.float64)
+    lo = np.array([min(f.weight_bits for f in c) for c in cands], dtype=np.float64)
+    hi = np.array([max(f.weight_bits for f in c) for c in cands], dtype=np.float64)
+    return float((p * lo).sum() / p.sum()), float((p * hi).sum() / p.sum())
+
+
+def check_budget(layers: list[QuantLayer], budget: float, target: str | Target,
+                 settings: AllocationSettings = AllocationSettings(), cands: list[list[Format]] | None = None) -> None:
+    """One-line error when no allocation can meet `budget`, stating the reachable range (and, below the
+    floor, why: the formats the target lacks, and which target reaches lower)."""
+    target = get_target(target)
+    budget = require_number(budget, "--budget")
+    cands = cands if cands is not None else candidates(layers, target, settings)[0]
+    if all(f.weight_bits >= 16 for c in cands for f in c):
+        raise MPQError("every layer is held FP16 (--keep-fp16 patterns, --bits 16 or pins): there is nothing to "
+                       "quantize; narrow the --keep-fp16 patterns or add 4 or 8 to --bits")
+    lo, hi = reachable_range(layers, cands)
+    if budget < lo - 1e-9 or budget > hi + 1e-9:
+        bits_txt = ",".join(map(str, sorted(set(settings.bits))))
+        why = ""
+        if budget < lo:
+            why = _lower_elsewhere(layers, target, settings, lo)
+        raise MPQError(f"--budget {budget:g} is outside what this model can reach on the {target.name} target with "
+                       f"--bits {bits_txt} and its pins: {lo:.3f} to {hi:.3f} average weight bits{why}; "
+                       f"pick a budget in that range")
+
+
+def _lower_elsewhere(layers: list[QuantLayer], target: Target, settings: AllocationSettings, lo: float) -> str:
+    """' (why the floor is here; --target X reaches down to Y)' when another target stores what this one lacks."""
+    missing = sorted({target.why_not[(l.op_type, b)] for l in layers for b in settings.bits
+                      if (l.op_type, b) in target.why_not})
+    for other in all_targets():
+        if other is target:
+            continue
+        try:
+            other_lo, _ = reachable_range(layers, candidates(layers, other, settings)[0])
+        except MPQError:
+            continue
+        if other_lo < lo - 1e-9:
+            because = f"{'; '.join(missing)}, so some layers store more bits here; " if missing else ""
+            return f" ({because}--target {other.name} reaches down to {other_lo:.3f})"
+    return ""
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """HiGHS prints a banner on construction even with output_flag off."""
+    try:
+        fd = os.dup(1)
+    except OSError:
+        yield
+        return
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(fd, 1)
+            os.close(fd)
+
+
+def solve_01(values: list[list[float]], costs: list[list[int]], capacity: int, maximize: bool,
+             time_limit_s: float = 120.0) -> tuple[list[int], float, str]:
+    """Exact multiple-choice knapsack: pick one option per row, sum of costs <= capacity.
+
+    Returns (chosen option per row, objective, HiGHS model status). Objective values are
+    rescaled to max |v| = 1 and the relative MIP gap set to 0: theta = exp(-beta gamma) can span
+    orders of magnitude and a default gap stops early with budget left unused (docs/design.md).
+    """
+    import highspy
+
+    flat_v = [v for row in values for v in row]
+    scale = max(max(abs(v) for v in flat_v), 1e-300)
+    with _quiet_stdout():
+        h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("mip_rel_gap", 0.0)
+    h.setOptionValue("mip_abs_gap", 1e-12)
+    h.setOptionValue("time_limit", float(time_limit_s))
+    lp = highspy.HighsLp()
+    ncol = len(flat_v)
+    nrow = len(values) + 1
+    lp.num_col_, lp.num_row_ = ncol, nrow
+    lp.col_cost_ = np.array(flat_v, dtype=np.float64) / scale
+    lp.col_lower_ = np.zeros(ncol)
+    lp.col_upper_ = np.ones(ncol)
+    lp.row_lower_ = np.array([1.0] * len(values) + [-highspy.kHighsInf])
+    lp.row_upper_ = np.array([1.0] * len(values) + [float(capacity)])
+    starts, index, vals = [], [], []
+    col = 0
+    for i, row in enumerate(values):
+        for f in range(len(row)):
+            starts.append(len(index))
+            index += [i, len(values)]
+            vals += [1.0, float(costs[i][f])]
+            col += 1
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = np.array(starts + [len(index)], dtype=np.int32)
+    lp.a_matrix_.index_ = np.array(index, dtype=np.int32)
+    lp.a_matrix_.value_ = np.array(vals, dtype=np.float64)
+    lp.integrality_ = [highspy.HighsVarType.kInteger] * ncol
+    lp.sense_ = highspy.ObjSense.kMaximize if maximize else highspy.ObjSense.kMinimize
+    h.passModel(lp)
+    h.run()
+    status = h.modelStatusToString(h.getModelStatus())
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        raise MPQError(f"the HiGHS solver did not find an optimal allocation ({status}); try a larger budget")
+    x = np.asarray(h.getSolution().col_value)
+    chosen, col = [], 0
+    for row in values:
+        seg = x[col: col + len(row)]
+        chosen.append(int(np.argmax(seg)))
+        col += len(row)
+    obj = sum(values[i][c] for i, c in enumerate(chosen))
+    return chosen, float(obj), status
+
+
+def _greedy_fill(order: list[int], cands: list[list[Format]], params: list[int], capacity: int) -> list[int]:
+    """Start every layer at its cheapest format; in `order`, raise each to the largest that still fits."""
+    choice = [0] * len(cands)
+    used = sum(params[i] * cands[i][0].weight_bits for i in range(len(cands)))
+    for i in order:
+        for f in range(len(cands[i]) - 1, 0, -1):
+            extra = params[i] * (cands[i][f].weight_bits - cands[i][choice[i]].weight_bits)
+            if used + extra <= capacity:
+                used += extra
+                choice[i] = f
+                break
+    return choice
+
+
+def allocate(layers: list[QuantLayer], budget: float, target: str | Target,
+             settings: AllocationSettings = AllocationSettings(), theta: np.ndarray | None = None,
+             sensitivity: dict[str, dict[str, float]] | None = None) -> BitAllocation:
+    """Choose a format per layer of `target` within `budget` average stored weight bits. `theta` (ORM
+    importance, maximised) or `sensitivity` (layer -> format name -> measured error, minimised) drives
+    the 'mpq' method."""
+    t0 = time.perf_counter()
+    budget = require_number(budget, "--budget")
+    cands, pins = candidates(layers, target, settings)
+    check_budget(layers, budget, target, settings, cands)
+    params = [l.params for l in layers]
+    capacity = int(np.floor(budget * sum(params) + 1e-6))
+    names = [l.name for l in layers]
+    method = settings.method
+    objective, status, scorer = None, "", "none"
+    if method == "mpq":
+        if sensitivity is not None:
+            scorer = "sensitivity"
+            values = [[float(sensitivity[l.name][f.name]) for f in c] for l, c in zip(layers, cands)]
+            maximize = False
+        elif theta is not None:
+            scorer = "orm"
+            values = [[f.weight_bits * float(theta[i]) for f in c] for i, c in enumerate(cands)]
+            maximize = True
+        else:
+            raise MPQError("internal: the mpq allocation needs importance scores")
+        costs = [[l.params * f.weight_bits for f in c] for l, c in zip(layers, cands)]
+        choice, objective, status = solve_01(values, costs, capacity, maximize)
+    elif method == "uniform":
+        # every unpinned layer at the largest candidate <= budget; pins keep their pin
+        width = max([b for b in settings.bits if b <= budget + 1e-9] or [min(settings.bits)])
+        choice = []
+        for c in cands:
+            fits = [i for i, f in enumerate(c) if f.weight_bits <= width]
+            choice.append(fits[-1] if fits else 0)
+    elif method == "random":
+        order = list(np.random.default_rng(settings.seed or 0).permutation(len(layers)))
+        choice = _greedy_fill(order, cands, params, capacity)
+    else:  # smallest-first
+        order = sorted(range(len(layers)), key=lambda i: params[i])
+        choice = _greedy_fill(order, cands, params, capacity)
+    alloc = BitAllocation(layer_names=names, formats=[c[i] for c, i in zip(cands, choice)], params=params,
+                          budget=budget, method=method, scorer=scorer, objective=objective,
+                          solver_status=status, seconds=time.perf_counter() - t0, pins=pins)
+    return alloc

@@ -1,0 +1,170 @@
+"""Output folders: checked before any work, written under a temporary name and renamed into place
+only when complete, and never replacing a folder that holds anyone else's files.
+
+A failed or interrupted run never leaves a folder that looks finished; scratch folders of killed
+runs are removed by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+from mpq_export.util.errors import MPQError
+
+OUTPUT_MODEL = "model.mpq.onnx"
+
+# Every file an output folder of ours can hold. A folder is replaced only when it holds nothing else
+# and its report.json says mpq-export wrote it: any other folder may be a user's, and is never touched.
+OUTPUT_FILES = frozenset({OUTPUT_MODEL, OUTPUT_MODEL + ".data", "model.mpq.plan", "model.mpq.layers.json", "report.json",
+                          "report.md", "allocation.json", "bits.png", "validation.png", "importance.png", "samples.png",
+                          "validation_inputs.npz", "polygraphy_data.py", "fp32_outputs.json", "summary.json",
+                          "summary.md", "pareto.png"})
+
+
+def is_our_output(folder: str) -> bool:
+    """True when `folder` is an mpq-export output (single budget, or a budget list's parent) and nothing more."""
+    import json
+
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return False
+    for e in entries:
+        p = os.path.join(folder, e)
+        if e.startswith("budget-") and os.path.isdir(p) and not os.path.islink(p):
+            if not is_our_output(p):
+                return False
+        elif e not in OUTPUT_FILES or not os.path.isfile(p) or os.path.islink(p):
+            return False
+    report = os.path.join(folder, "report.json")
+    summary = os.path.join(folder, "summary.json")
+    if os.path.isfile(report):
+        try:
+            with open(report) as f:
+                return json.load(f).get("tool") == "mpq-export"
+        except (OSError, ValueError, AttributeError):
+            return False
+    return os.path.isfile(summary) and any(e.startswith("budget-") for e in entries)
+
+
+def check_out_dir(out: str) -> None:
+    absolute = os.path.abspath(out)
+    parent = os.path.dirname(absolute) or "."
+    if absolute == os.getcwd() or absolute == parent:
+        raise MPQError(f"-o {out} is the working directory or a root; the output is a folder of its own: give a new "
+                       f"folder name (e.g. -o out.mpq)")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise MPQError(f"output path {out} exists and is not a folder; choose another -o")
+    if os.path.isdir(out) and os.listdir(out) and not is_our_output(out):
+        raise MPQError(f"output folder {out} holds files mpq-export did not write; choose another -o or empty it "
+                       f"(only an earlier mpq-export output is replaced)")
+    probe_dir = parent
+    while not os.path.exists(probe_dir):
+        probe_dir = os.path.dirname(probe_dir)
+    if not os.access(probe_dir, os.W_OK | os.X_OK):
+        raise MPQError(f"cannot write the output folder {out} ({probe_dir} is not writable); choose another -o")
+    # really try it (read-only mounts, /proc, quotas): before calibration, not after it
+    try:
+        os.makedirs(parent, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=f".{os.path.basename(absolute)}.probe-{os.getpid()}-", dir=parent)
+        with open(os.path.join(probe, "w"), "wb") as f:
+            f.write(b"0" * 4096)
+        shutil.rmtree(probe)
+    except OSError as e:
+        raise MPQError(f"cannot write the output folder {out} ({e.strerror or e}); choose another -o") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+SCRATCH_PREFIX = "mpq-export-"  # scratch folders in the system temp dir: mpq-export-KIND-PID-xxxx
+
+
+def remove_stale_scratch() -> None:
+    """Scratch folders of runs that were killed (SIGKILL, power loss) and whose process is gone."""
+    import re
+
+    root = tempfile.gettempdir()
+    rx = re.compile(rf"^{re.escape(SCRATCH_PREFIX)}[a-z0-9]+-(\d+)-")
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return
+    for e in entries:
+        m = rx.match(e)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(root, e), ignore_errors=True)
+
+
+def _remove_stale_temporaries(parent: str, base: str) -> None:
+    """Temporary folders of runs killed with SIGKILL (.BASE.tmp-PID-xxxx) whose process is gone."""
+    import re
+
+    rx = re.compile(rf"^\.{re.escape(base)}\.(?:tmp|probe)-(\d+)-")
+    for e in os.listdir(parent):
+        m = rx.match(e)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(parent, e), ignore_errors=True)
+
+
+def _publish(tmp: str, out: str) -> None:
+    """Move a finished temporary folder into place, replacing an earlier mpq-export output."""
+    old = None
+    if os.path.exists(out):
+        if not is_our_output(out):  # someone put files there while we ran: keep them, and say so
+            raise MPQError(f"output folder {out} changed during the run and now holds files mpq-export did not write; "
+                           f"nothing was replaced: choose another -o")
+        old = f"{out}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def output_folders(model: str, out_dir: str | None, budgets: tuple[float, ...]) -> tuple[str, list[str]]:
+    """The output root and one folder per budget, checked before any work (empty or ours)."""
+    stem = os.path.splitext(os.path.basename(os.path.normpath(model)))[0]
+    out_root = out_dir or os.path.join(os.getcwd(), f"{stem}.mpq")
+    multi = len(budgets) > 1
+    out_dirs = [os.path.join(out_root, f"budget-{b:g}") if multi else out_root for b in budgets]
+    for o in out_dirs:
+        check_out_dir(o)
+    if multi:
+        check_out_dir(out_root)  # summary files are written there: it must be empty or ours
+        if os.path.exists(os.path.join(out_root, "report.json")):
+            raise MPQError(f"output folder {out_root} holds a single-budget output; a budget list writes budget-* "
+                           f"folders: choose another -o")
+    return out_root, out_dirs
+
+
+@contextlib.contextmanager
+def staging_folder(out: str):
+    """A temporary folder beside `out`, renamed into place when the block completes, removed if it fails:
+    an interrupted run never leaves a folder that looks finished."""
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    _remove_stale_temporaries(parent, os.path.basename(out))
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-{os.getpid()}-", dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; an output folder honours the umask like any other
+    try:
+        yield tmp
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
