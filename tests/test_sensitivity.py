@@ -43,7 +43,7 @@ def test_artificially_sensitive_layer_gets_the_high_bits(sabotaged, tmp_path):
     assert max(gain, key=gain.get) == VICTIM
     assert all(v["w8a8"] <= v.get("w4a8", v.get("w4a16", np.inf)) for v in sens.scores.values() if "w8a8" in v)
     assert sens.scores["conv_in"] == {"fp16": 0.0}  # pinned: nothing to measure
-    alloc = allocate(info.layers, s, sensitivity=sens.scores)
+    alloc = allocate(info.layers, 4.6, "onnxruntime", sensitivity=sens.scores)
     assert alloc.format_of(VICTIM).weight_bits == 8
     assert alloc.achieved_bits <= 4.6
     again = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
@@ -65,7 +65,7 @@ def test_trajectory_objective_finds_the_sensitive_layer_by_its_final_samples(sab
     gain = {n: v["w4a8"] - v["w8a8"] for n, v in traj.scores.items() if "w4a8" in v}
     assert traj.objective == "trajectory" and max(gain, key=gain.get) == VICTIM
     assert 0 < traj.scores[VICTIM]["w8a8"] < traj.scores[VICTIM]["w4a8"]
-    assert allocate(info.layers, s, sensitivity=traj.scores).format_of(VICTIM).weight_bits == 8
+    assert allocate(info.layers, 4.6, "onnxruntime", sensitivity=traj.scores).format_of(VICTIM).weight_bits == 8
     step = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
     assert not step.cached and step.scores != traj.scores  # the objective is part of the cache key
     again = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path),
