@@ -14,9 +14,11 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
+from typing import Callable
 
 from mpq_export import __version__
-from mpq_export.stages.act_ranges import ACT_CALIB_METHODS
+from mpq_export.stages.act_ranges import ACT_CALIB_METHODS, DEFAULT_PERCENTILE
 from mpq_export.util.errors import MPQError
 from mpq_export.stages.rounding import ROUNDINGS
 from mpq_export.targets import DEFAULT_TARGET, TARGETS, all_targets, get_target
@@ -58,37 +60,198 @@ def _resolution(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def _default(cls, name: str):
-    """A settings dataclass's default for `name`: the library is the one source of defaults."""
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help as written: each option's default is appended by the table (from the library), not by argparse,
+    whose own defaults are all unset so that only what a user gives reaches the configuration."""
+
+
+_KEEP = object()  # an Option.convert result: leave the library's default in place
+
+
+@dataclass(frozen=True)
+class Option:
+    """One CLI option and the setting it fills: `setting` is a PipelineConfig field, or "group.field" of one
+    of its settings records ("calibration.steps"); None for options of the command itself. The default and
+    the choices shown come from the library; `convert` maps the parsed value onto the setting's value.
+    `example` (extra arguments, the setting's expected value) is what the tests drive through the CLI."""
+
+    flags: tuple[str, ...]
+    setting: str | None
+    help: str
+    group: str = ""
+    argparse: dict = field(default_factory=dict)
+    convert: Callable | None = None
+    example: tuple[tuple[str, ...], object] | None = None
+    shows_default: bool = True
+
+    @property
+    def dest(self) -> str:
+        return self.flags[-1].lstrip("-").replace("-", "_")
+
+
+def _negate(given: bool):
+    return False if given else _KEEP
+
+
+def _library_default(setting: str):
+    """The library's default for a setting path: PipelineConfig's own field, or a field of its records."""
     import dataclasses
 
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    from mpq_export.config import PipelineConfig
+
+    def default(cls, name):
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+    head, _, rest = setting.partition(".")
+    value = default(PipelineConfig, head)
+    return getattr(value, rest) if rest else value
 
 
-class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: X)" only where it tells something: not for flags, unset options, or help that
-    already states its default."""
+def options() -> list[Option]:
+    """Every option of `mpq-export MODEL`, in --help order. Choice lists come from the library modules
+    that own them (numpy-only imports: --help stays light)."""
+    from mpq_export.config import BUILD_MODES, IMPORTANCES
+    from mpq_export.runtime.ort import DEVICES
+    from mpq_export.stages.allocate import METHODS
+    from mpq_export.stages.orm import AGGREGATIONS, ESTIMATORS
 
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
-            return text
-        return super()._get_help_string(action)
+    targets = all_targets()
+    return [
+        Option(("--budget",), "budgets", "required: the average stored weight bits (FP16 counts 16); a comma list gives one output "
+               "per budget. A budget the model cannot reach on the target is refused with the reachable range. "
+               "With --demo: " + ", ".join(f"{t.demo_budget:g} on {t.name}" for t in targets),
+               argparse=dict(type=_floats), example=(("--budget", "6,7"), (6.0, 7.0)), shows_default=False),
+        Option(("-o", "--output"), "out_dir", "output folder (default ./<model>.mpq)",
+               example=(("-o", "elsewhere"), "elsewhere")),
+        Option(("--target",), "target", "; ".join(f"{t.name}: {t.help}" for t in targets),
+               argparse=dict(choices=TARGETS), convert=get_target,
+               example=(("--target", "onnxruntime"), get_target("onnxruntime"))),
+        # allocation
+        Option(("--allocation",), "allocation.method", "mpq: the 0/1 program over the importance scores; others "
+               "are baselines", "allocation", dict(choices=METHODS), example=(("--allocation", "uniform"), "uniform")),
+        Option(("--importance",), "importance", "orm: the paper's orthogonality metric; sensitivity: measured "
+               "per-layer noise-prediction error at the profiled steps; trajectory: measured per-layer final-sample "
+               "error (about 10x sensitivity's forwards; small models)", "allocation", dict(choices=IMPORTANCES),
+               example=(("--importance", "sensitivity"), "sensitivity")),
+        Option(("--bits",), "allocation.bits", "candidate weight bit-widths (4, 8, 16)", "allocation",
+               dict(type=_ints), example=(("--bits", "8,16"), (8, 16))),
+        Option(("--keep-fp16",), "allocation.keep_fp16", "pin matching layers to FP16 (repeatable; conv_in and "
+               "conv_out always, unless --no-default-pins)", "allocation", dict(action="append", metavar="REGEX"),
+               convert=tuple, example=(("--keep-fp16", "down", "--keep-fp16", "up"), ("down", "up"))),
+        Option(("--min8",), "allocation.min8", "hold matching layers at >= 8 bits (repeatable; default: "
+               "time_embedding.*, and conv_in/conv_out when they are not FP16)", "allocation",
+               dict(action="append", metavar="REGEX"), convert=tuple, example=(("--min8", "mid"), ("mid",))),
+        Option(("--no-default-pins",), "allocation.default_pins", "drop the default pins (conv_in and conv_out "
+               "FP16; time_embedding >= 8 bits)", "allocation", dict(action="store_true"), convert=_negate,
+               example=(("--no-default-pins",), False)),
+        Option(("--seed",), "allocation.seed", "seed of --allocation random (default: 0)", "allocation",
+               dict(type=int), example=(("--allocation", "random", "--seed", "3"), 3)),
+        # ORM importance
+        Option(("--orm-estimator",), "orm.estimator", "linear-CKA estimator: unbiased HSIC (docs/quality.md) or "
+               "OMPQ's biased one", "ORM importance", dict(choices=ESTIMATORS),
+               example=(("--orm-estimator", [e for e in ESTIMATORS if e != _library_default("orm.estimator")][0]),
+                        [e for e in ESTIMATORS if e != _library_default("orm.estimator")][0])),
+        Option(("--alpha",), "orm.alpha", "timestep weight w_t = exp(-alpha t / T)", "ORM importance",
+               dict(type=float), example=(("--alpha", "0.5"), 0.5)),
+        Option(("--beta",), "orm.beta", "theta = exp(-beta gamma); default 1/std(gamma)", "ORM importance",
+               dict(type=float), example=(("--beta", "2"), 2.0)),
+        Option(("--agg",), "orm.agg", "aggregation over timesteps", "ORM importance", dict(choices=AGGREGATIONS),
+               example=(("--agg", [a for a in AGGREGATIONS if a != _library_default("orm.agg")][0]),
+                        [a for a in AGGREGATIONS if a != _library_default("orm.agg")][0])),
+        # calibration
+        Option(("--steps",), "calibration.steps", "DDIM steps of the sampling trajectory", "calibration",
+               dict(type=int), example=(("--steps", "12"), 12)),
+        Option(("--timesteps",), "calibration.timesteps", "profiled steps K, evenly spaced", "calibration",
+               dict(type=int), example=(("--timesteps", "3"), 3)),
+        Option(("--samples",), "calibration.samples", "samples N per profiled step", "calibration", dict(type=int),
+               example=(("--samples", "9"), 9)),
+        Option(("--calib-seed",), "calibration.seed", "seed of the calibration samples", "calibration",
+               dict(type=int), example=(("--calib-seed", "5"), 5)),
+        Option(("--resolution",), "calibration.resolution", "sample H or HxW when the model does not fix it",
+               "calibration", dict(type=_resolution), example=(("--resolution", "8x16"), (8, 16))),
+        Option(("--seq-len",), "calibration.seq_len", "encoder_hidden_states length when dynamic", "calibration",
+               dict(type=int), example=(("--seq-len", "12"), 12)),
+        Option(("--calib-data",), "calib_data", "conditioning inputs (arrays named like the model inputs; with "
+               "guidance also uncond_<name>)", "calibration", dict(metavar="FILE.npz"),
+               example=(("--calib-data", "c.npz"), "c.npz")),
+        Option(("--prompts",), "prompts", "pipeline folders: calibration prompts, one per line (default: the "
+               "bundled prompt set)", "calibration", dict(metavar="FILE"), example=(("--prompts", "p.txt"), "p.txt")),
+        Option(("--guidance-scale",), "calibration.guidance_scale", "classifier-free guidance of the calibration "
+               "and validation sampler (1: none; default: 7.5 for SD 1.x/2.x pipeline folders, else 1)",
+               "calibration", dict(type=float), example=(("--guidance-scale", "3"), 3.0)),
+        Option(("--scheduler-config",), "scheduler_config", "diffusers scheduler_config.json (default: found "
+               "beside a diffusers folder)", "calibration", example=(("--scheduler-config", "s.json"), "s.json")),
+        Option(("--sample-name",), "sample_name", "name of the noisy-sample input (default: detected)",
+               "calibration", example=(("--sample-name", "x"), "x")),
+        Option(("--timestep-name",), "timestep_name", "name of the timestep input (default: detected)",
+               "calibration", example=(("--timestep-name", "t"), "t")),
+        Option(("--cache-dir",), "cache_dir", "calibration cache (default $MPQ_EXPORT_CACHE or "
+               "~/.cache/mpq-export)", "calibration", example=(("--cache-dir", "cc"), "cc")),
+        Option(("--no-cache",), "cache_dir", "neither read nor write the calibration cache", "calibration",
+               dict(action="store_true"), convert=lambda given: "" if given else _KEEP,
+               example=(("--no-cache",), "")),
+        Option(("--act-calib",), "act_calib.method", "how each INT8 activation threshold is chosen from the "
+               "calibration histograms (docs/quality.md)", "calibration", dict(choices=ACT_CALIB_METHODS),
+               example=(("--act-calib", "percentile"), "percentile")),
+        Option(("--act-percentile",), "act_calib.percentile", "percentile of |x| for --act-calib percentile "
+               f"(default: {DEFAULT_PERCENTILE})", "calibration", dict(type=float),
+               example=(("--act-calib", "percentile", "--act-percentile", "99.5"), 99.5)),
+        Option(("--calib-mem-mb",), "calibration.mem_budget_mb", "tensors fetched per onnxruntime call (MB): "
+               "bounds the rows per call", "calibration", dict(type=int), example=(("--calib-mem-mb", "64"), 64)),
+        Option(("--gram-mem-mb",), "calibration.gram_mem_mb", "exact ORM Grams while one step's layer outputs "
+               "over all rows fit in this (MB); else sketched", "calibration", dict(type=int),
+               example=(("--gram-mem-mb", "32"), 32)),
+        Option(("--sketch-dim",), "calibration.sketch_dim", "dimensions of each output row's sketch when the "
+               "Grams are sketched", "calibration", dict(type=int), example=(("--sketch-dim", "512"), 512)),
+        # quantization, engine, validation
+        Option(("--block-size",), "quantize.block_size", "INT4 block size along K for MatMul/Gemm weights",
+               "quantization, engine, validation", dict(type=int),
+               example=(("--target", "onnxruntime", "--block-size", "64"), 64)),
+        Option(("--weight-rounding",), "quantize.rounding", "nearest: round-to-nearest; gptq: GPTQ on the "
+               "layers' calibration inputs (docs/quality.md)", "quantization, engine, validation",
+               dict(choices=ROUNDINGS), example=(("--weight-rounding", "nearest"), "nearest")),
+        Option(("--float-conv-outputs",), "quantize.integer_conv", "onnxruntime target: leave W8A8 convolution "
+               "outputs in float (a little more accurate; onnxruntime then runs float convolutions instead of "
+               "QLinearConv, docs/speed.md)", "quantization, engine, validation", dict(action="store_true"),
+               convert=_negate, example=(("--target", "onnxruntime", "--float-conv-outputs"), False)),
+        Option(("--no-clip-search",), "quantize.clip_search", "plain |max| weight scales instead of the MSE clip "
+               "search", "quantization, engine, validation", dict(action="store_true"), convert=_negate,
+               example=(("--no-clip-search",), False)),
+        Option(("--build-engine",), "build_engine", "build a TensorRT engine (auto: when TensorRT and a GPU are "
+               "present)", "quantization, engine, validation", dict(choices=BUILD_MODES),
+               example=(("--build-engine", "no"), "no")),
+        Option(("--val-samples",), "validation.samples", "held-back samples for validation",
+               "quantization, engine, validation", dict(type=int), example=(("--val-samples", "3"), 3)),
+        Option(("--val-seed",), "validation.seed", "first seed of the validation samples (held back: keep it away "
+               "from --calib-seed .. --calib-seed + --samples)", "quantization, engine, validation", dict(type=int),
+               example=(("--val-seed", "77"), 77)),
+        Option(("--no-stability",), "stability", "skip the allocation-stability study in the report",
+               "quantization, engine, validation", dict(action="store_true"), convert=_negate,
+               example=(("--no-stability",), False)),
+        Option(("--no-act-costs",), "act_costs", "skip measuring each activation quantizer alone for the report "
+               "(one forward per tensor and step)", "quantization, engine, validation", dict(action="store_true"),
+               convert=_negate, example=(("--no-act-costs",), False)),
+        Option(("--threads",), "runtime.threads", "onnxruntime threads (0: all cores)",
+               "quantization, engine, validation", dict(type=int), example=(("--threads", "1"), 1)),
+        Option(("--device",), "runtime.device", "where calibration and validation run: cuda uses onnxruntime's "
+               "CUDA provider (onnxruntime-gpu)", "quantization, engine, validation", dict(choices=DEVICES),
+               example=(("--device", "cuda"), "cuda")),
+    ]
+
+
+def _help_with_default(opt: Option) -> str:
+    if opt.setting is None or not opt.shows_default or "default" in opt.help or opt.argparse.get("action") in ("store_true", "append"):
+        return opt.help
+    default = _library_default(opt.setting)
+    if default is None:
+        return opt.help
+    if isinstance(default, tuple):
+        default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+    return f"{opt.help} (default: {getattr(default, 'name', default)})"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # settings classes and choice lists come from the library (numpy-only modules: --help stays light)
-    from mpq_export.stages.act_ranges import DEFAULT_PERCENTILE, ActCalibSettings
-    from mpq_export.stages.allocate import METHODS, AllocationSettings
-    from mpq_export.stages.calibrate import CalibrationSettings
-    from mpq_export.stages.orm import AGGREGATIONS, ESTIMATORS, OrmSettings
-    from mpq_export.config import BUILD_MODES, IMPORTANCES, PipelineConfig
-    from mpq_export.stages.quantize import QuantizeSettings
-    from mpq_export.runtime.ort import DEVICES, RuntimeSettings
-    from mpq_export.stages.validate import ValidationSettings
-
-    C, Q, O, A = CalibrationSettings, QuantizeSettings, OrmSettings, AllocationSettings
     p = _Parser(prog=PROG, description="Mixed-precision INT4/INT8 Q/DQ export of a diffusion UNet (MPQ-Diff).",
                 formatter_class=_DefaultsHelpFormatter,
                 epilog=f"Also: '{PROG} check MODEL.onnx' checks a Q/DQ model against TensorRT's rules.")
@@ -98,118 +261,47 @@ def build_parser() -> argparse.ArgumentParser:
                    "prompts with classifier-free guidance")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--demo", action="store_true", help="run on the bundled trained digits DDPM (needs the [torch] extra)")
-    p.add_argument("--budget", type=_floats, default=None,
-                   help="average stored weight bits (FP16 counts 16); a comma list gives one output per budget. "
-                        "A budget the model cannot reach on the target is refused with the reachable range. "
-                        "With --demo: " + ", ".join(f"{t.demo_budget:g} on {t.name}" for t in all_targets()))
-    p.add_argument("-o", "--output", help="output folder (default ./<model>.mpq)")
-    p.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET,
-                   help="; ".join(f"{t.name}: {t.help}" for t in all_targets()))
-    g = p.add_argument_group("allocation")
-    g.add_argument("--allocation", choices=METHODS, default=_default(A, "method"),
-                   help="mpq: the 0/1 program over the importance scores; others are baselines")
-    g.add_argument("--importance", choices=IMPORTANCES, default=_default(PipelineConfig, "importance"),
-                   help="orm: the paper's orthogonality metric; sensitivity: measured per-layer noise-prediction "
-                        "error at the profiled steps; trajectory: measured per-layer final-sample error (about 10x "
-                        "sensitivity's forwards; small models)")
-    g.add_argument("--bits", type=_ints, default=_default(A, "bits"), help="candidate weight bit-widths (4, 8, 16)")
-    g.add_argument("--keep-fp16", action="append", default=[], metavar="REGEX",
-                   help="pin matching layers to FP16 (repeatable; conv_in and conv_out always, unless --no-default-pins)")
-    g.add_argument("--min8", action="append", default=None, metavar="REGEX",
-                   help="hold matching layers at >= 8 bits (repeatable; default: time_embedding.*, and conv_in/conv_out "
-                        "when they are not FP16)")
-    g.add_argument("--no-default-pins", action="store_true",
-                   help="drop the default pins (conv_in and conv_out FP16; time_embedding >= 8 bits)")
-    g.add_argument("--seed", type=int, default=None, help="seed of --allocation random (default: 0)")
-    o = p.add_argument_group("ORM importance")
-    o.add_argument("--orm-estimator", choices=ESTIMATORS, default=_default(O, "estimator"),
-                   help="linear-CKA estimator: unbiased HSIC (default, see docs/quality.md) or OMPQ's biased one")
-    o.add_argument("--alpha", type=float, default=_default(O, "alpha"), help="timestep weight w_t = exp(-alpha t / T)")
-    o.add_argument("--beta", type=float, default=None, help="theta = exp(-beta gamma); default 1/std(gamma)")
-    o.add_argument("--agg", choices=AGGREGATIONS, default=_default(O, "agg"), help="aggregation over timesteps")
-    c = p.add_argument_group("calibration")
-    c.add_argument("--steps", type=int, default=_default(C, "steps"), help="DDIM steps of the sampling trajectory")
-    c.add_argument("--timesteps", type=int, default=_default(C, "timesteps"), help="profiled steps K, evenly spaced")
-    c.add_argument("--samples", type=int, default=_default(C, "samples"), help="samples N per profiled step")
-    c.add_argument("--calib-seed", type=int, default=_default(C, "seed"), help="seed of the calibration samples")
-    c.add_argument("--resolution", type=_resolution, default=None, help="sample H or HxW when the model does not fix it")
-    c.add_argument("--seq-len", type=int, default=None, help="encoder_hidden_states length when dynamic")
-    c.add_argument("--calib-data", default=None, metavar="FILE.npz",
-                   help="conditioning inputs (arrays named like the model inputs; with guidance also uncond_<name>)")
-    c.add_argument("--prompts", default=None, metavar="FILE",
-                   help="pipeline folders: calibration prompts, one per line (default: the bundled prompt set)")
-    c.add_argument("--guidance-scale", type=float, default=_default(C, "guidance_scale"),
-                   help="classifier-free guidance of the calibration and validation sampler (1: none; "
-                        "default: 7.5 for SD 1.x/2.x pipeline folders, else 1)")
-    c.add_argument("--scheduler-config", default=None, help="diffusers scheduler_config.json (default: found beside a diffusers folder)")
-    c.add_argument("--sample-name", default=None, help="name of the noisy-sample input (default: detected)")
-    c.add_argument("--timestep-name", default=None, help="name of the timestep input (default: detected)")
-    c.add_argument("--cache-dir", default=None, help="calibration cache (default $MPQ_EXPORT_CACHE or ~/.cache/mpq-export)")
-    c.add_argument("--no-cache", action="store_true", help="neither read nor write the calibration cache")
-    c.add_argument("--act-calib", choices=ACT_CALIB_METHODS, default=_default(ActCalibSettings, "method"),
-                   help="how each INT8 activation threshold is chosen from the calibration histograms (docs/quality.md)")
-    c.add_argument("--act-percentile", type=float, default=None,
-                   help=f"percentile of |x| for --act-calib percentile (default: {DEFAULT_PERCENTILE})")
-    c.add_argument("--calib-mem-mb", type=int, default=_default(C, "mem_budget_mb"),
-                   help="tensors fetched per onnxruntime call (MB): bounds the rows per call")
-    c.add_argument("--gram-mem-mb", type=int, default=_default(C, "gram_mem_mb"),
-                   help="exact ORM Grams while one step's layer outputs over all rows fit in this (MB); else sketched")
-    c.add_argument("--sketch-dim", type=int, default=_default(C, "sketch_dim"),
-                   help="dimensions of each output row's sketch when the Grams are sketched")
-    v = p.add_argument_group("quantization, engine, validation")
-    v.add_argument("--block-size", type=int, default=_default(Q, "block_size"), help="INT4 block size along K for MatMul/Gemm weights")
-    v.add_argument("--weight-rounding", choices=ROUNDINGS, default=_default(Q, "rounding"),
-                   help="nearest: round-to-nearest; gptq: GPTQ on the layers' calibration inputs (docs/quality.md)")
-    v.add_argument("--float-conv-outputs", action="store_true",
-                   help="onnxruntime target: leave W8A8 convolution outputs in float (a little more accurate; "
-                        "onnxruntime then runs float convolutions instead of QLinearConv, docs/speed.md)")
-    v.add_argument("--no-clip-search", action="store_true", help="plain |max| weight scales instead of the MSE clip search")
-    v.add_argument("--build-engine", choices=BUILD_MODES, default=_default(PipelineConfig, "build_engine"),
-                   help="build a TensorRT engine (auto: when TensorRT and a GPU are present)")
-    v.add_argument("--val-samples", type=int, default=_default(ValidationSettings, "samples"), help="held-back samples for validation")
-    v.add_argument("--no-stability", action="store_true", help="skip the allocation-stability study in the report")
-    v.add_argument("--no-act-costs", action="store_true",
-                   help="skip measuring each activation quantizer alone for the report (one forward per tensor and step)")
-    v.add_argument("--threads", type=int, default=_default(RuntimeSettings, "threads"),
-                   help="onnxruntime threads (0: all cores)")
-    v.add_argument("--device", choices=DEVICES, default=_default(RuntimeSettings, "device"),
-                   help="where calibration and validation run: cuda uses onnxruntime's CUDA provider (onnxruntime-gpu)")
+    groups = {"": p}
+    for opt in options():
+        if opt.group not in groups:
+            groups[opt.group] = p.add_argument_group(opt.group)
+        # unset unless given: the configuration keeps the library's default for whatever is not given
+        groups[opt.group].add_argument(*opt.flags, dest=opt.dest, default=argparse.SUPPRESS,
+                                       help=_help_with_default(opt), **opt.argparse)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     p.add_argument("-v", "--verbose", action="store_true", help="on an unexpected failure, print the Python traceback")
     return p
 
 
-def config_from_args(args):
-    """PipelineConfig from parsed arguments; every check between options is the library's (config.py)."""
-    from mpq_export.config import PipelineConfig
-    from mpq_export.runtime.ort import RuntimeSettings
-    from mpq_export.stages.act_ranges import ActCalibSettings
-    from mpq_export.stages.allocate import AllocationSettings
-    from mpq_export.stages.calibrate import CalibrationSettings
-    from mpq_export.stages.orm import OrmSettings
-    from mpq_export.stages.quantize import QuantizeSettings
-    from mpq_export.stages.validate import ValidationSettings
+def config_from_args(args, model: str, budgets=None, out_dir: str | None = None):
+    """PipelineConfig from parsed arguments through the option table: each given option fills the setting it
+    names, the rest keep the library's defaults; every check between options is the library's (config.py)."""
+    import dataclasses
 
-    return PipelineConfig(
-        model=args.model, budgets=args.budget, out_dir=args.output, target=args.target,
-        allocation=AllocationSettings(bits=args.bits, method=args.allocation, seed=args.seed,
-                                      keep_fp16=tuple(args.keep_fp16), min8=None if args.min8 is None else tuple(args.min8),
-                                      default_pins=not args.no_default_pins),
-        importance=args.importance,
-        orm=OrmSettings(estimator=args.orm_estimator, alpha=args.alpha, beta=args.beta, agg=args.agg),
-        calibration=CalibrationSettings(steps=args.steps, timesteps=args.timesteps, samples=args.samples,
-                                        seed=args.calib_seed, resolution=args.resolution, seq_len=args.seq_len,
-                                        mem_budget_mb=args.calib_mem_mb, guidance_scale=args.guidance_scale,
-                                        sketch_dim=args.sketch_dim, gram_mem_mb=args.gram_mem_mb),
-        act_calib=ActCalibSettings(method=args.act_calib, percentile=args.act_percentile),
-        validation=ValidationSettings(samples=args.val_samples),
-        quantize=QuantizeSettings(block_size=args.block_size, clip_search=not args.no_clip_search,
-                                  rounding=args.weight_rounding, integer_conv=not args.float_conv_outputs),
-        runtime=RuntimeSettings(threads=args.threads, device=args.device),
-        calib_data=args.calib_data, prompts=args.prompts, scheduler_config=args.scheduler_config,
-        cache_dir="" if args.no_cache else args.cache_dir, sample_name=args.sample_name,
-        timestep_name=args.timestep_name, build_engine=args.build_engine, stability=not args.no_stability,
-        act_costs=not args.no_act_costs)
+    from mpq_export.config import PipelineConfig
+
+    top: dict = {"model": model}
+    records: dict[str, dict] = {}
+    if budgets is not None:
+        top["budgets"] = budgets
+    if out_dir is not None:
+        top["out_dir"] = out_dir
+    for opt in options():
+        if opt.setting is None or not hasattr(args, opt.dest):
+            continue
+        value = getattr(args, opt.dest)
+        value = opt.convert(value) if opt.convert else value
+        if value is _KEEP:
+            continue
+        head, _, rest = opt.setting.partition(".")
+        if rest:
+            records.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    fields = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+    for head, values in records.items():
+        top[head] = fields[head].default_factory(**values)
+    return PipelineConfig(**top)
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -275,22 +367,21 @@ def _refuse_other_target(model: str) -> None:
 def _main_run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet)
+    model, budgets, out_dir = args.model, getattr(args, "budget", None), getattr(args, "output", None)
     if args.demo:
-        if args.model:
+        if model:
             raise MPQError("--demo runs on the bundled model; drop the MODEL argument or drop --demo")
         from mpq_export.inputs.demo import demo_model
 
-        args.model = demo_model()
-        if args.budget is None:
-            args.budget = (get_target(args.target).demo_budget,)
-        if args.output is None:
-            args.output = "demo.mpq"
-    if not args.model:
+        model = demo_model()
+        budgets = budgets or (get_target(getattr(args, "target", DEFAULT_TARGET)).demo_budget,)
+        out_dir = out_dir if out_dir is not None else "demo.mpq"
+    if not model:
         raise MPQError(f"give a model (an .onnx file or a diffusers UNet folder), or --demo; see {PROG} --help")
-    if args.budget is None:
+    if budgets is None:
         raise MPQError("give --budget B, the average stored weight bits to aim for (e.g. 8 for W8A8 on tensorrt, "
                        "4.5 on onnxruntime); an unreachable budget is answered with the model's range")
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, model, budgets, out_dir)
     from mpq_export.pipeline import run_pipeline
     from mpq_export.util.stage_times import keep_large_blocks_out_of_the_heap
 

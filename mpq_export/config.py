@@ -17,7 +17,7 @@ from mpq_export.stages.calibrate import CalibrationSettings
 from mpq_export.stages.orm import OrmSettings
 from mpq_export.stages.quantize import QuantizeSettings
 from mpq_export.stages.validate import ValidationSettings
-from mpq_export.targets import DEFAULT_TARGET, Target, get_target
+from mpq_export.targets import DEFAULT_TARGET, Target, all_targets, get_target
 from mpq_export.util.errors import MPQError, require_number, require_path
 
 IMPORTANCES = ("orm", "sensitivity", "trajectory")  # the last two: sensitivity.py's two objectives
@@ -62,9 +62,9 @@ class PipelineConfig:
             raise MPQError(f"--build-engine must be one of {', '.join(BUILD_MODES)}, got '{self.build_engine}'")
         self.model = require_path(self.model, "the model")
         if self.out_dir is not None:
-            self.out_dir = require_path(self.out_dir, "-o")
-            if not self.out_dir.strip():
+            if isinstance(self.out_dir, str) and not self.out_dir.strip():
                 raise MPQError("-o is empty; give an output folder name (default ./<model>.mpq)")
+            self.out_dir = require_path(self.out_dir, "-o")
         self.budgets = _budgets(self.budgets)
         if self.importance != "orm" and self.allocation.method != "mpq":  # its probes would run for nothing
             raise MPQError(f"--importance {self.importance} scores layers for --allocation mpq (this run: --allocation "
@@ -73,7 +73,8 @@ class PipelineConfig:
         self.target.check_quantize_settings(self.quantize)
         if self.build_engine == "yes" and not self.target.builds_engines:
             raise MPQError(f"--build-engine yes builds TensorRT engines, which the {self.target.name} target does not "
-                           f"use; drop --build-engine or use --target tensorrt")
+                           f"use; drop --build-engine or use --target "
+                           f"{next(t.name for t in all_targets() if t.builds_engines)}")
 
     @property
     def gptq(self) -> bool:

@@ -21,7 +21,7 @@ from mpq_export.config import PipelineConfig
 from mpq_export.inputs.prepare import PreparedModel, prepare_model
 from mpq_export.report.records import Report, TargetComparisonRow
 from mpq_export.stages.act_ranges import ActivationRanges, choose_ranges
-from mpq_export.stages.allocate import BitAllocation, allocate, candidates, check_budget
+from mpq_export.stages.allocate import BitAllocation, allocate, candidates, check_budget, unmatched_patterns
 from mpq_export.stages.calibrate import CalibrationStats, calibrate, sample_shape
 from mpq_export.stages.diagnostics import (allocation_stability, activation_costs, compare_targets,
                                            float_graph_validation, importance_of)
@@ -30,7 +30,7 @@ from mpq_export.stages.orm import LayerImportance
 from mpq_export.stages.quantize import QuantizedModel, count_weight_bits, quantize
 from mpq_export.stages.validate import FP32Reference, ValidationResult, fp32_reference, validate
 from mpq_export.runtime.sampler import NoiseSchedule
-from mpq_export.util.cache import default_cache_dir
+from mpq_export.util.cache import default_cache_dir, remove_stale_temporaries
 from mpq_export.util.errors import MPQError
 from mpq_export.util.output_folder import OUTPUT_MODEL, output_folders, remove_stale_scratch, staging_folder
 from mpq_export.util.progress import log
@@ -79,13 +79,24 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     if cache_dir and os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
         log.warning("[cache] %s is not a folder; running without the cache", cache_dir)
         cache_dir = None
+    if cache_dir:
+        remove_stale_temporaries(cache_dir)
+    out_root, out_dirs = output_folders(cfg.model, cfg.out_dir, cfg.budgets)  # before any work
+    if cache_dir and _inside(cache_dir, out_root):
+        raise MPQError(f"the cache {cache_dir} is inside the output folder {out_root}, which each run replaces whole; "
+                       f"choose a --cache-dir outside it (or --no-cache)")
     with timings.stage("export"):
         prepared = prepare_model(cfg, cache_dir)
     try:
-        return _run_prepared(cfg, prepared, cache_dir, timings)
+        return _run_prepared(cfg, prepared, cache_dir, out_root, out_dirs, timings)
     finally:
         if prepared.temp_dir:  # an export made for this run only (--no-cache)
             shutil.rmtree(prepared.temp_dir, ignore_errors=True)
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 @dataclass
@@ -106,10 +117,9 @@ class _SharedResults:
     notes: list[str]
 
 
-def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str | None,
-                  timings: StageTimes) -> PipelineResult:
+def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str | None, out_root: str,
+                  out_dirs: list[str], timings: StageTimes) -> PipelineResult:
     model_path, sched_path = prepared.onnx_path, prepared.scheduler_config
-    out_root, out_dirs = output_folders(cfg.model, cfg.out_dir, cfg.budgets)
 
     with timings.stage("inspect"):
         info = inspect_model(model_path, cfg.sample_name, cfg.timestep_name)
@@ -118,6 +128,12 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
              "".join(f" {c.name}" for c in info.conditioning))
     for b in cfg.budgets:  # before the expensive part
         check_budget(info.layers, b, cfg.target, cfg.allocation)
+    unmatched = unmatched_patterns(info.layers, cfg.allocation)
+    if unmatched:
+        note = (f"{', '.join(unmatched)} match{'es' if len(unmatched) == 1 else ''} no layer of this model and pin "
+                f"nothing (layer names are in report.md's layer table)")
+        log.warning("[allocate] %s", note)
+        cfg = replace(cfg, notes=[*cfg.notes, note])
 
     schedule = NoiseSchedule.from_config(sched_path)
     calib_data = cfg.calib_data or prepared.calib_data
@@ -139,11 +155,22 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     shared = _SharedResults(cfg=cfg, model_path=model_path, info=info, stats=stats, ranges=ranges, act_costs=act_costs,
                             importance=imp, sensitivity=sens, shape=shape, reference=ref, float_validation=float_val,
                             vae_dir=prepared.pipeline.vae_dir if prepared.pipeline else None, notes=notes)
-    results = [_run_budget(shared, budget, out, timings.copy(), cache_dir) for budget, out in zip(cfg.budgets, out_dirs)]
-    if len(cfg.budgets) > 1:
-        from mpq_export.report.records import write_pareto
+    # every allocation first: a budget that cannot be written fails the run before anything is written
+    allocations = [_allocate_budget(shared, budget, timings) for budget in cfg.budgets]
+    multi = len(cfg.budgets) > 1
+    with staging_folder(out_root) as tmp_root:  # a budget list is published whole, as one folder
+        results = []
+        for (alloc, alloc_notes), out in zip(allocations, out_dirs):
+            tmp = os.path.join(tmp_root, os.path.basename(out)) if multi else tmp_root
+            os.makedirs(tmp, exist_ok=True)
+            results.append(_run_budget(shared, alloc, alloc_notes, tmp, out, timings.copy(), cache_dir))
+        if multi:
+            from mpq_export.report.records import write_pareto
 
-        write_pareto(out_root, [r.report for r in results])
+            write_pareto(tmp_root, [r.report for r in results])
+    for r in results:
+        log.info("[report] %s (SQNR %.2f dB, sample PSNR %.2f dB)", r.out_dir, r.report.validation.mean_sqnr_db,
+                 r.report.validation.sample_psnr_db)
     return PipelineResult(model_path=model_path, info=info, stats=stats, importance=imp, act_ranges=ranges, results=results,
                           out_root=out_root)
 
@@ -181,40 +208,37 @@ def _importance(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, r
     return imp, sens
 
 
-def _run_budget(run: _SharedResults, budget: float, out: str, timings: StageTimes,
-                cache_dir: str | None) -> BudgetResult:
-    """allocate -> quantize (+ count, rule check) -> build -> validate -> report, into `out`."""
-    alloc, notes = _allocate_budget(run, budget, timings)
+def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp: str, out: str,
+                timings: StageTimes, cache_dir: str | None) -> BudgetResult:
+    """quantize (+ count, rule check) -> build -> validate -> report, written into `tmp`, which becomes `out`."""
     # a target compared with another writes the same integers twice: each layer's are computed once
     weight_memo = {} if run.cfg.target.compare_with is not None else None
-    with staging_folder(out) as tmp:
-        qm, counted, checker = _quantize_checked(run, alloc, os.path.join(tmp, OUTPUT_MODEL), timings, weight_memo)
-        engine = _build(run, qm.path, cache_dir, timings)
-        with timings.stage("validate"):
-            val = validate(run.info, qm.path, run.stats.schedule, run.stats.settings.steps, run.stats.step_indices,
-                           run.shape, run.cfg.validation, reference=run.reference, runtime=run.cfg.runtime)
-        np.savez(os.path.join(tmp, "validation_inputs.npz"), **val.inputs)
-        from mpq_export.runtime import polygraphy_replay
+    qm, counted, checker = _quantize_checked(run, alloc, os.path.join(tmp, OUTPUT_MODEL), timings, weight_memo)
+    engine = _build(run, qm.path, cache_dir, timings)
+    with timings.stage("validate"):
+        val = validate(run.info, qm.path, run.stats.schedule, run.stats.settings.steps, run.stats.step_indices,
+                       run.shape, run.cfg.validation, reference=run.reference, runtime=run.cfg.runtime)
+    np.savez(os.path.join(tmp, "validation_inputs.npz"), **val.inputs)
+    from mpq_export.runtime import polygraphy_replay
 
-        replay = polygraphy_replay.write_files(tmp, out, run.info, run.model_path, run.stats.schedule.num_train_timesteps)
-        if run.cfg.sample_grid:
-            _sample_grid(run, val, alloc, tmp, timings)
-        compared = None
-        if weight_memo is not None:
-            with timings.stage("compare_targets"):
-                rows = compare_targets(run.cfg.target, run.info, run.stats, run.ranges.amax, alloc, run.cfg.quantize,
-                                       run.shape, run.cfg.validation, run.reference, val, run.float_validation,
-                                       weight_memo, run.cfg.runtime)
-            compared = [TargetComparisonRow.of(r.label, r.validation) for r in rows]
-            del weight_memo
-        report = _report(run, alloc, out, qm, counted, checker, engine, val, replay, compared, notes, timings)
-        with open(os.path.join(tmp, "allocation.json"), "w") as f:
-            json.dump(alloc.to_json(), f, indent=2)
-        from mpq_export.report.records import write_report
+    replay = polygraphy_replay.write_files(tmp, out, run.info, run.model_path, run.stats.schedule.num_train_timesteps)
+    if run.cfg.sample_grid:
+        _sample_grid(run, val, alloc, tmp, timings)
+    compared = None
+    if weight_memo is not None:
+        with timings.stage("compare_targets"):
+            rows = compare_targets(run.cfg.target, run.info, run.stats, run.ranges.amax, alloc, run.cfg.quantize,
+                                   run.shape, run.cfg.validation, run.reference, val, run.float_validation,
+                                   weight_memo, run.cfg.runtime)
+        compared = [TargetComparisonRow.of(r.label, r.validation) for r in rows]
+        del weight_memo
+    report = _report(run, alloc, out, qm, counted, checker, engine, val, replay, compared, notes, timings)
+    with open(os.path.join(tmp, "allocation.json"), "w") as f:
+        json.dump(alloc.to_json(), f, indent=2)
+    from mpq_export.report.records import write_report
 
-        write_report(report, tmp)
-    log.info("[report] %s (SQNR %.2f dB, sample PSNR %.2f dB)", out, val.mean_sqnr_db, val.sample_psnr_db)
-    return BudgetResult(budget=budget, out_dir=out, allocation=alloc, report=report)
+    write_report(report, tmp)
+    return BudgetResult(budget=alloc.budget, out_dir=out, allocation=alloc, report=report)
 
 
 def _allocate_budget(run: _SharedResults, budget: float, timings: StageTimes) -> tuple[BitAllocation, list[str]]:
@@ -284,8 +308,7 @@ def _report(run: _SharedResults, alloc: BitAllocation, out: str, qm: QuantizedMo
     stability = None
     if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer == "orm":
         with timings.stage("stability"):
-            checks = allocation_stability(info, run.stats, cfg.orm, imp, cfg.target, cfg.allocation, alloc)
-        stability = {c.change: c.layers_changed for c in checks}
+            stability = allocation_stability(info, run.stats, cfg.orm, imp, cfg.target, cfg.allocation, alloc)
     return Report(
         model=os.path.abspath(run.model_path), input=os.path.abspath(cfg.model),
         output_model=os.path.join(os.path.abspath(out), OUTPUT_MODEL), budget=alloc.budget,

@@ -63,12 +63,35 @@ def test_an_earlier_output_is_replaced_whole(unet_onnx, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name != "o"]  # no .old / .tmp folders left behind
 
 
-def test_budget_list_never_mixes_into_a_single_budget_output(unet_onnx, tmp_path):
+def test_a_rerun_replaces_the_earlier_output_whole_whatever_its_budgets(unet_onnx, tmp_path):
+    """Single budget, then a budget list, then another list into the same -o: each run's folder holds that
+    run's outputs only (never a budget folder of the run before beside its own)."""
     out = tmp_path / "o"
     assert run_cli(unet_onnx, "-o", out, *FAST)[0] == 0
-    before = _tree(out)
-    _one_line_error(*run_cli(unet_onnx, "-o", out, *FAST[:-1], "6,7")[::2], "single-budget")
-    assert _tree(out) == before
+    code, _, err = run_cli(unet_onnx, "-o", out, *FAST[:-1], "6,7")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["budget-6", "budget-7"]
+    assert not (out / "report.json").exists()
+    code, _, err = run_cli(unet_onnx, "-o", f"{out}/", *FAST[:-1], "7,8")  # "out/", as a user types it
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["budget-7", "budget-8"]
+    assert [r["budget"] for r in json.loads((out / "summary.json").read_text())] == [7, 8]
+    assert not [p for p in tmp_path.iterdir() if p.name != "o"]  # no .old / .tmp folders left behind
+
+
+def test_an_empty_folder_made_for_the_output_is_used(unet_onnx, tmp_path):
+    out = tmp_path / "made"
+    out.mkdir()
+    code, _, err = run_cli(unet_onnx, "-o", out, *FAST)
+    assert code == 0, err
+    assert (out / "model.mpq.onnx").exists() and (out / "report.json").exists()
+
+
+def test_a_cache_inside_the_output_folder_is_refused_before_any_work(unet_onnx, tmp_path):
+    out = tmp_path / "d"
+    code, _, err = run_cli(unet_onnx, "-o", out, "--cache-dir", out / "cache", *FAST)
+    _one_line_error(code, err, "inside the output folder", "--cache-dir")
+    assert "[calibrate]" not in err and not out.exists()
 
 
 @pytest.mark.parametrize("args,needles", [
@@ -96,6 +119,8 @@ def test_budget_list_never_mixes_into_a_single_budget_output(unet_onnx, tmp_path
     (["--alpha", "1e308"], ["--alpha must be a finite number in [-100, 100]"]),
     (["--beta", "inf"], ["--beta must be a finite positive number"]),
     (["--keep-fp16", ".*"], ["every layer is held FP16", "--keep-fp16"]),
+    (["--bits", "4,8,16", "--budget", "8,16"], ["at --budget 16 every layer stays FP16", "pick a budget below"]),
+    (["--val-seed", "-1"], ["--val-seed must be an integer >= 0"]),
 ])
 def test_bad_options_are_one_line_errors(unet_onnx, tmp_path, monkeypatch, args, needles):
     monkeypatch.chdir(tmp_path)

@@ -108,7 +108,7 @@ def test_unnamed_and_duplicate_nodes_get_unique_names(unet_onnx, tmp_path):
     import onnx
 
     from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges
-    from mpq_export.stages.allocate import AllocationSettings, allocate
+    from mpq_export.stages.allocate import allocate
     from mpq_export.stages.calibrate import CalibrationSettings, calibrate
     from mpq_export.stages.quantize import QuantizeSettings, count_weight_bits, quantize
     from mpq_export.runtime.sampler import NoiseSchedule

@@ -64,7 +64,7 @@ def test_refusals_come_from_the_library_for_python_and_cli_alike(kwargs, argv, n
                                             ({"budgets": "8"}, "--budget must be a finite number, got '8'"),
                                             ({"budgets": (8.0, float("nan"))}, "--budget must be a finite number"),
                                             ({"model": None}, "the model must be a path"),
-                                            ({"out_dir": ""}, "-o must be a path")])
+                                            ({"out_dir": ""}, "-o is empty"), ({"out_dir": 3}, "-o must be a path")])
 def test_bad_settings_are_one_line_errors(kwargs, needle):
     with pytest.raises(MPQError, match=needle):
         PipelineConfig(**{"model": "m.onnx", **kwargs})

@@ -164,9 +164,9 @@ def test_external_weights_are_read_layer_by_layer_and_give_the_same_model(calibr
     real = qmod.read_external_tensor
     monkeypatch.setattr(qmod, "read_external_tensor", lambda t, d: reads.append(t.name) or real(t, d))
     settings = QuantizeSettings()
-    quantize(info, alloc, amax, str(tmp_path / "inline.onnx"), settings, hessians=stats.hessians)
+    quantize(info, alloc, amax, str(tmp_path / "inline.onnx"), settings, "onnxruntime", hessians=stats.hessians)
     assert not reads
-    quantize(info_ext, alloc, amax, str(tmp_path / "external.onnx"), settings, hessians=stats.hessians)
+    quantize(info_ext, alloc, amax, str(tmp_path / "external.onnx"), settings, "onnxruntime", hessians=stats.hessians)
     assert set(l.weight_name for l in info.layers) <= set(reads)  # one read per weight, from the file
 
     def initializers(path):
@@ -178,7 +178,7 @@ def test_external_weights_are_read_layer_by_layer_and_give_the_same_model(calibr
 def test_large_outputs_get_one_external_data_file_honouring_the_umask(tmp_path, monkeypatch):
     import os
 
-    import mpq_export.stages.quantize as qmod
+    import mpq_export.util.onnx_io as qmod
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")

@@ -5,9 +5,14 @@ import dataclasses
 import json
 import os
 
-from mpq_export.report.records import LayerRow, Report, render_markdown
+from mpq_export.report.records import LayerRow, Report, render_markdown as _render
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+
+
+def render_markdown(d: dict) -> str:
+    """report.md of a report.json dict, through the typed Report it is rendered from."""
+    return _render(Report.from_json(d))
 
 
 def _golden():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges
-from mpq_export.stages.allocate import AllocationSettings, allocate
+from mpq_export.stages.allocate import allocate
 from mpq_export.stages.calibrate import CalibrationSettings, calibrate
 from mpq_export.stages.inspect import QuantLayer, inspect_model
 from mpq_export.stages.quantize import QuantizeSettings, quantize, quantize_layer_weight, quantize_weight

@@ -9,7 +9,7 @@ from mpq_export.runtime.ort import RuntimeSettings
 
 import models
 from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges
-from mpq_export.stages.allocate import AllocationSettings, allocate, candidates
+from mpq_export.stages.allocate import allocate, candidates
 from mpq_export.stages.calibrate import CalibrationSettings, calibrate
 from mpq_export.stages.inspect import inspect_model
 from mpq_export.stages.quantize import QuantizeSettings
@@ -122,14 +122,14 @@ def test_a_full_disk_while_caching_scores_is_a_warning_and_leaves_no_temporary(t
     """The probes' scores are kept even when the cache cannot take them (the run goes on)."""
     import errno
 
-    import mpq_export.stages.sensitivity as sensitivity_mod
+    import mpq_export.util.cache as cache_mod
 
     def full(obj, f):
         f.write("{")  # a partial file, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(sensitivity_mod.json, "dump", full)
+    monkeypatch.setattr(cache_mod.json, "dump", full)
     path = tmp_path / "cache" / "sens-x.json"
-    sensitivity_mod._save_cached({"conv": {"w8a8": 1.0}}, str(path))
-    assert "could not write the cache" in caplog.text and "No space left" in caplog.text
+    assert not cache_mod.write_json_entry(str(path), {"conv": {"w8a8": 1.0}}, "sensitivity cache")
+    assert "could not write the sensitivity cache" in caplog.text and "No space left" in caplog.text
     assert list((tmp_path / "cache").iterdir()) == []

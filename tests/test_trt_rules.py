@@ -37,7 +37,9 @@ def test_tensorrt_artifact_passes_the_checker_and_reports_both_targets(trt_out, 
     cmp = {row["graph"]: row for row in rep["validation_compare"]}
     trt_sqnr = cmp["tensorrt target (FP16 graph + Q/DQ)"]["mean_sqnr_db"]
     ort_sqnr = cmp["FP32 graph + the same Q/DQ (onnxruntime, conv outputs float)"]["mean_sqnr_db"]
-    assert abs(trt_sqnr - ort_sqnr) < 1.0  # FP16 costs little next to quantization
+    # FP16 costs little next to quantization (the two graphs differ in more than FP16: where conv outputs
+    # are quantized, so the tensorrt graph may also come out ahead on a random model)
+    assert trt_sqnr > ort_sqnr - 1.0
     assert cmp["FP16 graph alone (no quantization)"]["mean_sqnr_db"] > 40  # the FP16 graph alone stays close to FP32
     # the budget, the allocation, the report and the file count the same stored bits
     counted, per_layer = count_weight_bits(q, inspect_model(unet_onnx))

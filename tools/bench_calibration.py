@@ -37,7 +37,7 @@ sys.path.insert(0, HERE)
 
 from compare_peers import BUNDLED  # noqa: E402
 
-from mpq_export.stages.allocate import AllocationSettings, allocate  # noqa: E402
+from mpq_export.stages.allocate import allocate  # noqa: E402
 from mpq_export.stages.calibrate import CalibrationSettings, calibrate, sample_shape  # noqa: E402
 from mpq_export.stages.inspect import inspect_model  # noqa: E402
 from mpq_export.stages.orm import OrmSettings, compute_importance  # noqa: E402
@@ -49,16 +49,17 @@ from mpq_export.inputs.conditioning import load_conditioning
 from mpq_export.runtime.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise  # noqa: E402
 
 
-def bare_trajectory(info, settings: CalibrationSettings, schedule: NoiseSchedule, chunk: int) -> tuple[float, dict]:
+def bare_trajectory(info, settings: CalibrationSettings, schedule: NoiseSchedule, chunk: int,
+                    runtime: RuntimeSettings) -> tuple[float, dict]:
     """Seconds for the sampler alone: the plain FP32 model over the same rows, `chunk` rows per call,
     loading the model included (calibrate's time includes loading its own session too); and the
     seconds of its session load and of its onnxruntime calls."""
     t0 = time.perf_counter()
-    sess = ort_session(info.path, settings.threads, os.path.dirname(info.path) if info.has_external_data else None,
-                       low_memory=True)
+    sess = ort_session(info.path, runtime.threads, os.path.dirname(info.path) if info.has_external_data else None,
+                       low_memory=True, device=runtime.device)
     split = {"session": time.perf_counter() - t0, "onnxruntime": 0.0}
     n = settings.samples
-    cond, _ = load_conditioning(info, None, n, settings.seed, settings.seq_len, settings.guidance_scale)
+    cond, _ = load_conditioning(info, None, n, settings.seed, settings.seq_len, settings.guidance)
 
     def call(x, t, j):
         t1 = time.perf_counter()
@@ -71,7 +72,7 @@ def bare_trajectory(info, settings: CalibrationSettings, schedule: NoiseSchedule
 
     shape = sample_shape(info, settings.resolution)
     DDIMSampler(schedule, settings.steps).sample(initial_noise(settings.seed, n, shape),
-                                                 guided(rows, settings.guidance_scale))
+                                                 guided(rows, settings.guidance))
     return time.perf_counter() - t0, split
 
 
@@ -104,15 +105,14 @@ def main() -> None:
         info = inspect_model(prepared.onnx_path)
         schedule = NoiseSchedule.from_config(prepared.scheduler_config)
         s = CalibrationSettings(steps=args.steps, timesteps=args.timesteps, samples=args.samples,
-                                resolution=(res, res) if res else None, seq_len=77 if info.conditioning else None,
-                                )
+                                resolution=(res, res) if res else None, seq_len=77 if info.conditioning else None)
         runtime = RuntimeSettings(threads=args.threads)
         cal_t, bare_t, stats, splits = [], [], None, []
         for _ in range(max(1, args.repeats)):  # alternate, keep the faster of each: a shared machine is noisy
             t0 = time.perf_counter()
             run = calibrate(info, s, schedule, runtime=runtime, input_statistics=not args.no_gptq_statistics)  # no cache
             cal_t.append(time.perf_counter() - t0)
-            bare, bare_split = bare_trajectory(info, s, schedule, run.rows_per_call)
+            bare, bare_split = bare_trajectory(info, s, schedule, run.rows_per_call, runtime)
             bare_t.append(bare)
             splits.append((run.time_split, bare_split))
             if len(cal_t) == 1 or cal_t[-1] < min(cal_t[:-1]):
@@ -137,7 +137,7 @@ def main() -> None:
         for target, budget in (("onnxruntime", 4.5), ("tensorrt", 7.5)):
             allocs[target] = allocate(info.layers, budget, target, theta=a.theta).formats
         for m in [int(x) for x in args.sketch_dims.split(",") if x]:
-            sk = calibrate(info, replace(s, gram_mem_mb=0, sketch_dim=m), schedule)
+            sk = calibrate(info, replace(s, gram_mem_mb=0, sketch_dim=m), schedule, runtime=runtime)
             b = compute_importance(sk.grams, sk.timesteps, sk.layer_names, orm, schedule.num_train_timesteps)
             moved = {t: sum(f != g for f, g in zip(
                 allocate(info.layers, bud, t, theta=b.theta).formats, allocs[t]))

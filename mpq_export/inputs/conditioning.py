@@ -54,7 +54,7 @@ def load_conditioning(info: ModelInfo, path: str | None, n: int, seed: int, seq_
     for spec in info.conditioning:
         arr = _calib_array(data, spec, path)
         out[spec.name] = arr[rows % len(arr)]
-    source = str(data[DESCRIPTION_KEY]) if DESCRIPTION_KEY in data.files else f"file {os.path.abspath(path)}"
+    source = str(_array(data, DESCRIPTION_KEY, path)) if DESCRIPTION_KEY in data.files else f"file {os.path.abspath(path)}"
     if guidance_scale == 1:
         return out, source
     for spec in info.conditioning:
@@ -92,11 +92,23 @@ def _open_calib_data(info: ModelInfo, path: str):
     return data
 
 
+def _array(data, name: str, path: str) -> np.ndarray:
+    """One array of the .npz; object arrays (rows of different lengths, Python objects) are refused: they
+    load only with pickle, which runs code from the file."""
+    try:
+        return np.asarray(data[name])
+    except ValueError:
+        raise MPQError(f"'{name}' in {path} is an object array (rows of different lengths?); save it as one numeric "
+                       f"array with equal rows (pad or truncate them)") from None
+    except Exception as e:  # a truncated member: zipfile / zlib errors
+        raise MPQError(f"'{name}' in {path} cannot be read ({type(e).__name__}); write the file again") from None
+
+
 def _calib_array(data, spec, path: str) -> np.ndarray:
     """The file's array for input `spec`, checked against the model's input and cast to its dtype."""
     if spec.name not in data.files:
         raise MPQError(f"--calib-data {path} has no array '{spec.name}' (has: {', '.join(data.files)}); add it")
-    raw = np.asarray(data[spec.name])
+    raw = _array(data, spec.name, path)
     if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_):
         raise MPQError(f"'{spec.name}' in {path} holds {raw.dtype} values; it must be numeric ({spec.dtype})")
     if raw.ndim != len(spec.shape):
@@ -119,7 +131,7 @@ def _uncond_array(data, spec, cond: np.ndarray, path: str) -> np.ndarray:
         raise MPQError(f"--calib-data {path} has no '{key}' for classifier-free guidance (has: "
                        f"{', '.join(data.files)}); add the empty prompt's {spec.name} as '{key}', "
                        f"or give --guidance-scale 1")
-    u = np.asarray(data[key])
+    u = _array(data, key, path)
     if u.ndim != cond.ndim or u.shape[1:] != cond.shape[1:] or not len(u):
         raise MPQError(f"'{key}' in {path} has shape {list(u.shape)}; it must match '{spec.name}' "
                        f"{list(cond.shape[1:])} after the first axis (one row or one per sample)")

@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mpq_export.util.cache import file_sha256
+from mpq_export.util.cache import file_sha256, is_writable, temporary_name
 from mpq_export.util.errors import MPQError
 from mpq_export.util.onnx_io import load_onnx
 from mpq_export.util.output_folder import SCRATCH_PREFIX
@@ -75,6 +75,10 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
         from mpq_export.inputs.sd_pipeline import load_prompts
 
         prompts = load_prompts(cfg.prompts)  # a bad prompt file fails before the export
+    if pipe is not None and pipe.vae_dir is not None:  # read only after validation: check it before the work
+        from mpq_export.inputs.sd_pipeline import check_weight_files
+
+        check_weight_files(pipe.vae_dir, "the pipeline's VAE")
     prepared = _export_once(cfg, unet_dir, cache_dir)
     if pipe is not None:
         prepared.pipeline = pipe
@@ -89,7 +93,10 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
                 size = unet_cfg.get("sample_size") or 64
                 latent = cfg.calibration.resolution or ((size, size) if isinstance(size, int) else tuple(size))
                 pixels = tuple(int(d) * pipe.vae_scale_factor() for d in latent)  # SDXL's time_ids
-                emb = encode_prompts(pipe, prompts, cache_dir or prepared.temp_dir, cache_dir, pixels)
+                prompt_dir = cache_dir if cache_dir and is_writable(cache_dir) else None
+                if prompt_dir is None and prepared.temp_dir is None:  # a read-only cache: this run only
+                    prepared.temp_dir = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}prompts-{os.getpid()}-")
+                emb = encode_prompts(pipe, prompts, prompt_dir or prepared.temp_dir, cache_dir, pixels)
             except BaseException:
                 if prepared.temp_dir:
                     shutil.rmtree(prepared.temp_dir, ignore_errors=True)
@@ -125,7 +132,12 @@ def _export_once(cfg: PipelineConfig, unet_dir: str, cache_dir: str | None) -> P
             return PreparedModel(onnx_path, sched, [f"exported from diffusers folder {source} (cached export)"])
         log.warning("[export] the cached export %s is damaged (%s); exporting again", onnx_path, problem)
         shutil.rmtree(folder, ignore_errors=True)
-    tmp = folder + f".tmp-{os.getpid()}"
+    if cache_dir and not is_writable(cache_dir):  # the cache is an optimisation: export for this run only
+        log.warning("[cache] cannot write the cache %s; exporting for this run only", cache_dir)
+        temp_dir = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}export-{os.getpid()}-")
+        folder = os.path.join(temp_dir, os.path.basename(folder))
+        onnx_path = os.path.join(folder, "model.onnx")
+    tmp = temporary_name(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("[export] %s -> ONNX (torch)", unet_dir)
     try:

@@ -30,6 +30,9 @@ from mpq_export.inputs.export import quiet_hf_libraries
 from mpq_export.util.files import read_json_object
 from mpq_export.util.progress import log
 from mpq_export.inputs.conditioning import DESCRIPTION_KEY as SOURCE_KEY
+from mpq_export.util.cache import write_entry
+
+ENCODER_KEY = "mpq_export_encoder"  # the text encoder's class name(s), for the report
 
 MODEL_INDEX = "model_index.json"
 DEFAULT_PROMPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "calib_data", "prompts.txt")
@@ -226,17 +229,17 @@ def encode_prompts(pipe: PipelineFolder, prompts: PromptSet, out_dir: str, memo_
     parts = [pipe.text_encoder_dir, pipe.tokenizer_dir] + ([pipe.text_encoder_2_dir, pipe.tokenizer_2_dir] if pipe.sdxl else [])
     for part in [_folder_sha(d, memo_dir) for d in parts] + [
             json.dumps(list(prompts.prompts)), pipe.class_name, str(pipe.force_zeros_for_empty_prompt),
-            str(tuple(pixel_size)) if pipe.sdxl else "", "v1"]:
+            str(tuple(pixel_size)) if pipe.sdxl else "", "v2"]:
         h.update(part.encode())
     path = os.path.join(out_dir, f"prompts-{h.hexdigest()[:24]}.npz")
     if os.path.exists(path):
         try:
             with np.load(path, allow_pickle=False) as z:
-                desc = str(z[SOURCE_KEY])
+                desc, encoder = str(z[SOURCE_KEY]), str(z[ENCODER_KEY])
                 n = int(z["encoder_hidden_states"].shape[0])
             log.info("[prompts] reusing encoded prompts %s", path)
-            return PromptEmbeddings(path, n, desc.split("encoded by ")[-1].split(" (")[0], desc)
-        except Exception as e:  # damaged: encode again
+            return PromptEmbeddings(path, n, encoder, desc)
+        except Exception as e:  # damaged or from an older version: encode again
             log.warning("[prompts] ignoring unreadable %s (%s)", path, e)
     log.info("[prompts] encoding %d prompts with %s", len(prompts.prompts), pipe.text_encoder_dir)
     arrays, encoder = _encode_all(pipe, list(prompts.prompts), pixel_size)
@@ -244,15 +247,44 @@ def encode_prompts(pipe: PipelineFolder, prompts: PromptSet, out_dir: str, memo_
     desc = (f"{len(prompts.prompts)} prompts from {prompts.source}, encoded by {encoder} ({pipe.root}); "
             f"unconditional branch: {uncond}" + (f"; SDXL time_ids for {pixel_size[0]}x{pixel_size[1]} images"
                                                  if pipe.sdxl else ""))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    try:
-        np.savez(tmp, **{k: v.astype(np.float32) for k, v in arrays.items()}, **{SOURCE_KEY: np.array(desc)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    def write(tmp: str) -> None:
+        np.savez(tmp, **{k: v.astype(np.float32) for k, v in arrays.items()},
+                 **{SOURCE_KEY: np.array(desc), ENCODER_KEY: np.array(encoder)})
+
+    if not write_entry(path, write, "encoded prompts", suffix=".npz", quiet=True):
+        raise MPQError(f"cannot write the encoded prompts into {out_dir}; free space there or choose --cache-dir")
     return PromptEmbeddings(path, len(prompts.prompts), encoder, desc)
+
+
+def check_weight_files(folder: str, what: str) -> None:
+    """One-line error now, not after calibration, when a part's weight files are cut short: a safetensors
+    file must hold every byte its header names, a torch .bin (a zip archive) its central directory.
+    Reads headers only."""
+    import struct
+    import zipfile
+
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        problem = None
+        if name.endswith(".safetensors"):
+            size = os.path.getsize(path)
+            try:
+                with open(path, "rb") as f:
+                    (n,) = struct.unpack("<Q", f.read(8))
+                    header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
+                end = 8 + n + max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                                  default=0) if isinstance(header, dict) else None
+            except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
+                end = None
+            if end is None:
+                problem = "has no readable safetensors header"
+            elif end > size:
+                problem = f"is cut short ({size:,} of {end:,} bytes)"
+        elif name.endswith(".bin") and not zipfile.is_zipfile(path):
+            problem = "is not a whole torch archive (cut short?)"
+        if problem:
+            raise MPQError(f"{what} weight file {path} {problem}; copy or download it again")
 
 
 def decode_latents(vae_dir: str, latents: np.ndarray) -> np.ndarray:

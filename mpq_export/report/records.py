@@ -1,8 +1,8 @@
 """report stage: a typed `Report` built from the stage results, written as report.json (for
 programs), report.md (for people) and plots (PNG).
 
-report.json is `Report.to_json()`; report.md is rendered from that same dict so the two never
-disagree. matplotlib is imported lazily, with the Agg backend (no display on build machines).
+report.json is `Report.to_json()` and `Report.from_json` reads it back; report.md and the plots are
+rendered from the typed Report, so the two files never disagree. matplotlib is imported lazily, with the Agg backend (no display on build machines).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mpq_export.stages.inspect import ModelInfo
 from mpq_export.stages.orm import LayerImportance, OrmSpread
 from mpq_export.runtime.polygraphy_replay import PolygraphyReplay
 from mpq_export.stages.quantize import LayerStorage
-from mpq_export.stages.diagnostics import ActivationCost
+from mpq_export.stages.diagnostics import ActivationCost, StabilityCheck
 from mpq_export.stages.sensitivity import SensitivityScores
 from mpq_export.stages.validate import ValidationResult, ValidationSummary
 
@@ -137,7 +137,7 @@ class Report:
     notes: list[str]
     check: str | None  # the TensorRT rule checker's verdict (tensorrt target)
     validation_compare: list[TargetComparisonRow] | None  # the same allocation per target (tensorrt target)
-    stability: dict[str, int] | None  # setting changed -> layers that change format
+    stability: list[StabilityCheck] | None  # ORM settings perturbed -> layers that change format
     timings: dict[str, float]  # stage -> seconds
     peak_rss_mb: dict[str, float]  # stage -> the process's peak resident memory during the stage
     tool: str = "mpq-export"  # how mpq-export recognises its own output folders
@@ -230,20 +230,20 @@ def _plt():
     return plt
 
 
-def plot_bits(report: dict, path: str) -> None:
+def plot_bits(report: Report, path: str) -> None:
     plt = _plt()
-    layers = report["layers"]
+    layers = report.layers
     fig, ax = plt.subplots(figsize=(max(8, len(layers) * 0.12), 4))
     colors = {"w4a8": "#d62728", "w4a16": "#ff7f0e", "w8a8": "#1f77b4", "fp16": "#2ca02c"}
     x = np.arange(len(layers))
-    ax.bar(x, [l["weight_bits"] for l in layers], color=[colors.get(l["format"], "gray") for l in layers])
+    ax.bar(x, [l.weight_bits for l in layers], color=[colors.get(l.format, "gray") for l in layers])
     ax2 = ax.twinx()
-    ax2.plot(x, [l["importance"] for l in layers], "k.", ms=3, label="importance")
+    ax2.plot(x, [l.importance for l in layers], "k.", ms=3, label="importance")
     ax2.set_yscale("log")
     ax.set_xlabel("layer (graph order)")
     ax.set_ylabel("weight bits")
     ax2.set_ylabel("importance (log)")
-    ax.set_title(f"{report['allocation']['method']} allocation at {report['achieved_bits']:.3f} bits (budget {report['budget']:g})")
+    ax.set_title(f"{report.allocation.method} allocation at {report.achieved_bits:.3f} bits (budget {report.budget:g})")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
     ax.legend(handles, list(colors), loc="upper left", fontsize=7)
     fig.tight_layout()
@@ -251,11 +251,11 @@ def plot_bits(report: dict, path: str) -> None:
     plt.close(fig)
 
 
-def plot_validation(report: dict, path: str) -> None:
+def plot_validation(report: Report, path: str) -> None:
     plt = _plt()
-    v = report["validation"]["per_timestep"]
+    v = report.validation.per_timestep
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["t"] for r in v], [r["sqnr_db"] for r in v], "o-")
+    ax.plot([r.t for r in v], [r.sqnr_db for r in v], "o-")
     ax.set_xlabel("timestep t")
     ax.set_ylabel("noise-prediction SQNR (dB)")
     ax.set_title("quantized vs FP32, per profiled timestep")
@@ -265,10 +265,10 @@ def plot_validation(report: dict, path: str) -> None:
     plt.close(fig)
 
 
-def plot_importance(importance_per_t: dict, path: str) -> None:
+def plot_importance(importance_per_t: TimestepImportance, path: str) -> None:
     plt = _plt()
-    ts = importance_per_t["timesteps"]
-    theta = np.asarray(importance_per_t["theta"])  # [K, L]
+    ts = importance_per_t.timesteps
+    theta = np.asarray(importance_per_t.theta)  # [K, L]
     fig, ax = plt.subplots(figsize=(8, 3.5))
     im = ax.imshow(np.log10(np.maximum(theta, 1e-300)), aspect="auto", cmap="viridis")
     ax.set_yticks(range(len(ts)))
@@ -309,168 +309,174 @@ def _fmt(v, nd=2):
     return "—" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
-def render_markdown(r: dict) -> str:
-    """report.md from report.json's dict, section by section."""
+def render_markdown(r: Report) -> str:
+    """report.md from the Report, section by section."""
     lines = _md_summary(r)
-    if r.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
+    if r.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     lines += _md_validation(r) + _md_checks_and_engine(r) + _md_activation_costs(r) + _md_stability_and_timings(r)
     lines += _md_layers(r)
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r.get("plots", [])]
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r.plots]
     return "\n".join(lines) + "\n"
 
 
-def _md_summary(r: dict) -> list[str]:
-    imp = r["importance"]
-    given = r.get("input") or r["model"]
+def _md_summary(r: Report) -> list[str]:
+    imp, cal = r.importance, r.calibration
+    given = r.input or r.model
     lines = [
         f"# mpq-export report: {_display_name(given)}", "",
-        *([f"- input: `{given}`"] if given != r["model"] else []),
-        f"- model: `{r['model']}` ({r['total_params']:,} quantizable weight parameters in {len(r['layers'])} layers)",
-        f"- target: **{r['target']}**; output: `{r['output_model']}`",
-        f"- budget: **{r['budget']:g}** average weight bits; achieved (allocation): **{r['achieved_bits']:.4f}**; "
-        f"counted from the file (= stored by the {r['target']} target): {r['counted_bits']:.4f}",
-        f"- allocation: {r['allocation']['method']} (scorer: {r['allocation']['scorer']}), "
-        f"solver: {r['allocation']['solver_status'] or 'n/a'}",
-        "- formats: " + ", ".join(f"{k}: {c}" for k, c in sorted(r["format_counts"].items())),
-        f"- calibration: {r['calibration']['steps']}-step DDIM ({r['calibration']['schedule']}), "
-        f"K={r['calibration']['profiled_timesteps']} profiled steps, N={r['calibration']['samples']} samples, "
-        f"conditioning: {r['calibration']['conditioning']}" + (" (cached)" if r["calibration"]["cached"] else ""),
-        f"- activation ranges: {r['calibration']['activation_ranges']['method']} "
-        f"(thresholds at {r['calibration']['activation_ranges']['threshold_over_max_mean']:.2f} of the observed max "
-        f"on average)",
+        *([f"- input: `{given}`"] if given != r.model else []),
+        f"- model: `{r.model}` ({r.total_params:,} quantizable weight parameters in {len(r.layers)} layers)",
+        f"- target: **{r.target}**; output: `{r.output_model}`",
+        f"- budget: **{r.budget:g}** average weight bits; achieved (allocation): **{r.achieved_bits:.4f}**; "
+        f"counted from the file (= stored by the {r.target} target): {r.counted_bits:.4f}",
+        f"- allocation: {r.allocation.method} (scorer: {r.allocation.scorer}), "
+        f"solver: {r.allocation.solver_status or 'n/a'}",
+        "- formats: " + ", ".join(f"{k}: {c}" for k, c in sorted(r.format_counts.items())),
+        f"- calibration: {cal.steps}-step DDIM ({cal.schedule}), K={cal.profiled_timesteps} profiled steps, "
+        f"N={cal.samples} samples, conditioning: {cal.conditioning}" + (" (cached)" if cal.cached else ""),
+        f"- activation ranges: {cal.activation_ranges.method} (thresholds at "
+        f"{cal.activation_ranges.threshold_over_max_mean:.2f} of the observed max on average)",
     ]
     if imp:
-        lines.append(f"- ORM: estimator {imp['estimator']}, aggregation {imp['agg']}, alpha {imp['alpha']:g}, "
-                     f"beta {imp['beta']:.4g}; off-diagonal ORM spread (mean over t): mean "
-                     f"{_fmt(imp['spread_mean'], 3)}, std {_fmt(imp['spread_std'], 3)}"
-                     + (" — **ORM has collapsed toward 1: try --orm-estimator unbiased**" if imp.get("collapsed") else ""))
-        if imp["excluded"]:
-            lines.append(f"- {len(imp['excluded'])} time-only layer(s) have no per-sample signal (ORM undefined) and "
-                         f"take the median importance: " + ", ".join(f"`{n}`" for n in imp["excluded"][:8])
-                         + (" ..." if len(imp["excluded"]) > 8 else ""))
+        lines.append(f"- ORM: estimator {imp.estimator}, aggregation {imp.agg}, alpha {imp.alpha:g}, "
+                     f"beta {imp.beta:.4g}; off-diagonal ORM spread (mean over t): mean "
+                     f"{_fmt(imp.spread_mean, 3)}, std {_fmt(imp.spread_std, 3)}"
+                     + (" — **ORM has collapsed toward 1: try --orm-estimator unbiased**" if imp.collapsed else ""))
+        if imp.excluded:
+            lines.append(f"- {len(imp.excluded)} time-only layer(s) have no per-sample signal (ORM undefined) and "
+                         f"take the median importance: " + ", ".join(f"`{n}`" for n in imp.excluded[:8])
+                         + (" ..." if len(imp.excluded) > 8 else ""))
     return lines
 
 
-def _md_validation(r: dict) -> list[str]:
-    v = r["validation"]
-    lines = []
-    lines += ["", "## Validation (onnxruntime, held-back seeds)", "",
-              f"Mean per-timestep noise-prediction SQNR **{v['mean_sqnr_db']:.2f} dB**, cosine {v['mean_cosine']:.5f}; "
-              f"final-sample PSNR vs FP32 from the same seeds **{v['sample_psnr_db']:.2f} dB** "
-              f"(min {min(v['sample_psnr_per_sample']):.2f}, max {max(v['sample_psnr_per_sample']):.2f}).", "",
-              "| t | SQNR (dB) | cosine | max abs err |", "|---:|---:|---:|---:|"]
-    lines += [f"| {p['t']} | {p['sqnr_db']:.2f} | {p['cosine']:.5f} | {p['max_abs_err']:.4g} |" for p in v["per_timestep"]]
-    if r.get("validation_compare"):
+def _md_validation(r: Report) -> list[str]:
+    v = r.validation
+    lines = ["", "## Validation (onnxruntime, held-back seeds)", "",
+             f"Mean per-timestep noise-prediction SQNR **{v.mean_sqnr_db:.2f} dB**, cosine {v.mean_cosine:.5f}; "
+             f"final-sample PSNR vs FP32 from the same seeds **{v.sample_psnr_db:.2f} dB** "
+             f"(min {min(v.sample_psnr_per_sample):.2f}, max {max(v.sample_psnr_per_sample):.2f}).", "",
+             "| t | SQNR (dB) | cosine | max abs err |", "|---:|---:|---:|---:|"]
+    lines += [f"| {p.t} | {p.sqnr_db:.2f} | {p.cosine:.5f} | {p.max_abs_err:.4g} |" for p in v.per_timestep]
+    if r.validation_compare:
         lines += ["", "### Same allocation, per target (onnxruntime CPU)", "",
                   "| graph | mean SQNR (dB) | mean cosine | sample PSNR (dB) |", "|---|---:|---:|---:|"]
-        lines += [f"| {c['graph']} | {c['mean_sqnr_db']:.2f} | {c['mean_cosine']:.5f} | {c['sample_psnr_db']:.2f} |"
-                  for c in r["validation_compare"]]
+        lines += [f"| {c.graph} | {c.mean_sqnr_db:.2f} | {c.mean_cosine:.5f} | {c.sample_psnr_db:.2f} |"
+                  for c in r.validation_compare]
     return lines
 
 
-def _md_checks_and_engine(r: dict) -> list[str]:
+def _md_checks_and_engine(r: Report) -> list[str]:
     lines = []
-    if r.get("check"):
-        lines += ["", f"TensorRT rule check: {r['check']}"]
-    if r.get("polygraphy"):
-        pg = r["polygraphy"]
-        lines += ["", "## Polygraphy", "", f"Replay the comparison on the held-back validation steps with t >= {pg.get('min_t', 0)} "
-                  f"(per step: SNR >= {pg['snr_threshold_db']:g} dB, cosine >= {pg['cosine_threshold']:g}; the steps nearest "
+    if r.check:
+        lines += ["", f"TensorRT rule check: {r.check}"]
+    if r.polygraphy:
+        pg = r.polygraphy
+        lines += ["", "## Polygraphy", "", f"Replay the comparison on the held-back validation steps with t >= {pg.min_t or 0} "
+                  f"(per step: SNR >= {pg.snr_threshold_db:g} dB, cosine >= {pg.cosine_threshold:g}; the steps nearest "
                   "t = 0, where the noise prediction is fragile but barely reaches the sample, are covered by the table above):", ""]
-        for name, cmd in pg["commands"].items():
+        for name, cmd in pg.commands.items():
             lines += [f"{name}:", "", "```", cmd, "```", ""]
-    if r.get("engine"):
-        e = r["engine"]
-        lines += ["", "## TensorRT engine", "", f"- status: {e['status']}"]
-        if e.get("path"):
-            lines.append(f"- engine: `{e['path']}` ({e.get('seconds', 0):.1f} s to build)")
-        if e.get("layer_precisions"):
-            lines.append("- per-layer precision (engine inspector): " + ", ".join(f"{k}: {c}" for k, c in e["layer_precisions"].items()))
+    if r.engine:
+        e = r.engine
+        lines += ["", "## TensorRT engine", "", f"- status: {e.status}"]
+        if e.path:
+            lines.append(f"- engine: `{e.path}` ({e.seconds or 0:.1f} s to build)")
+        if e.layer_precisions:
+            lines.append("- per-layer precision (engine inspector): " + ", ".join(f"{k}: {c}" for k, c in e.layer_precisions.items()))
     return lines
 
 
-def _md_activation_costs(r: dict) -> list[str]:
+def _md_activation_costs(r: Report) -> list[str]:
     lines = []
-    costs = r["calibration"]["activation_ranges"].get("costliest")
+    costs = r.calibration.activation_ranges.costliest
     if costs:
         lines += ["", "## Activation quantizers that cost the most", "",
                   "Each layer-input activation quantized alone to INT8 at its calibrated threshold (weights float); "
                   "noise-prediction SQNR at the profiled calibration steps (higher is better), the worst first:", "",
                   "| activation | read by | quantized in this model | SQNR alone (dB) | threshold | observed max |",
                   "|---|---|---|---:|---:|---:|"]
-        lines += [f"| `{c['tensor']}` | {', '.join(f'`{n}`' for n in c['layers'][:3])}{' ...' if len(c['layers']) > 3 else ''} | "
-                  f"{'yes' if c.get('quantized_here') else 'no'} | {c['sqnr_db']:.2f} | {c['threshold']:.4g} | "
-                  f"{c['observed_max']:.4g} |" for c in costs[:10]]
+        lines += [f"| `{c.tensor}` | {', '.join(f'`{n}`' for n in c.layers[:3])}{' ...' if len(c.layers) > 3 else ''} | "
+                  f"{'yes' if c.quantized_here else 'no'} | {c.sqnr_db:.2f} | {c.threshold:.4g} | "
+                  f"{c.observed_max:.4g} |" for c in costs[:10]]
     return lines
 
 
-def _md_stability_and_timings(r: dict) -> list[str]:
+def _md_stability_and_timings(r: Report) -> list[str]:
     lines = []
-    if r.get("stability"):
-        s = r["stability"]
+    if r.stability:
         lines += ["", "## Allocation stability", "", "Layers that change format when a setting changes (same budget):", "",
                   "| change | layers changed |", "|---|---:|"]
-        lines += [f"| {k} | {c} |" for k, c in s.items()]
-    rss = r.get("peak_rss_mb") or {}
+        lines += [f"| {c.change} | {c.layers_changed} |" for c in r.stability]
+    rss = r.peak_rss_mb or {}
     lines += ["", "## Timings", "", "| stage | seconds | peak RSS during the stage (MB) |", "|---|---:|---:|"]
-    lines += [f"| {k} | {t:.2f} | {_fmt(rss.get(k), 0)} |" for k, t in r["timings"].items()]
-    split = r["calibration"].get("time_split") or {}
-    if split and not r["calibration"]["cached"]:
+    lines += [f"| {k} | {t:.2f} | {_fmt(rss.get(k), 0)} |" for k, t in r.timings.items()]
+    split = r.calibration.time_split or {}
+    if split and not r.calibration.cached:
         lines += ["", "Calibration's time: " + ", ".join(f"{k.replace('_', ' ')} {t:.1f} s" for k, t in split.items())]
     return lines
 
 
-def _md_layers(r: dict) -> list[str]:
-    lines = []
-    sens = any(l.get("sensitivity") for l in r["layers"])
-    lines += ["", "## Layers", "", "| # | layer | op | params | format | bits | ORM importance |"
-              + (f" {_measured_column(r['allocation']['scorer'])} at 4 / 8 bits |" if sens else "") + " weight SQNR (dB) |",
-              "|---:|---|---|---:|---|---:|---:|" + ("---:|" if sens else "") + "---:|"]
-    for i, l in enumerate(r["layers"]):
-        s = l.get("sensitivity") or {}
+def _md_layers(r: Report) -> list[str]:
+    sens = any(l.sensitivity for l in r.layers)
+    lines = ["", "## Layers", "", "| # | layer | op | params | format | bits | ORM importance |"
+             + (f" {_measured_column(r.allocation.scorer)} at 4 / 8 bits |" if sens else "") + " weight SQNR (dB) |",
+             "|---:|---|---|---:|---|---:|---:|" + ("---:|" if sens else "") + "---:|"]
+    for i, l in enumerate(r.layers):
+        s = l.sensitivity or {}
         s4 = next((v for k, v in s.items() if k.startswith("w4")), None)
         g = lambda v: "—" if v is None else f"{v:.3g}"  # noqa: E731
         sens_cell = f" {g(s4)} / {g(s.get('w8a8'))} |" if sens else ""
-        lines.append(f"| {i} | `{l['name']}` | {l['op_type']} | {l['params']:,} | {l['format']} | {l['weight_bits']} | "
-                     f"{l['importance']:.4g} |{sens_cell} {_fmt(l.get('weight_sqnr_db'), 1)} |")
+        lines.append(f"| {i} | `{l.name}` | {l.op_type} | {l.params:,} | {l.format} | {l.weight_bits} | "
+                     f"{l.importance:.4g} |{sens_cell} {_fmt(l.weight_sqnr_db, 1)} |")
     return lines
 
 
 def write_report(rep: Report, out_dir: str) -> None:
     """report.json, report.md and the plots of one output folder."""
-    report = rep.to_json()
-    importance_per_t = report["importance_per_timestep"] if report["importance"] is not None else None
     plots = []
-    plot_bits(report, os.path.join(out_dir, "bits.png"))
+    plot_bits(rep, os.path.join(out_dir, "bits.png"))
     plots.append("bits.png")
-    if report["validation"]["per_timestep"]:
-        plot_validation(report, os.path.join(out_dir, "validation.png"))
+    if rep.validation.per_timestep:
+        plot_validation(rep, os.path.join(out_dir, "validation.png"))
         plots.append("validation.png")
-    if importance_per_t is not None and len(importance_per_t["timesteps"]) > 1:
-        plot_importance(importance_per_t, os.path.join(out_dir, "importance.png"))
+    if rep.importance is not None and len(rep.importance_per_timestep.timesteps) > 1:
+        plot_importance(rep.importance_per_timestep, os.path.join(out_dir, "importance.png"))
         plots.append("importance.png")
     if os.path.exists(os.path.join(out_dir, "samples.png")):
         plots.append("samples.png")
-    report["plots"] = rep.plots = plots
+    rep.plots = plots
     with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        json.dump(rep.to_json(), f, indent=2)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(render_markdown(report))
+        f.write(render_markdown(rep))
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One budget of a --budget list, in summary.json."""
+    budget: float
+    achieved_bits: float
+    folder: str
+    mean_sqnr_db: float
+    sample_psnr_db: float
+    method: str
+    scorer: str
+
+    @classmethod
+    def of(cls, r: Report) -> "SweepRow":
+        return cls(r.budget, r.achieved_bits, os.path.basename(os.path.dirname(r.output_model)),
+                   r.validation.mean_sqnr_db, r.validation.sample_psnr_db, r.allocation.method, r.allocation.scorer)
 
 
 def write_pareto(out_root: str, reports: list[Report]) -> None:
     """For --budget lists: summary.json / summary.md and pareto.png (quality vs average bits)."""
-    reports = [r.to_json() for r in reports]
     plt = _plt()
-    rows = sorted(({"budget": r["budget"], "achieved_bits": r["achieved_bits"], "folder": os.path.basename(os.path.dirname(r["output_model"])),
-                    "mean_sqnr_db": r["validation"]["mean_sqnr_db"], "sample_psnr_db": r["validation"]["sample_psnr_db"],
-                    "method": r["allocation"]["method"], "scorer": r["allocation"]["scorer"]} for r in reports),
-                  key=lambda x: x["achieved_bits"])
+    rows = sorted((SweepRow.of(r) for r in reports), key=lambda x: x.achieved_bits)
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    bits = [r["achieved_bits"] for r in rows]
-    ax.plot(bits, [r["mean_sqnr_db"] for r in rows], "o-", label="mean noise SQNR (dB)")
-    ax.plot(bits, [r["sample_psnr_db"] for r in rows], "s-", label="final-sample PSNR vs FP32 (dB)")
+    bits = [r.achieved_bits for r in rows]
+    ax.plot(bits, [r.mean_sqnr_db for r in rows], "o-", label="mean noise SQNR (dB)")
+    ax.plot(bits, [r.sample_psnr_db for r in rows], "s-", label="final-sample PSNR vs FP32 (dB)")
     ax.set_xlabel("average weight bits")
     ax.set_ylabel("dB")
     ax.grid(alpha=0.3)
@@ -480,11 +486,11 @@ def write_pareto(out_root: str, reports: list[Report]) -> None:
     fig.savefig(os.path.join(out_root, "pareto.png"), dpi=110)
     plt.close(fig)
     with open(os.path.join(out_root, "summary.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+        json.dump([asdict(r) for r in rows], f, indent=2)
     md = ["# mpq-export budget sweep", "", "| budget | achieved bits | mean SQNR (dB) | sample PSNR (dB) | folder |",
           "|---:|---:|---:|---:|---|"]
-    md += [f"| {r['budget']:g} | {r['achieved_bits']:.4f} | {r['mean_sqnr_db']:.2f} | {r['sample_psnr_db']:.2f} | "
-           f"[{r['folder']}]({r['folder']}/report.md) |" for r in rows]
+    md += [f"| {r.budget:g} | {r.achieved_bits:.4f} | {r.mean_sqnr_db:.2f} | {r.sample_psnr_db:.2f} | "
+           f"[{r.folder}]({r.folder}/report.md) |" for r in rows]
     md += ["", "![pareto](pareto.png)", ""]
     with open(os.path.join(out_root, "summary.md"), "w") as f:
         f.write("\n".join(md))

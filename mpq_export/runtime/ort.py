@@ -20,8 +20,8 @@ THREADS_PER_CORE = 4  # the most --threads per available core
 
 def check_threads(threads) -> None:
     """--threads: 0 (onnxruntime's choice, one per core) up to THREADS_PER_CORE per core this process may
-    use. Each onnxruntime thread is an OS thread with its own stack and scratch: --threads 100000 held
-    16 GB of memory before the first forward here, so a count past any use is refused up front."""
+    use. Each onnxruntime thread is an OS thread with its own stack and scratch: an absurd count holds
+    gigabytes before the first forward, so a count past any use is refused up front."""
     require_int(threads, "--threads", 0)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if threads > THREADS_PER_CORE * cores:

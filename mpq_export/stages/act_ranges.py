@@ -72,8 +72,7 @@ _SLICE = 1 << 20  # values reduced per pass: scratch stays small and is reused, 
 
 class _Scratch:
     """Reusable buffers for the histogram passes. A fresh array per tensor costs more than the
-    arithmetic: each large allocation is new pages, and every page faults on first touch (one add of
-    a 327 K-value tensor, an SD-1.5-size activation at 32x32: 2.9 ms with fresh arrays, 1.1 ms now)."""
+    arithmetic: each large allocation is new pages, and every page faults on first touch."""
 
     def __init__(self):
         self.f32 = np.empty(0, np.float32)
@@ -133,7 +132,7 @@ class ActivationHistograms:
         for start in range(0, flat.size, _SLICE):  # histogram, max and energy read one |x| slice
             part = flat[start: start + _SLICE]
             a, idx = self._scratch.get(part.size)
-            # energy by BLAS dot in float32 (a relative error ~1e-6 here), 10x cheaper than squaring
+            # energy by BLAS dot in float32 (a relative error ~1e-6 here), far cheaper than squaring
             # into a buffer and summing in float64
             self.sumsq[i, step] += float(np.vdot(part, part))
             np.abs(part, out=a)

@@ -121,6 +121,12 @@ class BitAllocation:
         return asdict(self.summary())
 
 
+def unmatched_patterns(layers: list[QuantLayer], settings: AllocationSettings) -> list[str]:
+    """The user's --keep-fp16 / --min8 patterns that match no layer (a typo pins nothing, silently)."""
+    given = [("--keep-fp16", rx) for rx in settings.keep_fp16] + [("--min8", rx) for rx in settings.min8 or ()]
+    return [f"{option} '{rx}'" for option, rx in given if not any(re.search(rx, l.name) for l in layers)]
+
+
 def candidates(layers: list[QuantLayer], target: str | Target,
                settings: AllocationSettings = AllocationSettings()) -> tuple[list[list[Format]], dict[str, str]]:
     """Legal formats per layer on `target` after pins (smallest bits first)."""
@@ -173,6 +179,12 @@ def check_budget(layers: list[QuantLayer], budget: float, target: str | Target,
         raise MPQError(f"--budget {budget:g} is outside what this model can reach on the {target.name} target with "
                        f"--bits {bits_txt} and its pins: {lo:.3f} to {hi:.3f} average weight bits{why}; "
                        f"pick a budget in that range")
+    top = [[f for f in c if f.weight_bits == max(g.weight_bits for g in c)] for c in cands]
+    if budget >= hi - 1e-9 and not any(f.quantized for c in top for f in c):
+        # the ceiling keeps every layer at its largest format, FP16 for all: nothing would be quantized
+        raise MPQError(f"at --budget {budget:g} every layer stays FP16 (the ceiling of --bits "
+                       f"{','.join(map(str, sorted(set(settings.bits))))} on this model): there is nothing to quantize; "
+                       f"pick a budget below {hi:.3f}")
 
 
 def _lower_elsewhere(layers: list[QuantLayer], target: Target, settings: AllocationSettings, lo: float) -> str:

@@ -35,7 +35,7 @@ from mpq_export.runtime.sampler import DDIMSampler, NoiseSchedule, guided, initi
 from mpq_export.targets.formats import CONV_OPS
 from mpq_export.inputs.conditioning import load_conditioning
 
-CACHE_VERSION = 8
+CACHE_VERSION = 9
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,7 @@ class CalibrationStats:
     # where calibration's seconds went: hashing the model (cache key), loading its session, the
     # onnxruntime calls, and reducing fetched tensors to GPTQ statistics, histograms and Grams
     time_split: dict[str, float] = field(default_factory=dict)
+    identity: dict = field(default_factory=dict)  # cache_identity: what the statistics were made from
 
     @property
     def n_samples(self) -> int:
@@ -120,7 +121,7 @@ class CalibrationStats:
                 "model_sha256": self.model_sha256, "seconds": self.seconds, "version": CACHE_VERSION,
                 "rows_per_call": self.rows_per_call, "gram_sketch_dim": self.gram_sketch_dim,
                 "input_names": sorted(self.inputs), "hessian_layers": sorted(self.hessians),
-                "time_split": self.time_split}
+                "time_split": self.time_split, "identity": self.identity}
         np.savez(path, meta=np.array(json.dumps(meta)), timesteps=self.timesteps, step_indices=self.step_indices,
                  grams=self.grams, outputs=self.outputs, act_counts=self.act_hist.counts, act_amax=self.act_hist.amax,
                  act_sumsq=self.act_hist.sumsq, **{f"in_{k}": v for k, v in self.inputs.items()},
@@ -141,7 +142,8 @@ class CalibrationStats:
                        conditioning_source=meta["conditioning_source"], model_sha256=meta["model_sha256"],
                        rows_per_call=int(meta.get("rows_per_call", 0)),
                        gram_sketch_dim=int(meta.get("gram_sketch_dim", 0)),
-                       time_split=meta.get("time_split", {}), seconds=meta["seconds"], cached=True)
+                       time_split=meta.get("time_split", {}), seconds=meta["seconds"], cached=True,
+                       identity=meta.get("identity", {}))
 
 
 def _file_sha(path: str | None) -> str:
@@ -152,8 +154,17 @@ def _file_sha(path: str | None) -> str:
     return file_sha256(path)
 
 
-def cache_key(sha: str, settings: CalibrationSettings, schedule: NoiseSchedule, calib_data: str | None,
-              input_statistics: bool) -> str:
+def cache_key(identity: dict) -> str:
+    """The entry's file name: a hash of its identity (cache_identity)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cache_identity(sha: str, settings: CalibrationSettings, schedule: NoiseSchedule, calib_data: str | None,
+                   input_statistics: bool, info: ModelInfo | None = None) -> dict:
+    """Everything a calibration entry's content depends on: the model's content hash, the settings, the
+    schedule, the conditioning file's hash, and which inputs are the sample, the timestep and the
+    conditioning (--sample-name picks another input of the same model). Stored in the entry and compared
+    on every read: an entry is used only when it was made from exactly this."""
     d = asdict(settings)
     d["input_hessians"] = input_statistics
     # grouping changes memory, not results: Grams and histograms are the same for any chunking; GPTQ's
@@ -161,9 +172,13 @@ def cache_key(sha: str, settings: CalibrationSettings, schedule: NoiseSchedule, 
     d.pop("mem_budget_mb")
     s = asdict(schedule)
     s.pop("source")
-    blob = json.dumps({"v": CACHE_VERSION, "model": sha, "settings": d, "schedule": s,
-                       "calib_data": _file_sha(calib_data)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    inputs = None
+    if info is not None:
+        inputs = {"sample": info.sample.name, "timestep": info.timestep.name,
+                  "conditioning": [c.name for c in info.conditioning]}
+    # through JSON so that the stored copy compares equal (tuples become lists)
+    return json.loads(json.dumps({"v": CACHE_VERSION, "model": sha, "settings": d, "schedule": s,
+                                  "calib_data": _file_sha(calib_data), "inputs": inputs}, sort_keys=True))
 
 
 def _augmented_model(info: ModelInfo, extra_outputs: list[str]) -> tuple[bytes, str | None]:
@@ -249,14 +264,15 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     split = _TimeSplit()
     with split("hash"):
         sha = model_sha256(info.path, cache_dir)
-    key = cache_key(sha, settings, schedule, calib_data, input_statistics)
+    identity = cache_identity(sha, settings, schedule, calib_data, input_statistics, info)
+    key = cache_key(identity)
     cache_path = os.path.join(cache_dir, f"calib-{key}.npz") if cache_dir else None
-    cached = _load_cached(cache_path, info)
+    cached = _load_cached(cache_path, info, identity)
     if cached is None and cache_dir and not input_statistics:
         # statistics gathered with GPTQ's input statistics serve a run that needs none (nearest rounding
         # after a gptq run of the same model and settings): no second calibration
-        with_h = cache_key(sha, settings, schedule, calib_data, True)
-        cached = _load_cached(os.path.join(cache_dir, f"calib-{with_h}.npz"), info)
+        with_h = {**identity, "settings": {**identity["settings"], "input_hessians": True}}
+        cached = _load_cached(os.path.join(cache_dir, f"calib-{cache_key(with_h)}.npz"), info, with_h)
     if cached is not None:
         # the entry matched on everything that shapes the statistics; memory per call is this run's
         cached.settings = replace(cached.settings, mem_budget_mb=settings.mem_budget_mb)
@@ -309,7 +325,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
         step_indices=profiled.astype(np.int64), grams=profiler.grams, act_hist=profiler.hist,
         inputs={info.sample.name: profiler.xs, **cond}, outputs=profiler.outs, hessians=hessians, settings=settings,
         schedule=schedule, conditioning_source=cond_source, model_sha256=sha, seconds=seconds, rows_per_call=chunk,
-        gram_sketch_dim=settings.sketch_dim if sketched else 0, time_split=dict(split))
+        gram_sketch_dim=settings.sketch_dim if sketched else 0, time_split=dict(split), identity=identity)
     if cache_path:
         _save_cached(stats, cache_path)
     return stats
@@ -323,7 +339,7 @@ def _activation_tensors(info: ModelInfo) -> list[str]:
                   | {l.output for l in info.layers if l.op_type in CONV_OPS})
 
 
-def _load_cached(cache_path: str | None, info: ModelInfo) -> CalibrationStats | None:
+def _load_cached(cache_path: str | None, info: ModelInfo, identity: dict) -> CalibrationStats | None:
     if not cache_path or not os.path.exists(cache_path):
         return None
     try:
@@ -331,7 +347,9 @@ def _load_cached(cache_path: str | None, info: ModelInfo) -> CalibrationStats | 
     except Exception as e:  # a corrupt or old cache entry is recomputed, not fatal
         log.warning("[calibrate] ignoring unreadable cache %s (%s)", cache_path, e)
         return None
-    if stats.layer_names != [l.name for l in info.layers]:
+    if stats.identity != identity or stats.layer_names != [l.name for l in info.layers]:
+        # the name is a hash of the identity: a mismatch is another model's entry copied or renamed
+        log.warning("[calibrate] ignoring cache %s: it was made from another model or other settings", cache_path)
         return None
     log.info("[calibrate] reusing cached statistics %s", cache_path)
     return stats

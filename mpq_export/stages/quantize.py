@@ -161,7 +161,7 @@ def quantize_layer_weight(layer: QuantLayer, w: np.ndarray, fmt: Format, setting
         wm, sm = weight_matrix(np.asarray(w, np.float32), layer), weight_matrix(qw.scale_like(), layer)
         if fmt.weight_bits == 4 and qw.block_size is None:  # INT4 per channel: the output error
             # chooses each channel's scale too (rounding.py); INT4 blocks keep plain GPTQ, where the
-            # search was level on the onnxruntime target and 0.6 dB worse on tensorrt's 7.5-bit rows
+            # search did not help (docs/design.md, "Weight rounding")
             q, mult = gptq_scale_search(wm, sm, hessian, qmax)
             qw.scale = (qw.scale * mult).astype(np.float32)
         else:

@@ -6,8 +6,8 @@ time and spreads each column's rounding error over the columns not yet quantized
 inverse of H = X^T X. Scales start from the same MSE clip search as round-to-nearest (per channel, or
 per INT4 block). For INT4 per-channel weights (convolutions), GPTQ takes the columns of most input
 energy first (act order) and each row's scale is multiplied by the candidate whose GPTQ result has
-the least output error (gptq_scale_search): +2.8 dB (digits) and +2.4 dB (patches) of final-sample
-PSNR at 4.5 bits over plain GPTQ (docs/design.md, docs/quality.md). The file format does not change:
+the least output error (gptq_scale_search), measured in docs/quality.md ("Reading: which choices
+became defaults, and why") and described in docs/design.md ("Weight rounding"). The file format does not change:
 only which integers and scales are stored.
 
 Input statistics: calibration accumulates, per layer and profiled timestep, H_t = X_t^T X_t of the
@@ -23,7 +23,7 @@ import numpy as np
 
 ROUNDINGS = ("nearest", "gptq")
 ROUNDING_VERSION = 4  # bumped when the integers a rounding writes change (results cached on disk key on it)
-DEFAULT_ROUNDING = "gptq"  # +4.1 / +1.2 dB of final-sample PSNR at W8A8 on the two trained models (docs/quality.md)
+DEFAULT_ROUNDING = "gptq"  # better final samples than nearest on both trained models (docs/quality.md)
 MAX_ROWS = 4096  # input rows per layer and step that enter H
 MAX_K = 4608  # largest reduction size that gets an H (and GPTQ)
 HESSIAN_MEM_MB = 2048  # all layers' H together; layers beyond it keep round-to-nearest
@@ -39,7 +39,7 @@ def layer_rows(x: np.ndarray, layer, rng: np.random.Generator, max_rows: int = M
     `max_rows` (calibration gives each chunk of samples its share of MAX_ROWS per step); None when the
     layer's geometry is not supported (then it keeps round-to-nearest). A Conv's columns are in patch
     order [kh, kw, C]; `weight_order(layer)` maps them to the weight matrix's [C, kh, kw] (applied once to
-    the K x K sum, not to every call's rows: reordering the rows took 0.56 s of digits' calibration)."""
+    the K x K sum, not to every call's rows, where it was a visible part of calibration's time)."""
     if layer.op_type == "Conv":
         if not layer.conv_geometry or x.ndim != 4:
             return None
@@ -91,8 +91,8 @@ class HessianSum:
     Calibration fetches a chunk of rows per onnxruntime call (one UNet row per call at Stable-Diffusion
     size), so each call adds only MAX_ROWS / N rows. The sum is therefore accumulated in place by BLAS
     syrk (C += alpha X^T X, upper triangle, no K x K temporary per call) and mirrored once at the end:
-    forming, scaling and adding a full K x K matrix per call cost 3 to 4x the product itself at 128
-    rows (SD-1.5-size calibration, N = 32: 136 s of GPTQ statistics)."""
+    forming, scaling and adding a full K x K matrix per call cost several times the product itself at
+    the few rows each call adds (tools/bench_calibration.py shows where calibration's time goes)."""
 
     def __init__(self, k: int):
         self._upper = np.zeros((k, k), dtype=np.float32, order="F")
@@ -107,7 +107,7 @@ class HessianSum:
             return
         # x.T is Fortran-ordered [K, rows]: syrk with trans=0 forms x.T @ x without copying x. Always
         # scipy's BLAS, even where numpy's product alone is a little faster (4096 rows): alternating the
-        # two libraries' thread pools made digits' statistics 1.8x slower (4.8 s against 2.6 s)
+        # two libraries' thread pools made the statistics markedly slower
         self._upper = ssyrk(1.0 / tr, x.T, beta=1.0, c=self._upper, trans=0, overwrite_c=1)
         self.calls += 1
 
@@ -158,9 +158,8 @@ def _gptq(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmax: int, damp: floa
     """(q, per-row loss). The loss sum_i ((w_i - q_i s_i) / U_ii)^2 equals (w - q s) H' (w - q s)^T for
     the damped H' (the sequential OBS identity GPTQ rests on). act_order quantizes the columns of the
     largest H diagonal (most input energy) first, while the most columns remain to absorb their error
-    (GPTQ's "desc_act"). Used for INT4 per channel only, with the scale search: alone it added +0.8 to
-    +1.3 dB of final-sample PSNR at 4.5 bits on both trained models; at W8 it was level on digits and
-    cost 0.84 +- 0.36 dB on patches (32 seeds, paired)."""
+    (GPTQ's "desc_act"). Used for INT4 per channel only, with the scale search: it helped there on both
+    trained models and not at W8 (docs/quality.md)."""
     w = np.asarray(w, dtype=np.float64).copy()
     scale = np.asarray(scale, dtype=np.float64)
     r, k = w.shape

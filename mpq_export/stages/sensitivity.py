@@ -10,10 +10,9 @@ the FP32 trajectory's. Results are cached beside the calibration statistics.
 With objective "trajectory" (`--importance trajectory`), s[i, f] is instead what the layer alone does
 to the final sample: the whole DDIM trajectory (the calibration's steps and guidance) from
 TRAJECTORY_SAMPLES fixed seeds of its own, ||x0_q - x0||^2 / ||x0||^2 against the FP32 trajectory from
-the same seeds. About 10x the forwards of the per-step objective; its allocations gained +0.9 to
-+1.3 dB of final-sample PSNR on patches and +0.6, -0.4 and +0.4 dB on digits (4.5 and 6 bits on
-onnxruntime, 7.5 on tensorrt; docs/quality.md): errors made early in the trajectory weigh most in the
-final sample, which the per-step error does not see.
+the same seeds. About 10x the forwards of the per-step objective, for allocations that were mostly
+better (docs/quality.md): errors made early in the trajectory weigh most in the final sample, which the
+per-step error does not see.
 
 All (layer, format) probes share one onnxruntime session: every layer weight is made an
 overridable initializer (listed as a graph input, so a feed replaces it), and every layer input
@@ -25,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -42,7 +42,7 @@ from mpq_export.stages.rounding import ROUNDING_VERSION
 from mpq_export.runtime.ort import RuntimeSettings, ort_session, run_model
 from mpq_export.util.cache import write_json_entry
 
-DEFAULT_SAMPLES = 8  # of the N calibration samples: enough to rank layers, 4x cheaper than 32
+DEFAULT_SAMPLES = 8  # of the N calibration samples: enough to rank layers at a fraction of the cost
 OBJECTIVES = ("step", "trajectory")
 TRAJECTORY_SAMPLES = 16  # trajectories per probe (objective "trajectory")
 TRAJECTORY_SEED_OFFSET = 777  # their seeds: calibration seed + 777 + j, neither calibration's nor validation's
@@ -73,19 +73,19 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
     # what the probes measure
     calib, schedule = asdict(stats.settings), asdict(stats.schedule)
     calib.pop("mem_budget_mb"), schedule.pop("source")
-    key_blob = json.dumps({"calib": stats.model_sha256, "settings": calib, "alpha": alpha,
-                           "schedule": schedule, "conditioning": stats.conditioning_source,
-                           "samples": samples, "q": q, "rounding_version": ROUNDING_VERSION,
-                           "objective": objective,
-                           "act_amax": act_amax,
-                           "cands": {l.name: [f.name for f in c] for l, c in zip(info.layers, cands)}}, sort_keys=True)
-    key = hashlib.sha256(key_blob.encode()).hexdigest()[:24]
+    # through JSON so that the copy stored in the entry compares equal on reading (tuples become lists)
+    identity = json.loads(json.dumps({"calib": stats.model_sha256, "calibration": stats.identity, "settings": calib,
+                                      "alpha": alpha, "schedule": schedule, "conditioning": stats.conditioning_source,
+                                      "samples": samples, "q": q, "rounding_version": ROUNDING_VERSION,
+                                      "objective": objective, "act_amax": act_amax,
+                                      "cands": {l.name: [f.name for f in c] for l, c in zip(info.layers, cands)}},
+                                     sort_keys=True))
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     cache_path = os.path.join(cache_dir, f"sens-{key}.json") if cache_dir else None
-    if cache_path and os.path.exists(cache_path):
-        with open(cache_path) as f:
-            log.info("[sensitivity] reusing cached scores %s", cache_path)
-            return SensitivityScores(scores=json.load(f), samples=samples, seconds=0.0, cached=True,
-                                     objective=objective)
+    cached = _load_cached(cache_path, identity)
+    if cached is not None:
+        log.info("[sensitivity] reusing cached scores %s", cache_path)
+        return SensitivityScores(scores=cached, samples=samples, seconds=0.0, cached=True, objective=objective)
 
     t0 = time.perf_counter()
     n = min(samples, stats.n_samples)
@@ -120,7 +120,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
             scores[names[i]][fmt.name] = error_of(extra)
             p.update(done, names[i])
     if cache_path:
-        write_json_entry(cache_path, scores, "sensitivity cache")
+        write_json_entry(cache_path, {"identity": identity, "scores": scores}, "sensitivity cache")
     return SensitivityScores(scores=scores, samples=n, seconds=time.perf_counter() - t0, objective=objective)
 
 
@@ -147,6 +147,27 @@ def _final_sample_error(info: ModelInfo, stats: CalibrationStats, sess):
     ref = final_sample({})
     energy = max(float((ref ** 2).sum()), 1e-30)
     return lambda extra: float(((final_sample(extra) - ref) ** 2).sum()) / energy
+
+
+def _load_cached(path: str | None, identity: dict) -> dict[str, dict[str, float]] | None:
+    """The cached scores when the entry is whole and was made from exactly `identity` (every layer and
+    candidate format scored with a finite number); else None, with a warning when an entry was there."""
+    if not path or not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            entry = json.load(f)
+        scores = entry["scores"]
+        ok = entry["identity"] == identity and all(
+            isinstance(scores[layer][fmt], (int, float)) and math.isfinite(scores[layer][fmt])
+            for layer, fmts in identity["cands"].items() for fmt in fmts)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        log.warning("[sensitivity] ignoring unreadable cache %s (%s); measuring again", path, e)
+        return None
+    if not ok:
+        log.warning("[sensitivity] ignoring cache %s: made from another model or settings; measuring again", path)
+        return None
+    return scores
 
 
 def probe_session(info: ModelInfo, act_amax: dict[str, float], runtime: RuntimeSettings = RuntimeSettings(),

@@ -59,6 +59,55 @@ def write_entry(path: str, write: Callable[[str], None], what: str, suffix: str 
         return False
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(cache_dir: str) -> None:
+    """Temporary entries (NAME.tmp-PID...) of runs that were killed mid-write and whose process is gone:
+    an interrupted export would otherwise keep gigabytes in the cache for good."""
+    import re
+    import shutil
+
+    rx = re.compile(r"\.tmp-(\d+)")
+    try:
+        entries = os.listdir(cache_dir)
+    except OSError:
+        return
+    for e in entries:
+        m = rx.search(e)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            path = os.path.join(cache_dir, e)
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+                log.info("[cache] removed %s, left by a run that was killed", path)
+            except OSError:
+                pass  # a read-only cache keeps it; nothing else depends on it
+
+
+def is_writable(folder: str) -> bool:
+    """Whether entries can be written into `folder` (created if missing): tried, not guessed from modes
+    (read-only mounts, quotas)."""
+    import tempfile
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+        return True
+    except OSError:
+        return False
+
+
 def _dump_json(obj, path: str) -> None:
     with open(path, "w") as f:
         json.dump(obj, f)

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 
+from mpq_export.util.cache import pid_alive
 from mpq_export.util.errors import MPQError
 
 OUTPUT_MODEL = "model.mpq.onnx"
@@ -83,16 +84,6 @@ def _umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 SCRATCH_PREFIX = "mpq-export-"  # scratch folders in the system temp dir: mpq-export-KIND-PID-xxxx
 
 
@@ -108,7 +99,7 @@ def remove_stale_scratch() -> None:
         return
     for e in entries:
         m = rx.match(e)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
             shutil.rmtree(os.path.join(root, e), ignore_errors=True)
 
 
@@ -119,7 +110,7 @@ def _remove_stale_temporaries(parent: str, base: str) -> None:
     rx = re.compile(rf"^\.{re.escape(base)}\.(?:tmp|probe)-(\d+)-")
     for e in os.listdir(parent):
         m = rx.match(e)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
             shutil.rmtree(os.path.join(parent, e), ignore_errors=True)
 
 
@@ -127,29 +118,29 @@ def _publish(tmp: str, out: str) -> None:
     """Move a finished temporary folder into place, replacing an earlier mpq-export output."""
     old = None
     if os.path.exists(out):
-        if not is_our_output(out):  # someone put files there while we ran: keep them, and say so
+        if os.path.isdir(out) and not os.listdir(out):  # the empty folder the user made for it
+            os.rmdir(out)
+        elif not is_our_output(out):  # someone put files there while we ran: keep them, and say so
             raise MPQError(f"output folder {out} changed during the run and now holds files mpq-export did not write; "
                            f"nothing was replaced: choose another -o")
-        old = f"{out}.old-{os.getpid()}"
-        os.replace(out, old)
+        else:
+            old = f"{out}.old-{os.getpid()}"
+            os.replace(out, old)
     os.replace(tmp, out)
     if old:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def output_folders(model: str, out_dir: str | None, budgets: tuple[float, ...]) -> tuple[str, list[str]]:
-    """The output root and one folder per budget, checked before any work (empty or ours)."""
+    """The output root and one folder per budget (budget-B inside the root for a budget list), checked before
+    any work: the root must be new, empty or an earlier mpq-export output, which the run replaces whole (so
+    a rerun with other budgets never leaves the first run's folders beside its own)."""
     stem = os.path.splitext(os.path.basename(os.path.normpath(model)))[0]
-    out_root = out_dir or os.path.join(os.getcwd(), f"{stem}.mpq")
+    # normalised: "out/" names the folder itself, not a place inside it (out/.old-PID)
+    out_root = os.path.normpath(out_dir) if out_dir else os.path.join(os.getcwd(), f"{stem}.mpq")
     multi = len(budgets) > 1
     out_dirs = [os.path.join(out_root, f"budget-{b:g}") if multi else out_root for b in budgets]
-    for o in out_dirs:
-        check_out_dir(o)
-    if multi:
-        check_out_dir(out_root)  # summary files are written there: it must be empty or ours
-        if os.path.exists(os.path.join(out_root, "report.json")):
-            raise MPQError(f"output folder {out_root} holds a single-budget output; a budget list writes budget-* "
-                           f"folders: choose another -o")
+    check_out_dir(out_root)
     return out_root, out_dirs
 
 

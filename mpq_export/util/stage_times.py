@@ -10,9 +10,8 @@ def release_free_memory() -> None:
     """Hand memory the process has freed back to the system (glibc's malloc_trim).
 
     Stages free GBs of weights and activations, but glibc keeps freed heap pages, and after freeing
-    a large mmapped block it raises its mmap threshold so later blocks come from the heap too: a
-    freed 3 GB model stays resident (measured: 1 GB left after freeing an SD-1.5 proto and its
-    arrays, 0.04 GB after a trim). Graph surgeon's graphs are reference cycles: they, and the model
+    a large mmapped block it raises its mmap threshold so later blocks come from the heap too: most of
+    a freed multi-GB model stays resident until a trim (malloc_trim(3)). Graph surgeon's graphs are reference cycles: they, and the model
     protos they point into, are freed only by the cycle collector, so it runs first."""
     import gc
 
