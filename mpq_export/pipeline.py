@@ -221,7 +221,8 @@ def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp
     np.savez(os.path.join(tmp, "validation_inputs.npz"), **val.inputs)
     from mpq_export.runtime import polygraphy_replay
 
-    replay = polygraphy_replay.write_files(tmp, out, run.info, run.model_path, run.stats.schedule.num_train_timesteps)
+    replay = polygraphy_replay.write_files(tmp, out, run.info, run.model_path, run.stats.schedule.num_train_timesteps,
+                                           run.shape, int(val.inputs[run.info.sample.name].shape[1]))
     if run.cfg.sample_grid:
         _sample_grid(run, val, alloc, tmp, timings)
     compared = None

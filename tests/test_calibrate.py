@@ -155,3 +155,45 @@ def test_a_cached_entry_holds_no_machine_settings_and_serves_any_thread_count(un
     again = calibrate(info, s, NoiseSchedule(), cache_dir=cache, runtime=RuntimeSettings(threads=2))
     assert again.cached and np.array_equal(again.grams, first.grams)
 
+
+
+def test_an_entry_of_another_model_under_this_name_is_recomputed(unet_onnx, cond_unet_onnx, tmp_path, caplog):
+    """The entry's file name is a hash of what it was made from; a copied or renamed entry of another
+    model (or other settings) under this name is found by comparing the identity stored inside."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    s = CalibrationSettings(steps=5, timesteps=2, samples=4)
+    info = inspect_model(unet_onnx)
+    mine = calibrate(info, s, NoiseSchedule(), cache_dir=str(cache))
+    (entry,) = cache.glob("calib-*.npz")
+    other = calibrate(info, CalibrationSettings(steps=5, timesteps=2, samples=4, seed=3), NoiseSchedule(),
+                      cache_dir=str(cache))
+    (foreign,) = [p for p in cache.glob("calib-*.npz") if p != entry]
+    shutil.copy(foreign, entry)  # another calibration's statistics under this one's name
+    again = calibrate(info, s, NoiseSchedule(), cache_dir=str(cache))
+    assert not again.cached and "made from another model or other settings" in caplog.text
+    np.testing.assert_array_equal(again.grams, mine.grams)
+    assert not np.array_equal(other.grams, mine.grams)
+
+
+def test_the_cache_key_names_which_input_is_the_sample(unet_onnx, tmp_path):
+    """--sample-name changes what calibration computes: it is part of the entry's identity."""
+    from mpq_export.stages.calibrate import cache_identity
+
+    info = inspect_model(unet_onnx)
+    s = CalibrationSettings(steps=5, timesteps=2, samples=4)
+    a = cache_identity("sha", s, NoiseSchedule(), None, True, info)
+    info.sample = info.timestep  # as if another input had been named the sample
+    assert cache_identity("sha", s, NoiseSchedule(), None, True, info) != a
+
+
+def test_a_damaged_entry_is_recomputed_with_a_warning(unet_onnx, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    info = inspect_model(unet_onnx)
+    s = CalibrationSettings(steps=5, timesteps=2, samples=4)
+    calibrate(info, s, NoiseSchedule(), cache_dir=str(cache))
+    (entry,) = cache.glob("calib-*.npz")
+    entry.write_bytes(entry.read_bytes()[:1000])
+    again = calibrate(info, s, NoiseSchedule(), cache_dir=str(cache))
+    assert not again.cached and "ignoring unreadable cache" in caplog.text

@@ -1,7 +1,7 @@
 """GPU tests (`pytest -m gpu`): TensorRT engines of the Q/DQ graph against onnxruntime.
 
-They need TensorRT and an NVIDIA GPU and skip with the reason otherwise (every CPU machine of
-this project, and the lent GPU machines, which have no TensorRT: see README "TensorRT gap").
+They need TensorRT and an NVIDIA GPU and skip with the reason otherwise; the Docker image's `test`
+stage runs them on NVIDIA's TensorRT base image.
 """
 
 import json

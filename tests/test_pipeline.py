@@ -22,7 +22,7 @@ def test_one_target_for_the_whole_run_and_a_reachable_default_budget():
         assert all(any(f.weight_bits == 8 for f in fmts) for fmts in t.formats.values())
 
 
-# Every "would be ignored" / "cannot be built" refusal the README lists, raised by the library: the same
+# Every "would be ignored" / "cannot be built" refusal docs/cli.md lists, raised by the library: the same
 # bad combination through PipelineConfig (Python) and through the CLI gives the same one line.
 REFUSALS = [
     (dict(allocation=dict(method="mpq", seed=3)), ["--seed", "3"], "--seed is the seed of --allocation random"),

@@ -148,3 +148,56 @@ def test_conditioning_file_gives_uncond_rows_next_to_cond_rows(cond_unet_onnx, t
         load_conditioning(info, path, 3, seed=0, guidance_scale=4.0)
     with pytest.raises(MPQError, match="needs the unconditional"):
         load_conditioning(info, None, 3, seed=0, guidance_scale=4.0)
+
+
+def test_a_read_only_cache_is_a_warning_for_a_pipeline_folder(pipeline_dir, tmp_path):
+    """The export and the encoded prompts go to a scratch folder for this run; the cache is left as it was."""
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders: the permission cannot be tested as root")
+    cache = tmp_path / "ro"
+    cache.mkdir()
+    cache.chmod(0o555)
+    try:
+        code, _, err = run_cli(pipeline_dir, "--budget", "8", "-o", tmp_path / "o", "--cache-dir", cache, *FAST)
+    finally:
+        cache.chmod(0o755)
+    assert code == 0, err
+    assert "cannot write the cache" in err and list(cache.iterdir()) == []
+
+
+def test_a_read_only_cache_is_a_warning_even_as_root(pipeline_dir, tmp_path, monkeypatch):
+    """The same as seen by the code (root ignores permissions): a cache it cannot write into."""
+    import mpq_export.inputs.prepare as prepare
+
+    monkeypatch.setattr(prepare, "is_writable", lambda folder: False)
+    code, _, err = run_cli(pipeline_dir, "--budget", "8", "-o", tmp_path / "o", "--cache-dir", tmp_path / "c", *FAST)
+    assert code == 0, err
+    assert "cannot write the cache" in err
+    assert not list((tmp_path / "c").glob("export-*")) and not list((tmp_path / "c").glob("prompts-*"))
+
+
+def test_a_cut_short_vae_is_refused_before_any_work(pipeline_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "pipe"
+    shutil.copytree(pipeline_dir, broken)
+    (weights,) = [p for p in (broken / "vae").iterdir() if p.suffix in (".safetensors", ".bin")]
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    code, _, err = run_cli(broken, "--budget", "8", "-o", tmp_path / "o", "--cache-dir", tmp_path / "c", *FAST)
+    assert code == 1 and err.strip().splitlines()[-1].startswith("mpq-export: error:")
+    assert "VAE weight file" in err and "cut short" in err and "[export]" not in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_temporaries_of_killed_runs_are_removed_from_the_cache(pipeline_dir, tmp_path):
+    """An export killed mid-write leaves export-HASH.tmp-PID; the next run removes it when PID is gone
+    (and leaves a live process's alone)."""
+    cache = tmp_path / "c"
+    dead = cache / "export-0123456789abcdef0123.tmp-999999999"
+    live = cache / f"export-0123456789abcdef0123.tmp-{os.getpid()}"
+    for d in (dead, live):
+        d.mkdir(parents=True)
+        (d / "model.onnx").write_bytes(b"partial")
+    code, _, err = run_cli(pipeline_dir, "--budget", "8", "-o", tmp_path / "o", "--cache-dir", cache, *FAST)
+    assert code == 0, err
+    assert not dead.exists() and live.exists()

@@ -133,3 +133,34 @@ def test_a_full_disk_while_caching_scores_is_a_warning_and_leaves_no_temporary(t
     assert not cache_mod.write_json_entry(str(path), {"conv": {"w8a8": 1.0}}, "sensitivity cache")
     assert "could not write the sensitivity cache" in caplog.text and "No space left" in caplog.text
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty_object", "other_identity", "missing_layer"])
+def test_a_damaged_or_foreign_score_cache_is_measured_again(sabotaged, tmp_path, caplog, damage):
+    """Every cache entry is checked before use: a cut-short file, `{}`, another run's scores under this
+    name, or scores missing a layer are measured again (with a warning), never trusted nor fatal."""
+    import json
+
+    info, stats = sabotaged
+    s = candidates(info.layers, "onnxruntime")[0]
+    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    cache = tmp_path / "cache"
+    first = measure_sensitivity(info, stats, amax, s, QuantizeSettings(rounding="nearest"), 1.0, str(cache), samples=4)
+    (entry,) = cache.glob("sens-*.json")
+    text = entry.read_text()
+    d = json.loads(text)
+    if damage == "truncated":
+        entry.write_text(text[: len(text) // 2])
+    elif damage == "empty_object":
+        entry.write_text("{}")
+    elif damage == "other_identity":
+        d["identity"]["alpha"] = 0.5
+        entry.write_text(json.dumps(d))
+    else:
+        del d["scores"][info.layers[3].name]
+        entry.write_text(json.dumps(d))
+    again = measure_sensitivity(info, stats, amax, s, QuantizeSettings(rounding="nearest"), 1.0, str(cache), samples=4)
+    assert not again.cached and "[sensitivity] ignoring" in caplog.text
+    assert again.scores == first.scores
+    third = measure_sensitivity(info, stats, amax, s, QuantizeSettings(rounding="nearest"), 1.0, str(cache), samples=4)
+    assert third.cached  # the entry was healed

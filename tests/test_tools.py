@@ -66,7 +66,7 @@ def test_bench_attention_runs_the_products_on_integer_kernels():
 
 @pytest.mark.parametrize("extra, gptq", [([], True), (["--no-gptq-statistics"], False)])
 def test_bench_calibration_prints_the_ratio_and_where_time_went(unet_onnx, extra, gptq):
-    """README's calibration-cost figures come from this script: a ratio of two timed runs and the split."""
+    """docs/performance.md.s calibration-cost figures come from this script: a ratio of two timed runs and the split."""
     p = subprocess.run([sys.executable, os.path.join(TOOLS, "bench_calibration.py"), "--model", unet_onnx,
                         "--samples", "4", "--steps", "4", "--timesteps", "2", "--repeats", "1", "--no-sketch-study",
                         *extra], capture_output=True, text=True)

@@ -77,6 +77,35 @@ def _precisions(inspector_json: str) -> dict[str, int]:
     return counts
 
 
+def profile_shapes(info: ModelInfo, sample_shape: tuple[int, int, int],
+                   batches: tuple[int, int, int]) -> dict[str, list[tuple[int, ...]]]:
+    """The optimization profile (min, opt, max shape per input) of the engine: the batch dimension over
+    `batches` where the model leaves it dynamic, the sample at `sample_shape`, other dynamic dimensions
+    at the model's sequence length. Scalar inputs need none. The Polygraphy replay command takes the
+    same shapes (polygraphy_replay), so it builds the engine this module builds."""
+    out = {}
+    for spec in [info.sample, info.timestep, *info.conditioning]:
+        if len(spec.shape) == 0:
+            continue
+        per_batch = []
+        for b in batches:
+            dims = []
+            for axis, d in enumerate(spec.shape):
+                if isinstance(d, int) and d > 0:
+                    dims.append(d)
+                elif axis == 0:
+                    dims.append(b)
+                elif spec is info.sample:
+                    dims.append(sample_shape[axis - 1])
+                elif info.seq_len:
+                    dims.append(info.seq_len)
+                else:
+                    raise MPQError(f"input '{spec.name}' has a dynamic dimension {axis}; give its size (--seq-len)")
+            per_batch.append(tuple(dims))
+        out[spec.name] = per_batch
+    return out
+
+
 def build_engine(onnx_path: str, info: ModelInfo, sample_shape: tuple[int, int, int], settings: EngineSettings,
                  engine_path: str) -> EngineResult:
     """Build and save a serialized engine; raise MPQError with the parser's or builder's words."""
@@ -105,21 +134,12 @@ def build_engine(onnx_path: str, info: ModelInfo, sample_shape: tuple[int, int, 
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, ignore_mismatch=False)
 
-    c, h, w = sample_shape
     profile = builder.create_optimization_profile()
+    shapes = profile_shapes(info, sample_shape, (settings.min_batch, settings.opt_batch, settings.max_batch))
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        dims = list(tensor.shape)
-        if tensor.name == info.sample.name:
-            shapes = [(b, c, h, w) for b in (settings.min_batch, settings.opt_batch, settings.max_batch)]
-        else:
-            def concrete(b, dims=dims):
-                return tuple(b if k == 0 else (d if d > 0 else info.seq_len)
-                             for k, d in enumerate(dims))
-            shapes = [concrete(b) for b in (settings.min_batch, settings.opt_batch, settings.max_batch)]
-        if len(dims) == 0:
-            continue
-        profile.set_shape(tensor.name, *shapes)
+        if tensor.name in shapes:
+            profile.set_shape(tensor.name, *shapes[tensor.name])
     config.add_optimization_profile(profile)
 
     serialized = builder.build_serialized_network(network, config)

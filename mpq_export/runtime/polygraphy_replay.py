@@ -72,17 +72,39 @@ class PolygraphyReplay:
 
 
 def write_files(tmp_dir: str, final_dir: str, info: ModelInfo, fp32_model: str,
-                num_train_timesteps: int = 1000) -> PolygraphyReplay:
-    """Write polygraphy_data.py into tmp_dir; return the commands (with final_dir paths) for the report."""
+                num_train_timesteps: int = 1000, sample_shape: tuple[int, int, int] | None = None,
+                batch: int | None = None) -> PolygraphyReplay:
+    """Write polygraphy_data.py into tmp_dir; return the commands (with final_dir paths) for the report.
+    `sample_shape` (C, H, W) and `batch` (the loader's rows per feed) give the GPU command its profile."""
     with open(os.path.join(tmp_dir, "polygraphy_data.py"), "w") as f:
         f.write(_LOADER.format(sample=info.sample.name, timestep=info.timestep.name, t_rank=len(info.timestep.shape),
                                t_dtype=info.timestep.dtype, cond=[c.name for c in info.conditioning],
                                fixed_batch=fixed_batch(info), min_t=int(MIN_T_FRACTION * num_train_timesteps)))
-    return PolygraphyReplay(commands(final_dir, fp32_model), SNR_THRESHOLD_DB, COSINE_THRESHOLD,
+    profile = None
+    if sample_shape is not None and batch:
+        from mpq_export.runtime.engine import EngineSettings, profile_shapes
+
+        e = EngineSettings()
+        loader_batch = fixed_batch(info) or batch
+        profile = profile_shapes(info, sample_shape, (e.min_batch, e.opt_batch, max(e.max_batch, loader_batch)))
+    return PolygraphyReplay(commands(final_dir, fp32_model, profile), SNR_THRESHOLD_DB, COSINE_THRESHOLD,
                             int(MIN_T_FRACTION * num_train_timesteps))
 
 
-def commands(out_dir: str, fp32_model: str) -> dict[str, str]:
+def _shape_flags(profile: dict[str, list[tuple[int, ...]]]) -> str:
+    """--trt-{min,opt,max}-shapes in Polygraphy's `name:[d0,d1,...]` form."""
+    flags = []
+    for i, which in enumerate(("min", "opt", "max")):
+        flags.append(f"--trt-{which}-shapes " + " ".join(
+            shlex.quote(f"{name}:[{','.join(map(str, shapes[i]))}]") for name, shapes in profile.items()))
+    return " ".join(flags)
+
+
+def commands(out_dir: str, fp32_model: str, profile: dict[str, list[tuple[int, ...]]] | None = None) -> dict[str, str]:
+    """The replay commands. The GPU one builds the engine as runtime/engine.py does (strongly typed, so
+    the Q/DQ and FP16 types decide each layer's precision; builder optimization level 3; the same
+    min/opt/max shapes when `profile` is given) and compares it with onnxruntime at the basic
+    optimisation level the CPU command uses."""
     d = os.path.abspath(out_dir)
     loader = shlex.quote(os.path.join(d, "polygraphy_data.py"))
     ref = shlex.quote(os.path.join(d, "fp32_outputs.json"))
@@ -95,7 +117,9 @@ def commands(out_dir: str, fp32_model: str) -> dict[str, str]:
             f"--save-outputs {ref} && polygraphy run {q} --onnxrt --graph-optimization-level ORT_ENABLE_BASIC "
             f"--data-loader-script {loader} --load-outputs {ref} {check}",
         "GPU: TensorRT engine of the quantized ONNX vs onnxruntime (needs TensorRT)":
-            f"polygraphy run {q} --trt --onnxrt --data-loader-script {loader} {check}",
+            f"polygraphy run {q} --trt --strongly-typed --builder-optimization-level 3 "
+            + (f"{_shape_flags(profile)} " if profile else "")
+            + f"--onnxrt --graph-optimization-level ORT_ENABLE_BASIC --data-loader-script {loader} {check}",
     }
 
 

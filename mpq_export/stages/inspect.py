@@ -225,6 +225,9 @@ def _pick_inputs(path: str, inputs: list, sample_name: str | None, timestep_name
         None, lambda i: len(i.shape) == 4 and i.dtype.startswith("float"), "sample")
     if sample is None:
         raise MPQError(f"{path} has no 4-D float input for the noisy sample; name it with --sample-name")
+    if len(sample.shape) != 4 or not sample.dtype.startswith("float"):  # a named input is held to the same rule
+        raise MPQError(f"--sample-name '{sample.name}' is a rank-{len(sample.shape)} {sample.dtype} input; the noisy "
+                       f"sample is a 4-D float input [batch, channels, height, width]: name that one")
     if sample.dtype != "float32":
         raise MPQError(f"{path} takes a {sample.dtype} sample; mpq-export quantizes FP32 models (the tensorrt target "
                        f"makes the FP16 graph itself): give the FP32 export")
@@ -234,6 +237,11 @@ def _pick_inputs(path: str, inputs: list, sample_name: str | None, timestep_name
         raise MPQError(
             f"{path} has no timestep-like input (inputs: {', '.join(i.name for i in inputs)}); "
             "this tool quantizes diffusion UNets, which take (sample, timestep, ...): name it with --timestep-name")
+    if timestep.name == sample.name:
+        raise MPQError(f"'{sample.name}' is named as both the sample and the timestep; give the two inputs' names")
+    if len(timestep.shape) > 1 or not (timestep.dtype.startswith(("float", "int"))):
+        raise MPQError(f"--timestep-name '{timestep.name}' is a rank-{len(timestep.shape)} {timestep.dtype} input; the "
+                       f"timestep is a number per sample (a scalar or [batch]): name that input")
     return sample, timestep
 
 
