@@ -201,3 +201,23 @@ def test_temporaries_of_killed_runs_are_removed_from_the_cache(pipeline_dir, tmp
     code, _, err = run_cli(pipeline_dir, "--budget", "8", "-o", tmp_path / "o", "--cache-dir", cache, *FAST)
     assert code == 0, err
     assert not dead.exists() and live.exists()
+
+
+def test_cached_exports_and_prompts_of_something_else_are_made_again(pipeline_dir, tmp_path):
+    """Cache entries say what they were made from; one made from something else under this name (copied,
+    renamed, or a hash collision of names) is rebuilt with a warning, never used."""
+    cache = tmp_path / "c"
+    args = (pipeline_dir, "--budget", "8", "--cache-dir", cache, *FAST)
+    assert run_cli(*args, "-o", tmp_path / "o1")[0] == 0
+    (ident,) = cache.glob("export-*/identity.json")
+    ident.write_text('{"source_sha256": "another model"}')
+    import numpy as np
+
+    (prompts,) = cache.glob("prompts-*.npz")
+    with np.load(prompts) as z:
+        arrays = dict(z)
+    arrays["mpq_export_identity"] = np.array("other prompts")
+    np.savez(prompts, **arrays)
+    code, _, err = run_cli(*args, "-o", tmp_path / "o2")
+    assert code == 0, err
+    assert "it was made from another model" in err and "encoded from other prompts" in err

@@ -5,6 +5,7 @@ prompts, encoded by its own text encoder."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -105,6 +106,17 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
     return prepared
 
 
+_IDENTITY = "identity.json"
+
+
+def _export_identity(folder: str) -> str | None:
+    try:
+        with open(os.path.join(folder, _IDENTITY)) as f:
+            return json.load(f).get("source_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _export_once(cfg: PipelineConfig, unet_dir: str, cache_dir: str | None) -> PreparedModel:
     """The FP32 ONNX of a diffusers UNet folder, exported once per content hash (in the cache)."""
     from mpq_export.inputs.export import export_diffusers, find_scheduler_config
@@ -127,6 +139,8 @@ def _export_once(cfg: PipelineConfig, unet_dir: str, cache_dir: str | None) -> P
             problem = external_data_problem(load_onnx(onnx_path, load_weights=False), folder)
         except MPQError as e:
             problem = str(e)
+        if problem is None and _export_identity(folder) != h.hexdigest():
+            problem = "it was made from another model"
         if problem is None:
             log.info("[export] reusing %s", onnx_path)
             return PreparedModel(onnx_path, sched, [f"exported from diffusers folder {source} (cached export)"])
@@ -142,6 +156,8 @@ def _export_once(cfg: PipelineConfig, unet_dir: str, cache_dir: str | None) -> P
     log.info("[export] %s -> ONNX (torch)", unet_dir)
     try:
         res = export_diffusers(unet_dir, os.path.join(tmp, "model.onnx"))
+        with open(os.path.join(tmp, _IDENTITY), "w") as f:  # what it was made from, compared on reuse
+            json.dump({"source_sha256": h.hexdigest()}, f)
         try:
             os.replace(tmp, folder)
         except OSError:  # another run exported the same model meanwhile (and may be reading it): use theirs

@@ -33,6 +33,7 @@ from mpq_export.inputs.conditioning import DESCRIPTION_KEY as SOURCE_KEY
 from mpq_export.util.cache import write_entry
 
 ENCODER_KEY = "mpq_export_encoder"  # the text encoder's class name(s), for the report
+IDENTITY_KEY = "mpq_export_identity"  # the hash of what the entry was encoded from, compared on reuse
 
 MODEL_INDEX = "model_index.json"
 DEFAULT_PROMPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "calib_data", "prompts.txt")
@@ -237,8 +238,11 @@ def encode_prompts(pipe: PipelineFolder, prompts: PromptSet, out_dir: str, memo_
             with np.load(path, allow_pickle=False) as z:
                 desc, encoder = str(z[SOURCE_KEY]), str(z[ENCODER_KEY])
                 n = int(z["encoder_hidden_states"].shape[0])
-            log.info("[prompts] reusing encoded prompts %s", path)
-            return PromptEmbeddings(path, n, encoder, desc)
+                made_from = str(z[IDENTITY_KEY])
+            if made_from == h.hexdigest():
+                log.info("[prompts] reusing encoded prompts %s", path)
+                return PromptEmbeddings(path, n, encoder, desc)
+            log.warning("[prompts] ignoring %s: encoded from other prompts or encoders", path)
         except Exception as e:  # damaged or from an older version: encode again
             log.warning("[prompts] ignoring unreadable %s (%s)", path, e)
     log.info("[prompts] encoding %d prompts with %s", len(prompts.prompts), pipe.text_encoder_dir)
@@ -250,7 +254,7 @@ def encode_prompts(pipe: PipelineFolder, prompts: PromptSet, out_dir: str, memo_
 
     def write(tmp: str) -> None:
         np.savez(tmp, **{k: v.astype(np.float32) for k, v in arrays.items()},
-                 **{SOURCE_KEY: np.array(desc), ENCODER_KEY: np.array(encoder)})
+                 **{SOURCE_KEY: np.array(desc), ENCODER_KEY: np.array(encoder), IDENTITY_KEY: np.array(h.hexdigest())})
 
     if not write_entry(path, write, "encoded prompts", suffix=".npz", quiet=True):
         raise MPQError(f"cannot write the encoded prompts into {out_dir}; free space there or choose --cache-dir")
