@@ -26,7 +26,7 @@ def test_the_readme_is_a_few_screens_without_run_history():
 
 
 @pytest.mark.parametrize("doc", ["README.md", "CONTRIBUTING.md", "docs/cli.md", "docs/performance.md",
-                                 "tools/README.md"])
+                                 "tools/README.md", "docs/quality.md", "docs/experiments.md", "docs/design.md"])
 def test_local_links_and_named_files_exist(doc):
     text = _read(doc)
     base = os.path.dirname(os.path.join(ROOT, doc))
