@@ -178,7 +178,7 @@ def options() -> list[Option]:
         Option(("--prompts",), "prompts", "pipeline folders: calibration prompts, one per line (default: the "
                "bundled prompt set)", "calibration", dict(metavar="FILE"), example=(("--prompts", "p.txt"), "p.txt")),
         Option(("--guidance-scale",), "calibration.guidance_scale", "classifier-free guidance of the calibration "
-               "and validation sampler (1: none; default: 7.5 for SD 1.x/2.x pipeline folders, else 1)",
+               "and validation sampler (1: none; default: 7.5 for SD 1.x/2.x pipeline folders, 5 for SDXL ones, else 1)",
                "calibration", dict(type=float), example=(("--guidance-scale", "3"), 3.0)),
         Option(("--scheduler-config",), "scheduler_config", "diffusers scheduler_config.json (default: found "
                "beside a diffusers folder)", "calibration", example=(("--scheduler-config", "s.json"), "s.json")),
