@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Random-weight diffusers UNet folders of real architectures, for reproducing size and memory figures.
+"""Random-weight diffusers denoiser folders of real architectures, for reproducing size and memory figures.
 
     python tools/make_unet.py {sd15,sd15-mini,sd21,sdxl,tiny,tiny-xl} OUT_DIR [--seed 0] [--pipeline]
+    python tools/make_unet.py {sd3-medium,tiny-sd3,pixart-alpha,tiny-pixart} OUT_DIR [--seed 0]
 
-Writes OUT_DIR/unet (config.json + safetensors, FP32) and OUT_DIR/scheduler/scheduler_config.json;
+Writes OUT_DIR/unet (or OUT_DIR/transformer for the transformer denoisers; config.json + safetensors,
+FP32) and OUT_DIR/scheduler/scheduler_config.json (flow matching with SD3's shift 3 for SD3);
 with --pipeline a whole diffusers text-to-image pipeline folder (model_index.json, a CLIP text encoder
 of the architecture's size with a hand-written tokenizer vocabulary, an AutoencoderKL), as
 `mpq-export PIPELINE_DIR` takes it.
@@ -156,10 +158,59 @@ def make_pipeline(arch: str, out_dir: str, unet) -> None:
         json.dump(index, f, indent=1)
 
 
+# Transformer denoisers: SD3-medium's MMDiT (stabilityai/stable-diffusion-3-medium-diffusers,
+# transformer/config.json: 2 B parameters) and PixArt-alpha 512's DiT, and tiny ones for the tests, sized
+# so that their blocks (not the pinned embedders) hold most weights, as in the real models
+TRANSFORMERS = {
+    "sd3-medium": ("SD3Transformer2DModel", dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24,
+                                                 attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                                                 caption_projection_dim=1536, pooled_projection_dim=2048,
+                                                 out_channels=16, pos_embed_max_size=192)),
+    "tiny-sd3": ("SD3Transformer2DModel", dict(sample_size=16, patch_size=2, in_channels=4, num_layers=2,
+                                               attention_head_dim=16, num_attention_heads=4, joint_attention_dim=32,
+                                               caption_projection_dim=64, pooled_projection_dim=32, out_channels=4,
+                                               pos_embed_max_size=16)),
+    "pixart-alpha": ("PixArtTransformer2DModel", dict(num_attention_heads=16, attention_head_dim=72, in_channels=4,
+                                                      out_channels=8, num_layers=28, cross_attention_dim=1152,
+                                                      sample_size=64, patch_size=2, caption_channels=4096)),
+    "tiny-pixart": ("PixArtTransformer2DModel", dict(num_attention_heads=4, attention_head_dim=32, in_channels=4,
+                                                     out_channels=8, num_layers=3, cross_attention_dim=128,
+                                                     sample_size=16, patch_size=2, caption_channels=32)),
+}
+# diffusers' scheduler configs of those pipelines: flow matching with shift 3 (SD3), DPM-Solver's
+# DDPM training schedule (PixArt; sampled here with DDIM)
+TRANSFORMER_SCHEDULERS = {
+    "SD3Transformer2DModel": dict(_class_name="FlowMatchEulerDiscreteScheduler", num_train_timesteps=1000, shift=3.0),
+    "PixArtTransformer2DModel": dict(_class_name="DPMSolverMultistepScheduler", num_train_timesteps=1000,
+                                     beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                                     prediction_type="epsilon", clip_sample=False),
+}
+
+
+def make_transformer(arch: str, out_dir: str, seed: int = 0) -> int:
+    """OUT_DIR/transformer and OUT_DIR/scheduler; returns the parameter count."""
+    import torch
+    import diffusers
+
+    cls_name, cfg = TRANSFORMERS[arch]
+    torch.manual_seed(seed)
+    model = getattr(diffusers, cls_name)(**cfg).eval()
+    model.save_pretrained(os.path.join(out_dir, "transformer"))
+    os.makedirs(os.path.join(out_dir, "scheduler"), exist_ok=True)
+    with open(os.path.join(out_dir, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump(TRANSFORMER_SCHEDULERS[cls_name], f, indent=1)
+    return sum(p.numel() for p in model.parameters())
+
+
 def make(arch: str, out_dir: str, seed: int = 0, pipeline: bool = False) -> int:
-    """Write the folder; returns the UNet's parameter count."""
+    """Write the folder; returns the denoiser's parameter count."""
     import torch
     from diffusers import UNet2DConditionModel
+
+    if arch in TRANSFORMERS:
+        if pipeline:
+            raise SystemExit(f"--pipeline is not available for {arch} (transformer pipelines: not yet)")
+        return make_transformer(arch, out_dir, seed)
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**CONFIGS[arch]).eval()
@@ -177,7 +228,7 @@ def make(arch: str, out_dir: str, seed: int = 0, pipeline: bool = False) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("arch", choices=sorted(CONFIGS))
+    ap.add_argument("arch", choices=sorted(CONFIGS) + sorted(TRANSFORMERS))
     ap.add_argument("out_dir")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pipeline", action="store_true",
@@ -188,6 +239,9 @@ def main() -> None:
         kind = "StableDiffusionXLPipeline" if args.arch in TEXT_ENCODERS_2 else "StableDiffusionPipeline"
         print(f"{args.out_dir}: random-weight {args.arch} {kind} folder, UNet {n / 1e6:.1f} M parameters; "
               f"quantize it with: mpq-export {args.out_dir} --budget 8 --resolution 32")
+    elif args.arch in TRANSFORMERS:
+        print(f"{args.out_dir}/transformer: random-weight {args.arch} {TRANSFORMERS[args.arch][0]}, {n / 1e6:.1f} M "
+              f"parameters; quantize it with: mpq-export {args.out_dir}/transformer --budget 4.5")
     else:
         print(f"{args.out_dir}/unet: random-weight {args.arch} UNet2DConditionModel, {n / 1e6:.1f} M parameters; "
               f"quantize it with: mpq-export {args.out_dir}/unet --budget 8 --resolution 32 --seq-len 77")

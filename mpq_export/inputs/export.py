@@ -8,6 +8,7 @@ calibrator knows what to run. torch and diffusers are imported here only (extra 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -16,7 +17,13 @@ from mpq_export.util.errors import MPQError
 from mpq_export.util.files import read_json_object
 from mpq_export.util.onnx_io import SAMPLE_SIZE_KEY, SEQ_LEN_KEY, SOURCE_CLASS_KEY
 
-SUPPORTED = ("UNet2DModel", "UNet2DConditionModel")
+UNETS = ("UNet2DModel", "UNet2DConditionModel")
+# transformer denoisers on a 4-D latent (patchified inside the model); Flux's packed tokens are not yet
+TRANSFORMERS = ("SD3Transformer2DModel", "PixArtTransformer2DModel")
+SUPPORTED = UNETS + TRANSFORMERS
+# the conditioning length each family's text encoders produce (the ONNX keeps it dynamic; calibration
+# without prompts uses it): SD3 77 CLIP + 256 T5 tokens, PixArt-alpha's T5 120
+DEFAULT_SEQ_LEN = {"SD3Transformer2DModel": 333, "PixArtTransformer2DModel": 120}
 
 
 @dataclass
@@ -61,8 +68,8 @@ def find_scheduler_config(unet_dir: str) -> str | None:
     return None
 
 
-def export_diffusers(unet_dir: str, out_path: str, opset: int = 17, seq_len: int = 77) -> ExportResult:
-    """Export a diffusers UNet2DModel / UNet2DConditionModel folder to ONNX at out_path."""
+def export_diffusers(unet_dir: str, out_path: str, opset: int = 17, seq_len: int | None = None) -> ExportResult:
+    """Export a diffusers denoiser folder (SUPPORTED) to ONNX at out_path."""
     try:
         import torch  # noqa: F401  (diffusers needs it; a clear message when it is missing)
         import diffusers
@@ -82,15 +89,17 @@ def export_diffusers(unet_dir: str, out_path: str, opset: int = 17, seq_len: int
                          scheduler_config=find_scheduler_config(unet_dir))
 
 
-def export_module(unet, out_path: str, opset: int = 17, seq_len: int = 77, t0: float | None = None,
+def export_module(unet, out_path: str, opset: int = 17, seq_len: int | None = None, t0: float | None = None,
                   scheduler_config: str | None = None) -> ExportResult:
-    """Export an in-memory diffusers UNet (used by tests and tools that build models on the fly)."""
-    import onnx
+    """Export an in-memory diffusers denoiser (used by tests and tools that build models on the fly)."""
     import torch
 
     t0 = t0 or time.perf_counter()
     cfg = unet.config
     cls_name = type(unet).__name__
+    seq_len = seq_len or DEFAULT_SEQ_LEN.get(cls_name, 77)
+    if cls_name in TRANSFORMERS:
+        return _export_transformer(unet, out_path, opset, seq_len, t0, scheduler_config)
     conditional = cls_name == "UNet2DConditionModel"
     size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
     batch = 2  # batch >= 2 keeps the batch dimension dynamic in every exporter
@@ -141,10 +150,108 @@ def export_module(unet, out_path: str, opset: int = 17, seq_len: int = 77, t0: f
         warnings.simplefilter("ignore")
         torch.onnx.export(Wrapper(unet.eval()), tuple(inputs), out_path, dynamo=False, opset_version=opset,
                           input_names=names, output_names=["out_sample"], dynamic_axes=dyn)
+    return _finish(unet, out_path, size, seq_len, t0, scheduler_config)
+
+
+def _finish(model_module, out_path: str, size: int, seq_len: int, t0: float, scheduler_config: str | None) -> ExportResult:
+    """Record the sample size, the conditioning length and the class in the file's metadata."""
+    import onnx
+
+    cls_name = type(model_module).__name__
     model = onnx.load(out_path, load_external_data=False)
     for key, value in ((SAMPLE_SIZE_KEY, f"{size},{size}"), (SEQ_LEN_KEY, str(seq_len)), (SOURCE_CLASS_KEY, cls_name)):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(model, out_path)  # graph only: external data files (large models) stay where torch put them
-    return ExportResult(onnx_path=out_path, model_class=cls_name, params=sum(p.numel() for p in unet.parameters()),
+    return ExportResult(onnx_path=out_path, model_class=cls_name,
+                        params=sum(p.numel() for p in model_module.parameters()),
                         scheduler_config=scheduler_config, seconds=time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _no_op_squeeze_of_tokens(torch):
+    """While exporting: `tensor.squeeze(1)` of a tensor whose dim 1 is not 1 returns the tensor itself
+    (what squeeze does), so the tracer records no runtime branch."""
+    real = torch.Tensor.squeeze
+
+    def squeeze(self, *args, **kwargs):
+        if args == (1,) and not kwargs and self.dim() > 1 and int(self.shape[1]) != 1:
+            return self
+        return real(self, *args, **kwargs)
+
+    torch.Tensor.squeeze = squeeze
+    try:
+        yield
+    finally:
+        torch.Tensor.squeeze = real
+
+
+def _export_transformer(model, out_path: str, opset: int, seq_len: int, t0: float,
+                        scheduler_config: str | None) -> ExportResult:
+    """SD3 (MMDiT: joint attention, pooled text projection) and PixArt (cross-attention, adaLN-single)
+    transformers, with diffusers' input names. Batch and the text length stay dynamic, and so do height
+    and width where the graph allows (SD3; PixArt's are fixed at the sample size).
+    PixArt's learned-sigma output (2x the channels) is cut to its first half, the noise prediction the
+    sampler uses, as its pipeline does; its resolution/aspect-ratio conditioning (1024-px models) is
+    fixed at the config's square sample size."""
+    import warnings
+
+    import torch
+
+    cfg = model.config
+    cls_name = type(model).__name__
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    batch, c = 2, cfg.in_channels
+    x = torch.randn(batch, c, size, size)
+    t = torch.full((batch,), 500.0)
+    if cls_name == "SD3Transformer2DModel":
+        extra = [torch.randn(batch, seq_len, cfg.joint_attention_dim), torch.randn(batch, cfg.pooled_projection_dim)]
+        extra_names = ["encoder_hidden_states", "pooled_projections"]
+
+        def forward(m, hidden_states, timestep, encoder_hidden_states, pooled_projections):
+            return m(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
+                     pooled_projections=pooled_projections, return_dict=False)[0]
+    else:  # PixArtTransformer2DModel
+        extra = [torch.randn(batch, seq_len, cfg.caption_channels)]
+        extra_names = ["encoder_hidden_states"]
+        learned_sigma = (cfg.out_channels or c) == 2 * c
+        additional = model.use_additional_conditions
+
+        def forward(m, hidden_states, timestep, encoder_hidden_states):
+            n = hidden_states.shape[0]
+            cond = {"resolution": None, "aspect_ratio": None}
+            if additional:
+                cond = {"resolution": torch.tensor([[size * 8.0, size * 8.0]]).repeat(n, 1),
+                        "aspect_ratio": torch.ones(n, 1)}
+            out = m(hidden_states, encoder_hidden_states=encoder_hidden_states, timestep=timestep,
+                    added_cond_kwargs=cond, return_dict=False)[0]
+            return out[:, :c] if learned_sigma else out
+
+    class Wrapper(torch.nn.Module):  # attribute "m" becomes the "m." / "/m/" prefix inspect strips
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *args):
+            return forward(self.m, *args)
+
+    names = ["hidden_states", "timestep", *extra_names]
+    dyn = {"hidden_states": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
+           "encoder_hidden_states": {0: "batch", 1: "sequence"}, "out_sample": {0: "batch", 2: "height", 3: "width"}}
+    if "pooled_projections" in names:
+        dyn["pooled_projections"] = {0: "batch"}
+    squeeze_guard = contextlib.nullcontext()
+    if cls_name == "PixArtTransformer2DModel":
+        # its output squeezes dim 1 of [batch, tokens, ...] (diffusers: hidden_states.squeeze(1), a no-op
+        # for any image of more than one token); TorchScript writes that as an If on the runtime size,
+        # which onnxruntime's type inference rejects. Height and width are fixed at the config's sample
+        # size, and the no-op squeeze is traced as what it is.
+        for name in ("hidden_states", "out_sample"):
+            dyn[name] = {0: "batch"}
+        squeeze_guard = _no_op_squeeze_of_tokens(torch)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings(), squeeze_guard:
+        warnings.simplefilter("ignore")  # diffusers' shape checks trace as constants (TracerWarning)
+        torch.onnx.export(Wrapper(model.eval()), (x, t, *extra), out_path, dynamo=False, opset_version=opset,
+                          input_names=names, output_names=["out_sample"], dynamic_axes=dyn)
+    return _finish(model, out_path, size, seq_len, t0, scheduler_config)

@@ -21,6 +21,7 @@ from mpq_export.stages.calibrate import CalibrationSettings, CalibrationStats
 from mpq_export.stages.inspect import ModelInfo
 from mpq_export.stages.orm import LayerImportance, OrmSpread
 from mpq_export.runtime.polygraphy_replay import PolygraphyReplay
+from mpq_export.runtime.sampler import timestep_value
 from mpq_export.stages.quantize import LayerStorage
 from mpq_export.stages.diagnostics import ActivationCost, StabilityCheck
 from mpq_export.stages.sensitivity import SensitivityScores
@@ -60,7 +61,7 @@ class OrmSummary:
 
 @dataclass(frozen=True)
 class TimestepImportance:
-    timesteps: list[int]  # the profiled steps
+    timesteps: list[int | float]  # the profiled steps, in the scheduler's own units
     weights: list[float] | None  # w_t (None without ORM)
     theta: list[list[float]] | None  # [K][L] per-step importance
 
@@ -200,7 +201,7 @@ def orm_summary(imp: LayerImportance | None) -> OrmSummary | None:
 
 
 def timestep_importance(stats: CalibrationStats, imp: LayerImportance | None) -> TimestepImportance:
-    return TimestepImportance(timesteps=[int(x) for x in stats.timesteps],
+    return TimestepImportance(timesteps=[timestep_value(x) for x in stats.timesteps],
                               weights=[float(x) for x in imp.weights] if imp is not None else None,
                               theta=imp.theta_per_t.tolist() if imp is not None else None)
 

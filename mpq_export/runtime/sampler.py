@@ -1,12 +1,16 @@
-"""A deterministic DDIM sampler (eta = 0) in numpy, driving any noise-prediction function.
+"""The samplers calibration and validation run the model in, in numpy: deterministic DDIM (eta = 0)
+for noise- or v-predicting models, and flow matching's Euler sampler for velocity-predicting ones
+(rectified flow: SD3, Flux), as diffusers' DDIMScheduler and FlowMatchEulerDiscreteScheduler step.
 
-Calibration and validation both run the model inside this sampler so the inputs x_t are the
-ones the model really sees. The schedule comes from a diffusers scheduler config when one is
-given, else the standard linear beta schedule with T = 1000 (docs/design.md).
+Calibration and validation both run the model inside the sampler its scheduler config names, so the
+inputs x_t are the ones the model really sees, and the timesteps are in the scheduler's own units
+(what the denoiser receives). Without a config: the standard linear beta schedule with T = 1000
+(docs/design.md).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from dataclasses import dataclass
@@ -19,6 +23,10 @@ from mpq_export.util.errors import MPQError
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+FLOW_MATCHING = "FlowMatchEulerDiscreteScheduler"  # the scheduler class that selects the flow sampler
+# FlowMatchEulerDiscreteScheduler options this sampler does not implement: refused, not approximated
+_FLOW_UNSUPPORTED = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas",
+                     "shift_terminal", "stochastic_sampling")
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,16 @@ class NoiseSchedule:
     clip_sample: bool = True  # diffusers DDIMScheduler default; latent-model configs set it false
     steps_offset: int = 0
     source: str = "default linear schedule (T=1000, clip_sample)"
+    # flow matching (kind "flow_matching"): sigma from 1 to 0, x_t = (1 - sigma) x_0 + sigma noise, the
+    # model predicts the velocity; `shift` warps the sigmas (SD3: 3.0), or with `use_dynamic_shifting`
+    # (Flux) an exponential shift whose mu grows with the image's token count
+    kind: str = "ddpm"  # ddpm (DDIM sampler) | flow_matching (Euler sampler)
+    shift: float = 1.0
+    use_dynamic_shifting: bool = False
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+    base_image_seq_len: int = 256
+    max_image_seq_len: int = 4096
 
     def __post_init__(self):
         """The schedule's values, checked however it was made (from_config or directly from Python)."""
@@ -45,6 +63,10 @@ class NoiseSchedule:
             raise MPQError(f"unsupported beta_schedule '{self.beta_schedule}'{where} ({', '.join(BETA_SCHEDULES)})")
         if self.prediction_type not in PREDICTION_TYPES:
             raise MPQError(f"unsupported prediction_type '{self.prediction_type}'{where} ({', '.join(PREDICTION_TYPES)})")
+        if self.kind not in ("ddpm", "flow_matching"):
+            raise MPQError(f"unknown schedule kind '{self.kind}'{where} (ddpm, flow_matching)")
+        if not (isinstance(self.shift, numbers.Real) and math.isfinite(self.shift) and self.shift > 0):
+            raise MPQError(f"shift{where} must be a positive number, got {self.shift!r}")
 
     @classmethod
     def from_config(cls, path: str | None) -> "NoiseSchedule":
@@ -53,6 +75,8 @@ class NoiseSchedule:
         from mpq_export.util.files import read_json_object
 
         cfg = read_json_object(path, "a diffusers scheduler_config.json")
+        if cfg.get("_class_name") == FLOW_MATCHING:
+            return cls._flow_matching(cfg, path)
         kw = {k: cfg[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
                                   "prediction_type", "clip_sample", "steps_offset") if k in cfg}
         for k, kind in (("num_train_timesteps", int), ("steps_offset", int), ("beta_start", float), ("beta_end", float)):
@@ -63,6 +87,22 @@ class NoiseSchedule:
             if v is not None and kind is int:
                 kw[k] = int(v)
         return cls(**kw, source=os.path.abspath(path))
+
+    @classmethod
+    def _flow_matching(cls, cfg: dict, path: str) -> "NoiseSchedule":
+        used = [k for k in _FLOW_UNSUPPORTED if cfg.get(k)]
+        if used or cfg.get("time_shift_type", "exponential") != "exponential":
+            what = ", ".join(used) or f"time_shift_type {cfg.get('time_shift_type')}"
+            raise MPQError(f"{path}: {FLOW_MATCHING} with {what} is not supported (plain or shifted sigmas, "
+                           f"exponential dynamic shift); give a --scheduler-config without it")
+        kw = {k: cfg[k] for k in ("num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift",
+                                  "base_image_seq_len", "max_image_seq_len") if cfg.get(k) is not None}
+        return cls(**kw, kind="flow_matching", prediction_type="epsilon", clip_sample=False,
+                   source=os.path.abspath(path))
+
+    @property
+    def flow_matching(self) -> bool:
+        return self.kind == "flow_matching"
 
     def alphas_cumprod(self) -> np.ndarray:
         T = self.num_train_timesteps
@@ -77,7 +117,86 @@ class NoiseSchedule:
         return np.cumprod(1.0 - betas)
 
 
-class DDIMSampler:
+def timestep_value(t) -> int | float:
+    """A timestep as the denoiser receives it and the report states it: DDIM's integers stay integers,
+    flow matching's sigma * T keeps its fraction."""
+    t = float(t)
+    return int(t) if t.is_integer() else t
+
+
+class _Sampler:
+    steps: int
+    timesteps: np.ndarray
+
+    def step(self, x: np.ndarray, model_out: np.ndarray, i: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def profiled_indices(self, k: int) -> np.ndarray:
+        """K evenly spaced step indices out of the sampler's steps (uniform timestep sampling)."""
+        if not 1 <= k <= self.steps:
+            raise MPQError(f"--timesteps must be between 1 and --steps ({self.steps}), got {k}")
+        return np.unique(np.round(np.linspace(0, self.steps - 1, k)).astype(int))
+
+    def sample(self, x_T: np.ndarray, predict: Callable[[np.ndarray, int | float, int], np.ndarray],
+               on_step: Callable[[int], None] | None = None) -> np.ndarray:
+        """Run the full trajectory; `predict(x_t, t, i)` returns the model output at step i."""
+        x = x_T
+        for i, t in enumerate(self.timesteps):
+            x = self.step(x, predict(x, timestep_value(t), i), i)
+            if on_step:
+                on_step(i + 1)
+        return x
+
+
+class FlowMatchEulerSampler(_Sampler):
+    """Flow matching's Euler sampler as diffusers' FlowMatchEulerDiscreteScheduler: sigmas from
+    sigma_max to sigma_min over `steps`, shifted (static `shift`, or dynamically by the image's token
+    count), timesteps = sigma * T, and x <- x + (sigma_next - sigma) * v, the last step to sigma 0."""
+
+    def __init__(self, schedule: NoiseSchedule, steps: int = 28, image_seq_len: int | None = None):
+        T = schedule.num_train_timesteps
+        if not 1 <= steps <= T:
+            raise MPQError(f"--steps must be between 1 and {T}, got {steps}")
+        self.schedule, self.steps = schedule, steps
+        shift = schedule.shift
+        # the training sigmas (diffusers' __init__): 1 .. 1/T, statically shifted unless shifting is dynamic
+        # (in float32, as diffusers holds them: its sigma_min and sigma_max are float32 values)
+        train = np.linspace(1, T, T, dtype=np.float32)[::-1] / np.float32(T)
+        if not schedule.use_dynamic_shifting:
+            train = np.float32(shift) * train / (1 + (np.float32(shift) - 1) * train)
+        sigma_max, sigma_min = float(train[0]), float(train[-1])
+        sigmas = np.linspace(sigma_max * T, sigma_min * T, steps) / T  # set_timesteps, as diffusers does it
+        if schedule.use_dynamic_shifting:
+            if image_seq_len is None:
+                raise MPQError("this flow-matching schedule shifts by the image's token count (use_dynamic_shifting); "
+                               "the sample shape is needed to sample it")
+            m = (schedule.max_shift - schedule.base_shift) / (schedule.max_image_seq_len - schedule.base_image_seq_len)
+            mu = image_seq_len * m + schedule.base_shift - m * schedule.base_image_seq_len
+            sigmas = math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+        else:
+            sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+        sigmas = sigmas.astype(np.float32).astype(np.float64)  # diffusers keeps them in float32
+        self.timesteps = (sigmas * T).astype(np.float32).astype(np.float64)
+        self.sigmas = np.append(sigmas, 0.0)
+
+    def step(self, x: np.ndarray, model_out: np.ndarray, i: int) -> np.ndarray:
+        dt = np.float32(self.sigmas[i + 1] - self.sigmas[i])
+        return (x.astype(np.float32) + dt * model_out.astype(np.float32)).astype(np.float32)
+
+
+def sampler_for(schedule: NoiseSchedule, steps: int, sample_shape: tuple[int, ...] | None = None,
+                patch_size: int = 2) -> "_Sampler":
+    """The sampler the schedule's scheduler runs: DDIM, or flow matching's Euler (whose dynamic shift
+    needs the image's token count: (H / patch) * (W / patch) of the latent `sample_shape` (C, H, W))."""
+    if not schedule.flow_matching:
+        return DDIMSampler(schedule, steps)
+    seq = None
+    if sample_shape is not None:
+        seq = (int(sample_shape[-2]) // patch_size) * (int(sample_shape[-1]) // patch_size)
+    return FlowMatchEulerSampler(schedule, steps, seq)
+
+
+class DDIMSampler(_Sampler):
     """DDIM with `steps` inference steps and 'leading' timestep spacing (diffusers' default)."""
 
     def __init__(self, schedule: NoiseSchedule, steps: int = 50):
@@ -107,21 +226,6 @@ class DDIMSampler:
             x0 = np.clip(x0, -1, 1)
         return (np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps).astype(np.float32)
 
-    def profiled_indices(self, k: int) -> np.ndarray:
-        """K evenly spaced step indices out of the sampler's steps (uniform timestep sampling)."""
-        if not 1 <= k <= self.steps:
-            raise MPQError(f"--timesteps must be between 1 and --steps ({self.steps}), got {k}")
-        return np.unique(np.round(np.linspace(0, self.steps - 1, k)).astype(int))
-
-    def sample(self, x_T: np.ndarray, predict: Callable[[np.ndarray, int, int], np.ndarray],
-               on_step: Callable[[int], None] | None = None) -> np.ndarray:
-        """Run the full trajectory; `predict(x_t, t, i)` returns the model output at step i."""
-        x = x_T
-        for i, t in enumerate(self.timesteps):
-            x = self.step(x, predict(x, int(t), i), i)
-            if on_step:
-                on_step(i + 1)
-        return x
 
 
 def initial_noise(seed: int, n: int, shape: tuple[int, ...]) -> np.ndarray:

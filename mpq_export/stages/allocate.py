@@ -23,14 +23,19 @@ from mpq_export.targets import Target, all_targets, get_target
 from mpq_export.targets.formats import FP16, Format
 
 METHODS = ("mpq", "uniform", "random", "smallest-first")
-# Layers the literature keeps at >= 8 bits: the first and last convs and the time embedding.
-DEFAULT_MIN8 = (r"^conv_in$", r"^conv_out$", r"^time_embedding\.")
+# Layers the literature keeps at >= 8 bits: the first and last convs and the time embedding; in the
+# transformer denoisers their counterparts, the patch embedding (pos_embed.proj), the output projection
+# (proj_out) and the timestep embedders (SD3's time_text_embed, PixArt's adaln_single.emb). These hold
+# a small share of a DiT's weights, so --budget 4.5 stays reachable; the adaLN modulation linears (a
+# third of an MMDiT's weights) are left to the allocation.
+DEFAULT_MIN8 = (r"^conv_in$", r"^conv_out$", r"^time_embedding\.", r"^pos_embed\.proj$", r"^proj_out$",
+                r"^time_text_embed\.timestep_embedder\.", r"^adaln_single\.emb\.timestep_embedder\.")
 # conv_in reads the network input, whose noise near t = 0 is far below the INT8 step of the one static
 # scale that must also cover x_T: quantizing that input erases what the model must predict at the last
 # steps. conv_out writes the noise prediction itself: nothing after it dilutes its error, and its input
 # (a SiLU output) wastes half of a symmetric INT8 range. Both hold a few thousand parameters; the gain of
 # keeping them FP16 is measured in docs/quality.md ("Default pins").
-DEFAULT_KEEP_FP16 = (r"^conv_in$", r"^conv_out$")
+DEFAULT_KEEP_FP16 = (r"^conv_in$", r"^conv_out$", r"^pos_embed\.proj$", r"^proj_out$")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from mpq_export.stages.inspect import ModelInfo
 from mpq_export.util.progress import Progress, log
 from mpq_export.runtime.ort import RuntimeSettings, build_feeds, check_finite, fixed_batch, ort_session, run_model
 from mpq_export.util.cache import file_sha256, model_sha256, write_entry
-from mpq_export.runtime.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise
+from mpq_export.runtime.sampler import NoiseSchedule, guided, initial_noise, sampler_for, timestep_value
 from mpq_export.targets.formats import CONV_OPS
 from mpq_export.inputs.conditioning import load_conditioning
 
@@ -283,7 +283,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     if n < 4:
         raise MPQError(f"--samples must be at least 4 for the ORM Grams (got {n})")
     shape = sample_shape(info, settings.resolution)
-    sampler = DDIMSampler(schedule, settings.steps)
+    sampler = sampler_for(schedule, settings.steps, shape)
     profiled = sampler.profiled_indices(settings.timesteps)
     guidance = settings.guidance
     cond, cond_source = load_conditioning(info, calib_data, n, settings.seed, settings.seq_len, guidance)
@@ -298,7 +298,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
         sess = ort_session(model_bytes, runtime.threads, ext_dir, low_memory=True, device=runtime.device)
     with split("onnxruntime"):
         per_row = _bytes_per_row(sess, info, wanted, cond, initial_noise(settings.seed, fixed_batch(info) or 1, shape),
-                                 int(sampler.timesteps[0]))
+                                 timestep_value(sampler.timesteps[0]))
     chunk = _rows_per_call(info, rows, settings.mem_budget_mb, sum(per_row.values()))
     exact_bytes = rows * sum(per_row[name] for name in dict.fromkeys(layer_outputs))
     sketched = exact_bytes > settings.gram_mem_mb * (1 << 20)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mpq_export.runtime.ort import RuntimeSettings, run_model
+from mpq_export.runtime.sampler import timestep_value
 from mpq_export.stages.allocate import AllocationSettings, BitAllocation, allocate
 from mpq_export.stages.calibrate import CalibrationStats
 from mpq_export.stages.inspect import ModelInfo
@@ -84,7 +85,7 @@ def activation_costs(info: ModelInfo, stats: CalibrationStats, act_amax: dict[st
             on = {masks[i]: np.array(1.0, dtype=np.float32) for i in idx}
             sq = []
             for k in range(K):
-                (eps,) = run_model(sess, info, [info.output], xs[k], int(stats.timesteps[k]), cond, on)
+                (eps,) = run_model(sess, info, [info.output], xs[k], timestep_value(stats.timesteps[k]), cond, on)
                 err = float(((eps - refs[k]) ** 2).sum())
                 sq.append(10 * np.log10(max(float((refs[k] ** 2).sum()), 1e-30) / max(err, 1e-30)))
             out.append(ActivationCost(tensor=tensor, layers=[info.layers[i].name for i in idx], sqnr_db=float(np.mean(sq)),

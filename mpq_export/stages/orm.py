@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mpq_export.runtime.sampler import timestep_value
 from mpq_export.util.errors import MPQError
 
 ESTIMATORS = ("biased", "unbiased")
@@ -57,7 +58,7 @@ def timestep_weights(timesteps: np.ndarray, alpha: float, num_train_timesteps: i
 @dataclass(frozen=True)
 class OrmSpread:
     """The off-diagonal ORM values of one profiled step (None where fewer than two layers are valid)."""
-    t: int
+    t: int | float  # the scheduler's own units (sampler.timestep_value)
     mean: float | None
     std: float | None
     min: float | None
@@ -149,7 +150,7 @@ def compute_importance(grams: np.ndarray, timesteps: np.ndarray, layer_names: li
         gammas[k] = _gamma(orm, valid)
         off = orm[np.ix_(valid, valid)][~np.eye(int(valid.sum()), dtype=bool)]
         stat = (lambda f: float(f(off)) if off.size else None)  # noqa: E731
-        spread.append(OrmSpread(t=int(timesteps[k]), mean=stat(np.mean), std=stat(np.std), min=stat(np.min),
+        spread.append(OrmSpread(t=timestep_value(timesteps[k]), mean=stat(np.mean), std=stat(np.std), min=stat(np.min),
                                 max=stat(np.max), valid_layers=int(valid.sum())))
     if int(np.isfinite(gammas).any(axis=0).sum()) < 2:
         raise MPQError("ORM needs at least two layers with per-sample variation; the calibration produced fewer "

@@ -40,6 +40,7 @@ from mpq_export.util.progress import Progress, log
 from mpq_export.stages.quantize import QuantizeSettings, activation_scale, quantize_layer_weight
 from mpq_export.stages.rounding import ROUNDING_VERSION
 from mpq_export.runtime.ort import RuntimeSettings, ort_session, run_model
+from mpq_export.runtime.sampler import timestep_value
 from mpq_export.util.cache import write_json_entry
 
 DEFAULT_SAMPLES = 8  # of the N calibration samples: enough to rank layers at a fraction of the cost
@@ -100,7 +101,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
         error_of = _final_sample_error(info, stats, sess)
     else:
         def error_of(extra: dict) -> float:
-            return sum(w[k] * float(((run_model(sess, info, [info.output], xs[k], int(stats.timesteps[k]), cond,
+            return sum(w[k] * float(((run_model(sess, info, [info.output], xs[k], timestep_value(stats.timesteps[k]), cond,
                                                 extra)[0] - refs[k]) ** 2).sum()) / ref_energy[k] for k in range(K))
     names = [l.name for l in info.layers]
     scores: dict[str, dict[str, float]] = {l.name: {} for l in info.layers}
@@ -129,15 +130,16 @@ def _final_sample_error(info: ModelInfo, stats: CalibrationStats, sess):
     FP32 trajectory from the same TRAJECTORY_SAMPLES seeds (the calibration's sampler, conditioning rows and
     guidance)."""
     from mpq_export.stages.calibrate import sample_shape
-    from mpq_export.runtime.sampler import DDIMSampler, guided, initial_noise
+    from mpq_export.runtime.sampler import guided, initial_noise, sampler_for
 
     st = stats.settings
     per_sample = 2 if st.guidance != 1 else 1  # UNet rows: (unconditional, conditional) adjacent
     n = min(TRAJECTORY_SAMPLES, stats.n_samples // per_sample)  # n_samples counts rows
     rows = n * per_sample
     cond = {c.name: stats.inputs[c.name][:rows] for c in info.conditioning}
-    sampler = DDIMSampler(stats.schedule, st.steps)
-    x_T = initial_noise(st.seed + TRAJECTORY_SEED_OFFSET, n, sample_shape(info, st.resolution))
+    shape = sample_shape(info, st.resolution)
+    sampler = sampler_for(stats.schedule, st.steps, shape)
+    x_T = initial_noise(st.seed + TRAJECTORY_SEED_OFFSET, n, shape)
 
     def final_sample(extra: dict) -> np.ndarray:
         def model_rows(x, t, i):

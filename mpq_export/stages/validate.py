@@ -21,7 +21,7 @@ from mpq_export.util.metrics import cosine, psnr_db, sqnr_db
 from mpq_export.util.progress import Progress
 from mpq_export.runtime.ort import RuntimeSettings, check_finite, ort_session, run_model
 from mpq_export.inputs.conditioning import load_conditioning
-from mpq_export.runtime.sampler import DDIMSampler, NoiseSchedule, guided, initial_noise
+from mpq_export.runtime.sampler import NoiseSchedule, guided, initial_noise, sampler_for, timestep_value
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class ValidationSettings:
 @dataclass(frozen=True)
 class TimestepError:
     """The quantized model's noise prediction against FP32's at one profiled step, on FP32's x_t."""
-    t: int
+    t: int | float  # the scheduler's own units (sampler.timestep_value)
     sqnr_db: float
     cosine: float
     max_abs_err: float
@@ -112,9 +112,9 @@ def fp32_reference(info: ModelInfo, schedule: NoiseSchedule, steps: int, profile
 
     x_T = initial_noise(settings.seed, settings.samples, sample_shape)
     with Progress("validate: FP32 reference", steps) as p:
-        final = DDIMSampler(schedule, steps).sample(x_T, guided(model_rows, guidance_scale),
-                                                    on_step=lambda d: p.update(d, "steps"))
-    return FP32Reference(xs=np.stack(xs), timesteps=np.asarray(ts, dtype=np.int64), eps=np.stack(eps_k), final=final,
+        final = sampler_for(schedule, steps, sample_shape).sample(x_T, guided(model_rows, guidance_scale),
+                                                                  on_step=lambda d: p.update(d, "steps"))
+    return FP32Reference(xs=np.stack(xs), timesteps=np.asarray(ts, dtype=np.int64 if all(isinstance(t, int) for t in ts) else np.float64), eps=np.stack(eps_k), final=final,
                          x_T=x_T, cond=cond, guidance_scale=guidance_scale)
 
 
@@ -137,11 +137,11 @@ def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, step
 
     per_t = []
     for x, t, eps in zip(ref.xs, ref.timesteps, ref.eps):
-        eq = run(x, int(t))
-        per_t.append(TimestepError(t=int(t), sqnr_db=sqnr_db(eps, eq), cosine=cosine(eps, eq),
+        eq = run(x, timestep_value(t))
+        per_t.append(TimestepError(t=timestep_value(t), sqnr_db=sqnr_db(eps, eq), cosine=cosine(eps, eq),
                                    max_abs_err=float(np.abs(eps - eq).max())))
     with Progress(label, steps) as p:
-        final_q = DDIMSampler(schedule, steps).sample(ref.x_T, guided(lambda x, t, i: run(x, t), ref.guidance_scale),
+        final_q = sampler_for(schedule, steps, sample_shape).sample(ref.x_T, guided(lambda x, t, i: run(x, t), ref.guidance_scale),
                                                       on_step=lambda d: p.update(d, "quantized steps"))
     final_fp = ref.final
     peak = float(final_fp.max() - final_fp.min()) or 1.0

@@ -1,0 +1,174 @@
+"""Transformer denoisers (SD3's MMDiT with flow matching, PixArt's DiT with DDIM): diffusers folders and
+ONNX files of them quantized end to end on the default tensorrt target at 4.5 bits, and the flow-matching
+sampler against diffusers' own scheduler."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_cli
+
+from mpq_export.runtime.sampler import FlowMatchEulerSampler, NoiseSchedule, sampler_for
+from mpq_export.stages.inspect import inspect_model
+from mpq_export.stages.quantize import count_weight_bits
+
+TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
+FAST = ("--steps", "8", "--timesteps", "3", "--samples", "8", "--val-samples", "4", "--no-stability")
+
+
+def _make(arch, folder):
+    pytest.importorskip("diffusers")
+    sys.path.insert(0, TOOLS)
+    from make_unet import make
+
+    make(arch, str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sd3_dir(tmp_path_factory):
+    return _make("tiny-sd3", tmp_path_factory.mktemp("sd3"))
+
+
+@pytest.fixture(scope="module")
+def pixart_dir(tmp_path_factory):
+    return _make("tiny-pixart", tmp_path_factory.mktemp("pixart"))
+
+
+@pytest.mark.parametrize("shift,dynamic", [(1.0, False), (3.0, False), (1.0, True)])
+def test_flow_sigmas_and_timesteps_are_diffusers(shift, dynamic):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    ref = FlowMatchEulerDiscreteScheduler(shift=shift, use_dynamic_shifting=dynamic)
+    seq = 32 * 32
+    if dynamic:  # as Flux's pipeline computes mu from the image's token count
+        m = (ref.config.max_shift - ref.config.base_shift) / (ref.config.max_image_seq_len - ref.config.base_image_seq_len)
+        ref.set_timesteps(12, mu=seq * m + ref.config.base_shift - m * ref.config.base_image_seq_len)
+    else:
+        ref.set_timesteps(12)
+    mine = sampler_for(NoiseSchedule(kind="flow_matching", shift=shift, use_dynamic_shifting=dynamic), 12,
+                       (16, 64, 64))
+    np.testing.assert_array_equal(mine.timesteps, ref.timesteps.numpy())
+    np.testing.assert_array_equal(mine.sigmas, ref.sigmas.numpy())
+
+
+def test_the_flow_sampler_follows_diffusers_with_the_same_denoiser(sd3_dir):
+    """The tiny SD3 transformer, 4 steps, under diffusers' FlowMatchEulerDiscreteScheduler and under ours."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    model = SD3Transformer2DModel.from_pretrained(str(sd3_dir / "transformer")).eval()
+    sched = FlowMatchEulerDiscreteScheduler.from_pretrained(str(sd3_dir / "scheduler"))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 4, 16, 16, generator=g)
+    ctx, pooled = torch.randn(2, 7, 32, generator=g), torch.randn(2, 32, generator=g)
+
+    def v(x, t):
+        with torch.no_grad():
+            return model(hidden_states=x, timestep=torch.full((x.shape[0],), float(t)), encoder_hidden_states=ctx,
+                         pooled_projections=pooled, return_dict=False)[0]
+
+    sched.set_timesteps(4)
+    x = x0.clone()
+    for t in sched.timesteps:
+        x = sched.step(v(x, t), t, x).prev_sample
+    schedule = NoiseSchedule.from_config(str(sd3_dir / "scheduler" / "scheduler_config.json"))
+    assert schedule.flow_matching and schedule.shift == 3.0
+    ours = sampler_for(schedule, 4, (4, 16, 16)).sample(
+        x0.numpy(), lambda xs, t, i: v(torch.from_numpy(xs), t).numpy())
+    np.testing.assert_allclose(ours, x.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd3", "pixart"])
+def test_a_transformer_folder_at_4_5_bits_on_tensorrt(family, sd3_dir, pixart_dir, tmp_path):
+    """The default target, the paper's budget: INT4 weight-only GEMMs reach nearly every layer."""
+    folder = (sd3_dir if family == "sd3" else pixart_dir) / "transformer"
+    out = tmp_path / "o"
+    code, _, err = run_cli(folder, "--budget", "4.5", "-o", out, *FAST)
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["target"] == "tensorrt" and rep["check"].startswith("passed")
+    counted, _ = count_weight_bits(str(out / "model.mpq.onnx"), inspect_model(rep["model"]))
+    assert counted == pytest.approx(rep["achieved_bits"], abs=1e-12) and counted <= 4.5
+    assert rep["format_counts"]["w4a16"] >= len(rep["layers"]) * 0.6  # INT4 GEMMs nearly everywhere
+    pinned = {l["name"] for l in rep["layers"] if l["pin"] == "fp16 (pinned)"}
+    assert pinned == {"pos_embed.proj", "proj_out"}
+    assert rep["validation"]["sample_psnr_db"] > 20  # it runs under onnxruntime, close to FP32
+    assert run_cli("check", out)[0] == 0
+    # the report's timesteps are what the denoiser receives, in the scheduler's own units
+    ts = rep["importance_per_timestep"]["timesteps"]
+    schedule = NoiseSchedule.from_config(str(folder.parent / "scheduler" / "scheduler_config.json"))
+    assert set(ts) <= {float(t) for t in sampler_for(schedule, 8, (4, 16, 16)).timesteps}
+    if family == "sd3":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        ref = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder.parent / "scheduler"))
+        ref.set_timesteps(8)
+        assert set(ts) <= set(ref.timesteps.tolist()) and any(t != int(t) for t in ts)
+
+
+def test_exported_transformers_match_their_torch_models(sd3_dir, pixart_dir, tmp_path):
+    """Module-path layer names, dynamic batch (and SD3's dynamic size), PixArt's learned sigma cut to the
+    noise prediction."""
+    import diffusers
+    import onnxruntime as ort
+    import torch
+
+    from mpq_export.inputs.export import export_module
+
+    rng = np.random.default_rng(0)
+    for folder, cls, size in ((sd3_dir, "SD3Transformer2DModel", 24), (pixart_dir, "PixArtTransformer2DModel", 16)):
+        model = getattr(diffusers, cls).from_pretrained(str(folder / "transformer")).eval()
+        path = str(tmp_path / f"{cls}.onnx")
+        export_module(model, path, seq_len=5)
+        names = {l.name for l in inspect_model(path).layers}
+        assert "transformer_blocks.0.ff.net.2" in names and "proj_out" in names
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        x = rng.standard_normal((3, 4, size, size)).astype(np.float32)
+        t = np.full((3,), 321.5, np.float32)
+        feeds = {"hidden_states": x, "timestep": t}
+        with torch.no_grad():
+            if cls == "SD3Transformer2DModel":
+                ctx = rng.standard_normal((3, 9, 32)).astype(np.float32)
+                pooled = rng.standard_normal((3, 32)).astype(np.float32)
+                feeds.update(encoder_hidden_states=ctx, pooled_projections=pooled)
+                ref = model(hidden_states=torch.from_numpy(x), timestep=torch.from_numpy(t),
+                            encoder_hidden_states=torch.from_numpy(ctx), pooled_projections=torch.from_numpy(pooled),
+                            return_dict=False)[0].numpy()
+            else:
+                ctx = rng.standard_normal((3, 9, 32)).astype(np.float32)
+                feeds.update(encoder_hidden_states=ctx)
+                ref = model(torch.from_numpy(x), encoder_hidden_states=torch.from_numpy(ctx),
+                            timestep=torch.from_numpy(t), added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                            return_dict=False)[0].numpy()[:, :4]
+        (out,) = sess.run(None, feeds)
+        np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4)
+
+
+def test_an_onnx_file_of_a_transformer_with_its_scheduler_config(sd3_dir, tmp_path):
+    import diffusers
+
+    from mpq_export.inputs.export import export_module
+
+    model = diffusers.SD3Transformer2DModel.from_pretrained(str(sd3_dir / "transformer")).eval()
+    path = str(tmp_path / "sd3.onnx")
+    export_module(model, path)
+    assert onnx.load(path, load_external_data=False).graph.input[0].name == "hidden_states"
+    code, _, err = run_cli(path, "--budget", "4.5", "-o", tmp_path / "o", "--scheduler-config",
+                           sd3_dir / "scheduler" / "scheduler_config.json", *FAST)
+    assert code == 0, err
+    assert "FlowMatchEuler" in err or json.loads((tmp_path / "o" / "report.json").read_text())["calibration"]["schedule"]
+
+
+def test_flow_matching_options_we_do_not_implement_are_refused(tmp_path):
+    from mpq_export.util.errors import MPQError
+
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_karras_sigmas": True}))
+    with pytest.raises(MPQError, match="use_karras_sigmas is not supported"):
+        NoiseSchedule.from_config(str(p))
+    with pytest.raises(MPQError, match="token count"):
+        FlowMatchEulerSampler(NoiseSchedule(kind="flow_matching", use_dynamic_shifting=True), 4)
