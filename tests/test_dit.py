@@ -172,3 +172,22 @@ def test_flow_matching_options_we_do_not_implement_are_refused(tmp_path):
         NoiseSchedule.from_config(str(p))
     with pytest.raises(MPQError, match="token count"):
         FlowMatchEulerSampler(NoiseSchedule(kind="flow_matching", use_dynamic_shifting=True), 4)
+
+
+def test_budget_ranges_tool_sees_the_layers_inspect_finds(sd3_dir, pixart_dir, tmp_path):
+    """tools/budget_ranges.py counts layers on the meta device; they must be the exported model's."""
+    import diffusers
+
+    sys.path.insert(0, TOOLS)
+    from budget_ranges import build, layers_of
+
+    from mpq_export.inputs.export import export_module
+
+    for arch, folder in (("tiny-sd3", sd3_dir), ("tiny-pixart", pixart_dir)):
+        cls_name, meta_model = build(arch)
+        model = getattr(diffusers, cls_name).from_pretrained(str(folder / "transformer")).eval()
+        path = str(tmp_path / f"{arch}.onnx")
+        export_module(model, path)
+        exported = {l.name: (l.params, l.op_type in ("MatMul", "Gemm")) for l in inspect_model(path).layers}
+        counted = {l.name: (l.params, l.op_type == "Gemm") for l in layers_of(meta_model)}
+        assert counted == exported

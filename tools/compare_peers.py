@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Our quantizers against the tools users would pick instead, on one model, in one run, one metric.
 
-Every model below is scored the same way: the full sampler (50-step DDIM, the model's own
-trajectory) from the same held-back seeds as the FP32 model, final-sample PSNR vs FP32 (mean +-
+Every model below is scored the same way: the full sampler (50 steps of the model's own sampler:
+DDIM, or flow matching's Euler for a flow model) from the same held-back seeds as the FP32 model, final-sample PSNR vs FP32 (mean +-
 standard error over the seeds), mean per-step noise SQNR on the FP32 trajectory's x_t, and weight
 bits counted from each file (INT8 8, INT4 4, float 16 as the budget counts it). Every quantizer
 gets the same calibration inputs: the x_t, t (and conditioning) our calibration saw at its K
@@ -24,10 +24,13 @@ Rows:
        onnx/onnxruntime versions, so it never enters the project's environment. Created on first use
        under --peer-venv (about 6 GB with its torch); --no-modelopt skips it.
 
-    python tools/compare_peers.py [--model digits|patches|MODEL] [--seeds 64] [--budgets 4.5] [--json OUT]
+  ours uniform 4 bits (every unpinned layer at its 4-bit format), per target, with --uniform4
 
-MODEL may be an FP32 .onnx file or a diffusers UNet folder; digits and patches are the bundled
-trained models (tools/train_reference.py).
+    python tools/compare_peers.py [--model digits|patches|digits-dit|MODEL] [--seeds 64] [--budgets 4.5] [--json OUT]
+
+MODEL may be an FP32 .onnx file or a diffusers folder; digits, patches (UNet DDPMs) and digits-dit
+(a class-conditional SD3-style transformer trained by flow matching, with its class conditioning
+as --calib-data) are the bundled trained models (tools/train_reference.py).
 """
 
 from __future__ import annotations
@@ -54,13 +57,15 @@ from mpq_export.pipeline import PipelineConfig, prepare_model  # noqa: E402
 from mpq_export.util.cache import default_cache_dir
 from mpq_export.stages.quantize import QuantizeSettings, quantize  # noqa: E402
 from mpq_export.stages.rounding import DEFAULT_ROUNDING  # noqa: E402
-from mpq_export.runtime.sampler import NoiseSchedule  # noqa: E402
+from mpq_export.runtime.sampler import NoiseSchedule, timestep_value  # noqa: E402
 from mpq_export.stages.validate import ValidationSettings, fp32_reference, validate  # noqa: E402
 
 EVAL_SEED = 50_000  # disjoint from calibration (0..N-1) and the pipeline's validation (10,000..)
 MODELOPT_REQUIREMENT = "nvidia-modelopt[onnx]==0.47.0"
 BUNDLED = {"digits": os.path.join(ASSET_DIR, "unet"),
-           "patches": os.path.join(os.path.dirname(ASSET_DIR), "patches_ddpm", "unet")}
+           "patches": os.path.join(os.path.dirname(ASSET_DIR), "patches_ddpm", "unet"),
+           "digits-dit": os.path.join(os.path.dirname(ASSET_DIR), "digits_dit", "transformer")}
+BUNDLED_CALIB_DATA = {"digits-dit": os.path.join(os.path.dirname(ASSET_DIR), "digits_dit", "calib_data.npz")}
 
 MODELOPT_SCRIPT = r"""
 import sys
@@ -155,7 +160,7 @@ def calibration_feeds(info, stats) -> list[dict[str, np.ndarray]]:
 
     cond = {c.name: stats.inputs[c.name] for c in info.conditioning}
     xs = stats.inputs[info.sample.name]
-    return [build_feeds(info, xs[k], int(t), cond) for k, t in enumerate(stats.timesteps)]
+    return [build_feeds(info, xs[k], timestep_value(t), cond) for k, t in enumerate(stats.timesteps)]
 
 
 def feeds_reader(feeds: list[dict]):
@@ -230,6 +235,9 @@ def main() -> None:
     ap.add_argument("--roundings", default="nearest,gptq", help="weight roundings of our default W8A8 rows")
     ap.add_argument("--mpq-roundings", default=DEFAULT_ROUNDING, help="weight roundings of the MPQ rows")
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--calib-data", default=None, help="conditioning (.npz, as mpq-export's --calib-data); "
+                                                        "default: the bundled model's own")
+    ap.add_argument("--uniform4", action="store_true", help="add uniform 4-bit rows on both targets")
     ap.add_argument("--table-only", metavar="JSON", help="print the tables of an earlier run's JSON and stop")
     args = ap.parse_args()
     if args.table_only:
@@ -247,10 +255,11 @@ def main() -> None:
     info = inspect_model(model_path)
     schedule = NoiseSchedule.from_config(sched_path)
     cs = CalibrationSettings()
-    stats = calibrate(info, cs, schedule, cache_dir=cache, input_statistics=True)  # the GPTQ rows need them
+    calib_data = args.calib_data or BUNDLED_CALIB_DATA.get(args.model)
+    stats = calibrate(info, cs, schedule, calib_data, cache_dir=cache, input_statistics=True)  # GPTQ rows need them
     shape = sample_shape(info, None)
     vs = ValidationSettings(samples=args.seeds, seed=EVAL_SEED)
-    ref = fp32_reference(info, schedule, cs.steps, stats.step_indices, shape, vs)
+    ref = fp32_reference(info, schedule, cs.steps, stats.step_indices, shape, vs, calib_data)
     rows = []
 
     def score(name: str, path: str, **extra) -> None:
@@ -322,6 +331,16 @@ def main() -> None:
                     score(f"ours MPQ {b:g} bits tensorrt ({scorer}), {r} rounding", path, budget=b, rounding=r,
                           scorer=scorer, target="tensorrt")
 
+        if args.uniform4:  # the MPQ rows' baseline at (about) their bits: every unpinned layer at 4 bits
+            from mpq_export.stages.allocate import reachable_range
+
+            for target in ("tensorrt", "onnxruntime"):
+                floor, _ = reachable_range(info.layers, candidates(info.layers, target)[0])
+                alloc = allocate(info.layers, floor, target, AllocationSettings(method="uniform"))
+                path = os.path.join(d, f"uniform4-{target}.onnx")
+                quantize(info, alloc, default_ranges.amax, path, QuantizeSettings(), target, hessians=stats.hessians)
+                score(f"ours uniform 4 bits {target} (every unpinned layer at 4 bits)", path, target=target,
+                      uniform4=True)
         feeds = calibration_feeds(info, stats)
         # the layers our default pins keep float: the peers' rows "with our pins" exclude the same nodes,
         # so the comparison separates calibration and rounding from the choice of float layers

@@ -140,11 +140,11 @@ def _export_once(cfg: PipelineConfig, unet_dir: str, cache_dir: str | None) -> P
         except MPQError as e:
             problem = str(e)
         if problem is None and _export_identity(folder) != h.hexdigest():
-            problem = "it was made from another model"
+            problem = "it does not say it was made from this model"
         if problem is None:
             log.info("[export] reusing %s", onnx_path)
             return PreparedModel(onnx_path, sched, [f"exported from diffusers folder {source} (cached export)"])
-        log.warning("[export] the cached export %s is damaged (%s); exporting again", onnx_path, problem)
+        log.warning("[export] not reusing the cached export %s (%s); exporting again", onnx_path, problem)
         shutil.rmtree(folder, ignore_errors=True)
     if cache_dir and not is_writable(cache_dir):  # the cache is an optimisation: export for this run only
         log.warning("[cache] cannot write the cache %s; exporting for this run only", cache_dir)
