@@ -32,7 +32,7 @@ from mpq_export.stages.validate import FP32Reference, ValidationResult, fp32_ref
 from mpq_export.runtime.sampler import NoiseSchedule
 from mpq_export.util.cache import default_cache_dir, remove_stale_temporaries
 from mpq_export.util.errors import MPQError
-from mpq_export.util.output_folder import OUTPUT_MODEL, output_folders, remove_stale_scratch, staging_folder
+from mpq_export.util.output_folder import FP32_FOLDER, OUTPUT_MODEL, output_folders, remove_stale_scratch, staging_folder
 from mpq_export.util.progress import log
 from mpq_export.util.stage_times import StageTimes
 
@@ -152,7 +152,12 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     if cfg.target.compare_with is not None:
         with timings.stage("fp16_graph_validation"):
             float_val = float_graph_validation(cfg.target, info, stats, shape, cfg.validation, ref, cfg.runtime)
-    shared = _SharedResults(cfg=cfg, model_path=model_path, info=info, stats=stats, ranges=ranges, act_costs=act_costs,
+    # an export made for this run only (--no-cache, or a cache it cannot write) is kept in the output, so
+    # the report's model and its Polygraphy commands name a file that exists after the run
+    keep_export = bool(prepared.temp_dir) and os.path.abspath(model_path).startswith(os.path.abspath(prepared.temp_dir))
+    reference_model = os.path.join(os.path.abspath(out_root), FP32_FOLDER, os.path.basename(model_path)) \
+        if keep_export else model_path
+    shared = _SharedResults(cfg=cfg, model_path=reference_model, info=info, stats=stats, ranges=ranges, act_costs=act_costs,
                             importance=imp, sensitivity=sens, shape=shape, reference=ref, float_validation=float_val,
                             vae_dir=prepared.pipeline.vae_dir if prepared.pipeline else None, notes=notes)
     # every allocation first: a budget that cannot be written fails the run before anything is written
@@ -168,10 +173,12 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
             from mpq_export.report.records import write_pareto
 
             write_pareto(tmp_root, [r.report for r in results])
+        if keep_export:
+            shutil.move(os.path.dirname(model_path), os.path.join(tmp_root, FP32_FOLDER))
     for r in results:
         log.info("[report] %s (SQNR %.2f dB, sample PSNR %.2f dB)", r.out_dir, r.report.validation.mean_sqnr_db,
                  r.report.validation.sample_psnr_db)
-    return PipelineResult(model_path=model_path, info=info, stats=stats, importance=imp, act_ranges=ranges, results=results,
+    return PipelineResult(model_path=reference_model, info=info, stats=stats, importance=imp, act_ranges=ranges, results=results,
                           out_root=out_root)
 
 

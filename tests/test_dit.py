@@ -191,3 +191,23 @@ def test_budget_ranges_tool_sees_the_layers_inspect_finds(sd3_dir, pixart_dir, t
         exported = {l.name: (l.params, l.op_type in ("MatMul", "Gemm")) for l in inspect_model(path).layers}
         counted = {l.name: (l.params, l.op_type == "Gemm") for l in layers_of(meta_model)}
         assert counted == exported
+
+
+def test_without_a_cache_the_fp32_export_is_kept_and_the_printed_cpu_command_passes(sd3_dir, tmp_path):
+    """--no-cache: the export lives in the output folder (fp32/), so the report's model path exists
+    after the run and the CPU Polygraphy command report.md prints runs as written."""
+    import shlex
+    import subprocess
+
+    out = tmp_path / "o"
+    code, _, err = run_cli(sd3_dir / "transformer", "--budget", "4.5", "-o", out, "--no-cache", *FAST)
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["model"] == str(out / "fp32" / "model.onnx") and os.path.exists(rep["model"])
+    cmd = rep["polygraphy"]["commands"]["CPU: FP32 ONNX vs quantized ONNX (onnxruntime)"]
+    poly = shlex.quote(os.path.join(os.path.dirname(sys.executable), "polygraphy"))
+    p = subprocess.run(cmd.replace("polygraphy run", f"{poly} run"), shell=True, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0 and "PASSED" in p.stdout + p.stderr, p.stdout[-2000:] + p.stderr[-2000:]
+    # a rerun replaces the folder, fp32/ included (it is ours)
+    assert run_cli(sd3_dir / "transformer", "--budget", "4.5", "-o", out, "--no-cache", *FAST)[0] == 0

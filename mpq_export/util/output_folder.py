@@ -16,6 +16,7 @@ from mpq_export.util.cache import pid_alive
 from mpq_export.util.errors import MPQError
 
 OUTPUT_MODEL = "model.mpq.onnx"
+FP32_FOLDER = "fp32"  # the FP32 export of a run without a cache, which the report's commands use
 
 # Every file an output folder of ours can hold. A folder is replaced only when it holds nothing else
 # and its report.json says mpq-export wrote it: any other folder may be a user's, and is never touched.
@@ -37,6 +38,11 @@ def is_our_output(folder: str) -> bool:
         p = os.path.join(folder, e)
         if e.startswith("budget-") and os.path.isdir(p) and not os.path.islink(p):
             if not is_our_output(p):
+                return False
+        elif e == FP32_FOLDER and os.path.isdir(p) and not os.path.islink(p):
+            inside = os.listdir(p)
+            if "model.onnx" not in inside or not all(os.path.isfile(os.path.join(p, f)) and
+                                                     not os.path.islink(os.path.join(p, f)) for f in inside):
                 return False
         elif e not in OUTPUT_FILES or not os.path.isfile(p) or os.path.islink(p):
             return False
