@@ -216,14 +216,7 @@ def main() -> None:
     out = os.path.abspath(args.out)
     ema.to(torch.float16).save_pretrained(os.path.join(out, "unet"))
     sched.save_pretrained(os.path.join(out, "scheduler"))
-    with open(os.path.join(out, "train_log.json"), "w") as f:
-        json.dump({"data": args.data, "steps": args.steps, "batch": args.batch, "seed": args.seed, "seconds": round(seconds, 1),
-                   "threads": torch.get_num_threads(), "params": sum(p.numel() for p in unet.parameters()),
-                   "loss_per_100_steps": [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 4)
-                                          for i in range(0, len(losses), 100)],
-                   "command": "python tools/train_reference.py " + " ".join(f"--{k} {v}" for k, v in
-                                                                         (("data", args.data), ("steps", args.steps), ("batch", args.batch), ("seed", args.seed)))},
-                  f, indent=1)
+    _log(out, args, seconds, sum(p.numel() for p in unet.parameters()), losses)
     print(f"saved {out} ({seconds:.0f}s)")
 
 

@@ -69,29 +69,37 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(cache_dir: str) -> None:
-    """Temporary entries (NAME.tmp-PID...) of runs that were killed mid-write and whose process is gone:
-    an interrupted export would otherwise keep gigabytes in the cache for good."""
+def remove_left_by_dead_runs(folder: str, pattern: str, what: str = "") -> None:
+    """Remove the entries of `folder` whose name matches `pattern` (its first group: a process id) when that
+    process is gone: temporaries of runs killed mid-write (SIGKILL, power loss), never a live run's."""
     import re
     import shutil
 
-    rx = re.compile(r"\.tmp-(\d+)")
+    rx = re.compile(pattern)
     try:
-        entries = os.listdir(cache_dir)
+        entries = os.listdir(folder)
     except OSError:
         return
     for e in entries:
         m = rx.search(e)
-        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
-            path = os.path.join(cache_dir, e)
-            try:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.remove(path)
-                log.info("[cache] removed %s, left by a run that was killed", path)
-            except OSError:
-                pass  # a read-only cache keeps it; nothing else depends on it
+        if not m or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(folder, e)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            if what:
+                log.info("[%s] removed %s, left by a run that was killed", what, path)
+        except OSError:
+            pass  # a read-only folder keeps it; nothing depends on it
+
+
+def remove_stale_temporaries(cache_dir: str) -> None:
+    """Temporary cache entries (NAME.tmp-PID...) of killed runs: an interrupted export would otherwise
+    keep gigabytes in the cache for good."""
+    remove_left_by_dead_runs(cache_dir, r"\.tmp-(\d+)", "cache")
 
 
 def is_writable(folder: str) -> bool:

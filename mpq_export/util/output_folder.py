@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 
-from mpq_export.util.cache import pid_alive
+from mpq_export.util.cache import remove_left_by_dead_runs
 from mpq_export.util.errors import MPQError
 
 OUTPUT_MODEL = "model.mpq.onnx"
@@ -97,27 +97,14 @@ def remove_stale_scratch() -> None:
     """Scratch folders of runs that were killed (SIGKILL, power loss) and whose process is gone."""
     import re
 
-    root = tempfile.gettempdir()
-    rx = re.compile(rf"^{re.escape(SCRATCH_PREFIX)}[a-z0-9]+-(\d+)-")
-    try:
-        entries = os.listdir(root)
-    except OSError:
-        return
-    for e in entries:
-        m = rx.match(e)
-        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
-            shutil.rmtree(os.path.join(root, e), ignore_errors=True)
+    remove_left_by_dead_runs(tempfile.gettempdir(), rf"^{re.escape(SCRATCH_PREFIX)}[a-z0-9]+-(\d+)-")
 
 
 def _remove_stale_temporaries(parent: str, base: str) -> None:
     """Temporary folders of runs killed with SIGKILL (.BASE.tmp-PID-xxxx) whose process is gone."""
     import re
 
-    rx = re.compile(rf"^\.{re.escape(base)}\.(?:tmp|probe)-(\d+)-")
-    for e in os.listdir(parent):
-        m = rx.match(e)
-        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
-            shutil.rmtree(os.path.join(parent, e), ignore_errors=True)
+    remove_left_by_dead_runs(parent, rf"^\.{re.escape(base)}\.(?:tmp|probe)-(\d+)-")
 
 
 def _publish(tmp: str, out: str) -> None:
