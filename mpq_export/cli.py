@@ -1,6 +1,6 @@
 """The `mpq-export` command: a thin argparse layer over mpq_export.pipeline.run_pipeline.
 
-    mpq-export MODEL --budget B [-o DIR] ...         quantize (ONNX file or diffusers UNet folder)
+    mpq-export MODEL --budget B [-o DIR] ...         quantize (ONNX file, diffusers model or pipeline folder)
     mpq-export --demo [--budget B] [-o DIR]          the whole pipeline on the bundled trained model
     mpq-export check MODEL.mpq.onnx | DIR            check a Q/DQ model (or an output folder's) against TensorRT's rules
 
@@ -252,11 +252,12 @@ def _help_with_default(opt: Option) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Mixed-precision INT4/INT8 Q/DQ export of a diffusion UNet (MPQ-Diff).",
+    p = _Parser(prog=PROG, description="Mixed-precision INT4/INT8 Q/DQ export of a diffusion denoiser, UNet or transformer (MPQ-Diff).",
                 formatter_class=_DefaultsHelpFormatter,
                 epilog=f"Also: '{PROG} check MODEL.onnx' checks a Q/DQ model against TensorRT's rules.")
-    p.add_argument("model", nargs="?", help="FP32 ONNX UNet (inputs sample, timestep[, encoder_hidden_states]), "
-                   "a diffusers UNet folder (config.json + weights), or a diffusers text-to-image pipeline folder "
+    p.add_argument("model", nargs="?", help="FP32 ONNX denoiser (inputs sample, timestep[, conditioning]), a diffusers model folder "
+                   "(config.json + weights: UNet2DModel, UNet2DConditionModel, SD3Transformer2DModel, "
+                   "PixArtTransformer2DModel), or a diffusers text-to-image pipeline folder with a UNet "
                    "(model_index.json, unet/, scheduler/, text_encoder/, tokenizer/[, vae/]): calibrated on "
                    "prompts with classifier-free guidance")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -377,7 +378,7 @@ def _main_run(argv: list[str]) -> int:
         budgets = budgets or (get_target(getattr(args, "target", DEFAULT_TARGET)).demo_budget,)
         out_dir = out_dir if out_dir is not None else "demo.mpq"
     if not model:
-        raise MPQError(f"give a model (an .onnx file or a diffusers UNet folder), or --demo; see {PROG} --help")
+        raise MPQError(f"give a model (an .onnx file or a diffusers model folder), or --demo; see {PROG} --help")
     if budgets is None:
         raise MPQError("give --budget B, the average stored weight bits to aim for (e.g. 8 for W8A8 on tensorrt, "
                        "4.5 on onnxruntime); an unreachable budget is answered with the model's range")

@@ -1,4 +1,4 @@
-"""export stage: a diffusers UNet folder (config.json + weights) to an FP32 ONNX file.
+"""export stage: a diffusers denoiser folder (UNet or transformer; config.json + weights) to an FP32 ONNX file.
 
 torch's TorchScript exporter (opset 17) keeps module paths in node names and initializer names,
 which the inspect stage turns into layer names. Batch and spatial size are dynamic; the
@@ -55,7 +55,7 @@ def is_diffusers_folder(path: str) -> bool:
 
 def read_unet_config(unet_dir: str) -> dict:
     """The folder's config.json as a dict, or a one-line error."""
-    return read_json_object(os.path.join(unet_dir, "config.json"), "a diffusers UNet folder")
+    return read_json_object(os.path.join(unet_dir, "config.json"), "a diffusers model folder")
 
 
 def find_scheduler_config(unet_dir: str) -> str | None:

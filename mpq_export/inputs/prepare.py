@@ -46,7 +46,7 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
     from mpq_export.inputs.sd_pipeline import is_pipeline_folder, read_pipeline
 
     if not os.path.exists(cfg.model):
-        raise MPQError(f"model not found: {cfg.model} (give an .onnx file, a diffusers UNet folder or a pipeline folder)")
+        raise MPQError(f"model not found: {cfg.model} (give an .onnx file, a diffusers model folder or a pipeline folder)")
     pipe = read_pipeline(cfg.model) if is_pipeline_folder(cfg.model) else None
     unet_dir = pipe.unet_dir if pipe else cfg.model
     if cfg.prompts is not None and pipe is None:
@@ -65,7 +65,7 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
                 raise MPQError(f"{cfg.model} is a folder without config.json or model_index.json; give the ONNX "
                                f"file it holds: {os.path.join(cfg.model, onnx_files[0])}")
             raise MPQError(f"{cfg.model} is a folder without config.json or model_index.json; give an .onnx file, a "
-                           f"diffusers UNet folder or a pipeline folder")
+                           f"diffusers model folder or a pipeline folder")
         return PreparedModel(cfg.model, cfg.scheduler_config, [])
     unet_cfg = read_unet_config(unet_dir)  # a broken config.json is a one-line error before hashing GBs
     if cfg.prompts is not None and unet_cfg.get("_class_name") != "UNet2DConditionModel":

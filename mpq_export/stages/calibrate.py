@@ -368,7 +368,7 @@ def _bytes_per_row(sess, info: ModelInfo, wanted: list[str], cond: dict, x_probe
     (eps_probe,) = run_model(sess, info, [info.output], x_probe, t, cond)
     if eps_probe.shape != x_probe.shape:
         raise MPQError(f"the model's output '{info.output}' has shape {list(eps_probe.shape)} for a sample of shape "
-                       f"{list(x_probe.shape)}; a diffusion UNet predicts noise of the sample's shape (is "
+                       f"{list(x_probe.shape)}; a diffusion denoiser predicts noise (or velocity) of the sample's shape (is "
                        f"--sample-name the noisy sample, and the first output the prediction?)")
     return per_row
 

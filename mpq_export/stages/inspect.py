@@ -236,7 +236,7 @@ def _pick_inputs(path: str, inputs: list, sample_name: str | None, timestep_name
     if timestep is None:
         raise MPQError(
             f"{path} has no timestep-like input (inputs: {', '.join(i.name for i in inputs)}); "
-            "this tool quantizes diffusion UNets, which take (sample, timestep, ...): name it with --timestep-name")
+            "this tool quantizes diffusion denoisers, which take (sample, timestep, ...): name it with --timestep-name")
     if timestep.name == sample.name:
         raise MPQError(f"'{sample.name}' is named as both the sample and the timestep; give the two inputs' names")
     if len(timestep.shape) > 1 or not (timestep.dtype.startswith(("float", "int"))):
