@@ -64,10 +64,13 @@ def test_an_earlier_output_is_replaced_whole(unet_onnx, tmp_path):
 
 
 def test_a_rerun_replaces_the_earlier_output_whole_whatever_its_budgets(unet_onnx, tmp_path):
-    """Single budget, then a budget list, then another list into the same -o: each run's folder holds that
-    run's outputs only (never a budget folder of the run before beside its own)."""
+    """A single-budget output, then a budget list, then another list into the same -o: each run's folder
+    holds that run's outputs only (never a budget folder of the run before beside its own)."""
     out = tmp_path / "o"
-    assert run_cli(unet_onnx, "-o", out, *FAST)[0] == 0
+    out.mkdir()  # an earlier single-budget output of ours (its files, its report's tool field)
+    for name in ("model.mpq.onnx", "report.md"):
+        (out / name).write_text("x")
+    (out / "report.json").write_text('{"tool": "mpq-export"}')
     code, _, err = run_cli(unet_onnx, "-o", out, *FAST[:-1], "6,7")
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["budget-6", "budget-7"]
@@ -360,7 +363,7 @@ def test_output_folder_honours_the_umask_and_stale_temporaries_are_swept(unet_on
 
 def test_output_shape_unlike_the_sample_is_named(tmp_path):
     path = _one_conv_model(tmp_path / "two_channels.onnx", out_channels=2)
-    _one_line_error(*run_cli(path, "-o", tmp_path / "o", *FAST[:-1], "8")[::2], "predicts noise of the sample's shape")
+    _one_line_error(*run_cli(path, "-o", tmp_path / "o", *FAST[:-1], "8")[::2], "of the sample's shape", "--sample-name")
 
 
 def test_timestep_name_naming_the_wrong_input(cond_unet_onnx, tmp_path):

@@ -206,18 +206,35 @@ def test_temporaries_of_killed_runs_are_removed_from_the_cache(pipeline_dir, tmp
 def test_cached_exports_and_prompts_of_something_else_are_made_again(pipeline_dir, tmp_path):
     """Cache entries say what they were made from; one made from something else under this name (copied,
     renamed, or a hash collision of names) is rebuilt with a warning, never used."""
+    import logging
+
+    from mpq_export.config import PipelineConfig
+    from mpq_export.inputs.prepare import prepare_model
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
     cache = tmp_path / "c"
-    args = (pipeline_dir, "--budget", "8", "--cache-dir", cache, *FAST)
-    assert run_cli(*args, "-o", tmp_path / "o1")[0] == 0
+    cfg = PipelineConfig(model=pipeline_dir, cache_dir=str(cache))
+    prepare_model(cfg, str(cache))
     (ident,) = cache.glob("export-*/identity.json")
     ident.write_text('{"source_sha256": "another model"}')
-    import numpy as np
-
     (prompts,) = cache.glob("prompts-*.npz")
     with np.load(prompts) as z:
         arrays = dict(z)
     arrays["mpq_export_identity"] = np.array("other prompts")
     np.savez(prompts, **arrays)
-    code, _, err = run_cli(*args, "-o", tmp_path / "o2")
-    assert code == 0, err
-    assert "not made from this model" in err or "does not say it was made from this model" in err and "encoded from other prompts" in err
+    handler = Lines()
+    logging.getLogger("mpq_export").addHandler(handler)
+    try:
+        again = prepare_model(cfg, str(cache))
+    finally:
+        logging.getLogger("mpq_export").removeHandler(handler)
+    text = "\n".join(handler.lines)
+    assert "does not say it was made from this model" in text and "encoded from other prompts" in text
+    assert os.path.exists(again.onnx_path) and ident.read_text() != '{"source_sha256": "another model"}'
