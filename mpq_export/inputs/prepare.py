@@ -172,6 +172,6 @@ def _export_once(cfg: PipelineConfig, unet_dir: str, cache_dir: str | None) -> P
     log.info("[export] %s, %d parameters, %.1fs", res.model_class, res.params, res.seconds)
     notes = [f"exported from diffusers folder {source} ({res.model_class})"]
     if temp_dir:
-        notes.append(f"the FP32 export was made for this run only (no cache) and is kept in the output folder as "
-                     f"fp32/model.onnx, which the report's model and Polygraphy commands name")
+        notes.append("the FP32 export was made for this run only (no cache) and is kept in the output folder as "
+                     "fp32/model.onnx, which the report's model and Polygraphy commands name")
     return PreparedModel(onnx_path, sched, notes, temp_dir)
