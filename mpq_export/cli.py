@@ -160,7 +160,7 @@ def options() -> list[Option]:
                example=(("--agg", [a for a in AGGREGATIONS if a != _library_default("orm.agg")][0]),
                         [a for a in AGGREGATIONS if a != _library_default("orm.agg")][0])),
         # calibration
-        Option(("--steps",), "calibration.steps", "DDIM steps of the sampling trajectory", "calibration",
+        Option(("--steps",), "calibration.steps", "sampler steps of the trajectory (DDIM, or flow matching's Euler for flow models)", "calibration",
                dict(type=int), example=(("--steps", "12"), 12)),
         Option(("--timesteps",), "calibration.timesteps", "profiled steps K, evenly spaced", "calibration",
                dict(type=int), example=(("--timesteps", "3"), 3)),

@@ -98,6 +98,8 @@ def test_a_transformer_folder_at_4_5_bits_on_tensorrt(family, sd3_dir, pixart_di
     assert pinned == {"pos_embed.proj", "proj_out"}
     assert rep["validation"]["sample_psnr_db"] > 20  # it runs under onnxruntime, close to FP32
     assert run_cli("check", out)[0] == 0
+    md = (out / "report.md").read_text()
+    assert ("8-step flow-matching Euler" in md) == (family == "sd3") and ("8-step DDIM" in md) == (family != "sd3")
     # the report's timesteps are what the denoiser receives, in the scheduler's own units
     ts = rep["importance_per_timestep"]["timesteps"]
     schedule = NoiseSchedule.from_config(str(folder.parent / "scheduler" / "scheduler_config.json"))

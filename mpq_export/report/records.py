@@ -83,6 +83,7 @@ class ActivationRangeSummary:
 
 @dataclass(frozen=True)
 class CalibrationSummary:
+    sampler: str  # DDIM | flow-matching Euler: the trajectory calibration and validation ran along
     steps: int
     profiled_timesteps: int
     samples: int
@@ -211,7 +212,7 @@ def calibration_summary(stats: CalibrationStats, ranges: ActivationRanges, act_c
     costliest = ([ActivationCostRow(**asdict(c), quantized_here=c.tensor in quantized_activations) for c in act_costs]
                  if act_costs else None)
     return CalibrationSummary(
-        steps=stats.settings.steps, profiled_timesteps=len(stats.timesteps), samples=stats.settings.samples,
+        sampler="flow-matching Euler" if stats.schedule.flow_matching else "DDIM", steps=stats.settings.steps, profiled_timesteps=len(stats.timesteps), samples=stats.settings.samples,
         unet_rows=stats.n_samples, guidance_scale=stats.settings.guidance_scale, seed=stats.settings.seed,
         schedule=stats.schedule.source, conditioning=stats.conditioning_source, cached=stats.cached,
         seconds=stats.seconds, time_split=dict(stats.time_split), rows_per_call=stats.rows_per_call,
@@ -334,7 +335,7 @@ def _md_summary(r: Report) -> list[str]:
         f"- allocation: {r.allocation.method} (scorer: {r.allocation.scorer}), "
         f"solver: {r.allocation.solver_status or 'n/a'}",
         "- formats: " + ", ".join(f"{k}: {c}" for k, c in sorted(r.format_counts.items())),
-        f"- calibration: {cal.steps}-step DDIM ({cal.schedule}), K={cal.profiled_timesteps} profiled steps, "
+        f"- calibration: {cal.steps}-step {cal.sampler} ({cal.schedule}), K={cal.profiled_timesteps} profiled steps, "
         f"N={cal.samples} samples, conditioning: {cal.conditioning}" + (" (cached)" if cal.cached else ""),
         f"- activation ranges: {cal.activation_ranges.method} (thresholds at "
         f"{cal.activation_ranges.threshold_over_max_mean:.2f} of the observed max on average)",

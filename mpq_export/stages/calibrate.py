@@ -1,6 +1,6 @@
-"""calibrate stage: run the FP32 model inside a real DDIM sampler and stream per-layer statistics.
+"""calibrate stage: run the FP32 model inside its real sampler (DDIM or flow matching) and stream per-layer statistics.
 
-At K evenly spaced steps of an S-step DDIM trajectory (N samples from fixed seeds; 2N UNet rows under
+At K evenly spaced steps of an S-step trajectory (N samples from fixed seeds; 2N UNet rows under
 classifier-free guidance) we keep, per quantizable layer, the Gram matrix of its flattened output
 over the rows (float64; what ORM needs), per activation tensor a histogram of |x| with its max and
 energy (`act_ranges`: the INT8 clipping thresholds are chosen from these afterwards, by any method,
@@ -40,7 +40,7 @@ CACHE_VERSION = 9
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    steps: int = 50  # DDIM steps of the trajectory
+    steps: int = 50  # sampler steps of the trajectory
     timesteps: int = 10  # K profiled steps, evenly spaced
     samples: int = 32  # N samples per profiled step
     seed: int = 0
@@ -258,7 +258,7 @@ class _TimeSplit(dict):
 def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSchedule,
               calib_data: str | None = None, cache_dir: str | None = None, runtime: RuntimeSettings = RuntimeSettings(),
               input_statistics: bool = True) -> CalibrationStats:
-    """Profile the FP32 model along a real DDIM trajectory; load from cache when nothing changed.
+    """Profile the FP32 model along its real sampler's trajectory; load from cache when nothing changed.
     `input_statistics`: gather each layer's input statistics H = X^T X, which only GPTQ rounding reads."""
     settings = replace(settings, guidance_scale=settings.guidance)  # None and 1 are one calibration
     split = _TimeSplit()

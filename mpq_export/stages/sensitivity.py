@@ -8,7 +8,7 @@ under the budget (the usual additive approximation). Nothing is re-sampled: the 
 the FP32 trajectory's. Results are cached beside the calibration statistics.
 
 With objective "trajectory" (`--importance trajectory`), s[i, f] is instead what the layer alone does
-to the final sample: the whole DDIM trajectory (the calibration's steps and guidance) from
+to the final sample: the whole sampler trajectory (the calibration's steps and guidance) from
 TRAJECTORY_SAMPLES fixed seeds of its own, ||x0_q - x0||^2 / ||x0||^2 against the FP32 trajectory from
 the same seeds. About 10x the forwards of the per-step objective, for allocations that were mostly
 better (docs/quality.md): errors made early in the trajectory weigh most in the final sample, which the
