@@ -35,7 +35,7 @@ class NoiseSchedule:
     beta_start: float = 0.0001
     beta_end: float = 0.02
     beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2
-    prediction_type: str = "epsilon"  # epsilon | v_prediction
+    prediction_type: str = "epsilon"  # epsilon | v_prediction (DDIM; a flow model predicts the velocity)
     clip_sample: bool = True  # diffusers DDIMScheduler default; latent-model configs set it false
     steps_offset: int = 0
     source: str = "default linear schedule (T=1000, clip_sample)"
