@@ -215,6 +215,10 @@ def options() -> list[Option]:
                "outputs in float (a little more accurate; onnxruntime then runs float convolutions instead of "
                "QLinearConv, docs/speed.md)", "quantization, engine, validation", dict(action="store_true"),
                convert=_negate, example=(("--target", "onnxruntime", "--float-conv-outputs"), False)),
+        Option(("--reduce-range",), "quantize.reduce_range", "onnxruntime target: INT8 weights of W8A8 "
+               "MatMul/Gemm layers in [-63, 63], for onnxruntime's integer GEMM on x86 CPUs without VNNI, which can "
+               "saturate with full-range weights (still 8 stored bits)", "quantization, engine, validation",
+               dict(action="store_true"), example=(("--target", "onnxruntime", "--reduce-range"), True)),
         Option(("--no-clip-search",), "quantize.clip_search", "plain |max| weight scales instead of the MSE clip "
                "search", "quantization, engine, validation", dict(action="store_true"), convert=_negate,
                example=(("--no-clip-search",), False)),

@@ -117,6 +117,32 @@ def test_onnxruntime_runs_the_quantized_layers_on_integer_kernels(calibrated, tm
     assert ops.count("Conv") + ops.count("FusedConv") == float_convs + (0 if integer_conv else len(q_conv))
 
 
+@pytest.mark.parametrize("rounding", ["nearest", "gptq"])
+def test_reduce_range_keeps_w8a8_gemm_weights_within_63_and_counts_8_bits(calibrated, tmp_path, rounding):
+    """--reduce-range (onnxruntime's x86 integer GEMM): W8A8 MatMul/Gemm integers in [-63, 63], still INT8 in
+    the file; convolutions keep the full range."""
+    info, stats = calibrated
+    alloc = allocate(info.layers, 8, "onnxruntime", AllocationSettings(method="uniform", keep_fp16=(), min8=()))
+    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    peak = {}
+    for reduce in (False, True):
+        out = str(tmp_path / f"r{reduce}.onnx")
+        quantize(info, alloc, amax, out, QuantizeSettings(rounding=rounding, reduce_range=reduce), "onnxruntime",
+                 hessians=stats.hessians)
+        assert count_weight_bits(out, info)[0] == pytest.approx(alloc.achieved_bits, abs=1e-12)  # INT8 still counts 8
+        m = onnx.load(out)
+        ints = {t.name: np.abs(onnx.numpy_helper.to_array(t).astype(np.int32)).max() for t in m.graph.initializer
+                if t.data_type == onnx.TensorProto.INT8 and t.name.endswith(".weight_quantized")}
+        by_op = {}
+        for l in info.layers:
+            if l.name + ".weight_quantized" in ints:
+                by_op.setdefault("gemm" if l.op_type in ("MatMul", "Gemm") else "conv", []).append(
+                    ints[l.name + ".weight_quantized"])
+        peak[reduce] = {op: max(v) for op, v in by_op.items()}
+    assert peak[False]["gemm"] == 127 and peak[True]["gemm"] <= 63
+    assert peak[True]["conv"] == peak[False]["conv"] == 127
+
+
 def test_a_shared_weight_memo_rounds_each_layer_once_across_targets(calibrated, tmp_path, monkeypatch):
     """The tensorrt target's report writes the same allocation for onnxruntime too: the integers are
     computed once (GPTQ) and both files hold the same ones."""

@@ -43,6 +43,11 @@ class QuantizeSettings:
     # onnxruntime's CPU provider fuses DQ -> Conv -> Q into QLinearConv (targets/onnxruntime.py); it
     # costs accuracy (docs/quality.md, "onnxruntime's integer convolutions"); False: --float-conv-outputs
     integer_conv: bool = True
+    # onnxruntime target: the INT8 weights of W8A8 MatMul/Gemm layers in [-63, 63] (onnxruntime's
+    # reduce_range). Its integer GEMM on x86 CPUs without VNNI sums u8 x s8 pairs in 16 bits, which
+    # full-range weights can saturate (measured in docs/quality.md, "digits-dit"); the file still stores
+    # INT8, so the budget counts 8 bits. --reduce-range
+    reduce_range: bool = False
 
     def __post_init__(self):
         if self.rounding not in ROUNDINGS:
@@ -148,16 +153,18 @@ def quantize_layer_weight(layer: QuantLayer, w: np.ndarray, fmt: Format, setting
     """The weight of one layer in its format: per-channel, or INT4 blocks along K for MatMul/Gemm.
     With rounding 'gptq' and the layer's input statistics, the integers minimise the output error."""
     blocked = fmt.weight_bits == 4 and layer.op_type in GEMM_OPS
+    # the integer range: one bit less for the W8A8 GEMMs of --reduce-range, stored as INT8 all the same
+    bits = 7 if settings.reduce_range and fmt.weight_bits == 8 and fmt.act_bits == 8 and layer.op_type in GEMM_OPS \
+        else fmt.weight_bits
     if blocked:
         qw = quantize_weight(w, 4, layer.weight_axis, block_axis=layer.reduction_axis,
                              block_size=settings.block_size, clip_search=settings.clip_search, grid=settings.clip_grid)
     else:
-        qw = quantize_weight(w, fmt.weight_bits, layer.weight_axis, clip_search=settings.clip_search,
-                             grid=settings.clip_grid)
+        qw = quantize_weight(w, bits, layer.weight_axis, clip_search=settings.clip_search, grid=settings.clip_grid)
     if settings.rounding == "gptq" and hessian is not None:
         from mpq_export.stages.rounding import from_matrix, gptq_round, gptq_scale_search, weight_matrix
 
-        qmax = 2 ** (fmt.weight_bits - 1) - 1
+        qmax = 2 ** (bits - 1) - 1
         wm, sm = weight_matrix(np.asarray(w, np.float32), layer), weight_matrix(qw.scale_like(), layer)
         if fmt.weight_bits == 4 and qw.block_size is None:  # INT4 per channel: the output error
             # chooses each channel's scale too (rounding.py); INT4 blocks keep plain GPTQ, where the

@@ -39,6 +39,9 @@ class TensorRTTarget(Target):
         if settings.block_size not in INT4_BLOCK_SIZES:
             raise MPQError(f"--block-size {settings.block_size} cannot be built by TensorRT (INT4 blocks of "
                            f"{' or '.join(map(str, INT4_BLOCK_SIZES))}); use one of those or --target onnxruntime")
+        if settings.reduce_range:
+            raise MPQError("--reduce-range works around onnxruntime's x86 integer GEMM (this run: --target tensorrt, "
+                           "whose INT8 GEMMs take the full range); add --target onnxruntime or drop it")
         if not settings.integer_conv:
             raise MPQError("--float-conv-outputs changes the onnxruntime target's graph (this run: --target "
                            "tensorrt, where TensorRT chooses its own fusions); add --target onnxruntime or drop it")
