@@ -131,14 +131,7 @@ def train_flow(args) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            decay = min(0.999, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), model.parameters()):
-                pe.mul_(decay).add_(p, alpha=1 - decay)
-        losses.append(float(loss.detach()))
-        if step % 100 == 0 or step == args.steps:
-            print(f"step {step}/{args.steps} loss(avg 100) {sum(losses[-100:]) / len(losses[-100:]):.4f} "
-                  f"{time.perf_counter() - t0:.0f}s", flush=True)
+        _after_step(step, args.steps, ema, model, float(loss.detach()), losses, t0, max_decay=0.999)
     seconds = time.perf_counter() - t0
     out = os.path.abspath(args.out)
     ema.to(torch.float16).save_pretrained(os.path.join(out, "transformer"))
@@ -152,6 +145,21 @@ def train_flow(args) -> None:
                                         "tools/train_reference.py --data digits-flow)"))
     _log(out, args, seconds, sum(p.numel() for p in model.parameters()), losses)
     print(f"saved {out} ({seconds:.0f}s)")
+
+
+def _after_step(step: int, steps: int, ema, model, loss: float, losses: list[float], t0: float,
+                max_decay: float) -> None:
+    """The EMA update (warm-up so early EMA is not all initial weights), the loss log, progress every 100 steps."""
+    import torch
+
+    with torch.no_grad():
+        decay = min(max_decay, (1 + step) / (10 + step))
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.mul_(decay).add_(p, alpha=1 - decay)
+    losses.append(loss)
+    if step % 100 == 0 or step == steps:
+        print(f"step {step}/{steps} loss(avg 100) {sum(losses[-100:]) / len(losses[-100:]):.4f} "
+              f"{time.perf_counter() - t0:.0f}s", flush=True)
 
 
 def _log(out: str, args, seconds: float, params: int, losses: list[float]) -> None:
@@ -204,14 +212,7 @@ def main() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            decay = min(0.995, (1 + step) / (10 + step))  # warm-up so early EMA is not all initial weights
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.mul_(decay).add_(p, alpha=1 - decay)
-        losses.append(float(loss))
-        if step % 100 == 0 or step == args.steps:
-            print(f"step {step}/{args.steps} loss(avg 100) {sum(losses[-100:]) / len(losses[-100:]):.4f} "
-                  f"{time.perf_counter() - t0:.0f}s", flush=True)
+        _after_step(step, args.steps, ema, unet, float(loss.detach()), losses, t0, max_decay=0.995)
     seconds = time.perf_counter() - t0
     out = os.path.abspath(args.out)
     ema.to(torch.float16).save_pretrained(os.path.join(out, "unet"))
