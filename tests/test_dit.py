@@ -162,7 +162,10 @@ def test_an_onnx_file_of_a_transformer_with_its_scheduler_config(sd3_dir, tmp_pa
     code, _, err = run_cli(path, "--budget", "4.5", "-o", tmp_path / "o", "--scheduler-config",
                            sd3_dir / "scheduler" / "scheduler_config.json", *FAST)
     assert code == 0, err
-    assert "FlowMatchEuler" in err or json.loads((tmp_path / "o" / "report.json").read_text())["calibration"]["schedule"]
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["calibration"]["sampler"] == "flow-matching Euler"  # the given config chose the sampler
+    assert rep["calibration"]["schedule"].endswith("scheduler_config.json")
+    assert rep["counted_bits"] == pytest.approx(rep["achieved_bits"], abs=1e-12) and rep["counted_bits"] <= 4.5
 
 
 def test_flow_matching_options_we_do_not_implement_are_refused(tmp_path):
