@@ -74,3 +74,25 @@ def test_bench_calibration_prints_the_ratio_and_where_time_went(unet_onnx, extra
     ratio = [l for l in p.stdout.splitlines() if "time(calibrate) / time(bare) = " in l]
     assert len(ratio) == 1 and float(ratio[0].split("= ")[1].split()[0]) > 0
     assert ("gptq_statistics" in p.stdout) == gptq
+
+
+def test_ort_kernel_check_compares_the_two_session_forms_on_the_saved_inputs(unet_onnx, tmp_path):
+    """The default form is the session validation uses (its mean is the report's validation SQNR); the basic
+    form computes the same Q/DQ as specified, so on an FP16 tensorrt-target graph it stays within ~1 dB."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+
+    out = tmp_path / "o"
+    code, _, err = run_cli(unet_onnx, "--budget", "8", "-o", out, "--steps", "6", "--timesteps", "2", "--samples", "4",
+                           "--val-samples", "2", "--no-stability", "--no-act-costs")
+    assert code == 0, err
+    p = subprocess.run([sys.executable, os.path.join(TOOLS, "ort_kernel_check.py"), str(out)], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    default, basic = [float(v) for v in re.findall(r"mean SQNR\s+(-?[\d.]+) dB", p.stdout)]
+    assert abs(default - basic) < 1.5
+    assert default == pytest.approx(json.loads((out / "report.json").read_text())["validation"]["mean_sqnr_db"], abs=0.01)
