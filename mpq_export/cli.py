@@ -22,6 +22,8 @@ from mpq_export.stages.act_ranges import ACT_CALIB_METHODS, DEFAULT_PERCENTILE
 from mpq_export.util.errors import MPQError
 from mpq_export.stages.rounding import ROUNDINGS
 from mpq_export.targets import DEFAULT_TARGET, TARGETS, all_targets, get_target
+from mpq_export.targets.formats import FORMATS
+from mpq_export.targets.gpus import FAMILIES, GPU_CHOICES
 
 PROG = "mpq-export"
 
@@ -46,6 +48,13 @@ def _ints(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a comma list of integers, got '{text}'") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma list of names")
+    return names
 
 
 def _resolution(text: str) -> tuple[int, int]:
@@ -127,6 +136,10 @@ def options() -> list[Option]:
         Option(("--target",), "target", "; ".join(f"{t.name}: {t.help}" for t in targets),
                argparse=dict(choices=TARGETS), convert=get_target,
                example=(("--target", "onnxruntime"), get_target("onnxruntime"))),
+        Option(("--gpu",), "gpu", "tensorrt target: the GPU that will run the engine, which decides the formats "
+               "(auto: this machine's GPU, else the Ampere-safe table); " + "; ".join(f"{f.name}: {f.examples}"
+                                                                                  for f in FAMILIES),
+               argparse=dict(choices=GPU_CHOICES), example=(("--gpu", "hopper"), "hopper")),
         # allocation
         Option(("--allocation",), "allocation.method", "mpq: the 0/1 program over the importance scores; others "
                "are baselines", "allocation", dict(choices=METHODS), example=(("--allocation", "uniform"), "uniform")),
@@ -136,6 +149,10 @@ def options() -> list[Option]:
                example=(("--importance", "sensitivity"), "sensitivity")),
         Option(("--bits",), "allocation.bits", "candidate weight bit-widths (4, 8, 16)", "allocation",
                dict(type=_ints), example=(("--bits", "8,16"), (8, 16))),
+        Option(("--formats",), "allocation.formats", "restrict the candidate formats by name, e.g. fp16,fp8 for an "
+               "all-FP8 model or fp16,w8a8 for all-INT8 (" + ", ".join(f.name for f in FORMATS) + "; default: every "
+               "format the target and GPU store)", "allocation", dict(type=_names, metavar="LIST"),
+               example=(("--gpu", "hopper", "--formats", "fp16,fp8"), ("fp16", "fp8"))),
         Option(("--keep-fp16",), "allocation.keep_fp16", "pin matching layers to FP16 (repeatable; conv_in and "
                "conv_out always, unless --no-default-pins)", "allocation", dict(action="append", metavar="REGEX"),
                convert=tuple, example=(("--keep-fp16", "down", "--keep-fp16", "up"), ("down", "up"))),

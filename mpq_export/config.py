@@ -18,6 +18,7 @@ from mpq_export.stages.orm import OrmSettings
 from mpq_export.stages.quantize import QuantizeSettings
 from mpq_export.stages.validate import ValidationSettings
 from mpq_export.targets import DEFAULT_TARGET, Target, all_targets, get_target
+from mpq_export.targets.gpus import DEFAULT_GPU, FAMILIES, GPU_CHOICES
 from mpq_export.util.errors import MPQError, require_number, require_path
 
 IMPORTANCES = ("orm", "sensitivity", "trajectory")  # the last two: sensitivity.py's two objectives
@@ -33,6 +34,7 @@ class PipelineConfig:
     budgets: tuple[float, ...] = DEFAULT_BUDGETS
     out_dir: str | None = None  # default ./<model stem>.mpq
     target: str | Target = DEFAULT_TARGET  # a name, resolved to the Target object
+    gpu: str = DEFAULT_GPU  # tensorrt target: the GPU family whose formats the engine may use (targets/gpus.py)
     allocation: AllocationSettings = field(default_factory=AllocationSettings)
     importance: str = "orm"  # orm | sensitivity | trajectory
     orm: OrmSettings = field(default_factory=OrmSettings)
@@ -55,7 +57,10 @@ class PipelineConfig:
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        self.target = get_target(self.target)
+        if self.gpu not in GPU_CHOICES:
+            raise MPQError(f"--gpu must be one of {', '.join(GPU_CHOICES)}, got '{self.gpu}'")
+        self.target = get_target(self.target).for_gpu(self.gpu)
+        _check_formats(self.allocation.formats, self.target)
         if self.importance not in IMPORTANCES:
             raise MPQError(f"--importance must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
         if self.build_engine not in BUILD_MODES:
@@ -80,6 +85,23 @@ class PipelineConfig:
     def gptq(self) -> bool:
         """GPTQ rounding reads the layers' input statistics from calibration; nothing else does."""
         return self.quantize.rounding == "gptq"
+
+
+def _check_formats(names: tuple[str, ...] | None, target: Target) -> None:
+    """--formats names only formats the chosen target (and GPU family) stores, and some quantized one."""
+    if names is None:
+        return
+    have = target.format_names()
+    missing = [n for n in names if n not in have]
+    if missing:
+        elsewhere = ""
+        if target.gpu is not None:
+            fams = [f.name for f in FAMILIES if all(any(m == g.name for fmts in f.adds.values() for g in fmts)
+                                                    for m in missing)]
+            if fams:
+                elsewhere = f" (the table used: {target.gpu.name}; --gpu {fams[0]} runs {', '.join(missing)})"
+        raise MPQError(f"--formats {','.join(missing)}: not stored by the {target.name} target{elsewhere}; "
+                       f"it stores {', '.join(have)}")
 
 
 def _budgets(budgets) -> tuple[float, ...]:

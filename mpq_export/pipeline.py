@@ -21,7 +21,8 @@ from mpq_export.config import PipelineConfig
 from mpq_export.inputs.prepare import PreparedModel, prepare_model
 from mpq_export.report.records import Report, TargetComparisonRow
 from mpq_export.stages.act_ranges import ActivationRanges, choose_ranges
-from mpq_export.stages.allocate import BitAllocation, allocate, candidates, check_budget, unmatched_patterns
+from mpq_export.stages.allocate import (BitAllocation, allocate, candidates, check_budget, equal_bit_alternatives,
+                                        unmatched_patterns)
 from mpq_export.stages.calibrate import CalibrationStats, calibrate, sample_shape
 from mpq_export.stages.diagnostics import (allocation_stability, activation_costs, compare_targets,
                                            float_graph_validation, importance_of)
@@ -110,6 +111,7 @@ class _SharedResults:
     act_costs: list | None  # sensitivity.ActivationCost, worst first
     importance: LayerImportance | None
     sensitivity: SensitivityScores | None
+    format_error: dict[str, dict[str, float]] | None  # format_error.py: chooses between formats of equal bits
     shape: tuple[int, ...]
     reference: FP32Reference
     float_validation: ValidationResult | None  # the target's float graph alone (tensorrt: FP16)
@@ -143,6 +145,7 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     notes = list(cfg.notes) + prepared.notes
     ranges, act_costs = _activation_ranges(cfg, info, stats, notes, timings)
     imp, sens = _importance(cfg, info, stats, ranges, cache_dir, timings)
+    fmt_error = _format_errors(cfg, info, stats, ranges, sens, timings)
 
     shape = sample_shape(info, calibration.resolution)
     with timings.stage("fp32_reference"):  # one FP32 run serves every comparison below
@@ -158,7 +161,7 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     reference_model = os.path.join(os.path.abspath(out_root), FP32_FOLDER, os.path.basename(model_path)) \
         if keep_export else model_path
     shared = _SharedResults(cfg=cfg, model_path=reference_model, info=info, stats=stats, ranges=ranges, act_costs=act_costs,
-                            importance=imp, sensitivity=sens, shape=shape, reference=ref, float_validation=float_val,
+                            importance=imp, sensitivity=sens, format_error=fmt_error, shape=shape, reference=ref, float_validation=float_val,
                             vae_dir=prepared.pipeline.vae_dir if prepared.pipeline else None, notes=notes)
     # every allocation first: a budget that cannot be written fails the run before anything is written
     allocations = [_allocate_budget(shared, budget, timings) for budget in cfg.budgets]
@@ -211,8 +214,28 @@ def _importance(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, r
         with timings.stage("sensitivity"):
             cands, _ = candidates(info.layers, cfg.target, cfg.allocation)
             sens = measure_sensitivity(info, stats, ranges.amax, cands, cfg.quantize, cfg.orm.alpha, cache_dir,
-                                       cfg.runtime, objective="trajectory" if cfg.importance == "trajectory" else "step")
+                                       cfg.runtime, objective="trajectory" if cfg.importance == "trajectory" else "step",
+                                       fp8_amax=ranges.observed_max)
     return imp, sens
+
+
+def _format_errors(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges,
+                   sens: SensitivityScores | None, timings: StageTimes) -> dict[str, dict[str, float]] | None:
+    """The expected error of each format of equal bits (w8a8 and fp8) on the layers offered both; None when
+    no layer is, or when measured sensitivity decides (its probes cover every format)."""
+    if sens is not None:
+        return None
+    tied = equal_bit_alternatives(info.layers, candidates(info.layers, cfg.target, cfg.allocation)[0])
+    if not tied:
+        return None
+    from mpq_export.stages.format_error import expected_format_error
+
+    with timings.stage("format_error"):
+        err = expected_format_error(info, tied, stats.act_hist, ranges.amax, ranges.observed_max, cfg.quantize,
+                                    stats.hessians)
+    log.info("[format error] expected error of %d layers' formats of equal bits (%s)", len(err),
+             ", ".join(sorted({f for e in err.values() for f in e})))
+    return err
 
 
 def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp: str, out: str,
@@ -237,8 +260,9 @@ def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp
         with timings.stage("compare_targets"):
             rows = compare_targets(run.cfg.target, run.info, run.stats, run.ranges.amax, alloc, run.cfg.quantize,
                                    run.shape, run.cfg.validation, run.reference, val, run.float_validation,
-                                   weight_memo, run.cfg.runtime)
-        compared = [TargetComparisonRow.of(r.label, r.validation) for r in rows]
+                                   weight_memo, run.cfg.runtime, fp8_amax=run.ranges.observed_max)
+        compared = [TargetComparisonRow.of(r.label, r.validation) for r in rows if r.validation is not None]
+        notes = notes + [f"same allocation per target: {r.label}" for r in rows if r.validation is None]
         del weight_memo
     report = _report(run, alloc, out, qm, counted, checker, engine, val, replay, compared, notes, timings)
     with open(os.path.join(tmp, "allocation.json"), "w") as f:
@@ -253,7 +277,8 @@ def _allocate_budget(run: _SharedResults, budget: float, timings: StageTimes) ->
     with timings.stage("allocate"):
         alloc = allocate(run.info.layers, budget, run.cfg.target, run.cfg.allocation,
                          theta=run.importance.theta if run.importance is not None else None,
-                         sensitivity=run.sensitivity.scores if run.sensitivity is not None else None)
+                         sensitivity=run.sensitivity.scores if run.sensitivity is not None else None,
+                         format_error=run.format_error)
     if alloc.scorer == "sensitivity" and run.sensitivity is not None and run.sensitivity.objective == "trajectory":
         alloc = replace(alloc, scorer="trajectory")  # the report names which measured error decided
     log.info("[allocate] %s: %.4f average bits (budget %g)", alloc.method, alloc.achieved_bits, budget)
@@ -273,7 +298,7 @@ def _quantize_checked(run: _SharedResults, alloc: BitAllocation, path: str, timi
     log.info("[quantize] writing the %s target's Q/DQ model", run.cfg.target.name)
     with timings.stage("quantize"):
         qm = quantize(run.info, alloc, run.ranges.amax, path, run.cfg.quantize, run.cfg.target,
-                      hessians=run.stats.hessians, weight_memo=weight_memo)
+                      hessians=run.stats.hessians, weight_memo=weight_memo, fp8_amax=run.ranges.observed_max)
     counted, _ = count_weight_bits(path, run.info)
     if abs(counted - alloc.achieved_bits) > 1e-6:  # the budget, the report and the file count one number
         raise MPQError(f"internal: the written model stores {counted:.4f} average weight bits, the allocation "
@@ -316,7 +341,8 @@ def _report(run: _SharedResults, alloc: BitAllocation, out: str, qm: QuantizedMo
     stability = None
     if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer == "orm":
         with timings.stage("stability"):
-            stability = allocation_stability(info, run.stats, cfg.orm, imp, cfg.target, cfg.allocation, alloc)
+            stability = allocation_stability(info, run.stats, cfg.orm, imp, cfg.target, cfg.allocation, alloc,
+                                             run.format_error)
     return Report(
         model=os.path.abspath(run.model_path), input=os.path.abspath(cfg.model),
         output_model=os.path.join(os.path.abspath(out), OUTPUT_MODEL), budget=alloc.budget,
@@ -328,4 +354,5 @@ def _report(run: _SharedResults, alloc: BitAllocation, out: str, qm: QuantizedMo
         calibration=calibration_summary(run.stats, run.ranges, run.act_costs, qm.act_scales),
         validation=val.summary(), polygraphy=replay, engine=engine, notes=notes, check=checker,
         validation_compare=compared, stability=stability,
+        gpu=f"{cfg.target.gpu.name} ({cfg.target.gpu_reason})" if cfg.target.gpu is not None else None,
         timings=dict(timings), peak_rss_mb=dict(timings.peak_rss_mb))

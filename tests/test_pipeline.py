@@ -37,6 +37,10 @@ REFUSALS = [
      ["--importance", "sensitivity", "--allocation", "uniform"], "--importance sensitivity scores layers for"),
     (dict(target="onnxruntime", build_engine="yes"), ["--target", "onnxruntime", "--build-engine", "yes"],
      "--build-engine yes builds TensorRT engines"),
+    (dict(target="onnxruntime", gpu="hopper"), ["--target", "onnxruntime", "--gpu", "hopper"],
+     "--gpu hopper chooses the formats of a TensorRT engine's GPU"),
+    (dict(gpu="ampere", allocation=dict(formats=("fp16", "fp8"))), ["--gpu", "ampere", "--formats", "fp16,fp8"],
+     "--formats fp8: not stored by the tensorrt target"),
     (dict(budgets=(8.0, 8.0)), ["--budget", "8,8"], "--budget lists 8 twice"),
     (dict(out_dir=" "), ["-o", " "], "-o is empty"),
 ]

@@ -25,6 +25,10 @@ Rows:
        under --peer-venv (about 6 GB with its torch); --no-modelopt skips it.
 
   ours uniform 4 bits (every unpinned layer at its 4-bit format), per target, with --uniform4
+  with --fp8, on the tensorrt target with the Hopper table: all-INT8 (--formats fp16,w8a8), all-FP8
+       (--formats fp16,fp8), and the per-layer choice between the two at the same bits (--formats
+       fp16,w8a8,fp8), chosen by the expected error (format_error.py) and, with --scorers ...sensitivity,
+       by the measured sensitivity
 
     python tools/compare_peers.py [--model digits|patches|digits-dit|MODEL] [--seeds 64] [--budgets 4.5] [--json OUT]
 
@@ -93,7 +97,8 @@ def count_bits(path: str, info) -> float:
     inits = {i.name: i for i in m.graph.initializer}
     producers = {o: n for n in m.graph.node for o in n.output}
     by_name = {n.name: n for n in m.graph.node}
-    width = {onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}
+    width = {onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4,
+             onnx.TensorProto.FLOAT8E4M3FN: 8}
     total = bits = 0.0
     for layer in info.layers:
         node = producers.get(layer.output)
@@ -238,6 +243,8 @@ def main() -> None:
     ap.add_argument("--calib-data", default=None, help="conditioning (.npz, as mpq-export's --calib-data); "
                                                         "default: the bundled model's own")
     ap.add_argument("--uniform4", action="store_true", help="add uniform 4-bit rows on both targets")
+    ap.add_argument("--fp8", action="store_true", help="add the all-INT8 / all-FP8 / per-layer INT8-or-FP8 rows "
+                    "(tensorrt target, --gpu hopper)")
     ap.add_argument("--table-only", metavar="JSON", help="print the tables of an earlier run's JSON and stop")
     args = ap.parse_args()
     if args.table_only:
@@ -341,6 +348,8 @@ def main() -> None:
                 quantize(info, alloc, default_ranges.amax, path, QuantizeSettings(), target, hessians=stats.hessians)
                 score(f"ours uniform 4 bits {target} (every unpinned layer at 4 bits)", path, target=target,
                       uniform4=True)
+        if args.fp8:
+            fp8_rows(info, stats, default_ranges, d, score, [x for x in args.scorers.split(",") if x], cache)
         feeds = calibration_feeds(info, stats)
         # the layers our default pins keep float: the peers' rows "with our pins" exclude the same nodes,
         # so the comparison separates calibration and rounding from the choice of float layers
@@ -380,6 +389,39 @@ def main() -> None:
             json.dump(result, f, indent=1)
 
 
+def fp8_rows(info, stats, ranges, d: str, score, scorers: list[str], cache: str | None) -> None:
+    """All-INT8, all-FP8 and the per-layer choice between them at the same bits (tensorrt target, Hopper)."""
+    from mpq_export.stages.allocate import equal_bit_alternatives
+    from mpq_export.stages.format_error import expected_format_error
+    from mpq_export.targets.tensorrt import TensorRTTarget
+    from mpq_export.targets.gpus import family
+
+    hopper, qs = TensorRTTarget(family("hopper"), "--gpu hopper"), QuantizeSettings()
+    uniform = {fmt: allocate(info.layers, 8, hopper, AllocationSettings(method="uniform", formats=("fp16", fmt)))
+               for fmt in ("w8a8", "fp8")}
+    bits = uniform["w8a8"].achieved_bits  # every unpinned layer at 8 bits; pins FP16
+    both = AllocationSettings(formats=("fp16", "w8a8", "fp8"))
+    cands = candidates(info.layers, hopper, both)[0]
+    errors = expected_format_error(info, equal_bit_alternatives(info.layers, cands), stats.act_hist, ranges.amax,
+                                   ranges.observed_max, qs, stats.hessians)
+    allocs = {"all-INT8": uniform["w8a8"], "all-FP8": uniform["fp8"],
+              "INT8/FP8 per layer (expected error)": allocate(info.layers, bits, hopper, both,
+                                                               theta=np.ones(len(info.layers)), format_error=errors)}
+    if "sensitivity" in scorers:
+        from mpq_export.stages.sensitivity import measure_sensitivity
+
+        sens = measure_sensitivity(info, stats, ranges.amax, cands, qs, OrmSettings().alpha, cache,
+                                   fp8_amax=ranges.observed_max).scores
+        allocs["INT8/FP8 per layer (measured sensitivity)"] = allocate(info.layers, bits, hopper, both, sensitivity=sens)
+    for label, alloc in allocs.items():
+        path = os.path.join(d, f"fp8-{label.split()[0].replace('/', '-')}-{len(label)}.onnx")
+        quantize(info, alloc, ranges.amax, path, qs, hopper, hessians=stats.hessians, fp8_amax=ranges.observed_max)
+        n_fp8 = sum(f.name == "fp8" for f in alloc.formats)
+        score(f"ours {label}, tensorrt --gpu hopper ({n_fp8} of {len(alloc.formats)} layers FP8)", path,
+              target="tensorrt", fp8=label, fp8_layers=[n for n, f in zip(alloc.layer_names, alloc.formats)
+                                                        if f.name == "fp8"])
+
+
 def paired(result: dict, a: str, b: str) -> tuple[float, float]:
     """Mean and standard error of the per-seed PSNR difference a - b (same seeds: far tighter than
     the two rows' own standard errors)."""
@@ -412,6 +454,12 @@ def summary(result: dict) -> str:
             if other:
                 m, se = paired(result, r["method"], other["method"])
                 lines.append(f"- {r['method']} minus {other['method']}: **{m:+.2f} +- {se:.2f} dB**")
+    fp8 = {r["fp8"]: r for r in rows if r.get("fp8")}
+    for mixed in [k for k in fp8 if "per layer" in k]:
+        for pure in ("all-INT8", "all-FP8"):
+            if pure in fp8:
+                m, se = paired(result, fp8[mixed]["method"], fp8[pure]["method"])
+                lines.append(f"- {fp8[mixed]['method']} minus {fp8[pure]['method']}: **{m:+.2f} +- {se:.2f} dB**")
     float_conv = next((r for r in rows if r.get("float_conv_outputs")), None)
     if ours and float_conv:
         m, se = paired(result, ours["method"], float_conv["method"])

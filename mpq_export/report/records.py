@@ -7,6 +7,8 @@ rendered from the typed Report, so the two files never disagree. matplotlib is i
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 import os
 import dataclasses
@@ -144,6 +146,7 @@ class Report:
     peak_rss_mb: dict[str, float]  # stage -> the process's peak resident memory during the stage
     tool: str = "mpq-export"  # how mpq-export recognises its own output folders
     plots: list[str] = field(default_factory=list)
+    gpu: str | None = None  # the GPU family whose formats were offered, and why (tensorrt target)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -316,8 +319,8 @@ def render_markdown(r: Report) -> str:
     lines = _md_summary(r)
     if r.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
-    lines += _md_validation(r) + _md_checks_and_engine(r) + _md_activation_costs(r) + _md_stability_and_timings(r)
-    lines += _md_layers(r)
+    lines += _md_validation(r) + _md_checks_and_engine(r) + _md_equal_bits(r) + _md_activation_costs(r)
+    lines += _md_stability_and_timings(r) + _md_layers(r)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r.plots]
     return "\n".join(lines) + "\n"
 
@@ -330,6 +333,7 @@ def _md_summary(r: Report) -> list[str]:
         *([f"- input: `{given}`"] if given != r.model else []),
         f"- model: `{r.model}` ({r.total_params:,} quantizable weight parameters in {len(r.layers)} layers)",
         f"- target: **{r.target}**; output: `{r.output_model}`",
+        *([f"- formats of GPU family: {r.gpu}"] if r.gpu else []),
         f"- budget: **{r.budget:g}** average weight bits; achieved (allocation): **{r.achieved_bits:.4f}**; "
         f"counted from the file (= stored by the {r.target} target): {r.counted_bits:.4f}",
         f"- allocation: {r.allocation.method} (scorer: {r.allocation.scorer}), "
@@ -386,6 +390,35 @@ def _md_checks_and_engine(r: Report) -> list[str]:
             lines.append(f"- engine: `{e.path}` ({e.seconds or 0:.1f} s to build)")
         if e.layer_precisions:
             lines.append("- per-layer precision (engine inspector): " + ", ".join(f"{k}: {c}" for k, c in e.layer_precisions.items()))
+    return lines
+
+
+def _md_equal_bits(r: Report) -> list[str]:
+    """Which format won where two of equal bits (w8a8 and fp8) were offered, and by how much."""
+    choices = r.allocation.equal_bit_choices
+    if not choices:
+        return []
+    chosen = {l.name: l.format for l in r.layers}
+    measured = r.allocation.scorer != "orm" and r.allocation.scorer != "none"
+    how = (f"the measured error ({_measured_column(r.allocation.scorer)}) inside the 0/1 program" if measured else
+           "the expected error of each format (relative output error of the quantized weight under the layer's "
+           "input statistics + relative error of the quantized input, from the calibration histograms): the "
+           "smaller is offered to the 0/1 program")
+    names = sorted({f for e in choices.values() for f in e})
+    won = Counter(chosen[n] for n in choices)
+    lines = ["", "## Formats of equal bits", "",
+             f"{len(choices)} layers could store 8 bits two ways ({', '.join(names)}); chosen by {how}. "
+             f"Chosen: " + ", ".join(f"{k} {v}" for k, v in sorted(won.items())) + ".", "",
+             "| layer | chosen | " + " | ".join(f"error {n}" for n in names) + " |",
+             "|---|---|" + "---:|" * len(names)]
+    # the layers where the two formats differ most first: where the choice matters
+    def spread(e):
+        v = sorted(e.values())
+        return v[-1] / max(v[0], 1e-30)
+    for n, e in sorted(choices.items(), key=lambda kv: -spread(kv[1]))[:20]:
+        lines.append(f"| `{n}` | {chosen[n]} | " + " | ".join(f"{e[f]:.3g}" if f in e else "—" for f in names) + " |")
+    if len(choices) > 20:
+        lines.append(f"| ... {len(choices) - 20} more in allocation.json | | " + " | " * (len(names) - 1) + " |")
     return lines
 
 

@@ -186,6 +186,26 @@ def quantization_error(counts: np.ndarray, candidates: np.ndarray) -> np.ndarray
     return w @ err.T
 
 
+def fp8_quantization_error(counts: np.ndarray, amax: float) -> float:
+    """Expected squared FP8 E4M3 error summed over a histogram [..., N_BINS], for scale amax / 448.
+
+    E4M3 spaces its values 2^(e - 3) apart in the octave [2^e, 2^(e+1)) for e >= -6 and 2^-9 below
+    (subnormals); a value v of the scaled magnitude u = v / s rounds with noise (spacing * s)^2 / 12,
+    values under half the smallest subnormal become 0 (error v^2), values past 448 clip.
+    """
+    from mpq_export.targets.formats import FP8_MAX
+
+    if amax <= 0:
+        return 0.0
+    s = amax / FP8_MAX
+    w = counts.reshape(-1, N_BINS).sum(0)[_BIN_OF] / _SUBPOINTS
+    u = _VALS / s
+    spacing = np.exp2(np.maximum(np.floor(np.log2(np.maximum(u, 2.0 ** -30))), -6.0) - 3.0)
+    err = np.where(u > FP8_MAX, (_VALS - amax) ** 2,
+                   np.where(u < 2.0 ** -10, _VALS ** 2, (spacing * s) ** 2 / 12.0))
+    return float(w @ err)
+
+
 def _candidates(amax: float) -> np.ndarray:
     """Thresholds to try: the grid's edges from amax / 2^8 up to amax, and amax itself."""
     if amax <= 0:

@@ -20,7 +20,7 @@ import numpy as np
 from mpq_export.util.errors import MPQError, require_int, require_number
 from mpq_export.stages.inspect import QuantLayer
 from mpq_export.targets import Target, all_targets, get_target
-from mpq_export.targets.formats import FP16, Format
+from mpq_export.targets.formats import FORMATS, FP16, Format
 
 METHODS = ("mpq", "uniform", "random", "smallest-first")
 # Layers the literature keeps at >= 8 bits: the first and last convs and the time embedding; in the
@@ -47,10 +47,22 @@ class AllocationSettings:
     keep_fp16: tuple[str, ...] = ()  # regexes (re.search on the layer name) pinned to FP16, beside the defaults
     min8: tuple[str, ...] | None = None  # regexes held at >= 8 bits; None: DEFAULT_MIN8 (with default_pins)
     default_pins: bool = True  # DEFAULT_KEEP_FP16 and DEFAULT_MIN8 apply
+    # format names the allocation may choose (--formats); None: every format of the target with --bits
+    # widths. Pins still apply: a layer pinned to FP16 stays FP16 whatever this says.
+    formats: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise MPQError(f"--allocation must be one of {', '.join(METHODS)}, got '{self.method}'")
+        if self.formats is not None:
+            known = [f.name for f in FORMATS]
+            bad = [n for n in self.formats if n not in known]
+            if bad or not self.formats:
+                raise MPQError(f"--formats takes a comma list of {', '.join(known)} (got "
+                               f"{','.join(self.formats) or 'nothing'})")
+            if not any(f.quantized for f in FORMATS if f.name in self.formats):
+                raise MPQError("--formats lists no quantized format: nothing would be quantized; add one, "
+                               "e.g. --formats fp16,w8a8")
         bad = [b for b in self.bits if b not in (4, 8, 16)]
         if bad or not self.bits:
             raise MPQError(f"--bits takes a comma list of 4, 8, 16 (got {','.join(map(str, self.bits)) or 'nothing'})")
@@ -89,6 +101,9 @@ class AllocationSummary:
     solver_status: str
     layers: dict[str, str]  # layer -> format name
     pins: dict[str, str]  # layer -> why its candidates were restricted
+    # layers offered two formats of one width (w8a8 and fp8): format -> the error term that chose between
+    # them (format_error.py; the measured sensitivity when --importance sensitivity)
+    equal_bit_choices: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,6 +118,7 @@ class BitAllocation:
     solver_status: str = ""
     seconds: float = 0.0
     pins: dict[str, str] = field(default_factory=dict)  # layer -> why its candidates were restricted
+    equal_bit_choices: dict[str, dict[str, float]] = field(default_factory=dict)  # see AllocationSummary
 
     @property
     def achieved_bits(self) -> float:
@@ -120,7 +136,8 @@ class BitAllocation:
     def summary(self) -> AllocationSummary:
         return AllocationSummary(budget=self.budget, achieved_bits=self.achieved_bits, method=self.method,
                                  scorer=self.scorer, objective=self.objective, solver_status=self.solver_status,
-                                 layers={n: f.name for n, f in zip(self.layer_names, self.formats)}, pins=dict(self.pins))
+                                 layers={n: f.name for n, f in zip(self.layer_names, self.formats)}, pins=dict(self.pins),
+                                 equal_bit_choices={k: dict(v) for k, v in self.equal_bit_choices.items()})
 
     def to_json(self) -> dict:
         return asdict(self.summary())
@@ -146,16 +163,52 @@ def candidates(layers: list[QuantLayer], target: str | Target,
         if any(re.search(rx, l.name) for rx in settings.min8_patterns):
             bits = [b for b in bits if b >= 8] or [8]
             pins[l.name] = ">= 8 bits (sensitive layer)"
-        fmts = [f for f in (target.format_for(l.op_type, b) for b in bits) if f is not None]
+        fmts = [f for f in target.formats_for(l.op_type) if f.weight_bits in bits
+                 and (settings.formats is None or f.name in settings.formats)]
+        if not fmts and settings.formats is not None:
+            raise MPQError(f"--formats {','.join(settings.formats)} with --bits {','.join(map(str, bits))} leaves "
+                           f"{l.op_type} layer {l.name} without a format on the {target.name} target (it stores "
+                           f"{', '.join(f.name for f in target.formats_for(l.op_type))}); add one of them to --formats")
         if not fmts:
             why = "; ".join(sorted({target.why_not[(l.op_type, b)] for b in bits if (l.op_type, b) in target.why_not}))
             have = ",".join(str(f.weight_bits) for f in target.formats_for(l.op_type))
-            others = [t.name for t in all_targets() if t is not target and any(t.format_for(l.op_type, b) for b in bits)]
+            others = [t.name for t in all_targets() if t.name != target.name and any(t.format_for(l.op_type, b) for b in bits)]
             raise MPQError(f"--bits {','.join(map(str, bits))} leaves {l.op_type} layer {l.name} without a format on the "
                            f"{target.name} target{f' ({why})' if why else ''}; it stores {have} bits: add one of "
                            f"them to --bits" + (f" or use --target {others[0]}" if others else ""))
         out.append(fmts)
     return out, pins
+
+
+def equal_bit_alternatives(layers: list[QuantLayer], cands: list[list[Format]]) -> dict[str, list[Format]]:
+    """Layers whose candidates hold two formats of one width (w8a8 and fp8): layer -> those formats."""
+    out = {}
+    for l, c in zip(layers, cands):
+        tied = [f for f in c if f.quantized and sum(g.weight_bits == f.weight_bits for g in c) > 1]
+        if tied:
+            out[l.name] = tied
+    return out
+
+
+def one_per_width(layers: list[QuantLayer], cands: list[list[Format]],
+                  format_error: dict[str, dict[str, float]] | None) -> list[list[Format]]:
+    """Each layer's candidates with one format per stored width: of formats of equal bits, the one of least
+    `format_error` (layer -> format -> error), else the first in the target's table.
+
+    Formats of equal width cost the same bits and have the same ORM value (bits x importance), so choosing
+    among them per layer beforehand gives exactly the 0/1 program's optimum with the error as tie-break."""
+    out = []
+    for l, c in zip(layers, cands):
+        keep: dict[int, Format] = {}
+        for f in c:
+            best = keep.get(f.weight_bits)
+            if best is None:
+                keep[f.weight_bits] = f
+            elif format_error is not None and f.quantized and \
+                    format_error[l.name][f.name] < format_error[l.name][best.name]:
+                keep[f.weight_bits] = f
+        out.append([f for f in c if keep[f.weight_bits] is f])
+    return out
 
 
 def reachable_range(layers: list[QuantLayer], cands: list[list[Format]]) -> tuple[float, float]:
@@ -176,13 +229,19 @@ def check_budget(layers: list[QuantLayer], budget: float, target: str | Target,
         raise MPQError("every layer is held FP16 (--keep-fp16 patterns, --bits 16 or pins): there is nothing to "
                        "quantize; narrow the --keep-fp16 patterns or add 4 or 8 to --bits")
     lo, hi = reachable_range(layers, cands)
+    if settings.method == "uniform":
+        # the budget names one width for every unpinned layer; pins keep theirs and may lift the average above
+        # it (the report says so), so the floor is the narrowest format offered, not the model's average
+        lo = min(f.weight_bits for c in cands for f in c)
     if budget < lo - 1e-9 or budget > hi + 1e-9:
-        bits_txt = ",".join(map(str, sorted(set(settings.bits))))
+        chosen = f"--bits {','.join(map(str, sorted(set(settings.bits))))}"
+        if settings.formats is not None:
+            chosen += f", --formats {','.join(settings.formats)}"
         why = ""
         if budget < lo:
             why = _lower_elsewhere(layers, target, settings, lo)
         raise MPQError(f"--budget {budget:g} is outside what this model can reach on the {target.name} target with "
-                       f"--bits {bits_txt} and its pins: {lo:.3f} to {hi:.3f} average weight bits{why}; "
+                       f"{chosen} and its pins: {lo:.3f} to {hi:.3f} average weight bits{why}; "
                        f"pick a budget in that range")
     top = [[f for f in c if f.weight_bits == max(g.weight_bits for g in c)] for c in cands]
     if budget >= hi - 1e-9 and not any(f.quantized for c in top for f in c):
@@ -197,7 +256,7 @@ def _lower_elsewhere(layers: list[QuantLayer], target: Target, settings: Allocat
     missing = sorted({target.why_not[(l.op_type, b)] for l in layers for b in settings.bits
                       if (l.op_type, b) in target.why_not})
     for other in all_targets():
-        if other is target:
+        if other.name == target.name:
             continue
         try:
             other_lo, _ = reachable_range(layers, candidates(layers, other, settings)[0])
@@ -298,14 +357,23 @@ def _greedy_fill(order: list[int], cands: list[list[Format]], params: list[int],
 
 def allocate(layers: list[QuantLayer], budget: float, target: str | Target,
              settings: AllocationSettings = AllocationSettings(), theta: np.ndarray | None = None,
-             sensitivity: dict[str, dict[str, float]] | None = None) -> BitAllocation:
+             sensitivity: dict[str, dict[str, float]] | None = None,
+             format_error: dict[str, dict[str, float]] | None = None) -> BitAllocation:
     """Choose a format per layer of `target` within `budget` average stored weight bits. `theta` (ORM
     importance, maximised) or `sensitivity` (layer -> format name -> measured error, minimised) drives
-    the 'mpq' method."""
+    the 'mpq' method. Between formats of equal bits (w8a8 and fp8), the measured sensitivity decides
+    inside the program; otherwise `format_error` (format_error.py) does, and without it the target's
+    first format of that width."""
     t0 = time.perf_counter()
     budget = require_number(budget, "--budget")
     cands, pins = candidates(layers, target, settings)
     check_budget(layers, budget, target, settings, cands)
+    tied = equal_bit_alternatives(layers, cands)
+    decided_by = sensitivity if (settings.method == "mpq" and sensitivity is not None) else format_error
+    choices = {name: {f.name: float(decided_by[name][f.name]) for f in fmts}
+               for name, fmts in tied.items()} if decided_by is not None else {}
+    if not (settings.method == "mpq" and sensitivity is not None):
+        cands = one_per_width(layers, cands, format_error)
     params = [l.params for l in layers]
     capacity = int(np.floor(budget * sum(params) + 1e-6))
     names = [l.name for l in layers]
@@ -339,5 +407,6 @@ def allocate(layers: list[QuantLayer], budget: float, target: str | Target,
         choice = _greedy_fill(order, cands, params, capacity)
     alloc = BitAllocation(layer_names=names, formats=[c[i] for c, i in zip(cands, choice)], params=params,
                           budget=budget, method=method, scorer=scorer, objective=objective,
-                          solver_status=status, seconds=time.perf_counter() - t0, pins=pins)
+                          solver_status=status, seconds=time.perf_counter() - t0, pins=pins,
+                          equal_bit_choices=choices)
     return alloc

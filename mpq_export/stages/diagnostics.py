@@ -96,11 +96,11 @@ def activation_costs(info: ModelInfo, stats: CalibrationStats, act_amax: dict[st
 
 def allocation_stability(info: ModelInfo, stats: CalibrationStats, orm: OrmSettings, imp: LayerImportance,
                          target: str | Target, alloc_settings: AllocationSettings,
-                         base: BitAllocation) -> list[StabilityCheck]:
+                         base: BitAllocation, format_error: dict | None = None) -> list[StabilityCheck]:
     """How many layers change format when K is halved or alpha / beta are halved or doubled (five more
     ORM + HiGHS solves at the same budget)."""
     def changed(imp2):
-        a2 = allocate(info.layers, base.budget, target, alloc_settings, theta=imp2.theta)
+        a2 = allocate(info.layers, base.budget, target, alloc_settings, theta=imp2.theta, format_error=format_error)
         return sum(f1.name != f2.name for f1, f2 in zip(base.formats, a2.formats))
 
     out = {}
@@ -140,16 +140,24 @@ def compare_targets(target: Target, info: ModelInfo, stats: CalibrationStats, ac
                     alloc: BitAllocation, qsettings: QuantizeSettings, shape: tuple[int, ...],
                     settings: ValidationSettings, ref: FP32Reference, own: ValidationResult,
                     float_graph: ValidationResult | None, weight_memo: dict | None = None,
-                    runtime: RuntimeSettings = RuntimeSettings()) -> list[TargetComparison]:
+                    runtime: RuntimeSettings = RuntimeSettings(),
+                    fp8_amax: dict[str, float] | None = None) -> list[TargetComparison]:
     """The same allocation realised for `target.compare_with` (the FP32 graph) beside the target's own
-    figures and its float graph alone: which part of the error is the float graph's, which the Q/DQ's."""
+    figures and its float graph alone: which part of the error is the float graph's, which the Q/DQ's.
+    An allocation with formats the other target does not store (fp8) has no such row."""
     other = get_target(target.compare_with)
+    foreign = sorted({f.name for l, f in zip(info.layers, alloc.formats) if f not in other.formats_for(l.op_type)})
+    if foreign:
+        return [TargetComparison(f"{target.name} target (FP16 graph + Q/DQ)", own),
+                TargetComparison(f"FP32 graph + the same Q/DQ: not written ({other.name} stores no "
+                                 f"{', '.join(foreign)})", None),
+                TargetComparison("FP16 graph alone (no quantization)", float_graph)]
     with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}ort-{os.getpid()}-") as d:
         path = os.path.join(d, "model.ort.onnx")
         # conv outputs left float, as on TensorRT: the difference is then the float graph's alone
         log.info("[compare targets] the same allocation as an %s-target graph", other.name)
         quantize(info, alloc, act_amax, path, replace(qsettings, integer_conv=False), other,
-                 hessians=stats.hessians, weight_memo=weight_memo)
+                 hessians=stats.hessians, weight_memo=weight_memo, fp8_amax=fp8_amax)
         other_val = validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape, settings,
                              reference=ref, label=f"validate: {other.name} graph", runtime=runtime)
     return [TargetComparison(f"{target.name} target (FP16 graph + Q/DQ)", own),

@@ -28,7 +28,7 @@ from mpq_export.util.onnx_io import (MIN_IR_VERSION, load_for_edit, load_onnx, p
                                     save_model)
 from mpq_export.stages.rounding import DEFAULT_ROUNDING, ROUNDINGS
 from mpq_export.targets import Target, get_target
-from mpq_export.targets.formats import GEMM_OPS, stored_weight
+from mpq_export.targets.formats import FP8_MAX, GEMM_OPS, stored_weight, to_fp8
 
 
 
@@ -142,6 +142,29 @@ def quantize_weight(w: np.ndarray, bits: int, axis: int, block_axis: int | None 
     return QuantizedWeight(q.T.copy(), scale_kn.T.copy(), 1, block_size)
 
 
+def quantize_weight_fp8(w: np.ndarray, axis: int, clip_search: bool = True, grid: int = 20) -> QuantizedWeight:
+    """FP8 E4M3 per-channel weights: scale |max| / 448 per output channel (times the clip ratio of least
+    squared error when searching), values rounded to the nearest E4M3 value (QuantizedWeight.values holds
+    them as float32, exactly representable)."""
+    w = np.asarray(w, dtype=np.float32)
+    g, _ = _groups_view(w, axis, None, None)
+    amax = np.abs(g).max(axis=1)
+    amax = np.where(amax > 0, amax, 1e-8).astype(np.float32)
+    best_scale = amax / FP8_MAX
+    if clip_search:  # E4M3's error is relative, so clipping rarely pays; the search keeps it only where it does
+        best_err = np.full(len(g), np.inf, dtype=np.float64)
+        for r in np.linspace(0.5, 1.0, grid):
+            s = (amax * r / FP8_MAX)[:, None]
+            err = ((to_fp8(g / s) * s - g) ** 2).sum(1)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_scale = np.where(better, s[:, 0], best_scale)
+    best_scale = best_scale.astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return QuantizedWeight(to_fp8(w / best_scale.reshape(shape)), best_scale, axis, None)
+
+
 def weight_sqnr_db(w: np.ndarray, qw: QuantizedWeight) -> float:
     from mpq_export.util.metrics import sqnr_db
 
@@ -152,6 +175,14 @@ def quantize_layer_weight(layer: QuantLayer, w: np.ndarray, fmt: Format, setting
                           hessian: np.ndarray | None = None) -> QuantizedWeight:
     """The weight of one layer in its format: per-channel, or INT4 blocks along K for MatMul/Gemm.
     With rounding 'gptq' and the layer's input statistics, the integers minimise the output error."""
+    if fmt.element == "fp8":
+        qw = quantize_weight_fp8(w, layer.weight_axis, clip_search=settings.clip_search, grid=settings.clip_grid)
+        if settings.rounding == "gptq" and hessian is not None:  # GPTQ on FP8's grid instead of the integers
+            from mpq_export.stages.rounding import from_matrix, gptq_round, weight_matrix
+
+            wm, sm = weight_matrix(np.asarray(w, np.float32), layer), weight_matrix(qw.scale_like(), layer)
+            qw.values = from_matrix(gptq_round(wm, sm, hessian, 0, grid=to_fp8), w.shape, layer).astype(np.float32)
+        return qw
     blocked = fmt.weight_bits == 4 and layer.op_type in GEMM_OPS
     # the integer range: one bit less for the W8A8 GEMMs of --reduce-range, stored as INT8 all the same
     bits = 7 if settings.reduce_range and fmt.weight_bits == 8 and fmt.act_bits == 8 and layer.op_type in GEMM_OPS \
@@ -185,23 +216,39 @@ def activation_scale(amax: float) -> float:
 
 def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, float], out_path: str,
              settings: QuantizeSettings, target: str | Target, model=None,
-             hessians: dict[str, np.ndarray] | None = None, weight_memo: dict | None = None) -> QuantizedModel:
+             hessians: dict[str, np.ndarray] | None = None, weight_memo: dict | None = None,
+             fp8_amax: dict[str, float] | None = None) -> QuantizedModel:
     """Write the Q/DQ model for `allocation` on `target` to out_path (the caller makes it atomic).
 
     `act_amax`: activation tensor -> INT8 clipping threshold (act_ranges.choose_ranges).
+    `fp8_amax`: activation tensor -> the |max| that an FP8 input's scale maps onto 448 (the observed max,
+    ActivationRanges.observed_max); needed when the allocation has fp8 layers.
     `hessians`: layer -> input statistics (CalibrationStats.hessians), used by rounding 'gptq'.
     `model`: the FP32 model already loaded by `load_for_edit` (not modified), to skip reloading when
     many variants of one model are written (the sensitivity scorer).
     `weight_memo`: a dict shared by calls that write the same allocation for several targets: each
     layer's integers are computed once (GPTQ takes minutes per target at Stable-Diffusion size).
     """
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    # graph surgeon warns once per run that FP8 has no NumPy type (it keeps the ONNX type, as intended)
+    severity, G_LOGGER.severity = G_LOGGER.severity, max(G_LOGGER.severity, G_LOGGER.ERROR)
+    try:
+        return _quantize(info, allocation, act_amax, out_path, settings, target, model, hessians, weight_memo, fp8_amax)
+    finally:
+        G_LOGGER.severity = severity
+
+
+def _quantize(info, allocation, act_amax, out_path, settings, target, model, hessians, weight_memo, fp8_amax):
     t0 = time.perf_counter()
     target = get_target(target)
     target.check_quantize_settings(settings)
     # weights kept in external files (large models) are read one layer at a time, never all at once
     model = model if model is not None else load_for_edit(info.path, load_weights=False)
+    if fp8_amax is None and any(f.element == "fp8" and f.act_bits for f in allocation.formats):
+        raise MPQError("internal: fp8 layers need their inputs' observed maxima (fp8_amax)")
     writer = _QDQWriter(model, os.path.dirname(os.path.abspath(info.path)), settings, target, act_amax,
-                        QuantizedModel(path=out_path, target=target.name))
+                        QuantizedModel(path=out_path, target=target.name), fp8_amax or {})
     for layer, fmt in zip(info.layers, allocation.formats):
         if layer.name != allocation.layer_names[len(writer.result.layer_storage)]:
             raise MPQError("internal: allocation and model layers are out of order")
@@ -212,7 +259,7 @@ def quantize(info: ModelInfo, allocation: BitAllocation, act_amax: dict[str, flo
     if target.quantize_residual_adds:  # for every Add that feeds a conv whose input is INT8
         fmt_of = dict(zip(allocation.layer_names, allocation.formats))
         for residual in info.residual_adds:
-            if any(fmt_of[n].act_bits == 8 for n in residual.feeds):
+            if any(fmt_of[n].int8_input for n in residual.feeds):
                 writer.quantize_add_inputs(residual)
     save_model(writer.export(), out_path)
     writer.result.seconds = time.perf_counter() - t0
@@ -224,19 +271,21 @@ class _QDQWriter:
     INT8 Q/DQ on activations, and what the target's runtime needs around them."""
 
     def __init__(self, model, weights_dir: str, settings: QuantizeSettings, target: Target,
-                 act_amax: dict[str, float], result: QuantizedModel):
+                 act_amax: dict[str, float], result: QuantizedModel, fp8_amax: dict[str, float]):
         import onnx_graphsurgeon as gs
 
         self.graph = gs.import_onnx(model)
         self.nodes = {n.name: n for n in self.graph.nodes}
         self.initializers = {t.name: t for t in model.graph.initializer}
         self.weights_dir, self.settings, self.act_amax, self.result = weights_dir, settings, act_amax, result
+        self.fp8_amax = fp8_amax
         self.target = target
         self.float_dtype = np.float32  # the edits are made on the FP32 graph; target.finalize converts it
         self.zero_point = target.activation_zero_point
-        self.act_q: dict[str, tuple] = {}  # tensor -> its (QuantizeLinear output, scale, zero point)
-        self.act_qdq: dict = {}  # tensor -> its shared DequantizeLinear output (tensorrt)
-        self.dq_count: dict[str, int] = {}
+        # keyed by (tensor, element): one tensor read by an INT8 layer and an FP8 layer gets a quantizer of each
+        self.act_q: dict[tuple[str, str], tuple] = {}  # -> its (QuantizeLinear output, scale, zero point)
+        self.act_qdq: dict = {}  # -> its shared DequantizeLinear output (tensorrt)
+        self.dq_count: dict[tuple[str, str], int] = {}
 
     def initializer_values(self, name: str) -> np.ndarray:
         from onnx import external_data_helper, numpy_helper
@@ -260,38 +309,51 @@ class _QDQWriter:
             return np.asarray(producer.attrs["value"].values)
         raise MPQError(f"weight {tensor.name} is not a constant")
 
-    def quantized_activation(self, name: str, tensor):
-        """The tensor through its INT8 Q/DQ (act_amax[name]); one Q per tensor."""
+    def quantized_activation(self, name: str, tensor, element: str = "int"):
+        """The tensor through its per-tensor Q/DQ: INT8 at threshold act_amax[name], or FP8 E4M3 with the
+        observed max mapped onto 448 (fp8_amax[name]); one Q per tensor and element."""
         import onnx_graphsurgeon as gs
 
-        if name in self.act_qdq:
-            return self.act_qdq[name]
-        if name not in self.act_q:
-            if name not in self.act_amax:
+        key = (name, element)
+        if key in self.act_qdq:
+            return self.act_qdq[key]
+        tag = "" if element == "int" else f"_{element}"
+        if key not in self.act_q:
+            amax = self.act_amax if element == "int" else self.fp8_amax
+            if name not in amax:
                 raise MPQError(f"internal: no calibrated range for activation '{name}'")
-            scale = activation_scale(self.act_amax[name])
-            self.result.act_scales[name] = scale
-            s = gs.Constant(f"{name}_act_scale", np.array(scale, dtype=self.float_dtype))
-            zp = gs.Constant(f"{name}_act_zero_point", self.zero_point)
-            q = gs.Variable(f"{name}_quantized", dtype=self.zero_point.dtype, shape=tensor.shape)
-            self.graph.nodes.append(gs.Node("QuantizeLinear", name=f"{name}_QuantizeLinear", inputs=[tensor, s, zp],
+            if element == "int":
+                scale, zp_values, q_dtype = activation_scale(amax[name]), self.zero_point, self.zero_point.dtype
+            else:
+                from mpq_export.targets.formats import fp8_constant
+
+                from onnx import TensorProto
+
+                # graph surgeon keeps an ONNX type it has no NumPy type for (and says so once)
+                scale, zp_values = max(float(amax[name]), 1e-6) / FP8_MAX, fp8_constant(np.zeros(()))
+                q_dtype = TensorProto.FLOAT8E4M3FN
+            self.result.act_scales[name + tag] = scale
+            s = gs.Constant(f"{name}_act_scale{tag}", np.array(scale, dtype=self.float_dtype))
+            zp = gs.Constant(f"{name}_act_zero_point{tag}", zp_values)
+            q = gs.Variable(f"{name}_quantized{tag}", dtype=q_dtype, shape=tensor.shape)
+            self.graph.nodes.append(gs.Node("QuantizeLinear", name=f"{name}_QuantizeLinear{tag}", inputs=[tensor, s, zp],
                                             outputs=[q]))
-            self.act_q[name] = (q, s, zp)
-        q, s, zp = self.act_q[name]
-        i = self.dq_count[name] = self.dq_count.get(name, -1) + 1
-        suffix = f"_{i}" if i else ""
+            self.act_q[key] = (q, s, zp)
+        q, s, zp = self.act_q[key]
+        i = self.dq_count[key] = self.dq_count.get(key, -1) + 1
+        suffix = tag + (f"_{i}" if i else "")
         dq = gs.Variable(f"{name}_dequantized{suffix}", dtype=tensor.dtype, shape=tensor.shape)
         self.graph.nodes.append(gs.Node("DequantizeLinear", name=f"{name}_DequantizeLinear{suffix}",
                                         inputs=[q, s, zp], outputs=[dq]))
         if not self.target.dq_per_consumer:
-            self.act_qdq[name] = dq
+            self.act_qdq[key] = dq
         return dq
 
     def quantize_output(self, name: str, node) -> None:
         """Q/DQ on a layer's output, keeping the output tensor's name for its consumers."""
         import onnx_graphsurgeon as gs
 
-        if name in self.act_q:  # already quantized where a consumer reads it: leave the output float
+        if (name, "int") in self.act_q:  # already quantized where a consumer reads it: leave the output float
             return
         y = node.outputs[0]
         raw = gs.Variable(f"{name}_before_output_quantizer", dtype=y.dtype, shape=y.shape)
@@ -338,8 +400,8 @@ class _QDQWriter:
                                         inputs=[qc, sc], outputs=[wdq], attrs=attrs))
         node.inputs[1] = wdq
         if fmt.act_bits == 8:
-            node.inputs[0] = self.quantized_activation(layer.activation_input, node.inputs[0])
-            if layer.op_type == "Conv" and self.target.quantizes_conv_outputs(st):
+            node.inputs[0] = self.quantized_activation(layer.activation_input, node.inputs[0], fmt.element)
+            if layer.op_type == "Conv" and fmt.int8_input and self.target.quantizes_conv_outputs(st):
                 self.quantize_output(layer.output, node)
         self.result.layer_storage[layer.name] = LayerStorage(fmt.name, storage, 4 if storage == "int4" else 8,
                                                              weight_sqnr_db(w, qw))
@@ -391,7 +453,7 @@ def count_weight_bits(path: str, info: ModelInfo) -> tuple[float, dict[str, int]
             q = inits.get(stored)
             if q is not None:
                 b = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT8: 8,
-                     onnx.TensorProto.UINT8: 8}.get(q.data_type, 16)
+                     onnx.TensorProto.UINT8: 8, onnx.TensorProto.FLOAT8E4M3FN: 8}.get(q.data_type, 16)
         bits[layer.name] = b
     total = sum(l.params for l in info.layers)
     return sum(bits[l.name] * l.params for l in info.layers) / total, bits

@@ -132,9 +132,10 @@ def from_matrix(m: np.ndarray, w_shape: tuple, layer) -> np.ndarray:
 
 
 def gptq_round(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmax: int, damp: float = DAMP,
-               block: int = 128, act_order: bool = False) -> np.ndarray:
-    """Integers q [R, K] for weights w [R, K] at fixed scales [R, K], minimising the output error under H [K, K]."""
-    return _gptq(w, scale, h, qmax, damp, block, act_order)[0]
+               block: int = 128, act_order: bool = False, grid=None) -> np.ndarray:
+    """Integers q [R, K] for weights w [R, K] at fixed scales [R, K], minimising the output error under H [K, K].
+    `grid(v)`: the stored value nearest v, when the grid is not the integers in [-qmax, qmax] (FP8's)."""
+    return _gptq(w, scale, h, qmax, damp, block, act_order, grid)[0]
 
 
 def gptq_scale_search(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmax: int,
@@ -154,12 +155,15 @@ def gptq_scale_search(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmax: int
 
 
 def _gptq(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmax: int, damp: float, block: int,
-          act_order: bool) -> tuple[np.ndarray, np.ndarray]:
+          act_order: bool, grid=None) -> tuple[np.ndarray, np.ndarray]:
     """(q, per-row loss). The loss sum_i ((w_i - q_i s_i) / U_ii)^2 equals (w - q s) H' (w - q s)^T for
     the damped H' (the sequential OBS identity GPTQ rests on). act_order quantizes the columns of the
     largest H diagonal (most input energy) first, while the most columns remain to absorb their error
     (GPTQ's "desc_act"). Used for INT4 per channel only, with the scale search: it helped there on both
     trained models and not at W8 (docs/quality.md)."""
+    if grid is None:
+        def grid(v):
+            return np.clip(np.round(v), -qmax, qmax)
     w = np.asarray(w, dtype=np.float64).copy()
     scale = np.asarray(scale, dtype=np.float64)
     r, k = w.shape
@@ -173,7 +177,7 @@ def _gptq(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmax: int, damp: floa
     try:
         hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper: Hinv = U^T U
     except np.linalg.LinAlgError:
-        q = np.clip(np.round(w / scale), -qmax, qmax)
+        q = grid(w / scale)
         d = w - q * scale
         inv = np.argsort(perm)
         return q[:, inv], np.einsum("ik,kl,il->i", d, h, d)
@@ -186,7 +190,7 @@ def _gptq(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmax: int, damp: floa
         u = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             s = scale[:, i1 + i]
-            qi = np.clip(np.round(w1[:, i] / s), -qmax, qmax)
+            qi = grid(w1[:, i] / s)
             q[:, i1 + i] = qi
             e = (w1[:, i] - qi * s) / u[i, i]
             loss += e * e

@@ -61,9 +61,11 @@ class SensitivityScores:
 def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict[str, float],
                         cands: list[list[Format]], qsettings: QuantizeSettings, alpha: float,
                         cache_dir: str | None = None, runtime: RuntimeSettings = RuntimeSettings(),
-                        samples: int = DEFAULT_SAMPLES, objective: str = "step") -> SensitivityScores:
+                        samples: int = DEFAULT_SAMPLES, objective: str = "step",
+                        fp8_amax: dict[str, float] | None = None) -> SensitivityScores:
     """s[layer][format] for every candidate format of every layer (`cands`: allocate.candidates on the
-    run's target). The probes quantize weights as `qsettings` does, in an FP32 graph."""
+    run's target). The probes quantize weights as `qsettings` does, in an FP32 graph. `fp8_amax`: the
+    inputs' observed maxima, for FP8 candidates (their input scale maps it onto 448)."""
     if objective not in OBJECTIVES:
         raise MPQError(f"sensitivity objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
     if objective == "trajectory":
@@ -75,12 +77,14 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
     calib, schedule = asdict(stats.settings), asdict(stats.schedule)
     calib.pop("mem_budget_mb"), schedule.pop("source")
     # through JSON so that the copy stored in the entry compares equal on reading (tuples become lists)
-    identity = json.loads(json.dumps({"calib": stats.model_sha256, "calibration": stats.identity, "settings": calib,
-                                      "alpha": alpha, "schedule": schedule, "conditioning": stats.conditioning_source,
-                                      "samples": samples, "q": q, "rounding_version": ROUNDING_VERSION,
-                                      "objective": objective, "act_amax": act_amax,
-                                      "cands": {l.name: [f.name for f in c] for l, c in zip(info.layers, cands)}},
-                                     sort_keys=True))
+    identity = {"calib": stats.model_sha256, "calibration": stats.identity, "settings": calib,
+                "alpha": alpha, "schedule": schedule, "conditioning": stats.conditioning_source,
+                "samples": samples, "q": q, "rounding_version": ROUNDING_VERSION,
+                "objective": objective, "act_amax": act_amax,
+                "cands": {l.name: [f.name for f in c] for l, c in zip(info.layers, cands)}}
+    if any(f.element == "fp8" for c in cands for f in c):  # entries without FP8 keep their identity
+        identity["fp8_amax"] = fp8_amax
+    identity = json.loads(json.dumps(identity, sort_keys=True))
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     cache_path = os.path.join(cache_dir, f"sens-{key}.json") if cache_dir else None
     cached = _load_cached(cache_path, identity)
@@ -96,7 +100,10 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
     cond = {c.name: stats.inputs[c.name][:n] for c in info.conditioning}
     refs = stats.outputs[:, :n].astype(np.float64)
     ref_energy = np.array([max(float((refs[k] ** 2).sum()), 1e-30) for k in range(K)])
-    sess, weights, masks = probe_session(info, act_amax, runtime)
+    with_fp8 = any(f.element == "fp8" and f.act_bits for c in cands for f in c)
+    if with_fp8 and fp8_amax is None:
+        raise MPQError("internal: FP8 candidates need their inputs' observed maxima (fp8_amax)")
+    sess, weights, masks = probe_session(info, act_amax, runtime, fp8_amax=fp8_amax if with_fp8 else None)
     if objective == "trajectory":
         error_of = _final_sample_error(info, stats, sess)
     else:
@@ -117,7 +124,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
                                            stats.hessians.get(layer.name)).dequantize().astype(np.float32)
             extra = {layer.weight_name: w_fake}
             if fmt.act_bits == 8:
-                extra[masks[i]] = np.array(1.0, dtype=np.float32)
+                extra[masks[i] if fmt.element == "int" else fp8_mask(i)] = np.array(1.0, dtype=np.float32)
             scores[names[i]][fmt.name] = error_of(extra)
             p.update(done, names[i])
     if cache_path:
@@ -172,9 +179,17 @@ def _load_cached(path: str | None, identity: dict) -> dict[str, dict[str, float]
     return scores
 
 
+def fp8_mask(i: int) -> str:
+    """The switch of layer i's FP8 input branch in a probe session made with fp8_amax."""
+    return f"sens_fp8_mask_{i}"
+
+
 def probe_session(info: ModelInfo, act_amax: dict[str, float], runtime: RuntimeSettings = RuntimeSettings(),
-                  with_weights: bool = True):
+                  with_weights: bool = True, fp8_amax: dict[str, float] | None = None):
     """(session, FP32 weights by name, mask input name per layer) of the probe model.
+
+    With `fp8_amax`, each layer input also gets an FP8 E4M3 fake-quant branch (scale observed max / 448)
+    switched by fp8_mask(i), beside the INT8 one.
 
     Weights stored outside the .onnx stay there: the probe graph is serialised without them and
     onnxruntime reads them from the model's folder (a Stable-Diffusion-size proto cannot be
@@ -189,7 +204,12 @@ def probe_session(info: ModelInfo, act_amax: dict[str, float], runtime: RuntimeS
     from mpq_export.util.onnx_io import load_onnx
 
     folder = os.path.dirname(os.path.abspath(info.path))
-    model = load_onnx(info.path, load_weights=not info.has_external_data)
+    if fp8_amax is None:
+        model = load_onnx(info.path, load_weights=not info.has_external_data)
+    else:  # FP8 QuantizeLinear needs opset >= 19: the graph converted as for writing Q/DQ
+        from mpq_export.util.onnx_io import load_for_edit
+
+        model = load_for_edit(info.path, load_weights=not info.has_external_data)
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     weights = {}
@@ -215,8 +235,23 @@ def probe_session(info: ModelInfo, act_amax: dict[str, float], runtime: RuntimeS
         g.input.append(helper.make_tensor_value_info(m, TensorProto.FLOAT, []))
         q, dq, d, md, out = (f"sens_{k}_{i}" for k in ("q", "dq", "diff", "mdiff", "x"))
         new_nodes += [helper.make_node("QuantizeLinear", [x, s, zp], [q]), helper.make_node("DequantizeLinear", [q, s, zp], [dq]),
-                      helper.make_node("Sub", [dq, x], [d]), helper.make_node("Mul", [m, d], [md]),
-                      helper.make_node("Add", [x, md], [out])]
+                      helper.make_node("Sub", [dq, x], [d]), helper.make_node("Mul", [m, d], [md])]
+        if fp8_amax is not None:  # x + m (DQ(Q(x)) - x) + m8 (DQ8(Q8(x)) - x), FP8 E4M3 in the second
+            from mpq_export.targets.formats import FP8_MAX
+
+            s8, zp8, m8 = f"sens_fp8_scale_{i}", f"sens_fp8_zp_{i}", fp8_mask(i)
+            g.initializer.extend([
+                numpy_helper.from_array(np.array(max(fp8_amax.get(x, 1.0), 1e-6) / FP8_MAX, np.float32), s8),
+                helper.make_tensor(zp8, TensorProto.FLOAT8E4M3FN, [], [0.0]),
+                numpy_helper.from_array(np.array(0.0, np.float32), m8)])
+            g.input.append(helper.make_tensor_value_info(m8, TensorProto.FLOAT, []))
+            q8, dq8, d8, md8, both = (f"sens_fp8_{k}_{i}" for k in ("q", "dq", "diff", "mdiff", "both"))
+            new_nodes += [helper.make_node("QuantizeLinear", [x, s8, zp8], [q8]),
+                          helper.make_node("DequantizeLinear", [q8, s8, zp8], [dq8]),
+                          helper.make_node("Sub", [dq8, x], [d8]), helper.make_node("Mul", [m8, d8], [md8]),
+                          helper.make_node("Add", [md, md8], [both])]
+            md = both
+        new_nodes += [helper.make_node("Add", [x, md], [out])]
         node = nodes[l.node_name]
         node.input[0] = out
         masks.append(m)

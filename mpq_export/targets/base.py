@@ -36,9 +36,25 @@ class Target:
     # a target whose graph differs from FP32 even before quantizing (FP16) names the other target on which
     # the same allocation is also validated, so the report separates the FP16 graph's error from Q/DQ's
     compare_with: str | None = None
+    gpu = None  # the GpuFamily whose format table applies (targets that build for a GPU)
+    gpu_reason: str | None = None  # how that table was chosen, for the report
+
+    def for_gpu(self, choice: str) -> "Target":
+        """This target with the format table of GPU family `choice` (--gpu); "auto" keeps what it has."""
+        if choice != "auto":
+            raise MPQError(f"--gpu {choice} chooses the formats of a TensorRT engine's GPU (this run: --target "
+                           f"{self.name}, which builds no engine); drop --gpu or use --target tensorrt")
+        return self
 
     def formats_for(self, op_type: str) -> tuple[Format, ...]:
         return self.formats[op_type]
+
+    def format_names(self) -> list[str]:
+        """Every format this target stores for some op type, in table order."""
+        names: list[str] = []
+        for fmts in self.formats.values():
+            names += [f.name for f in fmts if f.name not in names]
+        return names
 
     def format_for(self, op_type: str, bits: int) -> Format | None:
         """The format of `op_type` with `bits` stored weight bits, or None if the target has none."""
@@ -63,8 +79,15 @@ class Target:
         """The rule checker's verdict on a written graph (None: the target has none); raises on a violation."""
         return None
 
+    def __eq__(self, other) -> bool:  # one runtime with one GPU family's formats is one target
+        return isinstance(other, Target) and (self.name, getattr(self.gpu, "name", None)) == \
+            (other.name, getattr(other.gpu, "name", None))
+
+    def __hash__(self) -> int:
+        return hash((self.name, getattr(self.gpu, "name", None)))
+
     def __repr__(self) -> str:
-        return f"<target {self.name}>"
+        return f"<target {self.name}{f' ({self.gpu.name})' if self.gpu is not None else ''}>"
 
 
 def refuse_unknown(name: str, known: tuple[str, ...]) -> None:

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 from mpq_export.targets.base import Target
 from mpq_export.targets.formats import CONV_OPS, FP16, GEMM_OPS, W4A16, W8A8
+from mpq_export.targets.gpus import AMPERE, GpuFamily, resolve
 from mpq_export.util.errors import MPQError
 
 INT4_BLOCK_SIZES = (64, 128)
+# the formats every supported GPU runs; a GPU family adds its own (targets/gpus.py: FP8 from Ada on)
+BASE_FORMATS = {**{op: (W8A8, FP16) for op in CONV_OPS}, **{op: (W4A16, W8A8, FP16) for op in GEMM_OPS}}
 
 
 class TensorRTTarget(Target):
     name = "tensorrt"
-    help = "FP16 graph + Q/DQ TensorRT builds (INT8 convs, INT4 weight-only GEMMs)"
-    formats = {**{op: (W8A8, FP16) for op in CONV_OPS}, **{op: (W4A16, W8A8, FP16) for op in GEMM_OPS}}
+    help = "FP16 graph + Q/DQ TensorRT builds (INT8 convs, INT4 weight-only GEMMs; FP8 with --gpu ada/hopper/blackwell)"
     why_not = {(op, 4): "TensorRT has no INT4 convolution" for op in CONV_OPS}
     # convolutions store >= 8 bits here: the floor of a conv-heavy UNet sits above 7 bits
     demo_budget = 7.5
@@ -34,6 +36,17 @@ class TensorRTTarget(Target):
     builds_engines = True
     checks_rules = True
     compare_with = "onnxruntime"
+
+    def __init__(self, gpu: GpuFamily = AMPERE, gpu_reason: str | None = None):
+        self.gpu, self.gpu_reason = gpu, gpu_reason
+        # the family's formats go before FP16, after the base formats of the same width: cheapest first
+        self.formats = {op: tuple(f for f in fmts if f.quantized) + gpu.adds.get(op, ()) + (FP16,)
+                        for op, fmts in BASE_FORMATS.items()}
+
+    def for_gpu(self, choice: str) -> "TensorRTTarget":
+        if choice == "auto" and self.gpu_reason is not None:  # already chosen (a Target passed in by a caller)
+            return self
+        return TensorRTTarget(*resolve(choice))
 
     def check_quantize_settings(self, settings) -> None:
         if settings.block_size not in INT4_BLOCK_SIZES:

@@ -3,14 +3,19 @@
 Each violation names the offending node. Rules (strongly typed networks, TensorRT 10.12+ / 11.x):
  1. zero points absent or 0;
  2. scales positive, finite build-time constants, FP16 (the graph is FP16; a DQ's output type is its scale's);
- 3. activations per tensor (scalar scale), INT8 only;
+ 3. activations per tensor (scalar scale), INT8 or FP8 E4M3 (FLOAT8E4M3FN, opset >= 19);
  4. per-channel only on weights, on the output-channel axis of the consuming op
     (Conv 0, ConvTranspose 1, MatMul [K, N] 1, Gemm 0 with transB else 1); INT4 blocks along K;
  5. INT4 only as weight-only DQ feeding MatMul/Gemm (no INT4 convolution), opset >= 21, IR >= 10,
     an even element count, one blocked axis;
  6. no INT32 (bias) DequantizeLinear;
- 7. both inputs of a residual Add quantized when the Add feeds a quantized conv;
- 8. attention BMMs (activation x activation MatMul) over 512 tokens not quantized.
+ 7. both inputs of a residual Add quantized when the Add feeds an INT8-input conv;
+ 8. attention BMMs (activation x activation MatMul) over 512 tokens not quantized;
+ 9. FP8 weights per tensor or per channel (no blocks), read by a layer whose input is FP8 too: TensorRT's
+    FP8 layers take FP8 on both sides (its FP8 scheme, "Quantization Schemes", is weights and activations;
+    weight-only quantization is INT4/INT8), and an INT8 input with FP8 weights is no kernel at all.
+FP8 Q/DQ also needs a GPU of compute capability 8.9 or later (Ada, Hopper, Blackwell), which a file
+cannot show: `--gpu` decides whether they are written (targets/gpus.py).
 """
 
 from __future__ import annotations
@@ -99,15 +104,18 @@ def _qdq_node_problems(view: _GraphView, n) -> list[str]:
                    f"(the graph must be FP16 for a strongly typed TensorRT network)")
     x_t, x = view.const(n.input[0]) if n.op_type == "DequantizeLinear" else (None, None)
     if n.op_type == "QuantizeLinear" or x_t is None:
-        # 3. activations: per tensor, INT8
+        # 3. activations: per tensor, INT8 or FP8 E4M3
         if scale.size != 1:
             out.append(f"{_where(n)}: activation scale has {scale.size} values; activations must be per tensor")
         if n.op_type == "QuantizeLinear":
             zp_t, _ = view.const(n.input[2]) if len(n.input) > 2 and n.input[2] else (None, None)
             dt = zp_t.data_type if zp_t is not None else next(
                 (a.i for a in n.attribute if a.name == "output_dtype"), onnx.TensorProto.UINT8)
-            if dt != onnx.TensorProto.INT8:
-                out.append(f"{_where(n)}: activations quantize to {onnx.TensorProto.DataType.Name(dt)}, not INT8")
+            if dt not in (onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN):
+                out.append(f"{_where(n)}: activations quantize to {onnx.TensorProto.DataType.Name(dt)}, not INT8 "
+                           f"or FLOAT8E4M3FN")
+            if dt == onnx.TensorProto.FLOAT8E4M3FN and view.opset < 19:
+                out.append(f"{_where(n)}: FP8 Q/DQ needs opset >= 19 (model has {view.opset})")
         return out
     # 6. weights: no INT32 (bias) dequantization
     if x_t.data_type == onnx.TensorProto.INT32:
@@ -125,6 +133,11 @@ def _weight_problems(view: _GraphView, n, x_t, x: np.ndarray, scale: np.ndarray)
     rank = x.ndim
     axis = axis % rank if rank else 0
     is_int4 = x_t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+    is_fp8 = x_t.data_type == onnx.TensorProto.FLOAT8E4M3FN
+    if is_fp8 and block:
+        out.append(f"{_where(n)}: FP8 weights with blocks; TensorRT's FP8 weights are per tensor or per channel")
+    if is_fp8 and view.opset < 19:
+        out.append(f"{_where(n)}: FP8 Q/DQ needs opset >= 19 (model has {view.opset})")
     for u in view.consumers.get(n.output[0], []):
         if u.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm") or list(u.input).index(n.output[0]) != 1:
             continue
@@ -138,6 +151,15 @@ def _weight_problems(view: _GraphView, n, x_t, x: np.ndarray, scale: np.ndarray)
                            f"(K of the {u.op_type} weight)")
         elif scale.size > 1 and axis != ch_axis % rank:
             out.append(f"{_where(n)}: per-channel axis {axis}, expected {ch_axis % rank} for a {u.op_type} weight")
+        if x_t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN):  # 9. input and weight agree
+            in_type = _input_element(view, u.input[0])
+            want = x_t.data_type
+            if in_type is not None and in_type != want:
+                out.append(f"{_where(u)}: {onnx.TensorProto.DataType.Name(want)} weights with a "
+                           f"{onnx.TensorProto.DataType.Name(in_type)} input; quantize both to one type")
+            elif in_type is None and is_fp8:
+                out.append(f"{_where(u)}: FP8 weights with a float input; TensorRT runs FP8 weights with FP8 "
+                           f"inputs only (quantize the input to FP8, or store the weights as INT8 or INT4)")
         if u.op_type in ("MatMul", "Gemm") and is_int4:
             for j in u.input[:1]:
                 p = view.producers.get(j)
@@ -157,9 +179,21 @@ def _weight_problems(view: _GraphView, n, x_t, x: np.ndarray, scale: np.ndarray)
     return out
 
 
+def _input_element(view: _GraphView, name: str) -> int | None:
+    """The quantized type of an activation reaching a layer through Q -> DQ (None: float)."""
+    dq = view.producers.get(name)
+    q = view.producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    if q is None or q.op_type != "QuantizeLinear":
+        return None
+    zp_t, _ = view.const(q.input[2]) if len(q.input) > 2 and q.input[2] else (None, None)
+    return zp_t.data_type if zp_t is not None else None
+
+
 def _residual_add_problems(view: _GraphView) -> list[str]:
-    """Rule 7: a residual Add feeding a quantized conv (through at most a constant Mul/Div) has both
+    """Rule 7: a residual Add feeding an INT8-input conv (through at most a constant Mul/Div) has both
     inputs quantized."""
+    import onnx
+
     out = []
     producers = view.producers
     for n in view.model.graph.node:
@@ -168,6 +202,8 @@ def _residual_add_problems(view: _GraphView) -> list[str]:
         p = producers.get(n.input[0])
         if p is None or p.op_type != "DequantizeLinear":
             continue
+        if _input_element(view, n.input[0]) == onnx.TensorProto.FLOAT8E4M3FN:
+            continue  # the documented residual fusion is INT8's (TensorRT, "Q/DQ Layer-Placement Recommendations")
         q = producers.get(p.input[0])
         src = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
         for _ in range(3):

@@ -131,6 +131,21 @@ def read_external_tensor(tensor, base_dir: str):
     return numpy_helper.to_array(t)
 
 
+def iter_initializers(path: str, names: list[str]):
+    """(name, values) of the named initializers of the model at `path`, in `names` order, one at a time:
+    the proto is loaded once without external data, and each external tensor is read when its turn comes."""
+    from onnx import external_data_helper, numpy_helper
+
+    model = load_onnx(path, load_weights=False)
+    base = os.path.dirname(os.path.abspath(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    inits.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant"
+                  for a in n.attribute if a.name == "value"})  # weights folded into Constant nodes
+    for n in names:
+        t = inits[n]
+        yield n, read_external_tensor(t, base) if external_data_helper.uses_external_data(t) else numpy_helper.to_array(t)
+
+
 def infer_shapes_without_weights(model) -> None:
     """onnx shape inference on the graph with its large initializers left empty (shape and type only;
     small ones such as Reshape targets keep their values), its value_info written into `model`.

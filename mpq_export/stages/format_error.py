@@ -1,0 +1,74 @@
+"""format_error stage: the expected error of a layer under each of its formats of equal bits.
+
+The paper's objective (bits x importance) and the budget count stored bits only, so they cannot tell two
+8-bit formats apart: INT8 (w8a8) and FP8 E4M3 (fp8). They err differently. INT8's grid is uniform: its
+error is absolute, set by the largest value it must hold, so one outlier coarsens every step. FP8's grid is
+logarithmic: its error is relative (3 mantissa bits, about 2^-4 of each value), so outlier-heavy tensors lose
+less, while a flat, well-scaled tensor is held more finely by INT8's 255 levels. Which wins is a property of
+each layer's weight and input distributions, and both are known after calibration.
+
+For layer i and format f, with y = W x:
+    e[i, f] = ||W - Q_f(W)||^2_H / ||W||^2_H  +  E[(x - Q_f(x))^2] / E[x^2]
+the first term the relative output error of the quantized weight under the layer's input statistics H
+(rounding.py's, when calibration kept them; else the plain relative weight error), the second the relative
+error of the quantized input from the streamed |x| histogram (act_ranges.py: INT8 at the chosen clipping
+threshold, FP8 at the observed max / 448). The two add when the errors are independent: the relative
+power of dW x + W dx. allocate.one_per_width keeps the format of least e among equal widths.
+
+The measured scorer (`--importance sensitivity`) needs none of this: it probes each format of each layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpq_export.stages.act_ranges import ActivationHistograms, fp8_quantization_error, quantization_error
+from mpq_export.stages.inspect import ModelInfo
+from mpq_export.stages.quantize import QuantizeSettings, quantize_layer_weight
+from mpq_export.targets.formats import Format
+from mpq_export.util.onnx_io import iter_initializers
+
+
+def input_error(hists: ActivationHistograms, name: str, fmt: Format, int8_amax: float, observed_max: float) -> float:
+    """Relative squared error of activation `name` through `fmt`'s input quantizer (0 when kept float)."""
+    if fmt.act_bits is None or name not in hists:
+        return 0.0
+    i = hists.names.index(name)
+    counts, energy = hists.counts[i].sum(0), float(hists.sumsq[i].sum())
+    if energy <= 0:
+        return 0.0
+    if fmt.element == "fp8":
+        return fp8_quantization_error(counts, observed_max) / energy
+    return float(quantization_error(counts, np.array([int8_amax]))[0]) / energy
+
+
+def weight_error(layer, w: np.ndarray, fmt: Format, settings: QuantizeSettings, hessian: np.ndarray | None) -> float:
+    """Relative output error of the layer's weight in `fmt` (under H when given)."""
+    from mpq_export.stages.rounding import output_error, weight_matrix
+
+    w_hat = quantize_layer_weight(layer, w, fmt, settings, hessian).dequantize()
+    if hessian is not None:
+        wm, hm = weight_matrix(w, layer), weight_matrix(w_hat, layer)
+        ref = output_error(wm, np.zeros_like(wm), hessian)
+        if ref > 0:
+            return output_error(wm, hm, hessian) / ref
+    return float(((w_hat - w) ** 2).sum() / max(float((w.astype(np.float64) ** 2).sum()), 1e-30))
+
+
+def expected_format_error(info: ModelInfo, layer_formats: dict[str, list[Format]], hists: ActivationHistograms,
+                          int8_amax: dict[str, float], observed_max: dict[str, float], settings: QuantizeSettings,
+                          hessians: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+    """layer -> format name -> e[i, f] for the layers and formats of `layer_formats`
+    (allocate.equal_bit_alternatives); weights are read one layer at a time."""
+    by_name = {l.name: l for l in info.layers}
+    out: dict[str, dict[str, float]] = {}
+    names = list(layer_formats)
+    weights = iter_initializers(info.path, [by_name[n].weight_name for n in names])
+    for name, (_, w) in zip(names, weights):
+        fmts, layer = layer_formats[name], by_name[name]
+        w = w.astype(np.float32)
+        h = (hessians or {}).get(name)
+        x = layer.activation_input
+        out[name] = {f.name: weight_error(layer, w, f, settings, h)
+                     + input_error(hists, x, f, int8_amax.get(x, 0.0), observed_max.get(x, 0.0)) for f in fmts}
+    return out
