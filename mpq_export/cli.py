@@ -137,7 +137,7 @@ def options() -> list[Option]:
                argparse=dict(choices=TARGETS), convert=get_target,
                example=(("--target", "onnxruntime"), get_target("onnxruntime"))),
         Option(("--gpu",), "gpu", "tensorrt target: the GPU that will run the engine, which decides the formats "
-               "(auto: this machine's GPU, else the Ampere-safe table); " + "; ".join(f"{f.name}: {f.examples}"
+               "(auto: the GPU this run sees, else the Ampere-safe table); " + "; ".join(f"{f.name}: {f.examples}"
                                                                                   for f in FAMILIES),
                argparse=dict(choices=GPU_CHOICES), example=(("--gpu", "hopper"), "hopper")),
         # allocation

@@ -22,7 +22,7 @@ from mpq_export.inputs.prepare import PreparedModel, prepare_model
 from mpq_export.report.records import Report, TargetComparisonRow
 from mpq_export.stages.act_ranges import ActivationRanges, choose_ranges
 from mpq_export.stages.allocate import (BitAllocation, allocate, candidates, check_budget, equal_bit_alternatives,
-                                        unmatched_patterns)
+                                        reachable_range, unmatched_patterns)
 from mpq_export.stages.calibrate import CalibrationStats, calibrate, sample_shape
 from mpq_export.stages.diagnostics import (allocation_stability, activation_costs, compare_targets,
                                            float_graph_validation, importance_of)
@@ -286,6 +286,10 @@ def _allocate_budget(run: _SharedResults, budget: float, timings: StageTimes) ->
         raise MPQError(f"at --budget {budget:g} every layer stays FP16 (pins or a budget that needs no quantization): "
                        f"there is nothing to quantize; lower the budget or drop --keep-fp16 patterns")
     notes = list(run.notes)
+    _, ceiling = reachable_range(run.info.layers, candidates(run.info.layers, run.cfg.target, run.cfg.allocation)[0])
+    if budget > ceiling + 1e-3:
+        notes.append(f"the budget {budget:g} is above the most this model can store with its candidate formats "
+                     f"({ceiling:.4f} bits): every layer takes its largest format")
     if not alloc.within_budget:
         notes.append(f"the {alloc.method} allocation sits at {alloc.achieved_bits:.4f} bits, above the budget "
                      f"{budget:g}: pinned layers keep their pin")

@@ -51,3 +51,22 @@ def test_engine_matches_onnxruntime_through_polygraphy(engine_out):
     results = Comparator.run(runners, data_loader=feeds)
     assert bool(Comparator.compare_accuracy(results, compare_func=SnrCompareFunc(snr_threshold=20.0)))
     assert bool(Comparator.compare_accuracy(results, compare_func=CosineSimilarityCompareFunc(cosine_similarity_threshold=0.99)))
+
+
+def test_fp8_engine_builds_on_a_gpu_that_runs_fp8(unet_onnx, tmp_path):
+    """--gpu auto on an Ada/Hopper/Blackwell GPU offers FP8; an all-FP8 model builds and TensorRT runs FP8 layers."""
+    from mpq_export.targets.gpus import detect_gpu, family_of
+
+    seen = detect_gpu()
+    fam = family_of(seen[1]) if seen else None
+    if fam is None or not any(fam.adds.values()):
+        pytest.skip(f"FP8 needs compute capability 8.9+ (this GPU: {seen})")
+    out = tmp_path / "fp8"
+    code, _, err = run_cli(unet_onnx, "--budget", "8", "-o", out, *FAST, "--formats", "fp16,fp8", "--allocation",
+                           "uniform", "--build-engine", "yes")
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["gpu"].startswith(fam.name) and rep["format_counts"].get("fp8", 0) > 0
+    assert rep["engine"]["status"].startswith("built")
+    prec = rep["engine"]["layer_precisions"]
+    assert any("fp8" in k.lower() for k in prec if prec[k]), prec

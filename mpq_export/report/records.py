@@ -411,11 +411,11 @@ def _md_equal_bits(r: Report) -> list[str]:
              f"Chosen: " + ", ".join(f"{k} {v}" for k, v in sorted(won.items())) + ".", "",
              "| layer | chosen | " + " | ".join(f"error {n}" for n in names) + " |",
              "|---|---|" + "---:|" * len(names)]
-    # the layers where the two formats differ most first: where the choice matters
-    def spread(e):
-        v = sorted(e.values())
-        return v[-1] / max(v[0], 1e-30)
-    for n, e in sorted(choices.items(), key=lambda kv: -spread(kv[1]))[:20]:
+    # the layers that took the less common choice first, then where the two formats differ most
+    def order(kv):
+        v = sorted(kv[1].values())
+        return (won[chosen[kv[0]]], -v[-1] / max(v[0], 1e-30))
+    for n, e in sorted(choices.items(), key=order)[:20]:
         lines.append(f"| `{n}` | {chosen[n]} | " + " | ".join(f"{e[f]:.3g}" if f in e else "—" for f in names) + " |")
     if len(choices) > 20:
         lines.append(f"| ... {len(choices) - 20} more in allocation.json | | " + " | " * (len(names) - 1) + " |")

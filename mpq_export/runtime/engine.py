@@ -71,8 +71,8 @@ def _precisions(inspector_json: str) -> dict[str, int]:
         if not isinstance(layer, dict):
             continue
         fmt = " ".join(str(i.get("Format/Datatype", "")) for i in layer.get("Inputs", [])[:1])
-        m = re.search(r"\b(Int4|INT4|Int8|INT8|FP8|Half|FP16|Float|FP32|BF16)\b", fmt)
-        key = {"INT4": "Int4", "INT8": "Int8", "FP16": "Half", "FP32": "Float"}.get(m.group(1), m.group(1)) if m else "other"
+        m = re.search(r"\b(Int4|INT4|Int8|INT8|FP8E4M3|Fp8|FP8|Half|FP16|Float|FP32|BF16)\b", fmt)
+        key = {"INT4": "Int4", "INT8": "Int8", "FP8E4M3": "FP8", "Fp8": "FP8", "FP16": "Half", "FP32": "Float"}.get(m.group(1), m.group(1)) if m else "other"
         counts[key] = counts.get(key, 0) + 1
     return counts
 

@@ -233,7 +233,9 @@ def check_budget(layers: list[QuantLayer], budget: float, target: str | Target,
         # the budget names one width for every unpinned layer; pins keep theirs and may lift the average above
         # it (the report says so), so the floor is the narrowest format offered, not the model's average
         lo = min(f.weight_bits for c in cands for f in c)
-    if budget < lo - 1e-9 or budget > hi + 1e-9:
+    # the budget is an upper bound: above the ceiling every layer takes its largest format (a budget that
+    # rounds to a one-point range, 8.004 for 8.00399, stays usable); above 16 no format stores that much
+    if budget < lo - 1e-9 or budget > max(hi, 16.0) + 1e-9:
         chosen = f"--bits {','.join(map(str, sorted(set(settings.bits))))}"
         if settings.formats is not None:
             chosen += f", --formats {','.join(settings.formats)}"
@@ -241,7 +243,7 @@ def check_budget(layers: list[QuantLayer], budget: float, target: str | Target,
         if budget < lo:
             why = _lower_elsewhere(layers, target, settings, lo)
         raise MPQError(f"--budget {budget:g} is outside what this model can reach on the {target.name} target with "
-                       f"{chosen} and its pins: {lo:.3f} to {hi:.3f} average weight bits{why}; "
+                       f"{chosen} and its pins: {_shown_range(lo, hi)} average weight bits{why}; "
                        f"pick a budget in that range")
     top = [[f for f in c if f.weight_bits == max(g.weight_bits for g in c)] for c in cands]
     if budget >= hi - 1e-9 and not any(f.quantized for c in top for f in c):
@@ -249,6 +251,18 @@ def check_budget(layers: list[QuantLayer], budget: float, target: str | Target,
         raise MPQError(f"at --budget {budget:g} every layer stays FP16 (the ceiling of --bits "
                        f"{','.join(map(str, sorted(set(settings.bits))))} on this model): there is nothing to quantize; "
                        f"pick a budget below {hi:.3f}")
+
+
+def _shown_range(lo: float, hi: float) -> str:
+    """'lo to hi' rounded inward (floor up, ceiling down), so that both numbers shown are budgets that work."""
+    import math
+
+    for digits in (3, 6):
+        f = 10 ** digits
+        a, b = math.ceil(lo * f - 1e-6) / f, math.floor(hi * f + 1e-6) / f
+        if a <= b:
+            return f"{a:.{digits}f} to {b:.{digits}f}"
+    return f"{lo!r} to {hi!r}"
 
 
 def _lower_elsewhere(layers: list[QuantLayer], target: Target, settings: AllocationSettings, lo: float) -> str:
