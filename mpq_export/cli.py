@@ -232,6 +232,10 @@ def options() -> list[Option]:
                "outputs in float (a little more accurate; onnxruntime then runs float convolutions instead of "
                "QLinearConv, docs/speed.md)", "quantization, engine, validation", dict(action="store_true"),
                convert=_negate, example=(("--target", "onnxruntime", "--float-conv-outputs"), False)),
+        Option(("--fp8-attention",), "quantize.fp8_attention", "tensorrt target on an FP8 GPU: FP8 Q/DQ on "
+               "attention's Q K^T and P V MatMul inputs, for TensorRT's fused FP8 attention (off by default; "
+               "docs/quality.md)", "quantization, engine, validation", dict(action="store_true"),
+               example=(("--gpu", "hopper", "--fp8-attention"), True)),
         Option(("--reduce-range",), "quantize.reduce_range", "onnxruntime target: INT8 weights of W8A8 "
                "MatMul/Gemm layers in [-63, 63], for onnxruntime's integer GEMM on x86 CPUs without VNNI, which can "
                "saturate with full-range weights (still 8 stored bits)", "quantization, engine, validation",

@@ -76,6 +76,15 @@ class PipelineConfig:
                            f"{self.allocation.method}, which does not read scores); drop --importance or use "
                            f"--allocation mpq")
         self.target.check_quantize_settings(self.quantize)
+        if self.quantize.fp8_attention:
+            if "fp8" not in self.target.format_names():
+                fix = (f"add --gpu ada, hopper or blackwell (the table used: {self.target.gpu.name})"
+                       if self.target.gpu is not None else "use --target tensorrt with --gpu ada, hopper or blackwell")
+                raise MPQError(f"--fp8-attention needs a target and GPU that run FP8; {fix}")
+            if not self.calibration.attention_inputs:  # its scales come from Q, K and V's calibrated ranges
+                from dataclasses import replace
+
+                self.calibration = replace(self.calibration, attention_inputs=True)
         if self.build_engine == "yes" and not self.target.builds_engines:
             raise MPQError(f"--build-engine yes builds TensorRT engines, which the {self.target.name} target does not "
                            f"use; drop --build-engine or use --target "

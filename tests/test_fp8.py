@@ -252,3 +252,26 @@ def test_sensitivity_probes_fp8_inputs(unet_onnx):
     # the FP8 branch changes something: FP8 and INT8 errors differ on most layers
     differ = sum(abs(sens[n]["fp8"] - sens[n]["w8a8"]) > 1e-3 * sens[n]["w8a8"] for n in sens if "fp8" in sens[n])
     assert differ > len(sens) // 2
+
+
+def test_fp8_attention_quantizes_both_inputs_of_every_attention_matmul(unet_onnx, tmp_path):
+    """--fp8-attention: Q K^T and P V take FP8 on both inputs (the Softmax output at scale 1/448, Q, K and V
+    from their calibrated maxima, which calibration measures only then); the checker accepts it."""
+    out = tmp_path / "att"
+    code, _, err = run_cli(unet_onnx, "--budget", "8", "--gpu", "hopper", "--fp8-attention", "-o", out, *FAST)
+    assert code == 0, err
+    info = inspect_model(unet_onnx)
+    assert info.attention_matmuls and all(m.softmax_input is not None for m in info.attention_matmuls[1::2])
+    m = onnx.load(str(out / "model.mpq.onnx"))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    inits = {i.name: i for i in m.graph.initializer}
+    by_name = {n.name: n for n in m.graph.node}
+    for mm in info.attention_matmuls:
+        node = by_name[mm.node_name]
+        for idx, t in enumerate(node.input):
+            dq = producers[t]
+            assert dq.op_type == "DequantizeLinear" and inits[dq.input[2]].data_type == TensorProto.FLOAT8E4M3FN
+            if idx == mm.softmax_input:
+                assert float(numpy_helper.to_array(inits[dq.input[1]])) == pytest.approx(1 / 448, rel=1e-3)
+    assert check_model(str(out / "model.mpq.onnx")) == []
+    assert np.isfinite(json.loads((out / "report.json").read_text())["validation"]["sample_psnr_db"])

@@ -41,6 +41,8 @@ REFUSALS = [
      "--gpu hopper chooses the formats of a TensorRT engine's GPU"),
     (dict(gpu="ampere", allocation=dict(formats=("fp16", "fp8"))), ["--gpu", "ampere", "--formats", "fp16,fp8"],
      "--formats fp8: not stored by the tensorrt target"),
+    (dict(gpu="ampere", quantize=dict(fp8_attention=True)), ["--gpu", "ampere", "--fp8-attention"],
+     "--fp8-attention needs a target and GPU that run FP8"),
     (dict(budgets=(8.0, 8.0)), ["--budget", "8,8"], "--budget lists 8 twice"),
     (dict(out_dir=" "), ["-o", " "], "-o is empty"),
 ]

@@ -57,6 +57,9 @@ class CalibrationSettings:
     # memory stops growing with N and the resolution (docs/design.md measures what that moves)
     gram_mem_mb: int = 1024
     sketch_dim: int = 8192
+    # also the ranges of attention's activation x activation MatMul inputs (Q, K, V), for FP8 attention
+    # (QuantizeSettings.fp8_attention); off otherwise: they are as large as the layer inputs
+    attention_inputs: bool = False
 
     def __post_init__(self):
         for name, flag in (("steps", "--steps"), ("timesteps", "--timesteps"), ("samples", "--samples"),
@@ -167,6 +170,8 @@ def cache_identity(sha: str, settings: CalibrationSettings, schedule: NoiseSched
     on every read: an entry is used only when it was made from exactly this."""
     d = asdict(settings)
     d["input_hessians"] = input_statistics
+    if not d["attention_inputs"]:  # entries made before the field existed stay valid
+        d.pop("attention_inputs")
     # grouping changes memory, not results: Grams and histograms are the same for any chunking; GPTQ's
     # rows are drawn per call, so its H is an equally good sample, not the same one (not worth a rerun)
     d.pop("mem_budget_mb")
@@ -289,7 +294,7 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     cond, cond_source = load_conditioning(info, calib_data, n, settings.seed, settings.seq_len, guidance)
     rows = n * (2 if guidance != 1 else 1)  # what the UNet sees per call: both CFG branches
 
-    act_tensors = _activation_tensors(info)
+    act_tensors = _activation_tensors(info, settings.attention_inputs)
     graph_inputs = {info.sample.name, info.timestep.name, *(c.name for c in info.conditioning)}
     layer_outputs = [l.output for l in info.layers]
     wanted = list(dict.fromkeys(layer_outputs + [a for a in act_tensors if a not in graph_inputs]))
@@ -331,12 +336,14 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
     return stats
 
 
-def _activation_tensors(info: ModelInfo) -> list[str]:
+def _activation_tensors(info: ModelInfo, attention_inputs: bool = False) -> list[str]:
     """The tensors that get an INT8 Q/DQ: layer inputs and residual-Add inputs, and conv outputs too
-    (on the onnxruntime target its integer convolution, QLinearConv, writes INT8: quantize.py)."""
+    (on the onnxruntime target its integer convolution, QLinearConv, writes INT8: quantize.py); with
+    `attention_inputs`, the attention MatMuls' Q, K and V (FP8 attention)."""
     return sorted({l.activation_input for l in info.layers}
                   | {t for r in info.residual_adds for t in r.inputs}
-                  | {l.output for l in info.layers if l.op_type in CONV_OPS})
+                  | {l.output for l in info.layers if l.op_type in CONV_OPS}
+                  | (set(info.attention_inputs) if attention_inputs else set()))
 
 
 def _load_cached(cache_path: str | None, info: ModelInfo, identity: dict) -> CalibrationStats | None:

@@ -67,6 +67,15 @@ class QuantLayer:
 
 
 @dataclass(frozen=True)
+class AttentionMatMul:
+    """An activation x activation MatMul (attention's Q K^T and P V): TensorRT runs it in FP8 when both
+    inputs carry FP8 Q/DQ (its fused MHA on Hopper; ModelOpt's quantize_mha)."""
+    node_name: str
+    inputs: tuple[str, str]
+    softmax_input: int | None  # which input is a Softmax output (its max is 1 by construction), if any
+
+
+@dataclass(frozen=True)
 class ResidualAdd:
     """A residual Add whose output feeds convolutions (directly or through Div/Mul by a constant).
 
@@ -90,6 +99,12 @@ class ModelInfo:
     has_external_data: bool = False
     metadata: dict[str, str] = field(default_factory=dict)  # the file's metadata_props
     residual_adds: list[ResidualAdd] = field(default_factory=list)
+    attention_matmuls: list[AttentionMatMul] = field(default_factory=list)
+
+    @property
+    def attention_inputs(self) -> list[str]:
+        """The attention MatMuls' inputs whose range calibration must measure (Softmax outputs excluded)."""
+        return sorted({t for m in self.attention_matmuls for i, t in enumerate(m.inputs) if i != m.softmax_input})
 
     @property
     def seq_len(self) -> int:
@@ -194,6 +209,7 @@ def inspect_model(path: str, sample_name: str | None = None, timestep_name: str 
     layers = _find_layers(path, graph, shapes)
 
     residual = _residual_adds(graph, shapes, layers)
+    attention = _attention_matmuls(graph, shapes)
     meta = {p.key: p.value for p in model.metadata_props}
     sample_size = None
     if isinstance(sample.shape[2], int) and isinstance(sample.shape[3], int) and sample.shape[2] > 0:
@@ -205,7 +221,7 @@ def inspect_model(path: str, sample_name: str | None = None, timestep_name: str 
     return ModelInfo(path=os.path.abspath(path), sample=sample, timestep=timestep, conditioning=conditioning,
                      output=graph.output[0].name, layers=layers, opset=opset, sample_size=sample_size,
                      has_external_data=any(external_data_helper.uses_external_data(t) for t in graph.initializer),
-                     metadata=meta, residual_adds=residual)
+                     metadata=meta, residual_adds=residual, attention_matmuls=attention)
 
 
 def _pick_inputs(path: str, inputs: list, sample_name: str | None, timestep_name: str | None):
@@ -278,6 +294,24 @@ def _find_layers(path: str, graph, shapes: dict) -> list[QuantLayer]:
                                  activation_input=act, output=node.output[0], weight_axis=out_axis,
                                  reduction_axis=red_axis, conv_geometry=_conv_geometry(node, wshape)))
     return layers
+
+
+def _attention_matmuls(graph, constants: dict) -> list[AttentionMatMul]:
+    """MatMuls of two activations (no weight on either side), with the Softmax-produced input marked."""
+    producers = producers_of(graph)
+    out = []
+    for n in graph.node:
+        if n.op_type != "MatMul" or any(i in constants for i in n.input):
+            continue
+        soft = None
+        for idx, t in enumerate(n.input):
+            p = producers.get(t)
+            while p is not None and p.op_type in ("Cast", "Identity"):  # the FP16 graph casts around Softmax
+                p = producers.get(p.input[0])
+            if p is not None and p.op_type == "Softmax":
+                soft = idx
+        out.append(AttentionMatMul(n.name, (n.input[0], n.input[1]), soft))
+    return out
 
 
 def _residual_adds(graph, constants: dict, layers: list[QuantLayer]) -> list[ResidualAdd]:

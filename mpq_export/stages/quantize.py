@@ -48,6 +48,11 @@ class QuantizeSettings:
     # full-range weights can saturate (measured in docs/quality.md, "digits-dit"); the file still stores
     # INT8, so the budget counts 8 bits. --reduce-range
     reduce_range: bool = False
+    # tensorrt target on an FP8 GPU: FP8 Q/DQ on both inputs of attention's activation x activation
+    # MatMuls (Q K^T and P V), which TensorRT fuses into its FP8 attention (ModelOpt's quantize_mha);
+    # the Softmax output's scale is 1 / 448 (its max is 1), Q, K and V's their observed max / 448.
+    # Off by default (docs/quality.md measures it). --fp8-attention
+    fp8_attention: bool = False
 
     def __post_init__(self):
         if self.rounding not in ROUNDINGS:
@@ -256,6 +261,9 @@ def _quantize(info, allocation, act_amax, out_path, settings, target, model, hes
             raise MPQError(f"format {fmt.name} of layer {layer.name} ({layer.op_type}) is not stored by the "
                            f"{target.name} target; allocate for target '{target.name}'")
         writer.quantize_layer(layer, fmt, (hessians or {}).get(layer.name), weight_memo)
+    if settings.fp8_attention:
+        for mm in info.attention_matmuls:
+            writer.quantize_attention_matmul(mm)
     if target.quantize_residual_adds:  # for every Add that feeds a conv whose input is INT8
         fmt_of = dict(zip(allocation.layer_names, allocation.formats))
         for residual in info.residual_adds:
@@ -405,6 +413,17 @@ class _QDQWriter:
                 self.quantize_output(layer.output, node)
         self.result.layer_storage[layer.name] = LayerStorage(fmt.name, storage, 4 if storage == "int4" else 8,
                                                              weight_sqnr_db(w, qw))
+
+    def quantize_attention_matmul(self, mm) -> None:
+        """FP8 Q/DQ on both inputs of an attention MatMul (a Softmax output's max is 1)."""
+        node = self.nodes[mm.node_name]
+        for idx, tname in enumerate(mm.inputs):
+            if idx == mm.softmax_input:
+                self.fp8_amax = {**self.fp8_amax, tname: 1.0}
+            elif tname not in self.fp8_amax:
+                raise MPQError(f"internal: no calibrated range for attention input '{tname}' (calibrate with "
+                               f"attention_inputs)")
+            node.inputs[idx] = self.quantized_activation(tname, node.inputs[idx], "fp8")
 
     def quantize_add_inputs(self, residual) -> None:
         add = self.nodes[residual.node_name]

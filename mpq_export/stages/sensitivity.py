@@ -76,6 +76,8 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
     # what the probes measure
     calib, schedule = asdict(stats.settings), asdict(stats.schedule)
     calib.pop("mem_budget_mb"), schedule.pop("source")
+    if not calib.get("attention_inputs"):  # entries made before the field existed stay valid
+        calib.pop("attention_inputs", None)
     # through JSON so that the copy stored in the entry compares equal on reading (tuples become lists)
     identity = {"calib": stats.model_sha256, "calibration": stats.identity, "settings": calib,
                 "alpha": alpha, "schedule": schedule, "conditioning": stats.conditioning_source,

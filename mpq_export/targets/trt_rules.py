@@ -10,7 +10,8 @@ Each violation names the offending node. Rules (strongly typed networks, TensorR
     an even element count, one blocked axis;
  6. no INT32 (bias) DequantizeLinear;
  7. both inputs of a residual Add quantized when the Add feeds an INT8-input conv;
- 8. attention BMMs (activation x activation MatMul) over 512 tokens not quantized;
+ 8. attention BMMs (activation x activation MatMul) over 512 tokens not quantized to INT8 (FP8 on both
+    inputs is TensorRT's FP8 attention, --fp8-attention);
  9. FP8 weights per tensor or per channel (no blocks), read by a layer whose input is FP8 too: TensorRT's
     FP8 layers take FP8 on both sides (its FP8 scheme, "Quantization Schemes", is weights and activations;
     weight-only quantization is INT4/INT8), and an INT8 input with FP8 weights is no kernel at all.
@@ -243,6 +244,8 @@ def _attention_bmm_problems(view: _GraphView, path: str) -> list[str]:
     for n in view.model.graph.node:
         if n.op_type != "MatMul" or any(is_weight(i) for i in n.input):
             continue
+        if all(_input_element(view, i) == onnx.TensorProto.FLOAT8E4M3FN for i in n.input):
+            continue  # FP8 on both sides: TensorRT's FP8 attention (the token rule is INT8's)
         if any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input):
             dims = [shapes.get(i) for i in n.input]
             tokens = max([d[-2] or 0 for d in dims if d and len(d) >= 2] or [0])
