@@ -54,6 +54,7 @@ class PipelineConfig:
     act_costs: bool = True  # measure each activation quantizer alone for the report ...
     act_costs_limit_s: float = 120.0  # ... unless that would take longer than this (large models)
     sample_grid: bool = True
+    emit: tuple[str, ...] = ()  # hand-off layouts written beside the model (stages/emit.py: EMITS)
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -71,11 +72,21 @@ class PipelineConfig:
                 raise MPQError("-o is empty; give an output folder name (default ./<model>.mpq)")
             self.out_dir = require_path(self.out_dir, "-o")
         self.budgets = _budgets(self.budgets)
+        from mpq_export.stages.emit import EMITS
+
+        self.emit = tuple(dict.fromkeys(self.emit))
+        bad = [e for e in self.emit if e not in EMITS]
+        if bad:
+            raise MPQError(f"--emit takes a comma list of {', '.join(EMITS)}, got '{','.join(bad)}'")
         if self.importance != "orm" and self.allocation.method != "mpq":  # its probes would run for nothing
             raise MPQError(f"--importance {self.importance} scores layers for --allocation mpq (this run: --allocation "
                            f"{self.allocation.method}, which does not read scores); drop --importance or use "
                            f"--allocation mpq")
         self.target.check_quantize_settings(self.quantize)
+        if "trt-demo" in self.emit and not self.target.builds_engines:
+            trt = next(t.name for t in all_targets() if t.builds_engines)
+            raise MPQError(f"--emit trt-demo hands TensorRT's graph to its demo (this run: --target {self.target.name}); "
+                           f"use --target {trt} or drop --emit trt-demo")
         if self.quantize.fp8_attention:
             if "fp8" not in self.target.format_names():
                 fix = (f"add --gpu ada, hopper or blackwell (the table used: {self.target.gpu.name})"

@@ -130,6 +130,10 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
              "".join(f" {c.name}" for c in info.conditioning))
     for b in cfg.budgets:  # before the expensive part
         check_budget(info.layers, b, cfg.target, cfg.allocation)
+    if cfg.emit:
+        from mpq_export.stages.emit import check_emits
+
+        check_emits(cfg.emit, info)
     unmatched = unmatched_patterns(info.layers, cfg.allocation)
     if unmatched:
         note = (f"{', '.join(unmatched)} match{'es' if len(unmatched) == 1 else ''} no layer of this model and pin "
@@ -264,7 +268,14 @@ def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp
         compared = [TargetComparisonRow.of(r.label, r.validation) for r in rows if r.validation is not None]
         notes = notes + [f"same allocation per target: {r.label}" for r in rows if r.validation is None]
         del weight_memo
+    handoff = []
+    if "trt-demo" in run.cfg.emit:
+        from mpq_export.stages.emit import emit_trt_demo
+
+        with timings.stage("emit"):
+            handoff.append(emit_trt_demo(qm.path, run.info, tmp, out))
     report = _report(run, alloc, out, qm, counted, checker, engine, val, replay, compared, notes, timings)
+    report.handoff = handoff
     with open(os.path.join(tmp, "allocation.json"), "w") as f:
         json.dump(alloc.to_json(), f, indent=2)
     from mpq_export.report.records import write_report

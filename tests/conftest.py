@@ -35,6 +35,32 @@ def cond_unet_onnx(tmp_path_factory):
     return models.export(models.tiny_unet2d_condition(), str(tmp_path_factory.mktemp("unet2dcond")))
 
 
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+
+
+def _pipeline(tmp_path_factory, arch: str) -> str:
+    pytest.importorskip("transformers")
+    pytest.importorskip("diffusers")
+    sys.path.insert(0, TOOLS)
+    from make_unet import make
+
+    folder = str(tmp_path_factory.mktemp("pipe") / arch)
+    make(arch, folder, pipeline=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir(tmp_path_factory):
+    """A tiny random StableDiffusionPipeline folder, built offline (tools/make_unet.py tiny --pipeline)."""
+    return _pipeline(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipeline_dir(tmp_path_factory):
+    """A tiny random StableDiffusionXLPipeline folder (tools/make_unet.py tiny-xl --pipeline)."""
+    return _pipeline(tmp_path_factory, "tiny-xl")
+
+
 def run_cli(*args):
     """Run the CLI in-process; returns (exit code, stdout, stderr)."""
     import contextlib

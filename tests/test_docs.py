@@ -40,7 +40,8 @@ def test_local_links_and_named_files_exist(doc):
 def test_every_option_the_docs_name_exists(doc):
     known = {s for a in build_parser()._actions for s in a.option_strings}
     known |= {"--pipeline", "--no-sketch-study", "--repeats", "--model", "--data", "--no-gptq-statistics",
-              "--gpus", "--rm", "--target", "--extra-index-url", "--no-deps", "--trt", "--onnxrt", "--help"}
+              "--gpus", "--rm", "--target", "--extra-index-url", "--no-deps", "--trt", "--onnxrt", "--help",
+              "--onnx-dir", "--engine-dir"}  # other tools' flags: docker, pip, polygraphy, demo/Diffusion
     for flag in set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", _read(doc))):
         assert flag in known, (doc, flag)
 

@@ -15,19 +15,6 @@ TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
 FAST = ("--steps", "6", "--timesteps", "2", "--samples", "4", "--val-samples", "2", "--no-stability", "--no-act-costs")
 
 
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory):
-    """A tiny random StableDiffusionPipeline folder, built offline (tools/make_unet.py tiny --pipeline)."""
-    pytest.importorskip("transformers")
-    pytest.importorskip("diffusers")
-    sys.path.insert(0, TOOLS)
-    from make_unet import make
-
-    folder = str(tmp_path_factory.mktemp("pipe") / "tiny-sd")
-    make("tiny", folder, pipeline=True)
-    return folder
-
-
 def _report(out) -> dict:
     return json.loads((out / "report.json").read_text())
 
@@ -55,16 +42,10 @@ def test_pipeline_folder_calibrates_on_prompts_with_guidance(pipeline_dir, tmp_p
     assert code == 0 and "reusing encoded prompts" in err and "encoding" not in err
 
 
-def test_sdxl_pipeline_carries_text_embeds_and_time_ids(tmp_path):
+def test_sdxl_pipeline_carries_text_embeds_and_time_ids(sdxl_pipeline_dir, tmp_path):
     """SDXL: two text encoders (penultimate states concatenated, pooled projection as text_embeds),
     time_ids from the image size, zeros for the unconditional branch, guidance 5 by default."""
-    pytest.importorskip("transformers")
-    sys.path.insert(0, TOOLS)
-    from make_unet import make
-
-    folder = str(tmp_path / "tiny-xl")
-    make("tiny-xl", folder, pipeline=True)
-    code, _, err = run_cli(folder, "--budget", "8", "-o", tmp_path / "o", "--no-cache", *FAST)
+    code, _, err = run_cli(sdxl_pipeline_dir, "--budget", "8", "-o", tmp_path / "o", "--no-cache", *FAST)
     assert code == 0, err
     cal = _report(tmp_path / "o")["calibration"]
     assert cal["guidance_scale"] == 5.0 and cal["unet_rows"] == 8

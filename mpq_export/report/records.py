@@ -26,6 +26,7 @@ from mpq_export.runtime.polygraphy_replay import PolygraphyReplay
 from mpq_export.runtime.sampler import timestep_value
 from mpq_export.stages.quantize import LayerStorage
 from mpq_export.stages.diagnostics import ActivationCost, StabilityCheck
+from mpq_export.stages.emit import HandOff
 from mpq_export.stages.sensitivity import SensitivityScores
 from mpq_export.stages.validate import ValidationResult, ValidationSummary
 
@@ -147,6 +148,7 @@ class Report:
     tool: str = "mpq-export"  # how mpq-export recognises its own output folders
     plots: list[str] = field(default_factory=list)
     gpu: str | None = None  # the GPU family whose formats were offered, and why (tensorrt target)
+    handoff: list[HandOff] = field(default_factory=list)  # --emit: where each runtime loads the model, and how
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -319,7 +321,7 @@ def render_markdown(r: Report) -> str:
     lines = _md_summary(r)
     if r.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
-    lines += _md_validation(r) + _md_checks_and_engine(r) + _md_equal_bits(r) + _md_activation_costs(r)
+    lines += _md_validation(r) + _md_checks_and_engine(r) + _md_handoff(r) + _md_equal_bits(r) + _md_activation_costs(r)
     lines += _md_stability_and_timings(r) + _md_layers(r)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r.plots]
     return "\n".join(lines) + "\n"
@@ -390,6 +392,14 @@ def _md_checks_and_engine(r: Report) -> list[str]:
             lines.append(f"- engine: `{e.path}` ({e.seconds or 0:.1f} s to build)")
         if e.layer_precisions:
             lines.append("- per-layer precision (engine inspector): " + ", ".join(f"{k}: {c}" for k, c in e.layer_precisions.items()))
+    return lines
+
+
+def _md_handoff(r: Report) -> list[str]:
+    lines = []
+    for h in r.handoff:
+        lines += ["", f"## Hand-off: {h.kind}", "", f"- model: `{h.model}`", f"- checked here: {h.checked}",
+                  "", "Run by the runtime itself (not run by mpq-export):", "", "```bash", h.command, "```"]
     return lines
 
 

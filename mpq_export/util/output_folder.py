@@ -26,6 +26,20 @@ OUTPUT_FILES = frozenset({OUTPUT_MODEL, OUTPUT_MODEL + ".data", "model.mpq.plan"
                           "summary.md", "pareto.png"})
 
 
+HANDOFF_FOLDER = "trt-demo"  # --emit trt-demo (stages/emit.py): <name>.opt/model.onnx and its weights
+
+
+def _is_our_trt_demo(folder: str) -> bool:
+    for name in os.listdir(folder):
+        sub = os.path.join(folder, name)
+        if name not in ("unet.opt", "unetxl.opt") or not os.path.isdir(sub) or os.path.islink(sub):
+            return False
+        for f in os.listdir(sub):
+            if not (f == "model.onnx" or f.endswith(".data")) or not os.path.isfile(os.path.join(sub, f)):
+                return False
+    return True
+
+
 def is_our_output(folder: str) -> bool:
     """True when `folder` is an mpq-export output (single budget, or a budget list's parent) and nothing more."""
     import json
@@ -43,6 +57,9 @@ def is_our_output(folder: str) -> bool:
             inside = os.listdir(p)
             if "model.onnx" not in inside or not all(os.path.isfile(os.path.join(p, f)) and
                                                      not os.path.islink(os.path.join(p, f)) for f in inside):
+                return False
+        elif e == HANDOFF_FOLDER and os.path.isdir(p) and not os.path.islink(p):
+            if not _is_our_trt_demo(p):
                 return False
         elif e not in OUTPUT_FILES or not os.path.isfile(p) or os.path.islink(p):
             return False
