@@ -137,7 +137,9 @@ def options() -> list[Option]:
                argparse=dict(choices=TARGETS), convert=get_target,
                example=(("--target", "onnxruntime"), get_target("onnxruntime"))),
         Option(("--emit",), "emit", "also lay the model out where a runtime loads it: trt-demo (TensorRT's "
-               "demo/Diffusion: <out>/trt-demo/unet.opt/model.onnx, SD 1.x/2.x and SDXL UNets; tensorrt target)",
+               "demo/Diffusion: <out>/trt-demo/unet.opt/model.onnx, SD 1.x/2.x and SDXL UNets; tensorrt target), "
+               "optimum (an Optimum ONNX Runtime pipeline folder <out>/optimum, from a pipeline folder; onnxruntime "
+               "target; its other parts exported by optimum-cli in an environment of its own)",
                argparse=dict(type=_names, metavar="LIST"), example=(("--emit", "trt-demo"), ("trt-demo",))),
         Option(("--gpu",), "gpu", "tensorrt target: the GPU that will run the engine, which decides the formats "
                "(auto: the GPU this run sees, else the Ampere-safe table); " + "; ".join(f"{f.name}: {f.examples}"

@@ -83,10 +83,11 @@ class PipelineConfig:
                            f"{self.allocation.method}, which does not read scores); drop --importance or use "
                            f"--allocation mpq")
         self.target.check_quantize_settings(self.quantize)
-        if "trt-demo" in self.emit and not self.target.builds_engines:
-            trt = next(t.name for t in all_targets() if t.builds_engines)
-            raise MPQError(f"--emit trt-demo hands TensorRT's graph to its demo (this run: --target {self.target.name}); "
-                           f"use --target {trt} or drop --emit trt-demo")
+        for kind in self.emit:  # each runtime loads one target's graph
+            if kind not in self.target.handoffs:
+                owner = next(t.name for t in all_targets() if kind in t.handoffs)
+                raise MPQError(f"--emit {kind} hands the {owner} target's graph to its runtime (this run: --target "
+                               f"{self.target.name}); use --target {owner} or drop --emit {kind}")
         if self.quantize.fp8_attention:
             if "fp8" not in self.target.format_names():
                 fix = (f"add --gpu ada, hopper or blackwell (the table used: {self.target.gpu.name})"

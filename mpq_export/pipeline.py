@@ -38,6 +38,7 @@ from mpq_export.util.progress import log
 from mpq_export.util.stage_times import StageTimes
 
 if TYPE_CHECKING:
+    from mpq_export.inputs.sd_pipeline import PipelineFolder
     from mpq_export.runtime.engine import EngineStatus
     from mpq_export.stages.sensitivity import SensitivityScores
 
@@ -116,6 +117,7 @@ class _SharedResults:
     reference: FP32Reference
     float_validation: ValidationResult | None  # the target's float graph alone (tensorrt: FP16)
     vae_dir: str | None  # a text-to-image pipeline's VAE: sample grids are decoded by it
+    pipeline: PipelineFolder | None  # the input when it is a pipeline folder (--emit optimum exports its parts)
     notes: list[str]
 
 
@@ -133,7 +135,7 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     if cfg.emit:
         from mpq_export.stages.emit import check_emits
 
-        check_emits(cfg.emit, info)
+        check_emits(cfg.emit, info, prepared.pipeline)
     unmatched = unmatched_patterns(info.layers, cfg.allocation)
     if unmatched:
         note = (f"{', '.join(unmatched)} match{'es' if len(unmatched) == 1 else ''} no layer of this model and pin "
@@ -166,7 +168,8 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
         if keep_export else model_path
     shared = _SharedResults(cfg=cfg, model_path=reference_model, info=info, stats=stats, ranges=ranges, act_costs=act_costs,
                             importance=imp, sensitivity=sens, format_error=fmt_error, shape=shape, reference=ref, float_validation=float_val,
-                            vae_dir=prepared.pipeline.vae_dir if prepared.pipeline else None, notes=notes)
+                            vae_dir=prepared.pipeline.vae_dir if prepared.pipeline else None,
+                            pipeline=prepared.pipeline, notes=notes)
     # every allocation first: a budget that cannot be written fails the run before anything is written
     allocations = [_allocate_budget(shared, budget, timings) for budget in cfg.budgets]
     multi = len(cfg.budgets) > 1
@@ -274,6 +277,11 @@ def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp
 
         with timings.stage("emit"):
             handoff.append(emit_trt_demo(qm.path, run.info, tmp, out))
+    if "optimum" in run.cfg.emit:
+        from mpq_export.stages.emit import emit_optimum
+
+        with timings.stage("emit"):
+            handoff.append(emit_optimum(qm.path, run.info, run.pipeline, tmp, out, cache_dir))
     report = _report(run, alloc, out, qm, counted, checker, engine, val, replay, compared, notes, timings)
     report.handoff = handoff
     with open(os.path.join(tmp, "allocation.json"), "w") as f:

@@ -140,7 +140,7 @@ def load_prompts(path: str | None) -> PromptSet:
     return PromptSet(prompts, "the bundled prompt set" if path is None else os.path.abspath(path))
 
 
-def _folder_sha(folder: str, memo_dir: str | None) -> str:
+def folder_sha(folder: str, memo_dir: str | None) -> str:
     from mpq_export.util.cache import file_sha256
 
     h = hashlib.sha256()
@@ -228,7 +228,7 @@ def encode_prompts(pipe: PipelineFolder, prompts: PromptSet, out_dir: str, memo_
                        f"uncond_encoder_hidden_states)")
     h = hashlib.sha256()
     parts = [pipe.text_encoder_dir, pipe.tokenizer_dir] + ([pipe.text_encoder_2_dir, pipe.tokenizer_2_dir] if pipe.sdxl else [])
-    for part in [_folder_sha(d, memo_dir) for d in parts] + [
+    for part in [folder_sha(d, memo_dir) for d in parts] + [
             json.dumps(list(prompts.prompts)), pipe.class_name, str(pipe.force_zeros_for_empty_prompt),
             str(tuple(pixel_size)) if pipe.sdxl else "", "v2"]:
         h.update(part.encode())

@@ -1,5 +1,17 @@
 """emit stage: the quantized denoiser laid out where users' runtimes load it (`--emit`).
 
+optimum: Hugging Face Optimum's ONNX Runtime pipelines (`ORTStableDiffusionPipeline`,
+`ORTStableDiffusionXLPipeline`) load a folder with `model_index.json`, `scheduler/`, `tokenizer*/`,
+`text_encoder*/model.onnx`, `vae_decoder/model.onnx`, `vae_encoder/model.onnx` and `unet/model.onnx`
+with `unet/config.json` beside it. Everything but the UNet is exported by `optimum-cli export onnx` from
+the user's pipeline folder (once per folder content, cached), in a virtual environment of its own:
+optimum-onnx pins transformers < 4.58 and an older huggingface_hub, which the project's diffusers and
+transformers do not accept. The UNet is the onnxruntime target's Q/DQ graph with Optimum's names
+(`sample`, a scalar `timestep`, `encoder_hidden_states`, SDXL's `text_embeds` and `time_ids`;
+`out_sample`). Optimum's CPU provider then runs the integer kernels the onnxruntime target is written
+for; its CUDA provider runs the same graph with DequantizeLinear + float kernels (the quality, not the
+speed: on a GPU, deploy the tensorrt target with TensorRT).
+
 trt-demo: TensorRT's demo/Diffusion (`demo_txt2img.py`, `demo_txt2img_xl.py`) builds an existing
 `<onnx-dir>/<name>.opt/model.onnx` as it is instead of exporting its own (diffusion_pipeline.py,
 `_export_onnx`), where <name> is `unet` for SD 1.x/2.x and `unetxl` for SDXL. Its UNet models
@@ -26,9 +38,12 @@ import numpy as np
 
 from mpq_export.stages.inspect import ModelInfo
 from mpq_export.util.errors import MPQError
-from mpq_export.util.output_folder import HANDOFF_FOLDER
+from mpq_export.util.output_folder import HANDOFF_FOLDER, OPTIMUM_FOLDER
 
-EMITS = ("trt-demo",)
+EMITS = ("trt-demo", "optimum")
+# the environment optimum-cli runs in (stages/emit.py's docstring says why it is not the project's)
+OPTIMUM_REQUIREMENTS = ("torch==2.13.0", "optimum-onnx[onnxruntime]==0.1.0", "diffusers<0.40")
+OPTIMUM_ENV = "optimum-onnx-0.1.0"
 TRT_DEMO_FOLDER = HANDOFF_FOLDER
 DEMO_TEXT_MAXLEN = 77  # demo/Diffusion's text_maxlen: the CLIP token count its encoders produce
 # cross-attention width -> the demo's --version (get_unet_embedding_dim in its unet.py)
@@ -72,12 +87,16 @@ def demo_contract(info: ModelInfo) -> _DemoContract:
     return _DemoContract("unetxl" if xl else "unet", inputs, ["2B", channels, "H", "W"])
 
 
-def check_emits(emits: tuple[str, ...], info: ModelInfo) -> None:
+def check_emits(emits: tuple[str, ...], info: ModelInfo, pipeline=None) -> None:
     """Up-front refusals: what --emit asks for must fit this model (after inspect, before calibration; the
-    target is checked with the other options, config.py)."""
+    target is checked with the other options, config.py). `pipeline`: the input's PipelineFolder, if any."""
     for kind in emits:
         if kind == "trt-demo":
             demo_contract(info)
+        if kind == "optimum" and (pipeline is None or pipeline.text_encoder_dir is None or pipeline.vae_dir is None):
+            raise MPQError("--emit optimum writes a whole ONNX Runtime pipeline (text encoders, VAE, UNet): give the "
+                           "diffusers pipeline folder (model_index.json, text_encoder/, vae/, unet/) instead of the "
+                           "UNet alone, or drop --emit optimum")
 
 
 def emit_trt_demo(q_path: str, info: ModelInfo, out_dir: str, final_dir: str) -> HandOff:
@@ -234,3 +253,115 @@ def run_with_demo_feeds(folder: str, info: ModelInfo, batch: int = 2, seed: int 
     sess = ort_session(path, 0, os.path.dirname(path))
     feeds["latent"] = sess.run(["latent"], feeds)[0]
     return feeds
+
+
+def optimum_python(cache_dir: str | None) -> str:
+    """The Python that runs optimum-cli: $MPQ_EXPORT_OPTIMUM_PYTHON, else a virtual environment under the
+    cache made on first use (OPTIMUM_REQUIREMENTS, about 1.3 GB, minutes)."""
+    import subprocess
+    import sys
+
+    from mpq_export.util.cache import default_cache_dir
+    from mpq_export.util.progress import log
+
+    given = os.environ.get("MPQ_EXPORT_OPTIMUM_PYTHON")
+    if given:
+        return given
+    venv = os.path.join(cache_dir or default_cache_dir(), "peers", OPTIMUM_ENV)
+    py = os.path.join(venv, "bin", "python")
+    # an interrupted first install leaves a venv without optimum: test the import, not the folder
+    if os.path.exists(py) and subprocess.run([py, "-c", "import optimum.onnxruntime, diffusers"],
+                                             capture_output=True).returncode == 0:
+        return py
+    log.warning("[emit optimum] creating Optimum's environment %s (%s; about 1.3 GB, minutes)", venv,
+                ", ".join(OPTIMUM_REQUIREMENTS))
+    try:
+        if not os.path.exists(py):
+            subprocess.run([sys.executable, "-m", "venv", venv], check=True, capture_output=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", *OPTIMUM_REQUIREMENTS], check=True, capture_output=True,
+                       text=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = (getattr(e, "stderr", "") or str(e)).strip().splitlines()[-1:] or [""]
+        raise MPQError(f"--emit optimum: could not install Optimum into {venv} ({detail[0][:200]}); install "
+                       f"{' '.join(OPTIMUM_REQUIREMENTS)} into a virtual environment and point "
+                       f"MPQ_EXPORT_OPTIMUM_PYTHON at its python") from None
+    return py
+
+
+def optimum_export(pipe, cache_dir: str | None, scratch: str) -> str:
+    """`optimum-cli export onnx` of the pipeline folder (every part; the UNet is replaced later), cached per
+    folder content under the cache (without one, written under `scratch`, which the caller removes)."""
+    import subprocess
+
+    from mpq_export.inputs.sd_pipeline import folder_sha
+    from mpq_export.util.cache import atomic_path
+    from mpq_export.util.progress import log
+
+    sha = folder_sha(pipe.root, cache_dir)[:20]
+    dest = os.path.join(cache_dir, f"optimum-{sha}") if cache_dir else os.path.join(scratch, f"optimum-{sha}")
+    if os.path.isfile(os.path.join(dest, "model_index.json")):
+        log.info("[emit optimum] reusing the Optimum export %s", dest)
+        return dest
+    py = optimum_python(cache_dir)
+    log.info("[emit optimum] exporting the pipeline's other parts with optimum-cli")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with atomic_path(dest) as tmp:
+        code = ("import sys\nfrom optimum.exporters.onnx.__main__ import main_export\n"
+                "main_export(sys.argv[1], output=sys.argv[2], task='text-to-image', no_post_process=False)\n")
+        p = subprocess.run([py, "-c", code, pipe.root, tmp], capture_output=True, text=True,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if p.returncode != 0 or not os.path.isfile(os.path.join(tmp, "model_index.json")):
+            last = (p.stderr.strip().splitlines() or [""])[-1]
+            raise MPQError(f"--emit optimum: optimum-cli could not export {pipe.root} ({last[:300]})")
+        shutil.rmtree(os.path.join(tmp, "unet"), ignore_errors=True)  # ours replaces it; GBs at SD size
+        os.makedirs(os.path.join(tmp, "unet"))
+        shutil.copyfile(os.path.join(pipe.unet_dir, "config.json"), os.path.join(tmp, "unet", "config.json"))
+    return dest
+
+
+def emit_optimum(q_path: str, info: ModelInfo, pipe, out_dir: str, final_dir: str,
+                 cache_dir: str | None) -> HandOff:
+    """`out_dir/optimum/`: the Optimum export of the pipeline with the Q/DQ UNet in unet/model.onnx."""
+    import tempfile
+
+    from mpq_export.util.output_folder import SCRATCH_PREFIX
+
+    dest = os.path.join(out_dir, OPTIMUM_FOLDER)
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}optimum-{os.getpid()}-") as scratch:
+        _link_tree(optimum_export(pipe, cache_dir, scratch), dest)
+    write_optimum_unet(q_path, info, os.path.join(dest, "unet"))
+    cls = "ORTStableDiffusionXLPipeline" if pipe.sdxl else "ORTStableDiffusionPipeline"
+    final = os.path.join(final_dir, OPTIMUM_FOLDER)
+    command = (f'python -c "from optimum.onnxruntime import {cls}; '
+               f"pipe = {cls}.from_pretrained('{final}', provider='CPUExecutionProvider'); "
+               f"pipe('a photo of an astronaut riding a horse').images[0].save('out.png')\"")
+    checked = (f"the parts exported by optimum-cli from {pipe.root}; unet/model.onnx is this output's Q/DQ graph "
+               f"with a scalar timestep, unet/config.json the pipeline's")
+    return HandOff("optimum", final, os.path.join(final, "unet", "model.onnx"), command, checked)
+
+
+def write_optimum_unet(src: str, info: ModelInfo, unet_dir: str) -> str:
+    """unet_dir/model.onnx: the ONNX UNet at `src` as Optimum's pipelines feed it (a scalar timestep, which
+    the graph expands to the batch as diffusers' UNet does), external weights linked beside it."""
+    import onnx
+
+    from mpq_export.util.onnx_io import load_onnx
+
+    model = load_onnx(src, load_weights=False)
+    t = next(i for i in model.graph.input if i.name == info.timestep.name)
+    del t.type.tensor_type.shape.dim[:]
+    src_dir = os.path.dirname(os.path.abspath(src))
+    for loc in sorted({e.value for x in model.graph.initializer for e in x.external_data if e.key == "location"}):
+        _link_or_copy(os.path.join(src_dir, loc), os.path.join(unet_dir, loc))
+    path = os.path.join(unet_dir, "model.onnx")
+    onnx.save(model, path)
+    return path
+
+
+def _link_tree(src: str, dst: str) -> None:
+    """A copy of folder `src` at `dst` whose files are hard links (copies across file systems)."""
+    for root, _, files in os.walk(src):
+        rel = os.path.relpath(root, src)
+        os.makedirs(os.path.join(dst, rel), exist_ok=True)
+        for f in files:
+            _link_or_copy(os.path.join(root, f), os.path.join(dst, rel, f))

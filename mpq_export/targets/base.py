@@ -36,6 +36,7 @@ class Target:
     # a target whose graph differs from FP32 even before quantizing (FP16) names the other target on which
     # the same allocation is also validated, so the report separates the FP16 graph's error from Q/DQ's
     compare_with: str | None = None
+    handoffs: tuple[str, ...] = ()  # the --emit layouts of runtimes that load this target's graph
     gpu = None  # the GpuFamily whose format table applies (targets that build for a GPU)
     gpu_reason: str | None = None  # how that table was chosen, for the report
 

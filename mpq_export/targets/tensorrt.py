@@ -34,6 +34,7 @@ class TensorRTTarget(Target):
     demo_budget = 7.5
     quantize_residual_adds = True
     builds_engines = True
+    handoffs = ("trt-demo",)  # TensorRT's demo/Diffusion (stages/emit.py)
     checks_rules = True
     compare_with = "onnxruntime"
 

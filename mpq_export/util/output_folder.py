@@ -27,6 +27,7 @@ OUTPUT_FILES = frozenset({OUTPUT_MODEL, OUTPUT_MODEL + ".data", "model.mpq.plan"
 
 
 HANDOFF_FOLDER = "trt-demo"  # --emit trt-demo (stages/emit.py): <name>.opt/model.onnx and its weights
+OPTIMUM_FOLDER = "optimum"  # --emit optimum: an Optimum ONNX Runtime pipeline folder (model_index.json, unet/...)
 
 
 def _is_our_trt_demo(folder: str) -> bool:
@@ -60,6 +61,11 @@ def is_our_output(folder: str) -> bool:
                 return False
         elif e == HANDOFF_FOLDER and os.path.isdir(p) and not os.path.islink(p):
             if not _is_our_trt_demo(p):
+                return False
+        elif e == OPTIMUM_FOLDER and os.path.isdir(p) and not os.path.islink(p):
+            if not os.path.isfile(os.path.join(p, "model_index.json")) or not os.path.isfile(
+                    os.path.join(p, "unet", "model.onnx")) or any(os.path.islink(os.path.join(r, f))
+                                                                  for r, _, fs in os.walk(p) for f in fs):
                 return False
         elif e not in OUTPUT_FILES or not os.path.isfile(p) or os.path.islink(p):
             return False
