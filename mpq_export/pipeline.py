@@ -118,6 +118,7 @@ class _SharedResults:
     float_validation: ValidationResult | None  # the target's float graph alone (tensorrt: FP16)
     vae_dir: str | None  # a text-to-image pipeline's VAE: sample grids are decoded by it
     pipeline: PipelineFolder | None  # the input when it is a pipeline folder (--emit optimum exports its parts)
+    optimum_folder: str | None  # the input when it is an Optimum ONNX folder (--emit optimum reuses its parts)
     notes: list[str]
 
 
@@ -135,7 +136,7 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     if cfg.emit:
         from mpq_export.stages.emit import check_emits
 
-        check_emits(cfg.emit, info, prepared.pipeline)
+        check_emits(cfg.emit, info, prepared.pipeline, prepared.optimum_folder)
     unmatched = unmatched_patterns(info.layers, cfg.allocation)
     if unmatched:
         note = (f"{', '.join(unmatched)} match{'es' if len(unmatched) == 1 else ''} no layer of this model and pin "
@@ -145,7 +146,8 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
 
     schedule = NoiseSchedule.from_config(sched_path)
     calib_data = cfg.calib_data or prepared.calib_data
-    calibration = replace(cfg.calibration, guidance_scale=prepared.guidance_scale(cfg.calibration.guidance_scale))
+    calibration = replace(cfg.calibration, guidance_scale=prepared.guidance_scale(cfg.calibration.guidance_scale),
+                          resolution=cfg.calibration.resolution or prepared.default_resolution)
     with timings.stage("calibrate"):  # checks the user's inputs first
         stats = calibrate(info, calibration, schedule, calib_data, cache_dir, cfg.runtime, input_statistics=cfg.gptq)
     notes = list(cfg.notes) + prepared.notes
@@ -169,7 +171,7 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     shared = _SharedResults(cfg=cfg, model_path=reference_model, info=info, stats=stats, ranges=ranges, act_costs=act_costs,
                             importance=imp, sensitivity=sens, format_error=fmt_error, shape=shape, reference=ref, float_validation=float_val,
                             vae_dir=prepared.pipeline.vae_dir if prepared.pipeline else None,
-                            pipeline=prepared.pipeline, notes=notes)
+                            pipeline=prepared.pipeline, optimum_folder=prepared.optimum_folder, notes=notes)
     # every allocation first: a budget that cannot be written fails the run before anything is written
     allocations = [_allocate_budget(shared, budget, timings) for budget in cfg.budgets]
     multi = len(cfg.budgets) > 1
@@ -281,7 +283,7 @@ def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp
         from mpq_export.stages.emit import emit_optimum
 
         with timings.stage("emit"):
-            handoff.append(emit_optimum(qm.path, run.info, run.pipeline, tmp, out, cache_dir))
+            handoff.append(emit_optimum(qm.path, run.info, run.pipeline, tmp, out, cache_dir, run.optimum_folder))
     report = _report(run, alloc, out, qm, counted, checker, engine, val, replay, compared, notes, timings)
     report.handoff = handoff
     with open(os.path.join(tmp, "allocation.json"), "w") as f:

@@ -217,3 +217,46 @@ def test_optimum_refusals_come_before_the_work(pipeline_dir, cond_unet_onnx, tmp
                            "-o", tmp_path / "b", *FAST)
     assert code == 1 and "give the diffusers pipeline folder" in err and "[calibrate]" not in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.fixture(scope="module")
+def optimum_like(pipeline_dir, sd_out, tmp_path_factory):
+    """An Optimum-layout ONNX folder made without Optimum: model_index.json, scheduler/, tokenizer/ and a
+    unet/model.onnx with a scalar timestep and dynamic H, W (as optimum-cli exports them), unet/config.json."""
+    from mpq_export.stages.emit import write_optimum_unet
+
+    root = tmp_path_factory.mktemp("optimum-like") / "sd-onnx"
+    for part in ("scheduler", "tokenizer"):
+        shutil.copytree(os.path.join(pipeline_dir, part), root / part)
+    shutil.copy(os.path.join(pipeline_dir, "model_index.json"), root / "model_index.json")
+    (root / "unet").mkdir()
+    shutil.copy(os.path.join(pipeline_dir, "unet", "config.json"), root / "unet" / "config.json")
+    fp32 = json.loads((sd_out / "report.json").read_text())["model"]
+    path = write_optimum_unet(fp32, inspect_model(fp32), str(root / "unet"))
+    m = onnx.load(path)
+    for d in (2, 3):
+        m.graph.input[0].type.tensor_type.shape.dim[d].dim_param = "hw"[d - 2]
+    onnx.save(m, path)
+    return root
+
+
+def test_an_optimum_folder_is_an_input_and_its_parts_are_reused(optimum_like, tmp_path):
+    out = tmp_path / "o"
+    code, _, err = run_cli(optimum_like, "--budget", "8", "--target", "onnxruntime", "--emit", "optimum", "-o", out,
+                           *FAST)
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["model"] == str(optimum_like / "unet" / "model.onnx")
+    assert any("Optimum ONNX pipeline folder" in n for n in rep["notes"])
+    assert rep["calibration"]["settings"]["resolution"] == [8, 8]  # unet/config.json's sample_size
+    ours = out / "optimum"
+    for f in ("model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "unet/config.json"):
+        assert os.path.samefile(ours / f, optimum_like / f)  # linked as given, not exported again
+    assert not os.path.samefile(ours / "unet" / "model.onnx", optimum_like / "unet" / "model.onnx")
+    m = onnx.load(str(ours / "unet" / "model.onnx"), load_external_data=False)
+    assert sum(n.op_type == "DequantizeLinear" for n in m.graph.node) > 10
+    # the tensorrt target from the same folder: the demo's [1] timestep reaches a graph made for a scalar one
+    out2 = tmp_path / "t"
+    code, _, err = run_cli(optimum_like, "--budget", "8", "--emit", "trt-demo", "-o", out2, *FAST)
+    assert code == 0, err
+    assert check_trt_demo(str(out2 / "trt-demo"), inspect_model(str(optimum_like / "unet" / "model.onnx"))) == []

@@ -31,6 +31,9 @@ class PreparedModel:
     temp_dir: str | None = None  # an export made without a cache: the caller removes it when done
     pipeline: PipelineFolder | None = None  # when the input is a diffusers text-to-image pipeline folder
     calib_data: str | None = None  # the pipeline's prompts encoded by its text encoder (.npz, sd_pipeline)
+    optimum_folder: str | None = None  # the input is an Optimum ONNX pipeline folder (its UNet: unet/model.onnx)
+    # the latent (H, W) the input's own config gives where the ONNX leaves it dynamic (Optimum's exports)
+    default_resolution: tuple[int, int] | None = None
 
     def guidance_scale(self, requested: float | None) -> float:
         """The requested scale, else the pipeline type's default when prompts were encoded, else 1 (none)."""
@@ -47,6 +50,8 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
 
     if not os.path.exists(cfg.model):
         raise MPQError(f"model not found: {cfg.model} (give an .onnx file, a diffusers model folder or a pipeline folder)")
+    if is_optimum_folder(cfg.model):
+        return _optimum_input(cfg)
     pipe = read_pipeline(cfg.model) if is_pipeline_folder(cfg.model) else None
     unet_dir = pipe.unet_dir if pipe else cfg.model
     if cfg.prompts is not None and pipe is None:
@@ -104,6 +109,36 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
                 raise
             prepared.calib_data = emb.path
     return prepared
+
+
+def is_optimum_folder(path: str) -> bool:
+    """An ONNX pipeline folder as Optimum exports and loads it: model_index.json beside unet/model.onnx."""
+    return os.path.isfile(os.path.join(path, "model_index.json")) and os.path.isfile(os.path.join(path, "unet", "model.onnx"))
+
+
+def _optimum_input(cfg: PipelineConfig) -> PreparedModel:
+    """An Optimum ONNX pipeline folder: its UNet is already ONNX (nothing to export); its text encoder is ONNX
+    too, which the prompt encoder (torch) does not run, so conditioning comes from --calib-data."""
+    if cfg.prompts is not None:
+        raise MPQError(f"--prompts: {cfg.model} is an Optimum ONNX folder, whose text encoder mpq-export does not run; "
+                       f"give its encoded prompts with --calib-data FILE.npz (calib_data/README.md), or the diffusers "
+                       f"pipeline folder it was exported from")
+    root = os.path.abspath(cfg.model)
+    sched = os.path.join(root, "scheduler", "scheduler_config.json")
+    notes = [f"Optimum ONNX pipeline folder {root}: the UNet is unet/model.onnx"]
+    if cfg.calib_data is None:
+        notes.append("its prompts were not encoded (the folder's text encoder is ONNX): give --calib-data for "
+                     "calibration on real prompt embeddings")
+    size = None
+    try:
+        with open(os.path.join(root, "unet", "config.json")) as f:
+            s = json.load(f).get("sample_size")
+        size = (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1])) if s else None
+    except (OSError, ValueError, TypeError, AttributeError, IndexError):
+        pass  # without it, a dynamic sample size asks for --resolution (calibrate.sample_shape)
+    return PreparedModel(os.path.join(root, "unet", "model.onnx"),
+                         cfg.scheduler_config or (sched if os.path.isfile(sched) else None), notes,
+                         optimum_folder=root, default_resolution=size)
 
 
 _IDENTITY = "identity.json"

@@ -87,22 +87,25 @@ def demo_contract(info: ModelInfo) -> _DemoContract:
     return _DemoContract("unetxl" if xl else "unet", inputs, ["2B", channels, "H", "W"])
 
 
-def check_emits(emits: tuple[str, ...], info: ModelInfo, pipeline=None) -> None:
+def check_emits(emits: tuple[str, ...], info: ModelInfo, pipeline=None, optimum_folder: str | None = None) -> None:
     """Up-front refusals: what --emit asks for must fit this model (after inspect, before calibration; the
-    target is checked with the other options, config.py). `pipeline`: the input's PipelineFolder, if any."""
+    target is checked with the other options, config.py). `pipeline`: the input's PipelineFolder, if any;
+    `optimum_folder`: the input when it is an Optimum ONNX folder already."""
     for kind in emits:
         if kind == "trt-demo":
             demo_contract(info)
-        if kind == "optimum" and (pipeline is None or pipeline.text_encoder_dir is None or pipeline.vae_dir is None):
+        whole = pipeline is not None and pipeline.text_encoder_dir is not None and pipeline.vae_dir is not None
+        if kind == "optimum" and not whole and optimum_folder is None:
             raise MPQError("--emit optimum writes a whole ONNX Runtime pipeline (text encoders, VAE, UNet): give the "
-                           "diffusers pipeline folder (model_index.json, text_encoder/, vae/, unet/) instead of the "
-                           "UNet alone, or drop --emit optimum")
+                           "diffusers pipeline folder (model_index.json, text_encoder/, vae/, unet/) or an Optimum "
+                           "ONNX folder instead of the UNet alone, or drop --emit optimum")
 
 
 def emit_trt_demo(q_path: str, info: ModelInfo, out_dir: str, final_dir: str) -> HandOff:
     """`out_dir/trt-demo/<unet|unetxl>.opt/model.onnx`: the Q/DQ graph with the demo's names and shapes.
     `final_dir` is where `out_dir` will be published (the command names it)."""
     import onnx
+    import onnx.numpy_helper
 
     from mpq_export.util.onnx_io import load_onnx
 
@@ -110,11 +113,21 @@ def emit_trt_demo(q_path: str, info: ModelInfo, out_dir: str, final_dir: str) ->
     model = load_onnx(q_path, load_weights=False)
     g = model.graph
     rename = {info.sample.name: "sample", info.timestep.name: "timestep", g.output[0].name: "latent"}
+    scalar_t = len(info.timestep.shape) == 0
+    if scalar_t:  # a graph made for a scalar timestep (Optimum's) reads the demo's [1] through a Reshape to []
+        rename[info.timestep.name] = "timestep_scalar"
     for n in g.node:
         n.input[:] = [rename.get(i, i) for i in n.input]
         n.output[:] = [rename.get(o, o) for o in n.output]
+    if scalar_t:
+        t_in = next(i for i in g.input if i.name == info.timestep.name)
+        t_in.name = "timestep"
+        g.initializer.append(onnx.numpy_helper.from_array(np.zeros(0, np.int64), "timestep_scalar_shape"))
+        g.node.insert(0, onnx.helper.make_node("Reshape", ["timestep", "timestep_scalar_shape"], ["timestep_scalar"],
+                                               name="timestep_to_scalar"))
     for vi in list(g.input) + list(g.output):
-        vi.name = rename.get(vi.name, vi.name)
+        if vi.name != "timestep":
+            vi.name = rename.get(vi.name, vi.name)
         want = contract.inputs.get(vi.name) if vi.name != "latent" else contract.output
         if want is None:
             continue
@@ -161,8 +174,9 @@ def _same_as_the_written_model(folder: str, q_path: str, info: ModelInfo) -> Non
     feeds = run_with_demo_feeds(folder, info)
     latent = feeds.pop("latent")
     batch = feeds["sample"].shape[0]
-    theirs = {info.sample.name: feeds.pop("sample"), info.timestep.name: np.repeat(feeds.pop("timestep"), batch),
-              **feeds}
+    t = feeds.pop("timestep")
+    t = t.reshape(()) if len(info.timestep.shape) == 0 else np.repeat(t, batch)
+    theirs = {info.sample.name: feeds.pop("sample"), info.timestep.name: t, **feeds}
     sess = ort_session(q_path, 0, os.path.dirname(os.path.abspath(q_path)))
     ref = sess.run(None, theirs)[0]
     if not np.allclose(latent, ref, rtol=1e-3, atol=1e-3 * float(np.abs(ref).max() + 1e-12)):
@@ -320,23 +334,34 @@ def optimum_export(pipe, cache_dir: str | None, scratch: str) -> str:
 
 
 def emit_optimum(q_path: str, info: ModelInfo, pipe, out_dir: str, final_dir: str,
-                 cache_dir: str | None) -> HandOff:
-    """`out_dir/optimum/`: the Optimum export of the pipeline with the Q/DQ UNet in unet/model.onnx."""
+                 cache_dir: str | None, optimum_folder: str | None = None) -> HandOff:
+    """`out_dir/optimum/`: the Optimum export of the pipeline (or the given Optimum folder's parts) with the
+    Q/DQ UNet in unet/model.onnx."""
     import tempfile
 
     from mpq_export.util.output_folder import SCRATCH_PREFIX
 
     dest = os.path.join(out_dir, OPTIMUM_FOLDER)
-    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}optimum-{os.getpid()}-") as scratch:
-        _link_tree(optimum_export(pipe, cache_dir, scratch), dest)
+    if optimum_folder is not None:  # reused as given: every part but the UNet's graph and weights
+        _link_tree(optimum_folder, dest, skip=os.path.join(optimum_folder, "unet"))
+        os.makedirs(os.path.join(dest, "unet"), exist_ok=True)
+        unet_cfg = os.path.join(optimum_folder, "unet", "config.json")
+        if os.path.isfile(unet_cfg):
+            _link_or_copy(unet_cfg, os.path.join(dest, "unet", "config.json"))
+        source = optimum_folder
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}optimum-{os.getpid()}-") as scratch:
+            _link_tree(optimum_export(pipe, cache_dir, scratch), dest)
+        source = f"exported by optimum-cli from {pipe.root}"
     write_optimum_unet(q_path, info, os.path.join(dest, "unet"))
-    cls = "ORTStableDiffusionXLPipeline" if pipe.sdxl else "ORTStableDiffusionPipeline"
+    sdxl = os.path.isdir(os.path.join(dest, "text_encoder_2"))
+    cls = "ORTStableDiffusionXLPipeline" if sdxl else "ORTStableDiffusionPipeline"
     final = os.path.join(final_dir, OPTIMUM_FOLDER)
     command = (f'python -c "from optimum.onnxruntime import {cls}; '
                f"pipe = {cls}.from_pretrained('{final}', provider='CPUExecutionProvider'); "
                f"pipe('a photo of an astronaut riding a horse').images[0].save('out.png')\"")
-    checked = (f"the parts exported by optimum-cli from {pipe.root}; unet/model.onnx is this output's Q/DQ graph "
-               f"with a scalar timestep, unet/config.json the pipeline's")
+    checked = (f"the other parts: {'those of ' if optimum_folder else ''}{source}; unet/model.onnx is this output's Q/DQ "
+               f"graph with a scalar timestep, unet/config.json the pipeline's")
     return HandOff("optimum", final, os.path.join(final, "unet", "model.onnx"), command, checked)
 
 
@@ -358,9 +383,12 @@ def write_optimum_unet(src: str, info: ModelInfo, unet_dir: str) -> str:
     return path
 
 
-def _link_tree(src: str, dst: str) -> None:
-    """A copy of folder `src` at `dst` whose files are hard links (copies across file systems)."""
-    for root, _, files in os.walk(src):
+def _link_tree(src: str, dst: str, skip: str | None = None) -> None:
+    """A copy of folder `src` at `dst` whose files are hard links (copies across file systems); `skip`: a
+    subfolder left out."""
+    for root, dirs, files in os.walk(src):
+        if skip is not None:
+            dirs[:] = [d for d in dirs if os.path.join(root, d) != skip]
         rel = os.path.relpath(root, src)
         os.makedirs(os.path.join(dst, rel), exist_ok=True)
         for f in files:
