@@ -82,10 +82,15 @@ def test_the_flow_sampler_follows_diffusers_with_the_same_denoiser(sd3_dir):
     np.testing.assert_allclose(ours, x.numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["sd3", "pixart"])
-def test_a_transformer_folder_at_4_5_bits_on_tensorrt(family, sd3_dir, pixart_dir, tmp_path):
+@pytest.fixture(scope="module")
+def flux_dir(tmp_path_factory):
+    return _make("tiny-flux", tmp_path_factory.mktemp("flux"))
+
+
+@pytest.mark.parametrize("family", ["sd3", "pixart", "flux"])
+def test_a_transformer_folder_at_4_5_bits_on_tensorrt(family, sd3_dir, pixart_dir, flux_dir, tmp_path):
     """The default target, the paper's budget: INT4 weight-only GEMMs reach nearly every layer."""
-    folder = (sd3_dir if family == "sd3" else pixart_dir) / "transformer"
+    folder = {"sd3": sd3_dir, "pixart": pixart_dir, "flux": flux_dir}[family] / "transformer"
     out = tmp_path / "o"
     code, _, err = run_cli(folder, "--budget", "4.5", "-o", out, *FAST)
     assert code == 0, err
@@ -95,11 +100,15 @@ def test_a_transformer_folder_at_4_5_bits_on_tensorrt(family, sd3_dir, pixart_di
     assert counted == pytest.approx(rep["achieved_bits"], abs=1e-12) and counted <= 4.5
     assert rep["format_counts"]["w4a16"] >= len(rep["layers"]) * 0.6  # INT4 GEMMs nearly everywhere
     pinned = {l["name"] for l in rep["layers"] if l["pin"] == "fp16 (pinned)"}
-    assert pinned == {"pos_embed.proj", "proj_out"}
+    assert pinned == ({"x_embedder", "proj_out"} if family == "flux" else {"pos_embed.proj", "proj_out"})
+    if family == "flux":  # Flux-dev's guidance input is a setting, filled with FluxPipeline's default
+        assert "guidance 3.5" in rep["calibration"]["conditioning"]
+        held = {l["name"] for l in rep["layers"] if l["pin"] and l["pin"].startswith(">= 8")}
+        assert {"time_text_embed.guidance_embedder.linear_1", "time_text_embed.timestep_embedder.linear_2"} <= held
     assert rep["validation"]["sample_psnr_db"] > 20  # it runs under onnxruntime, close to FP32
     assert run_cli("check", out)[0] == 0
     md = (out / "report.md").read_text()
-    assert ("8-step flow-matching Euler" in md) == (family == "sd3") and ("8-step DDIM" in md) == (family != "sd3")
+    assert ("8-step flow-matching Euler" in md) == (family != "pixart") and ("8-step DDIM" in md) == (family == "pixart")
     # the report's timesteps are what the denoiser receives, in the scheduler's own units
     ts = rep["importance_per_timestep"]["timesteps"]
     schedule = NoiseSchedule.from_config(str(folder.parent / "scheduler" / "scheduler_config.json"))
@@ -177,6 +186,43 @@ def test_flow_matching_options_we_do_not_implement_are_refused(tmp_path):
         NoiseSchedule.from_config(str(p))
     with pytest.raises(MPQError, match="token count"):
         FlowMatchEulerSampler(NoiseSchedule(kind="flow_matching", use_dynamic_shifting=True), 4)
+
+
+def test_flux_is_exported_on_latents_as_flux_pipeline_packs_them(flux_dir, tmp_path):
+    """The Flux graph takes the 4-D latent and packs it inside: against diffusers' FluxPipeline packing,
+    position ids and timestep scale around the torch model, at other batch sizes, sizes and text lengths
+    than traced (batch, H, W and the text length stay dynamic)."""
+    import onnxruntime as ort
+    import torch
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    from mpq_export.inputs.export import export_module
+
+    model = FluxTransformer2DModel.from_pretrained(str(flux_dir / "transformer")).eval()
+    path = str(tmp_path / "flux.onnx")
+    export_module(model, path, seq_len=7)
+    info = inspect_model(path)
+    assert [c.name for c in info.conditioning] == ["encoder_hidden_states", "pooled_projections", "guidance"]
+    names = {l.name for l in info.layers}
+    assert {"x_embedder", "single_transformer_blocks.0.proj_mlp", "transformer_blocks.0.attn.add_q_proj",
+            "transformer_blocks.0.norm1.linear", "time_text_embed.guidance_embedder.linear_1"} <= names
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for b, hw, seq in ((1, 16, 7), (3, 8, 12)):
+        x = rng.standard_normal((b, 4, hw, hw)).astype(np.float32)
+        ctx = rng.standard_normal((b, seq, 32)).astype(np.float32)
+        pooled = rng.standard_normal((b, 32)).astype(np.float32)
+        t, g = np.full((b,), 731.0, np.float32), np.full((b,), 3.5, np.float32)
+        (out,) = sess.run(None, {"hidden_states": x, "timestep": t, "encoder_hidden_states": ctx,
+                                 "pooled_projections": pooled, "guidance": g})
+        with torch.no_grad():
+            packed = FluxPipeline._pack_latents(torch.from_numpy(x), b, 4, hw, hw)
+            ids = FluxPipeline._prepare_latent_image_ids(b, hw // 2, hw // 2, "cpu", torch.float32)
+            y = model(hidden_states=packed, encoder_hidden_states=torch.from_numpy(ctx),
+                      pooled_projections=torch.from_numpy(pooled), timestep=torch.from_numpy(t) / 1000,
+                      img_ids=ids, txt_ids=torch.zeros(seq, 3), guidance=torch.from_numpy(g), return_dict=False)[0]
+            ref = FluxPipeline._unpack_latents(y, hw * 8, hw * 8, 8).numpy()  # the VAE's factor 8
+        np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4)
 
 
 def test_budget_ranges_tool_sees_the_layers_inspect_finds(sd3_dir, pixart_dir, tmp_path):

@@ -2,7 +2,7 @@
 """Random-weight diffusers denoiser folders of real architectures, for reproducing size and memory figures.
 
     python tools/make_unet.py {sd15,sd15-mini,sd21,sdxl,tiny,tiny-xl} OUT_DIR [--seed 0] [--pipeline]
-    python tools/make_unet.py {sd3-medium,tiny-sd3,pixart-alpha,tiny-pixart} OUT_DIR [--seed 0]
+    python tools/make_unet.py {sd3-medium,tiny-sd3,pixart-alpha,tiny-pixart,tiny-flux} OUT_DIR [--seed 0]
 
 Writes OUT_DIR/unet (or OUT_DIR/transformer for the transformer denoisers; config.json + safetensors,
 FP32) and OUT_DIR/scheduler/scheduler_config.json (flow matching with SD3's shift 3 for SD3);
@@ -176,11 +176,27 @@ TRANSFORMERS = {
     "tiny-pixart": ("PixArtTransformer2DModel", dict(num_attention_heads=4, attention_head_dim=32, in_channels=4,
                                                      out_channels=8, num_layers=3, cross_attention_dim=128,
                                                      sample_size=16, patch_size=2, caption_channels=32)),
+    # FLUX.1-dev (black-forest-labs/FLUX.1-dev, transformer/config.json): 12 B parameters, 48 GB in FP32,
+    # beyond a 24 GB machine (tools/budget_ranges.py builds it on the meta device)
+    "flux-dev": ("FluxTransformer2DModel", dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                                                attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                                                pooled_projection_dim=768, guidance_embeds=True,
+                                                axes_dims_rope=(16, 56, 56))),
+    # Flux-dev's double- and single-stream blocks with the guidance embedder, at reduced depth
+    "tiny-flux": ("FluxTransformer2DModel", dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=4,
+                                                 attention_head_dim=16, num_attention_heads=4, joint_attention_dim=32,
+                                                 pooled_projection_dim=32, guidance_embeds=True,
+                                                 axes_dims_rope=(4, 6, 6))),
 }
+# a sample size the denoiser's own config does not hold (Flux's): written into config.json for mpq-export
+TRANSFORMER_SAMPLE_SIZE = {"tiny-flux": 16}
 # diffusers' scheduler configs of those pipelines: flow matching with shift 3 (SD3), DPM-Solver's
 # DDPM training schedule (PixArt; sampled here with DDIM)
 TRANSFORMER_SCHEDULERS = {
     "SD3Transformer2DModel": dict(_class_name="FlowMatchEulerDiscreteScheduler", num_train_timesteps=1000, shift=3.0),
+    "FluxTransformer2DModel": dict(_class_name="FlowMatchEulerDiscreteScheduler", num_train_timesteps=1000,
+                                   shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                   base_image_seq_len=256, max_image_seq_len=4096),
     "PixArtTransformer2DModel": dict(_class_name="DPMSolverMultistepScheduler", num_train_timesteps=1000,
                                      beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
                                      prediction_type="epsilon", clip_sample=False),
@@ -196,6 +212,12 @@ def make_transformer(arch: str, out_dir: str, seed: int = 0) -> int:
     torch.manual_seed(seed)
     model = getattr(diffusers, cls_name)(**cfg).eval()
     model.save_pretrained(os.path.join(out_dir, "transformer"))
+    if arch in TRANSFORMER_SAMPLE_SIZE:
+        path = os.path.join(out_dir, "transformer", "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        with open(path, "w") as f:
+            json.dump({**config, "sample_size": TRANSFORMER_SAMPLE_SIZE[arch]}, f, indent=2)
     os.makedirs(os.path.join(out_dir, "scheduler"), exist_ok=True)
     with open(os.path.join(out_dir, "scheduler", "scheduler_config.json"), "w") as f:
         json.dump(TRANSFORMER_SCHEDULERS[cls_name], f, indent=1)

@@ -65,6 +65,10 @@ def load_conditioning(info: ModelInfo, path: str | None, n: int, seed: int, seq_
                           f"conditional rows batched, as the pipeline runs the UNet)")
 
 
+# conditioning inputs that are settings: Flux-dev's distilled guidance (FluxPipeline's guidance_scale 3.5)
+DEFAULT_VALUES = {"guidance": 3.5}
+
+
 def _standard_normal_conditioning(info: ModelInfo, n: int, seed: int,
                                   seq_len: int | None) -> tuple[dict[str, np.ndarray], str]:
     rng = np.random.default_rng(seed + 7919)
@@ -73,10 +77,14 @@ def _standard_normal_conditioning(info: ModelInfo, n: int, seed: int,
         shape = spec.concrete(n, fallback={1: seq_len or info.seq_len})
         if np.issubdtype(np.dtype(spec.dtype), np.integer):
             out[spec.name] = np.zeros(shape, dtype=spec.dtype)
+        elif spec.name in DEFAULT_VALUES:  # a setting, not an embedding: the pipeline's default value
+            out[spec.name] = np.full(shape, DEFAULT_VALUES[spec.name], dtype=spec.dtype)
         else:
             out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-    names = ", ".join(s.name for s in info.conditioning)
-    return out, f"standard-normal {names} (none supplied: give --calib-data FILE.npz for real conditioning)"
+    names = ", ".join(s.name for s in info.conditioning if s.name not in DEFAULT_VALUES)
+    fixed = "".join(f"; {s.name} {DEFAULT_VALUES[s.name]:g} (the pipeline's default)" for s in info.conditioning
+                    if s.name in DEFAULT_VALUES)
+    return out, f"standard-normal {names}{fixed} (none supplied: give --calib-data FILE.npz for real conditioning)"
 
 
 def _open_calib_data(info: ModelInfo, path: str):

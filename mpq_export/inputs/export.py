@@ -19,11 +19,13 @@ from mpq_export.util.onnx_io import SAMPLE_SIZE_KEY, SEQ_LEN_KEY, SOURCE_CLASS_K
 
 UNETS = ("UNet2DModel", "UNet2DConditionModel")
 # transformer denoisers on a 4-D latent (patchified inside the model); Flux's packed tokens are not yet
-TRANSFORMERS = ("SD3Transformer2DModel", "PixArtTransformer2DModel")
+# bumped when an export of the same diffusers folder changes (its cache key holds it): 2 = Flux
+EXPORT_VERSION = 2
+TRANSFORMERS = ("SD3Transformer2DModel", "PixArtTransformer2DModel", "FluxTransformer2DModel")
 SUPPORTED = UNETS + TRANSFORMERS
 # the conditioning length each family's text encoders produce (the ONNX keeps it dynamic; calibration
 # without prompts uses it): SD3 77 CLIP + 256 T5 tokens, PixArt-alpha's T5 120
-DEFAULT_SEQ_LEN = {"SD3Transformer2DModel": 333, "PixArtTransformer2DModel": 120}
+DEFAULT_SEQ_LEN = {"SD3Transformer2DModel": 333, "PixArtTransformer2DModel": 120, "FluxTransformer2DModel": 512}
 
 
 @dataclass
@@ -186,6 +188,62 @@ def _no_op_squeeze_of_tokens(torch):
         torch.Tensor.squeeze = real
 
 
+FLUX_DEFAULT_SAMPLE_SIZE = 128  # FluxPipeline's default 1024 px over the VAE's factor 8
+FLUX_DEFAULT_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale (Flux-dev's distilled guidance input)
+
+
+def _flux_forward(m, hidden_states, timestep, encoder_hidden_states, pooled_projections, guidance=None):
+    """Flux on a 4-D latent [B, C, H, W], as the rest of the pipeline samples it: the 2 x 2 packing into
+    tokens, the image and text position ids and the timestep's scale are FluxPipeline's (_pack_latents,
+    _prepare_latent_image_ids, timestep / 1000), done inside the graph so that H and W stay dynamic."""
+    import torch
+
+    b, c, h, w = hidden_states.shape
+    packed = hidden_states.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    packed = packed.reshape(b, (h // 2) * (w // 2), c * 4)
+    rows = torch.arange(h // 2, dtype=torch.float32)[:, None].expand(h // 2, w // 2)
+    cols = torch.arange(w // 2, dtype=torch.float32)[None, :].expand(h // 2, w // 2)
+    img_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
+    txt_ids = torch.zeros(encoder_hidden_states.shape[1], 3)
+    out = m(hidden_states=packed, encoder_hidden_states=encoder_hidden_states, pooled_projections=pooled_projections,
+            timestep=timestep / 1000, img_ids=img_ids, txt_ids=txt_ids, guidance=guidance, return_dict=False)[0]
+    return out.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+@contextlib.contextmanager
+def _flux_export_guards(torch):
+    """While exporting Flux: its rotary embedding in float32 instead of float64 (diffusers uses float64 off
+    Apple's GPUs), which TensorRT does not build (positions up to a few hundred keep float32's precision);
+    torch's RMSNorm (its q/k norms) written out as x * rsqrt(mean(x^2) + eps) * w, as diffusers' own
+    RMSNorm is, since the TorchScript exporter has no aten::rms_norm before opset 23; and the rotary
+    embedding traced with dynamic batch and token count."""
+    import diffusers.models.transformers.transformer_flux as flux
+
+    def rms_norm(x, normalized_shape, weight=None, eps=None):
+        dims = tuple(range(-len(normalized_shape), 0))
+        eps = torch.finfo(x.dtype).eps if eps is None else eps
+        y = x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
+        return y * weight if weight is not None else y
+
+    def apply_rotary_emb(x, freqs_cis, sequence_dim=2, **_):
+        # diffusers' real-pair rotation with x.unflatten instead of x.reshape(*x.shape[:-1], -1, 2), whose
+        # unpacked sizes the tracer writes as constants (batch and token count fixed at the traced ones)
+        cos, sin = freqs_cis
+        cos, sin = (cos[None, :, None, :], sin[None, :, None, :]) if sequence_dim == 1 else (cos[None, None], sin[None, None])
+        x_real, x_imag = x.unflatten(-1, (-1, 2)).unbind(-1)
+        x_rotated = torch.stack([-x_imag, x_real], dim=-1).flatten(3)
+        return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
+
+    saved = flux.maybe_adjust_dtype_for_device, flux.apply_rotary_emb, torch.nn.functional.rms_norm
+    flux.maybe_adjust_dtype_for_device = lambda dtype, device: torch.float32
+    flux.apply_rotary_emb = apply_rotary_emb
+    torch.nn.functional.rms_norm = rms_norm
+    try:
+        yield
+    finally:
+        flux.maybe_adjust_dtype_for_device, flux.apply_rotary_emb, torch.nn.functional.rms_norm = saved
+
+
 def _export_transformer(model, out_path: str, opset: int, seq_len: int, t0: float,
                         scheduler_config: str | None) -> ExportResult:
     """SD3 (MMDiT: joint attention, pooled text projection) and PixArt (cross-attention, adaLN-single)
@@ -200,11 +258,24 @@ def _export_transformer(model, out_path: str, opset: int, seq_len: int, t0: floa
 
     cfg = model.config
     cls_name = type(model).__name__
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    batch, c = 2, cfg.in_channels
+    # Flux's config has no sample size: FluxPipeline's default is 1024 px, a 128 x 128 latent (a
+    # "sample_size" written into config.json is read here, as the tiny test models do)
+    sample_size = getattr(cfg, "sample_size", None) or model.config.get("sample_size") or FLUX_DEFAULT_SAMPLE_SIZE
+    size = sample_size if isinstance(sample_size, int) else sample_size[0]
+    batch = 2
+    c = cfg.in_channels // 4 if cls_name == "FluxTransformer2DModel" else cfg.in_channels  # Flux packs 2 x 2
     x = torch.randn(batch, c, size, size)
     t = torch.full((batch,), 500.0)
-    if cls_name == "SD3Transformer2DModel":
+    dtype_guard = contextlib.nullcontext()
+    if cls_name == "FluxTransformer2DModel":
+        extra = [torch.randn(batch, seq_len, cfg.joint_attention_dim), torch.randn(batch, cfg.pooled_projection_dim)]
+        extra_names = ["encoder_hidden_states", "pooled_projections"]
+        if cfg.guidance_embeds:  # Flux-dev: distilled guidance is an input (FluxPipeline's guidance_scale)
+            extra.append(torch.full((batch,), FLUX_DEFAULT_GUIDANCE))
+            extra_names.append("guidance")
+        forward = _flux_forward
+        dtype_guard = _flux_export_guards(torch)
+    elif cls_name == "SD3Transformer2DModel":
         extra = [torch.randn(batch, seq_len, cfg.joint_attention_dim), torch.randn(batch, cfg.pooled_projection_dim)]
         extra_names = ["encoder_hidden_states", "pooled_projections"]
 
@@ -238,8 +309,9 @@ def _export_transformer(model, out_path: str, opset: int, seq_len: int, t0: floa
     names = ["hidden_states", "timestep", *extra_names]
     dyn = {"hidden_states": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
            "encoder_hidden_states": {0: "batch", 1: "sequence"}, "out_sample": {0: "batch", 2: "height", 3: "width"}}
-    if "pooled_projections" in names:
-        dyn["pooled_projections"] = {0: "batch"}
+    for name in ("pooled_projections", "guidance"):
+        if name in names:
+            dyn[name] = {0: "batch"}
     squeeze_guard = contextlib.nullcontext()
     if cls_name == "PixArtTransformer2DModel":
         # its output squeezes dim 1 of [batch, tokens, ...] (diffusers: hidden_states.squeeze(1), a no-op
@@ -250,7 +322,7 @@ def _export_transformer(model, out_path: str, opset: int, seq_len: int, t0: floa
             dyn[name] = {0: "batch"}
         squeeze_guard = _no_op_squeeze_of_tokens(torch)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings(), squeeze_guard:
+    with torch.no_grad(), warnings.catch_warnings(), squeeze_guard, dtype_guard:
         warnings.simplefilter("ignore")  # diffusers' shape checks trace as constants (TracerWarning)
         torch.onnx.export(Wrapper(model.eval()), (x, t, *extra), out_path, dynamo=False, opset_version=opset,
                           input_names=names, output_names=["out_sample"], dynamic_axes=dyn)

@@ -154,7 +154,7 @@ def _export_identity(folder: str) -> str | None:
 
 def _export_once(cfg: PipelineConfig, unet_dir: str, cache_dir: str | None) -> PreparedModel:
     """The FP32 ONNX of a diffusers UNet folder, exported once per content hash (in the cache)."""
-    from mpq_export.inputs.export import export_diffusers, find_scheduler_config
+    from mpq_export.inputs.export import EXPORT_VERSION, export_diffusers, find_scheduler_config
 
     h = hashlib.sha256()
     for name in sorted(os.listdir(unet_dir)):
@@ -162,6 +162,7 @@ def _export_once(cfg: PipelineConfig, unet_dir: str, cache_dir: str | None) -> P
         if os.path.isfile(p):  # SD-sized weights are GBs: hashed once, remembered in the cache
             h.update(name.encode())
             h.update(file_sha256(p, cache_dir).encode())
+    h.update(f"exporter {EXPORT_VERSION}".encode())  # what the same folder exports to changes with the exporter
     temp_dir = None if cache_dir else tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}export-{os.getpid()}-")
     folder = os.path.join(cache_dir or temp_dir, f"export-{h.hexdigest()[:20]}")
     onnx_path = os.path.join(folder, "model.onnx")

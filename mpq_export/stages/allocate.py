@@ -24,18 +24,20 @@ from mpq_export.targets.formats import FORMATS, FP16, Format
 
 METHODS = ("mpq", "uniform", "random", "smallest-first")
 # Layers the literature keeps at >= 8 bits: the first and last convs and the time embedding; in the
-# transformer denoisers their counterparts, the patch embedding (pos_embed.proj), the output projection
-# (proj_out) and the timestep embedders (SD3's time_text_embed, PixArt's adaln_single.emb). These hold
+# transformer denoisers their counterparts, the patch embedding (pos_embed.proj; Flux's x_embedder), the
+# output projection (proj_out) and the timestep embedders (SD3's and Flux's time_text_embed, Flux-dev's
+# guidance embedder, PixArt's adaln_single.emb). These hold
 # a small share of a DiT's weights, so --budget 4.5 stays reachable; the adaLN modulation linears (a
 # third of an MMDiT's weights) are left to the allocation.
 DEFAULT_MIN8 = (r"^conv_in$", r"^conv_out$", r"^time_embedding\.", r"^pos_embed\.proj$", r"^proj_out$",
-                r"^time_text_embed\.timestep_embedder\.", r"^adaln_single\.emb\.timestep_embedder\.")
+                r"^time_text_embed\.timestep_embedder\.", r"^adaln_single\.emb\.timestep_embedder\.",
+                r"^x_embedder$", r"^time_text_embed\.guidance_embedder\.")
 # conv_in reads the network input, whose noise near t = 0 is far below the INT8 step of the one static
 # scale that must also cover x_T: quantizing that input erases what the model must predict at the last
 # steps. conv_out writes the noise prediction itself: nothing after it dilutes its error, and its input
 # (a SiLU output) wastes half of a symmetric INT8 range. Both hold a few thousand parameters; the gain of
 # keeping them FP16 is measured in docs/quality.md ("Default pins").
-DEFAULT_KEEP_FP16 = (r"^conv_in$", r"^conv_out$", r"^pos_embed\.proj$", r"^proj_out$")
+DEFAULT_KEEP_FP16 = (r"^conv_in$", r"^conv_out$", r"^pos_embed\.proj$", r"^proj_out$", r"^x_embedder$")
 
 
 @dataclass(frozen=True)
