@@ -2,6 +2,7 @@
 between formats of equal bits, the Q/DQ graph and its rules, and the CLI."""
 
 import json
+import os
 
 import ml_dtypes
 import numpy as np
@@ -275,3 +276,19 @@ def test_fp8_attention_quantizes_both_inputs_of_every_attention_matmul(unet_onnx
                 assert float(numpy_helper.to_array(inits[dq.input[1]])) == pytest.approx(1 / 448, rel=1e-3)
     assert check_model(str(out / "model.mpq.onnx")) == []
     assert np.isfinite(json.loads((out / "report.json").read_text())["validation"]["sample_psnr_db"])
+
+
+def test_gpu_detection_respects_cuda_visible_devices(monkeypatch, tmp_path):
+    """A fake nvidia-smi: the device CUDA_VISIBLE_DEVICES names is asked for; an empty or negative one is no GPU."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text('#!/bin/sh\nif [ "$3" = "-i" ] && [ "$4" = "1" ]; then echo "NVIDIA L4, 8.9"; '
+                    'else echo "NVIDIA A100-SXM4-80GB, 8.0"; fi\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpus.detect_gpu() == ("NVIDIA A100-SXM4-80GB", (8, 0)) and gpus.resolve("auto")[0].name == "ampere"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert gpus.detect_gpu() == ("NVIDIA L4", (8, 9)) and gpus.resolve("auto")[0].name == "ada"
+    for hidden in ("", "-1"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert gpus.detect_gpu() is None and "no GPU seen" in gpus.resolve("auto")[1]

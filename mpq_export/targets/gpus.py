@@ -68,12 +68,13 @@ def detect_gpu() -> tuple[str, tuple[int, int]] | None:
     if exe is None:
         return None
     cmd = [exe, "--query-gpu=name,compute_cap", "--format=csv,noheader"]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    if visible.isdigit():
-        cmd += ["-i", visible]
-    elif visible:  # "" listed, "-1" or a UUID: no GPU we can name by index
-        if visible.startswith("-"):
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        visible = os.environ["CUDA_VISIBLE_DEVICES"].split(",")[0].strip()
+        if not visible or visible.startswith("-"):  # set empty or negative: CUDA sees no GPU
             return None
+        if visible.isdigit():
+            cmd += ["-i", visible]
+        # a UUID or MIG name: the first GPU the driver lists stands for it
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True).stdout.strip().splitlines()
         name, cc = (x.strip() for x in out[0].rsplit(",", 1))
