@@ -284,3 +284,37 @@ def test_the_bundled_trained_dit_keeps_its_samples_at_4_5_bits_on_tensorrt(tmp_p
     assert rep["achieved_bits"] <= 4.5 and rep["check"].startswith("passed")
     assert "digits classes" in rep["calibration"]["conditioning"]
     assert rep["validation"]["sample_psnr_db"] > 30
+
+
+@pytest.mark.parametrize("arch", ["tiny-sd3", "tiny-flux"])
+def test_sd3_and_flux_pipeline_folders_at_4_5_bits_on_tensorrt(arch, tmp_path):
+    """A whole SD3 / Flux pipeline folder: prompts encoded by the pipeline class's own encode_prompt (two
+    CLIPs + T5 for SD3, with classifier-free guidance against the empty prompt; CLIP + T5 for Flux, whose
+    guidance is an input), samples decoded by its VAE."""
+    pytest.importorskip("transformers")
+    folder = _make_pipeline(arch, tmp_path / arch)
+    out = tmp_path / "o"
+    code, _, err = run_cli(folder, "--budget", "4.5", "-o", out, "--steps", "6", "--timesteps", "2", "--samples", "4",
+                           "--val-samples", "2", "--no-stability", "--no-act-costs")
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    cal = rep["calibration"]
+    if arch == "tiny-sd3":
+        assert "StableDiffusion3Pipeline.encode_prompt" in cal["conditioning"] and "T5EncoderModel" in cal["conditioning"]
+        assert cal["guidance_scale"] == 7.0 and cal["unet_rows"] == 8  # both branches of every sample
+    else:
+        assert "FluxPipeline.encode_prompt" in cal["conditioning"] and cal["unet_rows"] == 4
+        z = np.load(out / "validation_inputs.npz")
+        assert np.all(z["guidance"] == 3.5) and z["encoder_hidden_states"].shape[-2] == 512  # T5's tokens
+    counted, _ = count_weight_bits(str(out / "model.mpq.onnx"), inspect_model(rep["model"]))
+    assert counted == pytest.approx(rep["achieved_bits"], abs=1e-12) and counted <= 4.5
+    assert rep["check"].startswith("passed") and (out / "samples.png").stat().st_size > 1000
+
+
+def _make_pipeline(arch, folder):
+    pytest.importorskip("diffusers")
+    sys.path.insert(0, TOOLS)
+    from make_unet import make
+
+    make(arch, str(folder), pipeline=True)
+    return folder

@@ -2,12 +2,13 @@
 """Random-weight diffusers denoiser folders of real architectures, for reproducing size and memory figures.
 
     python tools/make_unet.py {sd15,sd15-mini,sd21,sdxl,tiny,tiny-xl} OUT_DIR [--seed 0] [--pipeline]
-    python tools/make_unet.py {sd3-medium,tiny-sd3,pixart-alpha,tiny-pixart,tiny-flux} OUT_DIR [--seed 0]
+    python tools/make_unet.py {sd3-medium,tiny-sd3,pixart-alpha,tiny-pixart,tiny-flux} OUT_DIR [--seed 0] [--pipeline]
 
 Writes OUT_DIR/unet (or OUT_DIR/transformer for the transformer denoisers; config.json + safetensors,
 FP32) and OUT_DIR/scheduler/scheduler_config.json (flow matching with SD3's shift 3 for SD3);
 with --pipeline a whole diffusers text-to-image pipeline folder (model_index.json, a CLIP text encoder
-of the architecture's size with a hand-written tokenizer vocabulary, an AutoencoderKL), as
+of the architecture's size with a hand-written tokenizer vocabulary, an AutoencoderKL; for tiny-sd3
+and tiny-flux their pipelines' CLIP and T5 encoders, the T5 tokenizer a hand-written Unigram one), as
 `mpq-export PIPELINE_DIR` takes it.
 The weights are random (no model hub is reachable here): good for sizes, memory and speed, not for
 quality. It prints the parameter count; FP32 weights take 4 bytes each on disk and at least as much
@@ -190,6 +191,7 @@ TRANSFORMERS = {
 }
 # a sample size the denoiser's own config does not hold (Flux's): written into config.json for mpq-export
 TRANSFORMER_SAMPLE_SIZE = {"tiny-flux": 16}
+PIPELINE_TRANSFORMERS = ("tiny-sd3", "tiny-flux")  # --pipeline: a whole SD3 / Flux pipeline folder
 # diffusers' scheduler configs of those pipelines: flow matching with shift 3 (SD3), DPM-Solver's
 # DDPM training schedule (PixArt; sampled here with DDIM)
 TRANSFORMER_SCHEDULERS = {
@@ -203,7 +205,75 @@ TRANSFORMER_SCHEDULERS = {
 }
 
 
-def make_transformer(arch: str, out_dir: str, seed: int = 0) -> int:
+def write_t5_tokenizer(folder: str) -> int:
+    """A T5 tokenizer (fast, tokenizer.json) over a small word vocabulary, written without a model hub:
+    whitespace words, unknown ones to <unk>, </s> appended as T5 does. Returns the vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    # T5's own form: a Unigram model over "\u2581"-prefixed pieces (sentencepiece's word boundary), with
+    # every lowercase letter as a fallback piece
+    words = sorted({w for w in ("a photo of an the in on with and cat dog horse astronaut riding painting city "
+                                "street night red blue green portrait landscape mountain river forest beach house "
+                                "car flower tree sky").split()})
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -2.0) for w in words] + \
+        [("\u2581", -3.0)] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    words = pieces
+    T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0,
+                    model_max_length=512).save_pretrained(folder)
+    return len(words)
+
+
+def make_transformer_pipeline(arch: str, out_dir: str, model) -> None:
+    """transformer/ and scheduler/ are written by the caller; the rest of a StableDiffusion3Pipeline
+    (two CLIPs with projection + T5) or FluxPipeline (CLIP + T5) folder, saved by the pipeline class."""
+    import diffusers
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    cfg = model.config
+    n_vocab = write_tokenizer(os.path.join(out_dir, "tokenizer"))
+    n_t5 = write_t5_tokenizer(os.path.join(out_dir, "t5-tokenizer"))
+
+    def clip(cls, hidden, projection=None):
+        extra = {"projection_dim": projection} if projection else {}
+        return cls(CLIPTextConfig(vocab_size=n_vocab, max_position_embeddings=TOKENS, bos_token_id=n_vocab - 2,
+                                  eos_token_id=n_vocab - 1, pad_token_id=n_vocab - 1, hidden_size=hidden,
+                                  intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
+                                  **extra)).eval()
+
+    torch.manual_seed(1)
+    t5 = T5EncoderModel(T5Config(vocab_size=n_t5, d_model=cfg.joint_attention_dim, d_kv=8, d_ff=64, num_layers=1,
+                                 num_heads=4, decoder_start_token_id=0)).eval()
+    latent = cfg.in_channels // 4 if arch == "tiny-flux" else cfg.in_channels
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent, block_out_channels=(8, 8),
+                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                  norm_num_groups=4, layers_per_block=1).eval()
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(os.path.join(out_dir, "scheduler"))
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    tok = CLIPTokenizer.from_pretrained(os.path.join(out_dir, "tokenizer"))
+    t5_tok = T5TokenizerFast.from_pretrained(os.path.join(out_dir, "t5-tokenizer"))
+    if arch == "tiny-flux":  # CLIP's pooled output is Flux's pooled projection; T5 its text tokens
+        pipe = diffusers.FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip(CLIPTextModel, cfg.pooled_projection_dim),
+                                      tokenizer=tok, text_encoder_2=t5, tokenizer_2=t5_tok, transformer=model)
+    else:  # SD3: two projecting CLIPs (their states concatenated and padded to T5's width; pooled concatenated)
+        half = cfg.pooled_projection_dim // 2
+        pipe = diffusers.StableDiffusion3Pipeline(
+            scheduler=scheduler, vae=vae, text_encoder=clip(CLIPTextModelWithProjection, 16, half), tokenizer=tok,
+            text_encoder_2=clip(CLIPTextModelWithProjection, 16, half), tokenizer_2=tok, text_encoder_3=t5,
+            tokenizer_3=t5_tok, transformer=model)
+    pipe.save_pretrained(out_dir)
+    import shutil
+
+    shutil.rmtree(os.path.join(out_dir, "t5-tokenizer"))
+
+
+def make_transformer(arch: str, out_dir: str, seed: int = 0, pipeline: bool = False) -> int:
     """OUT_DIR/transformer and OUT_DIR/scheduler; returns the parameter count."""
     import torch
     import diffusers
@@ -211,6 +281,13 @@ def make_transformer(arch: str, out_dir: str, seed: int = 0) -> int:
     cls_name, cfg = TRANSFORMERS[arch]
     torch.manual_seed(seed)
     model = getattr(diffusers, cls_name)(**cfg).eval()
+    if pipeline:
+        if arch not in PIPELINE_TRANSFORMERS:
+            raise SystemExit(f"--pipeline is available for {', '.join(PIPELINE_TRANSFORMERS)}, not {arch}")
+        os.makedirs(os.path.join(out_dir, "scheduler"), exist_ok=True)
+        with open(os.path.join(out_dir, "scheduler", "scheduler_config.json"), "w") as f:
+            json.dump(TRANSFORMER_SCHEDULERS[cls_name], f, indent=1)
+        make_transformer_pipeline(arch, out_dir, model)
     model.save_pretrained(os.path.join(out_dir, "transformer"))
     if arch in TRANSFORMER_SAMPLE_SIZE:
         path = os.path.join(out_dir, "transformer", "config.json")
@@ -230,9 +307,7 @@ def make(arch: str, out_dir: str, seed: int = 0, pipeline: bool = False) -> int:
     from diffusers import UNet2DConditionModel
 
     if arch in TRANSFORMERS:
-        if pipeline:
-            raise SystemExit(f"--pipeline is not available for {arch} (transformer pipelines: not yet)")
-        return make_transformer(arch, out_dir, seed)
+        return make_transformer(arch, out_dir, seed, pipeline)
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**CONFIGS[arch]).eval()
@@ -258,9 +333,11 @@ def main() -> None:
     args = ap.parse_args()
     n = make(args.arch, args.out_dir, args.seed, args.pipeline)
     if args.pipeline:
-        kind = "StableDiffusionXLPipeline" if args.arch in TEXT_ENCODERS_2 else "StableDiffusionPipeline"
-        print(f"{args.out_dir}: random-weight {args.arch} {kind} folder, UNet {n / 1e6:.1f} M parameters; "
-              f"quantize it with: mpq-export {args.out_dir} --budget 8 --resolution 32")
+        with open(os.path.join(args.out_dir, "model_index.json")) as f:
+            kind = json.load(f)["_class_name"]
+        budget = 4.5 if args.arch in TRANSFORMERS else 8
+        print(f"{args.out_dir}: random-weight {args.arch} {kind} folder, denoiser {n / 1e6:.1f} M parameters; "
+              f"quantize it with: mpq-export {args.out_dir} --budget {budget:g}")
     elif args.arch in TRANSFORMERS:
         print(f"{args.out_dir}/transformer: random-weight {args.arch} {TRANSFORMERS[args.arch][0]}, {n / 1e6:.1f} M "
               f"parameters; quantize it with: mpq-export {args.out_dir}/transformer --budget 4.5")

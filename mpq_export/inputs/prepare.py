@@ -73,11 +73,12 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
                            f"diffusers model folder or a pipeline folder")
         return PreparedModel(cfg.model, cfg.scheduler_config, [])
     unet_cfg = read_unet_config(unet_dir)  # a broken config.json is a one-line error before hashing GBs
-    if cfg.prompts is not None and unet_cfg.get("_class_name") != "UNet2DConditionModel":
+    text_conditioned = unet_cfg.get("_class_name") in TEXT_CONDITIONED
+    if cfg.prompts is not None and not text_conditioned:
         raise MPQError(f"--prompts: the UNet of {cfg.model} ({unet_cfg.get('_class_name') or 'unknown'}) takes no "
                        f"text conditioning; drop --prompts")
     prompts = None
-    if pipe is not None and unet_cfg.get("_class_name") == "UNet2DConditionModel" and cfg.calib_data is None:
+    if pipe is not None and text_conditioned and cfg.calib_data is None:
         from mpq_export.inputs.sd_pipeline import load_prompts
 
         prompts = load_prompts(cfg.prompts)  # a bad prompt file fails before the export
@@ -142,6 +143,9 @@ def _optimum_input(cfg: PipelineConfig) -> PreparedModel:
 
 
 _IDENTITY = "identity.json"
+# denoisers whose pipeline folder's prompts are encoded for calibration (PixArt's need its T5 attention
+# mask, which its exported graph does not take: give --calib-data)
+TEXT_CONDITIONED = ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel")
 
 
 def _export_identity(folder: str) -> str | None:

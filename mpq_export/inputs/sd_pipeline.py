@@ -38,7 +38,11 @@ IDENTITY_KEY = "mpq_export_identity"  # the hash of what the entry was encoded f
 MODEL_INDEX = "model_index.json"
 DEFAULT_PROMPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "calib_data", "prompts.txt")
 # diffusers' own defaults for its pipelines' guidance_scale
-GUIDANCE_DEFAULTS = {"StableDiffusionXLPipeline": 5.0}
+GUIDANCE_DEFAULTS = {"StableDiffusionXLPipeline": 5.0, "StableDiffusion3Pipeline": 7.0,
+                     # Flux-dev's guidance is distilled into an input (3.5): one row per sample, no CFG
+                     "FluxPipeline": 1.0}
+# transformer pipelines whose prompts are encoded by the pipeline class's own encode_prompt
+ENCODED_BY_PIPELINE = ("StableDiffusion3Pipeline", "FluxPipeline")
 DEFAULT_GUIDANCE = 7.5
 MAX_PROMPT_CHARS = 2000
 ENCODE_BATCH = 16
@@ -53,9 +57,12 @@ class PipelineFolder:
     text_encoder_dir: str | None
     tokenizer_dir: str | None
     vae_dir: str | None
-    text_encoder_2_dir: str | None = None  # SDXL: the second (projecting) text encoder
+    text_encoder_2_dir: str | None = None  # SDXL: the second (projecting) text encoder; SD3's second CLIP, Flux's T5
     tokenizer_2_dir: str | None = None
     force_zeros_for_empty_prompt: bool = False  # SDXL: the unconditional branch is all zeros
+    text_encoder_3_dir: str | None = None  # SD3's T5
+    tokenizer_3_dir: str | None = None
+    transformer: bool = False  # the denoiser is transformer/ (SD3, Flux), not unet/
 
     @property
     def default_guidance(self) -> float:
@@ -63,7 +70,7 @@ class PipelineFolder:
 
     @property
     def sdxl(self) -> bool:
-        return self.text_encoder_2_dir is not None
+        return self.text_encoder_2_dir is not None and not self.transformer
 
     def vae_scale_factor(self) -> int:
         """Pixels per latent pixel: 2 ** (VAE levels - 1), as diffusers computes it (8 for SD)."""
@@ -104,9 +111,13 @@ def read_pipeline(path: str) -> PipelineFolder:
     index = read_json_object(os.path.join(path, MODEL_INDEX), "a diffusers pipeline folder")
     cls = str(index.get("_class_name", ""))
     unet = os.path.join(path, "unet")
-    if not os.path.isfile(os.path.join(unet, "config.json")):
-        raise MPQError(f"pipeline folder {path} has no unet/config.json; give a complete pipeline saved with "
-                       f"save_pretrained")
+    transformer = not os.path.isfile(os.path.join(unet, "config.json")) and \
+        os.path.isfile(os.path.join(path, "transformer", "config.json"))
+    if transformer:
+        unet = os.path.join(path, "transformer")
+    elif not os.path.isfile(os.path.join(unet, "config.json")):
+        raise MPQError(f"pipeline folder {path} has no unet/config.json (nor transformer/config.json); give a "
+                       f"complete pipeline saved with save_pretrained")
     sched = os.path.join(path, "scheduler", "scheduler_config.json")
     return PipelineFolder(root=os.path.abspath(path), class_name=cls, unet_dir=unet,
                           scheduler_config=sched if os.path.isfile(sched) else None,
@@ -115,7 +126,10 @@ def read_pipeline(path: str) -> PipelineFolder:
                           vae_dir=_part(path, index, "vae", "config.json"),
                           text_encoder_2_dir=_part(path, index, "text_encoder_2", "config.json"),
                           tokenizer_2_dir=_part(path, index, "tokenizer_2", "tokenizer_config.json"),
-                          force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)))
+                          force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)),
+                          text_encoder_3_dir=_part(path, index, "text_encoder_3", "config.json"),
+                          tokenizer_3_dir=_part(path, index, "tokenizer_3", "tokenizer_config.json"),
+                          transformer=transformer)
 
 
 def load_prompts(path: str | None) -> PromptSet:
@@ -193,8 +207,43 @@ def _encode(tokenizer, encoder, prompts: list[str], penultimate: bool = False) -
     return np.concatenate(hidden), np.concatenate(pooled)
 
 
+def _encode_with_pipeline(pipe: PipelineFolder, prompts: list[str]) -> tuple[dict, str]:
+    """SD3's and Flux's conditioning, by the diffusers pipeline class's own encode_prompt (its CLIP and T5
+    encoders, padding and concatenation), loaded without the denoiser and the VAE."""
+    import diffusers
+    import torch
+
+    from mpq_export.inputs.export import FLUX_DEFAULT_GUIDANCE
+
+    quiet_hf_libraries()
+    cls = getattr(diffusers, pipe.class_name)
+    p = cls.from_pretrained(pipe.root, transformer=None, vae=None)
+    cond, pooled = [], []
+    with torch.no_grad():
+        for i in range(0, len(prompts), ENCODE_BATCH):
+            batch = prompts[i: i + ENCODE_BATCH]
+            if pipe.class_name == "FluxPipeline":
+                e, pp, _ = p.encode_prompt(prompt=batch, prompt_2=None)
+            else:
+                e, _, pp, _ = p.encode_prompt(prompt=batch, prompt_2=None, prompt_3=None,
+                                              do_classifier_free_guidance=False)
+            cond.append(e.float().numpy())
+            pooled.append(pp.float().numpy())
+        arrays = {"encoder_hidden_states": np.concatenate(cond), "pooled_projections": np.concatenate(pooled)}
+        if pipe.class_name == "FluxPipeline":  # the distilled guidance input, at FluxPipeline's default
+            arrays["guidance"] = np.full(len(prompts), FLUX_DEFAULT_GUIDANCE, np.float32)
+        else:  # SD3 runs classifier-free guidance against the encoded empty prompt
+            e, _, pp, _ = p.encode_prompt(prompt=[""], prompt_2=None, prompt_3=None, do_classifier_free_guidance=False)
+            arrays.update(uncond_encoder_hidden_states=e.float().numpy(), uncond_pooled_projections=pp.float().numpy())
+    encoders = [type(x).__name__ for x in (p.text_encoder, getattr(p, "text_encoder_2", None),
+                                           getattr(p, "text_encoder_3", None)) if x is not None]
+    return arrays, f"{pipe.class_name}.encode_prompt ({' + '.join(encoders)})"
+
+
 def _encode_all(pipe: PipelineFolder, prompts: list[str], pixel_size: tuple[int, int]) -> tuple[dict, str]:
     """The UNet's conditioning arrays for the prompts and their uncond_ counterparts; the encoder's name."""
+    if pipe.class_name in ENCODED_BY_PIPELINE:
+        return _encode_with_pipeline(pipe, prompts)
     tok, enc = _load_encoder(pipe)
     if not pipe.sdxl:
         cond, _ = _encode(tok, enc, prompts)
@@ -227,7 +276,8 @@ def encode_prompts(pipe: PipelineFolder, prompts: PromptSet, out_dir: str, memo_
                        f"precomputed embeddings with --calib-data FILE.npz (encoder_hidden_states and "
                        f"uncond_encoder_hidden_states)")
     h = hashlib.sha256()
-    parts = [pipe.text_encoder_dir, pipe.tokenizer_dir] + ([pipe.text_encoder_2_dir, pipe.tokenizer_2_dir] if pipe.sdxl else [])
+    parts = [d for d in (pipe.text_encoder_dir, pipe.tokenizer_dir, pipe.text_encoder_2_dir, pipe.tokenizer_2_dir,
+                         pipe.text_encoder_3_dir, pipe.tokenizer_3_dir) if d is not None]
     for part in [folder_sha(d, memo_dir) for d in parts] + [
             json.dumps(list(prompts.prompts)), pipe.class_name, str(pipe.force_zeros_for_empty_prompt),
             str(tuple(pixel_size)) if pipe.sdxl else "", "v2"]:
@@ -248,6 +298,8 @@ def encode_prompts(pipe: PipelineFolder, prompts: PromptSet, out_dir: str, memo_
     log.info("[prompts] encoding %d prompts with %s", len(prompts.prompts), pipe.text_encoder_dir)
     arrays, encoder = _encode_all(pipe, list(prompts.prompts), pixel_size)
     uncond = "zeros (force_zeros_for_empty_prompt)" if pipe.sdxl and pipe.force_zeros_for_empty_prompt else "the empty prompt"
+    if pipe.class_name == "FluxPipeline":
+        uncond = "none (Flux's guidance is an input, 3.5)"
     desc = (f"{len(prompts.prompts)} prompts from {prompts.source}, encoded by {encoder} ({pipe.root}); "
             f"unconditional branch: {uncond}" + (f"; SDXL time_ids for {pixel_size[0]}x{pixel_size[1]} images"
                                                  if pipe.sdxl else ""))
@@ -299,7 +351,8 @@ def decode_latents(vae_dir: str, latents: np.ndarray) -> np.ndarray:
     quiet_hf_libraries()
     vae = AutoencoderKL.from_pretrained(vae_dir).eval().float()
     scale = float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)  # SD3's and Flux's VAEs
     with torch.no_grad():
-        out = [vae.decode(torch.from_numpy(latents[i: i + 4].astype(np.float32)) / scale).sample.numpy()
+        out = [vae.decode(torch.from_numpy(latents[i: i + 4].astype(np.float32)) / scale + shift).sample.numpy()
                for i in range(0, len(latents), 4)]
     return np.clip(np.concatenate(out), -1, 1)
