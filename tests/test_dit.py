@@ -151,11 +151,14 @@ def test_exported_transformers_match_their_torch_models(sd3_dir, pixart_dir, tmp
                 ref = model(hidden_states=torch.from_numpy(x), timestep=torch.from_numpy(t),
                             encoder_hidden_states=torch.from_numpy(ctx), pooled_projections=torch.from_numpy(pooled),
                             return_dict=False)[0].numpy()
-            else:
+            else:  # PixArt's T5 padding mask is an input: the last tokens masked, as its pipeline pads them
                 ctx = rng.standard_normal((3, 9, 32)).astype(np.float32)
-                feeds.update(encoder_hidden_states=ctx)
+                mask = np.ones((3, 9), np.float32)
+                mask[:, 6:] = 0
+                feeds.update(encoder_hidden_states=ctx, encoder_attention_mask=mask)
                 ref = model(torch.from_numpy(x), encoder_hidden_states=torch.from_numpy(ctx),
-                            timestep=torch.from_numpy(t), added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                            timestep=torch.from_numpy(t), encoder_attention_mask=torch.from_numpy(mask),
+                            added_cond_kwargs={"resolution": None, "aspect_ratio": None},
                             return_dict=False)[0].numpy()[:, :4]
         (out,) = sess.run(None, feeds)
         np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4)
@@ -286,11 +289,11 @@ def test_the_bundled_trained_dit_keeps_its_samples_at_4_5_bits_on_tensorrt(tmp_p
     assert rep["validation"]["sample_psnr_db"] > 30
 
 
-@pytest.mark.parametrize("arch", ["tiny-sd3", "tiny-flux"])
-def test_sd3_and_flux_pipeline_folders_at_4_5_bits_on_tensorrt(arch, tmp_path):
-    """A whole SD3 / Flux pipeline folder: prompts encoded by the pipeline class's own encode_prompt (two
-    CLIPs + T5 for SD3, with classifier-free guidance against the empty prompt; CLIP + T5 for Flux, whose
-    guidance is an input), samples decoded by its VAE."""
+@pytest.mark.parametrize("arch", ["tiny-sd3", "tiny-flux", "tiny-pixart"])
+def test_transformer_pipeline_folders_at_4_5_bits_on_tensorrt(arch, tmp_path):
+    """A whole SD3 / Flux / PixArt pipeline folder: prompts encoded by the pipeline class's own encode_prompt
+    (two CLIPs + T5 for SD3, with classifier-free guidance against the empty prompt; CLIP + T5 for Flux,
+    whose guidance is an input; T5 with its padding mask for PixArt), samples decoded by its VAE."""
     pytest.importorskip("transformers")
     folder = _make_pipeline(arch, tmp_path / arch)
     out = tmp_path / "o"
@@ -302,10 +305,14 @@ def test_sd3_and_flux_pipeline_folders_at_4_5_bits_on_tensorrt(arch, tmp_path):
     if arch == "tiny-sd3":
         assert "StableDiffusion3Pipeline.encode_prompt" in cal["conditioning"] and "T5EncoderModel" in cal["conditioning"]
         assert cal["guidance_scale"] == 7.0 and cal["unet_rows"] == 8  # both branches of every sample
-    else:
+    elif arch == "tiny-flux":
         assert "FluxPipeline.encode_prompt" in cal["conditioning"] and cal["unet_rows"] == 4
         z = np.load(out / "validation_inputs.npz")
         assert np.all(z["guidance"] == 3.5) and z["encoder_hidden_states"].shape[-2] == 512  # T5's tokens
+    else:
+        assert "PixArtAlphaPipeline.encode_prompt" in cal["conditioning"] and cal["guidance_scale"] == 4.5
+        mask = np.load(out / "validation_inputs.npz")["encoder_attention_mask"]
+        assert mask.shape[-1] == 120 and 0 < mask.mean() < 1  # T5's 120 tokens, the padding masked
     counted, _ = count_weight_bits(str(out / "model.mpq.onnx"), inspect_model(rep["model"]))
     assert counted == pytest.approx(rep["achieved_bits"], abs=1e-12) and counted <= 4.5
     assert rep["check"].startswith("passed") and (out / "samples.png").stat().st_size > 1000

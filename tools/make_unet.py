@@ -8,7 +8,8 @@ Writes OUT_DIR/unet (or OUT_DIR/transformer for the transformer denoisers; confi
 FP32) and OUT_DIR/scheduler/scheduler_config.json (flow matching with SD3's shift 3 for SD3);
 with --pipeline a whole diffusers text-to-image pipeline folder (model_index.json, a CLIP text encoder
 of the architecture's size with a hand-written tokenizer vocabulary, an AutoencoderKL; for tiny-sd3
-and tiny-flux their pipelines' CLIP and T5 encoders, the T5 tokenizer a hand-written Unigram one), as
+tiny-flux and tiny-pixart their pipelines' CLIP and T5 encoders, the T5 tokenizer a hand-written
+Unigram one), as
 `mpq-export PIPELINE_DIR` takes it.
 The weights are random (no model hub is reachable here): good for sizes, memory and speed, not for
 quality. It prints the parameter count; FP32 weights take 4 bytes each on disk and at least as much
@@ -191,7 +192,7 @@ TRANSFORMERS = {
 }
 # a sample size the denoiser's own config does not hold (Flux's): written into config.json for mpq-export
 TRANSFORMER_SAMPLE_SIZE = {"tiny-flux": 16}
-PIPELINE_TRANSFORMERS = ("tiny-sd3", "tiny-flux")  # --pipeline: a whole SD3 / Flux pipeline folder
+PIPELINE_TRANSFORMERS = ("tiny-sd3", "tiny-flux", "tiny-pixart")  # --pipeline: a whole pipeline folder
 # diffusers' scheduler configs of those pipelines: flow matching with shift 3 (SD3), DPM-Solver's
 # DDPM training schedule (PixArt; sampled here with DDIM)
 TRANSFORMER_SCHEDULERS = {
@@ -230,7 +231,8 @@ def write_t5_tokenizer(folder: str) -> int:
 
 def make_transformer_pipeline(arch: str, out_dir: str, model) -> None:
     """transformer/ and scheduler/ are written by the caller; the rest of a StableDiffusion3Pipeline
-    (two CLIPs with projection + T5) or FluxPipeline (CLIP + T5) folder, saved by the pipeline class."""
+    (two CLIPs with projection + T5), FluxPipeline (CLIP + T5) or PixArtAlphaPipeline (T5) folder, saved
+    by the pipeline class."""
     import diffusers
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
@@ -247,18 +249,23 @@ def make_transformer_pipeline(arch: str, out_dir: str, model) -> None:
                                   **extra)).eval()
 
     torch.manual_seed(1)
-    t5 = T5EncoderModel(T5Config(vocab_size=n_t5, d_model=cfg.joint_attention_dim, d_kv=8, d_ff=64, num_layers=1,
+    width = cfg.caption_channels if arch == "tiny-pixart" else cfg.joint_attention_dim
+    t5 = T5EncoderModel(T5Config(vocab_size=n_t5, d_model=width, d_kv=8, d_ff=64, num_layers=1,
                                  num_heads=4, decoder_start_token_id=0)).eval()
     latent = cfg.in_channels // 4 if arch == "tiny-flux" else cfg.in_channels
     vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent, block_out_channels=(8, 8),
                                   down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                                   norm_num_groups=4, layers_per_block=1).eval()
-    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(os.path.join(out_dir, "scheduler"))
+    with open(os.path.join(out_dir, "scheduler", "scheduler_config.json")) as f:
+        scheduler = getattr(diffusers, json.load(f)["_class_name"]).from_pretrained(os.path.join(out_dir, "scheduler"))
     from transformers import CLIPTokenizer, T5TokenizerFast
 
     tok = CLIPTokenizer.from_pretrained(os.path.join(out_dir, "tokenizer"))
     t5_tok = T5TokenizerFast.from_pretrained(os.path.join(out_dir, "t5-tokenizer"))
-    if arch == "tiny-flux":  # CLIP's pooled output is Flux's pooled projection; T5 its text tokens
+    if arch == "tiny-pixart":  # T5 alone, its padding masked
+        pipe = diffusers.PixArtAlphaPipeline(tokenizer=t5_tok, text_encoder=t5, vae=vae, transformer=model,
+                                             scheduler=scheduler)
+    elif arch == "tiny-flux":  # CLIP's pooled output is Flux's pooled projection; T5 its text tokens
         pipe = diffusers.FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip(CLIPTextModel, cfg.pooled_projection_dim),
                                       tokenizer=tok, text_encoder_2=t5, tokenizer_2=t5_tok, transformer=model)
     else:  # SD3: two projecting CLIPs (their states concatenated and padded to T5's width; pooled concatenated)

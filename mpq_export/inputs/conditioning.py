@@ -65,8 +65,9 @@ def load_conditioning(info: ModelInfo, path: str | None, n: int, seed: int, seq_
                           f"conditional rows batched, as the pipeline runs the UNet)")
 
 
-# conditioning inputs that are settings: Flux-dev's distilled guidance (FluxPipeline's guidance_scale 3.5)
-DEFAULT_VALUES = {"guidance": 3.5}
+# conditioning inputs that are settings: Flux-dev's distilled guidance (FluxPipeline's guidance_scale 3.5);
+# PixArt's text attention mask (every token kept)
+DEFAULT_VALUES = {"guidance": 3.5, "encoder_attention_mask": 1.0}
 
 
 def _standard_normal_conditioning(info: ModelInfo, n: int, seed: int,

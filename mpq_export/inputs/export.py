@@ -19,8 +19,9 @@ from mpq_export.util.onnx_io import SAMPLE_SIZE_KEY, SEQ_LEN_KEY, SOURCE_CLASS_K
 
 UNETS = ("UNet2DModel", "UNet2DConditionModel")
 # transformer denoisers on a 4-D latent (patchified inside the model); Flux's packed tokens are not yet
-# bumped when an export of the same diffusers folder changes (its cache key holds it): 2 = Flux
-EXPORT_VERSION = 2
+# bumped when an export of the same diffusers folder changes (its cache key holds it): 2 = Flux,
+# 3 = PixArt's encoder_attention_mask input
+EXPORT_VERSION = 3
 TRANSFORMERS = ("SD3Transformer2DModel", "PixArtTransformer2DModel", "FluxTransformer2DModel")
 SUPPORTED = UNETS + TRANSFORMERS
 # the conditioning length each family's text encoders produce (the ONNX keeps it dynamic; calibration
@@ -283,19 +284,20 @@ def _export_transformer(model, out_path: str, opset: int, seq_len: int, t0: floa
             return m(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
                      pooled_projections=pooled_projections, return_dict=False)[0]
     else:  # PixArtTransformer2DModel
-        extra = [torch.randn(batch, seq_len, cfg.caption_channels)]
-        extra_names = ["encoder_hidden_states"]
+        # its pipeline pads T5's tokens to 120 and masks the padding: the mask (1 keep, 0 pad) is an input
+        extra = [torch.randn(batch, seq_len, cfg.caption_channels), torch.ones(batch, seq_len)]
+        extra_names = ["encoder_hidden_states", "encoder_attention_mask"]
         learned_sigma = (cfg.out_channels or c) == 2 * c
         additional = model.use_additional_conditions
 
-        def forward(m, hidden_states, timestep, encoder_hidden_states):
+        def forward(m, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask):
             n = hidden_states.shape[0]
             cond = {"resolution": None, "aspect_ratio": None}
             if additional:
                 cond = {"resolution": torch.tensor([[size * 8.0, size * 8.0]]).repeat(n, 1),
                         "aspect_ratio": torch.ones(n, 1)}
             out = m(hidden_states, encoder_hidden_states=encoder_hidden_states, timestep=timestep,
-                    added_cond_kwargs=cond, return_dict=False)[0]
+                    encoder_attention_mask=encoder_attention_mask, added_cond_kwargs=cond, return_dict=False)[0]
             return out[:, :c] if learned_sigma else out
 
     class Wrapper(torch.nn.Module):  # attribute "m" becomes the "m." / "/m/" prefix inspect strips
@@ -312,6 +314,8 @@ def _export_transformer(model, out_path: str, opset: int, seq_len: int, t0: floa
     for name in ("pooled_projections", "guidance"):
         if name in names:
             dyn[name] = {0: "batch"}
+    if "encoder_attention_mask" in names:
+        dyn["encoder_attention_mask"] = {0: "batch", 1: "sequence"}
     squeeze_guard = contextlib.nullcontext()
     if cls_name == "PixArtTransformer2DModel":
         # its output squeezes dim 1 of [batch, tokens, ...] (diffusers: hidden_states.squeeze(1), a no-op

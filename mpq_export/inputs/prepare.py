@@ -143,9 +143,8 @@ def _optimum_input(cfg: PipelineConfig) -> PreparedModel:
 
 
 _IDENTITY = "identity.json"
-# denoisers whose pipeline folder's prompts are encoded for calibration (PixArt's need its T5 attention
-# mask, which its exported graph does not take: give --calib-data)
-TEXT_CONDITIONED = ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel")
+# denoisers whose pipeline folder's prompts are encoded for calibration
+TEXT_CONDITIONED = ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel", "PixArtTransformer2DModel")
 
 
 def _export_identity(folder: str) -> str | None:

@@ -38,11 +38,12 @@ IDENTITY_KEY = "mpq_export_identity"  # the hash of what the entry was encoded f
 MODEL_INDEX = "model_index.json"
 DEFAULT_PROMPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "calib_data", "prompts.txt")
 # diffusers' own defaults for its pipelines' guidance_scale
-GUIDANCE_DEFAULTS = {"StableDiffusionXLPipeline": 5.0, "StableDiffusion3Pipeline": 7.0,
+GUIDANCE_DEFAULTS = {"StableDiffusionXLPipeline": 5.0, "StableDiffusion3Pipeline": 7.0, "PixArtAlphaPipeline": 4.5,
+                     "PixArtSigmaPipeline": 4.5,
                      # Flux-dev's guidance is distilled into an input (3.5): one row per sample, no CFG
                      "FluxPipeline": 1.0}
 # transformer pipelines whose prompts are encoded by the pipeline class's own encode_prompt
-ENCODED_BY_PIPELINE = ("StableDiffusion3Pipeline", "FluxPipeline")
+ENCODED_BY_PIPELINE = ("StableDiffusion3Pipeline", "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
 DEFAULT_GUIDANCE = 7.5
 MAX_PROMPT_CHARS = 2000
 ENCODE_BATCH = 16
@@ -224,14 +225,21 @@ def _encode_with_pipeline(pipe: PipelineFolder, prompts: list[str]) -> tuple[dic
             batch = prompts[i: i + ENCODE_BATCH]
             if pipe.class_name == "FluxPipeline":
                 e, pp, _ = p.encode_prompt(prompt=batch, prompt_2=None)
+            elif pipe.class_name.startswith("PixArt"):  # T5 only; pp: its attention mask (1 keep, 0 padding)
+                e, pp, _, _ = p.encode_prompt(prompt=batch, do_classifier_free_guidance=False)
             else:
                 e, _, pp, _ = p.encode_prompt(prompt=batch, prompt_2=None, prompt_3=None,
                                               do_classifier_free_guidance=False)
             cond.append(e.float().numpy())
             pooled.append(pp.float().numpy())
-        arrays = {"encoder_hidden_states": np.concatenate(cond), "pooled_projections": np.concatenate(pooled)}
+        second = "encoder_attention_mask" if pipe.class_name.startswith("PixArt") else "pooled_projections"
+        arrays = {"encoder_hidden_states": np.concatenate(cond), second: np.concatenate(pooled).astype(np.float32)}
         if pipe.class_name == "FluxPipeline":  # the distilled guidance input, at FluxPipeline's default
             arrays["guidance"] = np.full(len(prompts), FLUX_DEFAULT_GUIDANCE, np.float32)
+        elif second == "encoder_attention_mask":  # guidance against the encoded empty prompt, masked too
+            e, mask, _, _ = p.encode_prompt(prompt=[""], do_classifier_free_guidance=False)
+            arrays.update(uncond_encoder_hidden_states=e.float().numpy(),
+                          uncond_encoder_attention_mask=mask.float().numpy())
         else:  # SD3 runs classifier-free guidance against the encoded empty prompt
             e, _, pp, _ = p.encode_prompt(prompt=[""], prompt_2=None, prompt_3=None, do_classifier_free_guidance=False)
             arrays.update(uncond_encoder_hidden_states=e.float().numpy(), uncond_pooled_projections=pp.float().numpy())
