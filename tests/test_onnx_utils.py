@@ -94,3 +94,36 @@ def test_shape_inference_without_weights_types_every_tensor():
     vi = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in m.graph.value_info}
     assert vi["h"] == [2, 8] and vi["y"] == [4, 4]
     assert [i.name for i in m.graph.input] == ["x"]  # the model itself is unchanged but for value_info
+
+
+def test_constant_nodes_stored_externally_travel_with_an_edited_graph(tmp_path):
+    """torch writes every tensor over 1 KB of a > 2 GB model to a file of its own, Constant nodes' values
+    included (SD3's LayerNorm ones): a graph loaded for editing without its weights and saved elsewhere must
+    carry those values, not name files that are not beside it."""
+    from mpq_export.util.onnx_io import load_for_edit, save_model
+
+    ones = numpy_helper.from_array(np.ones(512, np.float32), "ln_scale")
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((512, 8)).astype(np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Constant", [], ["scale"], value=ones, name="const"),
+         helper.make_node("Mul", ["x", "scale"], ["y"], name="mul"), helper.make_node("MatMul", ["y", "w"], ["z"], name="mm")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 512])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 8])], [w])
+    src = tmp_path / "src"
+    src.mkdir()
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    const = m.graph.node[0].attribute[0].t  # its value in a file of its own, as torch writes it
+    (src / "ln_scale").write_bytes(const.raw_data)
+    onnx.external_data_helper.set_external_data(const, location="ln_scale")
+    const.data_location = TensorProto.EXTERNAL
+    const.ClearField("raw_data")
+    onnx.save(m, str(src / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    model = load_for_edit(str(src / "m.onnx"), load_weights=False)
+    const = next(n for n in model.graph.node if n.op_type == "Constant").attribute[0].t
+    assert not onnx.external_data_helper.uses_external_data(const)
+    np.testing.assert_array_equal(numpy_helper.to_array(const), np.ones(512, np.float32))
+    out = tmp_path / "out"
+    out.mkdir()
+    onnx.external_data_helper.load_external_data_for_model(model, str(src))  # the weights, as quantize writes them
+    save_model(model, str(out / "m.onnx"))
+    onnx.checker.check_model(str(out / "m.onnx"), full_check=True)

@@ -132,6 +132,7 @@ def float_graph_validation(target: Target, info: ModelInfo, stats: CalibrationSt
     with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}fp16-{os.getpid()}-") as d:
         path = os.path.join(d, "model.fp16.onnx")
         save_model(graph, path)
+        del graph  # the file holds it now: GBs at Stable-Diffusion size, not to be kept beside the session
         return validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape, settings,
                         reference=ref, label="validate: FP16 graph alone", runtime=runtime)
 

@@ -229,8 +229,19 @@ def load_for_edit(path: str, load_weights: bool = True):
             raise MPQError(f"cannot convert {path} from opset {opset} to {QDQ_OPSET} for INT4 Q/DQ ({str(e)[:200]}); "
                            f"re-export the model at opset {QDQ_OPSET}") from None
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)
+    base = os.path.dirname(os.path.abspath(path))
     if load_weights:
-        external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+        external_data_helper.load_external_data_for_model(model, base)
+    else:
+        # torch's exporter stores every tensor over 1 KB of a > 2 GB model in a file of its own, Constant
+        # nodes' values included; those are small and belong to the graph, which is written elsewhere: read
+        # them in, or the new file would name data files that are not beside it
+        for node in model.graph.node:
+            for a in node.attribute:
+                if a.type == a.TENSOR and external_data_helper.uses_external_data(a.t):
+                    external_data_helper.load_external_data_for_tensor(a.t, base)
+                    a.t.data_location = a.t.DEFAULT
+                    del a.t.external_data[:]
     return model
 
 
