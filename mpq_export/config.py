@@ -74,6 +74,8 @@ class PipelineConfig:
         self.budgets = _budgets(self.budgets)
         from mpq_export.stages.emit import EMITS
 
+        if isinstance(self.emit, str):  # Python callers may give one name or a comma list, as the CLI does
+            self.emit = tuple(e.strip() for e in self.emit.split(",") if e.strip())
         self.emit = tuple(dict.fromkeys(self.emit))
         bad = [e for e in self.emit if e not in EMITS]
         if bad:

@@ -56,6 +56,8 @@ class AllocationSettings:
     def __post_init__(self):
         if self.method not in METHODS:
             raise MPQError(f"--allocation must be one of {', '.join(METHODS)}, got '{self.method}'")
+        if isinstance(self.formats, str):  # one name or a comma list, as the CLI takes it (frozen: set once)
+            object.__setattr__(self, "formats", tuple(f.strip() for f in self.formats.split(",") if f.strip()))
         if self.formats is not None:
             known = [f.name for f in FORMATS]
             bad = [n for n in self.formats if n not in known]
