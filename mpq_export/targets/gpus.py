@@ -6,7 +6,7 @@ support", ModelOpt issue #70; TensorRT-RTX docs, "Working with Quantized Types")
 weight-only GEMMs run from Turing on. A family is its lowest compute capability and the formats it adds
 to the base (Ampere-safe) table, so NVFP4 on Blackwell is one more entry in `FAMILIES`.
 
-`--gpu auto` asks the driver which GPU this machine has (what a build here would target); with none
+`--gpu auto` asks the driver for the GPU the run sees (what a build on it would target); with none
 the Ampere-safe table is used, and the report says which table was used and why.
 """
 
