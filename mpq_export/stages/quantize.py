@@ -114,24 +114,30 @@ def _groups_view(w: np.ndarray, axis: int, block_axis: int | None, block: int | 
     return g, (nb, N, K)
 
 
+def _row_scales(g: np.ndarray, top: float, on_grid, clip_search: bool, grid: int) -> np.ndarray:
+    """The scale of each row of g: |max| / top, or with `clip_search` the clip ratio in [0.5, 1] of least
+    squared error once rounded by `on_grid` (the stored grid in units of the scale: integers or E4M3)."""
+    amax = np.abs(g).max(axis=1)
+    amax = np.where(amax > 0, amax, 1e-8).astype(np.float32)
+    best_scale = amax / top
+    if clip_search:
+        best_err = np.full(len(g), np.inf, dtype=np.float64)
+        for r in np.linspace(0.5, 1.0, grid):
+            s = (amax * r / top)[:, None]
+            err = ((on_grid(g / s) * s - g) ** 2).sum(1)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_scale = np.where(better, s[:, 0], best_scale)
+    return best_scale.astype(np.float32)
+
+
 def quantize_weight(w: np.ndarray, bits: int, axis: int, block_axis: int | None = None,
                     block_size: int | None = None, clip_search: bool = True, grid: int = 20) -> QuantizedWeight:
     """Symmetric quantization to [-(2^(b-1)-1), 2^(b-1)-1] with an MSE-optimal clip per channel/block."""
     qmax = 2 ** (bits - 1) - 1
     w = np.asarray(w, dtype=np.float32)
     g, blocked = _groups_view(w, axis, block_axis, block_size)
-    amax = np.abs(g).max(axis=1)
-    amax = np.where(amax > 0, amax, 1e-8).astype(np.float32)
-    best_scale = amax / qmax
-    if clip_search:
-        best_err = np.full(len(g), np.inf, dtype=np.float64)
-        for r in np.linspace(0.5, 1.0, grid):
-            s = (amax * r / qmax)[:, None]
-            err = ((np.clip(np.round(g / s), -qmax, qmax) * s - g) ** 2).sum(1)
-            better = err < best_err
-            best_err = np.where(better, err, best_err)
-            best_scale = np.where(better, s[:, 0], best_scale)
-    best_scale = best_scale.astype(np.float32)
+    best_scale = _row_scales(g, qmax, lambda v: np.clip(np.round(v), -qmax, qmax), clip_search, grid)
     if blocked is None:
         shape = [1] * w.ndim
         shape[axis] = -1
@@ -153,18 +159,8 @@ def quantize_weight_fp8(w: np.ndarray, axis: int, clip_search: bool = True, grid
     them as float32, exactly representable)."""
     w = np.asarray(w, dtype=np.float32)
     g, _ = _groups_view(w, axis, None, None)
-    amax = np.abs(g).max(axis=1)
-    amax = np.where(amax > 0, amax, 1e-8).astype(np.float32)
-    best_scale = amax / FP8_MAX
-    if clip_search:  # E4M3's error is relative, so clipping rarely pays; the search keeps it only where it does
-        best_err = np.full(len(g), np.inf, dtype=np.float64)
-        for r in np.linspace(0.5, 1.0, grid):
-            s = (amax * r / FP8_MAX)[:, None]
-            err = ((to_fp8(g / s) * s - g) ** 2).sum(1)
-            better = err < best_err
-            best_err = np.where(better, err, best_err)
-            best_scale = np.where(better, s[:, 0], best_scale)
-    best_scale = best_scale.astype(np.float32)
+    # E4M3's error is relative, so clipping rarely pays; the search keeps it only where it does
+    best_scale = _row_scales(g, FP8_MAX, to_fp8, clip_search, grid)
     shape = [1] * w.ndim
     shape[axis] = -1
     return QuantizedWeight(to_fp8(w / best_scale.reshape(shape)), best_scale, axis, None)
