@@ -200,7 +200,7 @@ def test_checker_refuses_mixed_and_weight_only_fp8(tmp_path):
         assert any(expect in v for v in problems), problems
 
 
-FAST = ["--steps", "10", "--timesteps", "3", "--samples", "8", "--val-samples", "2", "--no-stability",
+FAST = ["--steps", "6", "--timesteps", "2", "--samples", "4", "--val-samples", "2", "--no-stability",
         "--no-act-costs"]
 
 
