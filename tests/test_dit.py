@@ -44,9 +44,10 @@ def test_flow_sigmas_and_timesteps_are_diffusers(shift, dynamic):
 
     ref = FlowMatchEulerDiscreteScheduler(shift=shift, use_dynamic_shifting=dynamic)
     seq = 32 * 32
-    if dynamic:  # as Flux's pipeline computes mu from the image's token count
+    if dynamic:  # as FluxPipeline does: its own sigmas, and mu from the image's token count
         m = (ref.config.max_shift - ref.config.base_shift) / (ref.config.max_image_seq_len - ref.config.base_image_seq_len)
-        ref.set_timesteps(12, mu=seq * m + ref.config.base_shift - m * ref.config.base_image_seq_len)
+        ref.set_timesteps(sigmas=np.linspace(1.0, 1 / 12, 12),
+                          mu=seq * m + ref.config.base_shift - m * ref.config.base_image_seq_len)
     else:
         ref.set_timesteps(12)
     mine = sampler_for(NoiseSchedule(kind="flow_matching", shift=shift, use_dynamic_shifting=dynamic), 12,

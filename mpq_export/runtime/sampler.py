@@ -150,8 +150,8 @@ class _Sampler:
 
 class FlowMatchEulerSampler(_Sampler):
     """Flow matching's Euler sampler as diffusers' FlowMatchEulerDiscreteScheduler: sigmas from
-    sigma_max to sigma_min over `steps`, shifted (static `shift`, or dynamically by the image's token
-    count), timesteps = sigma * T, and x <- x + (sigma_next - sigma) * v, the last step to sigma 0."""
+    sigma_max to sigma_min over `steps` shifted by `shift` (SD3), or FluxPipeline's 1 .. 1/steps shifted
+    dynamically by the image's token count, timesteps = sigma * T, and x <- x + (sigma_next - sigma) * v, the last step to sigma 0."""
 
     def __init__(self, schedule: NoiseSchedule, steps: int = 28, image_seq_len: int | None = None):
         T = schedule.num_train_timesteps
@@ -167,6 +167,9 @@ class FlowMatchEulerSampler(_Sampler):
         sigma_max, sigma_min = float(train[0]), float(train[-1])
         sigmas = np.linspace(sigma_max * T, sigma_min * T, steps) / T  # set_timesteps, as diffusers does it
         if schedule.use_dynamic_shifting:
+            # the pipelines that shift dynamically (FluxPipeline) pass their own sigmas, 1 .. 1/steps, to
+            # set_timesteps instead of its sigma_max .. sigma_min spacing (diffusers, pipeline_flux.py)
+            sigmas = np.linspace(1.0, 1.0 / steps, steps).astype(np.float32)
             if image_seq_len is None:
                 raise MPQError("this flow-matching schedule shifts by the image's token count (use_dynamic_shifting); "
                                "the sample shape is needed to sample it")
