@@ -16,7 +16,7 @@ from mpq_export.stages.inspect import inspect_model
 from mpq_export.stages.quantize import count_weight_bits
 
 TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
-FAST = ("--steps", "8", "--timesteps", "3", "--samples", "8", "--val-samples", "4", "--no-stability")
+FAST = ("--steps", "6", "--timesteps", "2", "--samples", "4", "--val-samples", "2", "--no-stability")
 
 
 def _make(arch, folder):
@@ -111,16 +111,16 @@ def test_a_transformer_folder_at_4_5_bits_on_tensorrt(family, sd3_dir, pixart_di
     assert rep["validation"]["sample_psnr_db"] > 20  # it runs under onnxruntime, close to FP32
     assert run_cli("check", out)[0] == 0
     md = (out / "report.md").read_text()
-    assert ("8-step flow-matching Euler" in md) == (family != "pixart") and ("8-step DDIM" in md) == (family == "pixart")
+    assert ("6-step flow-matching Euler" in md) == (family != "pixart") and ("6-step DDIM" in md) == (family == "pixart")
     # the report's timesteps are what the denoiser receives, in the scheduler's own units
     ts = rep["importance_per_timestep"]["timesteps"]
     schedule = NoiseSchedule.from_config(str(folder.parent / "scheduler" / "scheduler_config.json"))
-    assert set(ts) <= {float(t) for t in sampler_for(schedule, 8, (4, 16, 16)).timesteps}
+    assert set(ts) <= {float(t) for t in sampler_for(schedule, 6, (4, 16, 16)).timesteps}
     if family == "sd3":
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         ref = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder.parent / "scheduler"))
-        ref.set_timesteps(8)
+        ref.set_timesteps(6)
         assert set(ts) <= set(ref.timesteps.tolist()) and any(t != int(t) for t in ts)
 
 
@@ -258,7 +258,7 @@ def test_without_a_cache_the_fp32_export_is_kept_and_the_printed_cpu_command_pas
 
     out = tmp_path / "o"
     code, _, err = run_cli(sd3_dir / "transformer", "--budget", "4.5", "-o", out, "--no-cache", *FAST,
-                           "--no-act-costs", "--val-samples", "2")
+                           "--no-act-costs")
     assert code == 0, err
     rep = json.loads((out / "report.json").read_text())
     assert rep["model"] == str(out / "fp32" / "model.onnx") and os.path.exists(rep["model"])

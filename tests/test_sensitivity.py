@@ -61,15 +61,15 @@ def test_trajectory_objective_finds_the_sensitive_layer_by_its_final_samples(sab
     s = candidates(info.layers, "onnxruntime")[0]
     amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
     traj = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path),
-                               objective="trajectory")
+                               objective="trajectory", samples=4)
     gain = {n: v["w4a8"] - v["w8a8"] for n, v in traj.scores.items() if "w4a8" in v}
     assert traj.objective == "trajectory" and max(gain, key=gain.get) == VICTIM
     assert 0 < traj.scores[VICTIM]["w8a8"] < traj.scores[VICTIM]["w4a8"]
     assert allocate(info.layers, 4.6, "onnxruntime", sensitivity=traj.scores).format_of(VICTIM).weight_bits == 8
-    step = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
+    step = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path), samples=4)
     assert not step.cached and step.scores != traj.scores  # the objective is part of the cache key
     again = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path),
-                                objective="trajectory")
+                                objective="trajectory", samples=4)
     assert again.cached and again.scores == traj.scores and again.objective == "trajectory"
 
 
@@ -135,8 +135,20 @@ def test_a_full_disk_while_caching_scores_is_a_warning_and_leaves_no_temporary(t
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+@pytest.fixture(scope="module")
+def score_cache_entry(sabotaged, tmp_path_factory):
+    """One measured score-cache entry (its text and scores), for the damage cases to start from."""
+    info, stats = sabotaged
+    s = candidates(info.layers, "onnxruntime")[0]
+    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    cache = tmp_path_factory.mktemp("scores")
+    first = measure_sensitivity(info, stats, amax, s, QuantizeSettings(rounding="nearest"), 1.0, str(cache), samples=4)
+    (entry,) = cache.glob("sens-*.json")
+    return entry.name, entry.read_text(), first.scores
+
+
 @pytest.mark.parametrize("damage", ["truncated", "empty_object", "other_identity", "missing_layer"])
-def test_a_damaged_or_foreign_score_cache_is_measured_again(sabotaged, tmp_path, caplog, damage):
+def test_a_damaged_or_foreign_score_cache_is_measured_again(sabotaged, score_cache_entry, tmp_path, caplog, damage):
     """Every cache entry is checked before use: a cut-short file, `{}`, another run's scores under this
     name, or scores missing a layer are measured again (with a warning), never trusted nor fatal."""
     import json
@@ -144,10 +156,10 @@ def test_a_damaged_or_foreign_score_cache_is_measured_again(sabotaged, tmp_path,
     info, stats = sabotaged
     s = candidates(info.layers, "onnxruntime")[0]
     amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    name, text, scores = score_cache_entry
     cache = tmp_path / "cache"
-    first = measure_sensitivity(info, stats, amax, s, QuantizeSettings(rounding="nearest"), 1.0, str(cache), samples=4)
-    (entry,) = cache.glob("sens-*.json")
-    text = entry.read_text()
+    cache.mkdir()
+    entry = cache / name
     d = json.loads(text)
     if damage == "truncated":
         entry.write_text(text[: len(text) // 2])
@@ -161,6 +173,6 @@ def test_a_damaged_or_foreign_score_cache_is_measured_again(sabotaged, tmp_path,
         entry.write_text(json.dumps(d))
     again = measure_sensitivity(info, stats, amax, s, QuantizeSettings(rounding="nearest"), 1.0, str(cache), samples=4)
     assert not again.cached and "[sensitivity] ignoring" in caplog.text
-    assert again.scores == first.scores
+    assert again.scores == scores
     third = measure_sensitivity(info, stats, amax, s, QuantizeSettings(rounding="nearest"), 1.0, str(cache), samples=4)
     assert third.cached  # the entry was healed

@@ -2,7 +2,7 @@
 """Random-weight diffusers denoiser folders of real architectures, for reproducing size and memory figures.
 
     python tools/make_unet.py {sd15,sd15-mini,sd21,sdxl,tiny,tiny-xl} OUT_DIR [--seed 0] [--pipeline]
-    python tools/make_unet.py {sd3-medium,tiny-sd3,pixart-alpha,tiny-pixart,tiny-flux} OUT_DIR [--seed 0] [--pipeline]
+    python tools/make_unet.py {sd3-medium,tiny-sd3,pixart-alpha,tiny-pixart,flux-dev-reduced,tiny-flux} OUT_DIR [--seed 0] [--pipeline]
 
 Writes OUT_DIR/unet (or OUT_DIR/transformer for the transformer denoisers; config.json + safetensors,
 FP32) and OUT_DIR/scheduler/scheduler_config.json (flow matching with SD3's shift 3 for SD3);
@@ -13,8 +13,7 @@ Unigram one), as
 `mpq-export PIPELINE_DIR` takes it.
 The weights are random (no model hub is reachable here): good for sizes, memory and speed, not for
 quality. It prints the parameter count; FP32 weights take 4 bytes each on disk and at least as much
-RAM while the folder is built (SDXL's 2.6 B parameters need more than this 24 GiB machine offers
-comfortably).
+RAM while the folder is built (SDXL's 2.6 B parameters want well over 24 GiB).
 """
 
 from __future__ import annotations
@@ -184,6 +183,12 @@ TRANSFORMERS = {
                                                 attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
                                                 pooled_projection_dim=768, guidance_embeds=True,
                                                 axes_dims_rope=(16, 56, 56))),
+    # FLUX.1-dev's width, embedders and blocks at reduced depth (2 double-, 4 single-stream blocks of its
+    # 19 and 38): 1.31 B parameters, the scale run's Flux-shaped model
+    "flux-dev-reduced": ("FluxTransformer2DModel", dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=4,
+                                                        attention_head_dim=128, num_attention_heads=24,
+                                                        joint_attention_dim=4096, pooled_projection_dim=768,
+                                                        guidance_embeds=True, axes_dims_rope=(16, 56, 56))),
     # Flux-dev's double- and single-stream blocks with the guidance embedder, at reduced depth
     "tiny-flux": ("FluxTransformer2DModel", dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=4,
                                                  attention_head_dim=16, num_attention_heads=4, joint_attention_dim=32,
@@ -191,7 +196,7 @@ TRANSFORMERS = {
                                                  axes_dims_rope=(4, 6, 6))),
 }
 # a sample size the denoiser's own config does not hold (Flux's): written into config.json for mpq-export
-TRANSFORMER_SAMPLE_SIZE = {"tiny-flux": 16}
+TRANSFORMER_SAMPLE_SIZE = {"tiny-flux": 16, "flux-dev-reduced": 128}  # 128: FLUX.1-dev's 1024 px latent
 PIPELINE_TRANSFORMERS = ("tiny-sd3", "tiny-flux", "tiny-pixart")  # --pipeline: a whole pipeline folder
 # diffusers' scheduler configs of those pipelines: flow matching with shift 3 (SD3), DPM-Solver's
 # DDPM training schedule (PixArt; sampled here with DDIM)
