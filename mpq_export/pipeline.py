@@ -35,7 +35,7 @@ from mpq_export.util.cache import default_cache_dir, remove_stale_temporaries
 from mpq_export.util.errors import MPQError
 from mpq_export.util.output_folder import FP32_FOLDER, OUTPUT_MODEL, output_folders, remove_stale_scratch, staging_folder
 from mpq_export.util.progress import log
-from mpq_export.util.stage_times import StageTimes
+from mpq_export.util.stage_times import StageTimes, collector_skips_older_objects
 
 if TYPE_CHECKING:
     from mpq_export.inputs.sd_pipeline import PipelineFolder
@@ -66,6 +66,11 @@ class PipelineResult:
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     """The whole job for `cfg`: one output folder per budget, each published only when complete."""
+    with collector_skips_older_objects():
+        return _run_pipeline(cfg)
+
+
+def _run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     timings = StageTimes().start()
     from mpq_export.runtime.ort import providers_for
 

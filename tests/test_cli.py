@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from mpq_export.stages.inspect import inspect_model
 from mpq_export.stages.quantize import count_weight_bits
 
-FAST = ["--steps", "10", "--timesteps", "4", "--samples", "8", "--val-samples", "4", "--target", "onnxruntime"]
+FAST = ["--steps", "6", "--timesteps", "3", "--samples", "4", "--val-samples", "2", "--target", "onnxruntime"]
 
 
 def _weight_sqnr(rep) -> float:
