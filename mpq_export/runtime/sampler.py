@@ -151,7 +151,8 @@ class _Sampler:
 class FlowMatchEulerSampler(_Sampler):
     """Flow matching's Euler sampler as diffusers' FlowMatchEulerDiscreteScheduler: sigmas from
     sigma_max to sigma_min over `steps` shifted by `shift` (SD3), or FluxPipeline's 1 .. 1/steps shifted
-    dynamically by the image's token count, timesteps = sigma * T, and x <- x + (sigma_next - sigma) * v, the last step to sigma 0."""
+    dynamically by the image's token count; timesteps = sigma * T, and x <- x + (sigma_next - sigma) * v,
+    the last step to sigma 0."""
 
     def __init__(self, schedule: NoiseSchedule, steps: int = 28, image_seq_len: int | None = None):
         T = schedule.num_train_timesteps

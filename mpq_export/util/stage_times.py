@@ -31,8 +31,8 @@ def collector_skips_older_objects():
     release_free_memory runs a full collection at each stage end for graph surgeon's cycles. In a process
     that already holds millions of objects (a notebook with diffusers loaded, a test session) each full
     collection would walk all of them again, for nothing: the cycles worth freeing are the run's own.
-    Python's docs suggest gc.freeze for exactly this (gc module, "freeze"). A caller that froze already
-    keeps its own choice."""
+    gc.freeze moves the existing objects to a permanent generation that collections ignore (Python's gc
+    module docs); gc.unfreeze puts them back after the run. A caller that froze already keeps its choice."""
     import gc
 
     if gc.get_freeze_count():
