@@ -60,7 +60,12 @@ def test_the_collector_skips_objects_older_than_the_run():
 
     assert gc.get_freeze_count() == 0
     old = [Node() for _ in range(1000)]
+    left, right = Node(), Node()
+    left.other, right.other = right, left  # garbage an earlier run left: freed, not frozen
+    before = weakref.ref(left)
+    del left, right
     with collector_skips_older_objects():
+        assert before() is None
         assert gc.get_freeze_count() >= len(old)
         a, b = Node(), Node()
         a.other, b.other = b, a  # a cycle made during the run, as graph surgeon's graphs are
