@@ -20,9 +20,9 @@ from typing import Callable
 from mpq_export import __version__
 from mpq_export.stages.act_ranges import ACT_CALIB_METHODS, DEFAULT_PERCENTILE
 from mpq_export.util.errors import MPQError
-from mpq_export.stages.rounding import ROUNDINGS
+from mpq_export.formats.gptq import ROUNDINGS
 from mpq_export.targets import DEFAULT_TARGET, TARGETS, all_targets, get_target
-from mpq_export.targets.formats import FORMATS
+from mpq_export.formats import FORMATS
 from mpq_export.targets.gpus import FAMILIES, GPU_CHOICES
 
 PROG = "mpq-export"

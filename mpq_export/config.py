@@ -15,7 +15,7 @@ from mpq_export.stages.act_ranges import ActCalibSettings
 from mpq_export.stages.allocate import AllocationSettings
 from mpq_export.stages.calibrate import CalibrationSettings
 from mpq_export.stages.orm import OrmSettings
-from mpq_export.stages.quantize import QuantizeSettings
+from mpq_export.formats import QuantizeSettings
 from mpq_export.stages.validate import ValidationSettings
 from mpq_export.targets import DEFAULT_TARGET, Target, all_targets, get_target
 from mpq_export.targets.gpus import DEFAULT_GPU, FAMILIES, GPU_CHOICES

@@ -26,7 +26,8 @@ from mpq_export.stages.allocate import (BitAllocation, allocate, candidates, che
 from mpq_export.stages.calibrate import CalibrationStats, calibrate, sample_shape
 from mpq_export.stages.diagnostics import (allocation_stability, activation_costs, compare_targets,
                                            float_graph_validation, importance_of)
-from mpq_export.stages.inspect import ModelInfo, inspect_model
+from mpq_export.core.model_info import ModelInfo
+from mpq_export.stages.inspect import inspect_model
 from mpq_export.stages.orm import LayerImportance
 from mpq_export.stages.quantize import QuantizedModel, count_weight_bits, quantize
 from mpq_export.stages.validate import FP32Reference, ValidationResult, fp32_reference, validate
@@ -206,7 +207,7 @@ def _activation_ranges(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationS
         ranges = choose_ranges(stats.act_hist, cfg.act_calib)
         act_costs = None
         if cfg.act_costs:
-            act_costs, secs = activation_costs(info, stats, ranges.amax, ranges.observed_max,
+            act_costs, secs = activation_costs(info, stats, ranges,
                                                time_limit_s=cfg.act_costs_limit_s, runtime=cfg.runtime)
             if act_costs is None:
                 notes.append(f"the activation-cost table was skipped: measuring every activation quantizer alone "
@@ -227,9 +228,8 @@ def _importance(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, r
 
         with timings.stage("sensitivity"):
             cands, _ = candidates(info.layers, cfg.target, cfg.allocation)
-            sens = measure_sensitivity(info, stats, ranges.amax, cands, cfg.quantize, cfg.orm.alpha, cache_dir,
-                                       cfg.runtime, objective="trajectory" if cfg.importance == "trajectory" else "step",
-                                       fp8_amax=ranges.observed_max)
+            sens = measure_sensitivity(info, stats, ranges, cands, cfg.quantize, cfg.orm.alpha, cache_dir,
+                                       cfg.runtime, objective="trajectory" if cfg.importance == "trajectory" else "step")
     return imp, sens
 
 
@@ -245,7 +245,7 @@ def _format_errors(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats
     from mpq_export.stages.format_error import expected_format_error
 
     with timings.stage("format_error"):
-        err = expected_format_error(info, tied, stats.act_hist, ranges.amax, ranges.observed_max, cfg.quantize,
+        err = expected_format_error(info, tied, stats.act_hist, ranges, cfg.quantize,
                                     stats.hessians)
     log.info("[format error] expected error of %d layers' formats of equal bits (%s)", len(err),
              ", ".join(sorted({f for e in err.values() for f in e})))
@@ -272,9 +272,9 @@ def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp
     compared = None
     if weight_memo is not None:
         with timings.stage("compare_targets"):
-            rows = compare_targets(run.cfg.target, run.info, run.stats, run.ranges.amax, alloc, run.cfg.quantize,
+            rows = compare_targets(run.cfg.target, run.info, run.stats, run.ranges, alloc, run.cfg.quantize,
                                    run.shape, run.cfg.validation, run.reference, val, run.float_validation,
-                                   weight_memo, run.cfg.runtime, fp8_amax=run.ranges.observed_max)
+                                   weight_memo, run.cfg.runtime)
         compared = [TargetComparisonRow.of(r.label, r.validation) for r in rows if r.validation is not None]
         notes = notes + [f"same allocation per target: {r.label}" for r in rows if r.validation is None]
         del weight_memo
@@ -327,8 +327,8 @@ def _quantize_checked(run: _SharedResults, alloc: BitAllocation, path: str, timi
     """The Q/DQ model, its stored bits counted from the file, and the target's rule checker's verdict."""
     log.info("[quantize] writing the %s target's Q/DQ model", run.cfg.target.name)
     with timings.stage("quantize"):
-        qm = quantize(run.info, alloc, run.ranges.amax, path, run.cfg.quantize, run.cfg.target,
-                      hessians=run.stats.hessians, weight_memo=weight_memo, fp8_amax=run.ranges.observed_max)
+        qm = quantize(run.info, alloc, run.ranges, path, run.cfg.quantize, run.cfg.target,
+                      hessians=run.stats.hessians, weight_memo=weight_memo)
     counted, _ = count_weight_bits(path, run.info)
     if abs(counted - alloc.achieved_bits) > 1e-6:  # the budget, the report and the file count one number
         raise MPQError(f"internal: the written model stores {counted:.4f} average weight bits, the allocation "

@@ -83,7 +83,7 @@ def test_linear_rebinning_keeps_the_mass():
 
 
 def test_a_tensor_that_is_always_zero_gets_a_positive_scale():
-    from mpq_export.stages.quantize import activation_scale
+    from mpq_export.formats.inputs import activation_scale
 
     for method in ("mse", "entropy", "percentile", "max"):
         r = choose_ranges(_hists([np.zeros(100)]), ActCalibSettings(method=method))

@@ -5,7 +5,7 @@ import pytest
 
 from mpq_export.stages.allocate import AllocationSettings, allocate, candidates, solve_01
 from mpq_export.util.errors import MPQError
-from mpq_export.stages.inspect import QuantLayer
+from mpq_export.core.model_info import QuantLayer
 
 
 def _layers(params, ops=None):

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from mpq_export.targets.formats import FORMATS, W4A8, W4A16, W8A8, parse_format, stored_weight
+from mpq_export.formats import FORMATS, W4A8, W4A16, W8A8, parse_format
 from mpq_export.util.errors import MPQError
 
 
 def test_int8_weights_are_stored_as_int8():
     v = np.arange(-8, 8, dtype=np.int64).reshape(4, 4)
-    stored, dtype = stored_weight(v, W8A8)
+    stored, dtype = W8A8.stored_constant(v)
     assert dtype == "int8" and stored.dtype == np.int8 and np.array_equal(stored, v)
 
 
@@ -18,7 +18,7 @@ def test_int4_weights_are_packed_and_round_trip_with_an_odd_count():
     rng = np.random.default_rng(0)
     v = rng.integers(-8, 8, size=(3, 5))  # 15 values: the last byte holds one nibble
     for fmt in (W4A8, W4A16):
-        stored, dtype = stored_weight(v, fmt)
+        stored, dtype = fmt.stored_constant(v)
         tensor = stored.tensor
         assert dtype == "int4" and tensor.data_type == TensorProto.INT4
         assert len(tensor.raw_data) == 8  # ceil(15 / 2) bytes: 4 bits per weight in the file

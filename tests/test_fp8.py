@@ -12,15 +12,17 @@ from conftest import run_cli
 from onnx import TensorProto, helper, numpy_helper
 
 from mpq_export.config import PipelineConfig
-from mpq_export.stages.act_ranges import ActivationHistograms, fp8_quantization_error, quantization_error
+from mpq_export.core.histogram import quantization_error
+from mpq_export.formats.inputs import fp8_quantization_error
+from mpq_export.stages.act_ranges import ActCalibSettings, ActivationHistograms, ActivationRanges
 from mpq_export.stages.allocate import AllocationSettings, allocate, candidates, equal_bit_alternatives
 from mpq_export.stages.format_error import input_error
 from mpq_export.stages.inspect import inspect_model
-from mpq_export.stages.quantize import QuantizeSettings, count_weight_bits, quantize, quantize_weight, \
-    quantize_weight_fp8
+from mpq_export.formats import FP8, W8A8, QuantizeSettings
+from mpq_export.formats.weights import quantize_weight, quantize_weight_fp8, to_fp8
+from mpq_export.stages.quantize import count_weight_bits, quantize
 from mpq_export.targets import get_target
 from mpq_export.targets import gpus
-from mpq_export.targets.formats import FP8, W8A8, stored_weight, to_fp8
 from mpq_export.targets.tensorrt import TensorRTTarget
 from mpq_export.targets.trt_rules import check_model
 from mpq_export.util.errors import MPQError
@@ -36,7 +38,7 @@ def test_fp8_rounds_to_nearest_even_and_saturates_at_448():
 
 def test_fp8_weights_are_stored_one_byte_each_and_round_trip():
     q = quantize_weight_fp8(np.random.default_rng(0).standard_normal((24, 10)).astype(np.float32), axis=1)
-    stored, dtype = stored_weight(q.values, FP8)
+    stored, dtype = FP8.stored_constant(q.values)
     t = stored.tensor
     assert dtype == "fp8" and t.data_type == TensorProto.FLOAT8E4M3FN and len(t.raw_data) == 240
     np.testing.assert_array_equal(numpy_helper.to_array(t).astype(np.float32), q.values)
@@ -75,7 +77,8 @@ def test_histogram_error_models_match_the_quantizers():
     flat.add("x", 0, rng.uniform(-1, 1, 200_000).astype(np.float32))
     for hist, better in ((h, FP8), (flat, W8A8)):
         observed = float(hist.amax.max())
-        errs = {f: input_error(hist, "x", f, observed, observed) for f in (W8A8, FP8)}
+        ranges = ActivationRanges({"x": observed}, {"x": observed}, ActCalibSettings())
+        errs = {f: input_error(hist, "x", f, ranges) for f in (W8A8, FP8)}
         assert min(errs, key=errs.get) is better, errs
 
 
@@ -151,7 +154,7 @@ def test_fp8_layer_runs_under_onnxruntime_as_tensorrt_defines_it(tmp_path):
     w = rng.standard_normal((64, 32)).astype(np.float32)
     src = str(tmp_path / "mm.onnx")
     _matmul_model(src, w)
-    from mpq_export.stages.inspect import ModelInfo, QuantLayer
+    from mpq_export.core.model_info import ModelInfo, QuantLayer
 
     # a bare MatMul is no denoiser (inspect wants a timestep input): its one layer described by hand
     layer = QuantLayer(name="proj", node_name="proj", op_type="MatMul", weight_name="w", weight_shape=(64, 32),
@@ -163,7 +166,8 @@ def test_fp8_layer_runs_under_onnxruntime_as_tensorrt_defines_it(tmp_path):
     x = (rng.standard_normal((8, 64)) * 3).astype(np.float32)
     amax = float(np.abs(x).max())
     out = str(tmp_path / "q.onnx")
-    quantize(info, alloc, {"x": amax / 2}, out, QuantizeSettings(rounding="nearest"), HOPPER, fp8_amax={"x": amax})
+    ranges = ActivationRanges({"x": amax / 2}, {"x": amax}, ActCalibSettings())
+    quantize(info, alloc, ranges, out, QuantizeSettings(rounding="nearest"), HOPPER)
     assert check_model(out) == []
     assert count_weight_bits(out, info)[0] == 8.0
     m = onnx.load(out)
@@ -244,8 +248,8 @@ def test_sensitivity_probes_fp8_inputs(unet_onnx):
     stats = calibrate(info, CalibrationSettings(steps=10, timesteps=2, samples=4), NoiseSchedule())
     ranges = choose_ranges(stats.act_hist, ActCalibSettings())
     cands, _ = candidates(info.layers, HOPPER, AllocationSettings(formats=("fp16", "w8a8", "fp8")))
-    sens = measure_sensitivity(info, stats, ranges.amax, cands, QuantizeSettings(rounding="nearest"), 1.0,
-                               samples=2, fp8_amax=ranges.observed_max).scores
+    sens = measure_sensitivity(info, stats, ranges, cands, QuantizeSettings(rounding="nearest"), 1.0,
+                               samples=2).scores
     for l, c in zip(info.layers, cands):
         for f in c:
             v = sens[l.name][f.name]

@@ -110,7 +110,8 @@ def test_unnamed_and_duplicate_nodes_get_unique_names(unet_onnx, tmp_path):
     from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges
     from mpq_export.stages.allocate import allocate
     from mpq_export.stages.calibrate import CalibrationSettings, calibrate
-    from mpq_export.stages.quantize import QuantizeSettings, count_weight_bits, quantize
+    from mpq_export.formats import QuantizeSettings
+    from mpq_export.stages.quantize import count_weight_bits, quantize
     from mpq_export.runtime.sampler import NoiseSchedule
 
     m = onnx.load(unet_onnx)
@@ -123,7 +124,7 @@ def test_unnamed_and_duplicate_nodes_get_unique_names(unet_onnx, tmp_path):
     stats = calibrate(info, CalibrationSettings(steps=4, timesteps=2, samples=4), NoiseSchedule())
     alloc = allocate(info.layers, 6, "onnxruntime", theta=np.ones(len(info.layers)))
     out = str(tmp_path / "q.onnx")
-    quantize(info, alloc, choose_ranges(stats.act_hist, ActCalibSettings()).amax, out, QuantizeSettings(), "onnxruntime")
+    quantize(info, alloc, choose_ranges(stats.act_hist, ActCalibSettings()), out, QuantizeSettings(), "onnxruntime")
     counted, per_layer = count_weight_bits(out, info)
     assert counted == pytest.approx(alloc.achieved_bits)
     assert [per_layer[n] for n in alloc.layer_names] == [f.weight_bits for f in alloc.formats]

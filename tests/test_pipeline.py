@@ -4,7 +4,7 @@ import pytest
 
 from mpq_export.util.errors import MPQError
 from mpq_export.pipeline import PipelineConfig
-from mpq_export.stages.quantize import QuantizeSettings
+from mpq_export.formats import QuantizeSettings
 from mpq_export.targets import all_targets, get_target
 
 

@@ -6,7 +6,9 @@ from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges
 from mpq_export.stages.allocate import AllocationSettings, allocate
 from mpq_export.stages.calibrate import CalibrationSettings, calibrate
 from mpq_export.stages.inspect import inspect_model
-from mpq_export.stages.quantize import QuantizeSettings, count_weight_bits, quantize, quantize_weight
+from mpq_export.formats import QuantizeSettings
+from mpq_export.formats.weights import quantize_weight
+from mpq_export.stages.quantize import count_weight_bits, quantize
 from mpq_export.runtime.sampler import NoiseSchedule
 
 
@@ -56,7 +58,7 @@ def test_qdq_graph_follows_the_allocation(calibrated, tmp_path):
     alloc = allocate(info.layers, 5.0, "onnxruntime", theta=theta)
     out = str(tmp_path / "q.onnx")
     ranges = choose_ranges(stats.act_hist, ActCalibSettings())
-    qm = quantize(info, alloc, ranges.amax, out, QuantizeSettings(), "onnxruntime")
+    qm = quantize(info, alloc, ranges, out, QuantizeSettings(), "onnxruntime")
     counted, per_layer = count_weight_bits(out, info)
     assert counted == pytest.approx(alloc.achieved_bits, abs=1e-12)
     assert all(per_layer[n] == f.weight_bits for n, f in zip(alloc.layer_names, alloc.formats))
@@ -108,7 +110,7 @@ def test_onnxruntime_runs_the_quantized_layers_on_integer_kernels(calibrated, tm
     assert w4_gemm > 0, "the test wants INT4 MatMuls"
     out = str(tmp_path / "q.onnx")
     ranges = choose_ranges(stats.act_hist, ActCalibSettings())
-    quantize(info, alloc, ranges.amax, out, QuantizeSettings(integer_conv=integer_conv, block_size=16), "onnxruntime")
+    quantize(info, alloc, ranges, out, QuantizeSettings(integer_conv=integer_conv, block_size=16), "onnxruntime")
     assert count_weight_bits(out, info)[0] == pytest.approx(alloc.achieved_bits, abs=1e-12)  # Cast-widened INT4 counts 4
     ops = _optimised_ops(out, tmp_path)
     assert ops.count("QLinearConv") == (len(q_conv) if integer_conv else 0)
@@ -123,7 +125,7 @@ def test_reduce_range_keeps_w8a8_gemm_weights_within_63_and_counts_8_bits(calibr
     the file; convolutions keep the full range."""
     info, stats = calibrated
     alloc = allocate(info.layers, 8, "onnxruntime", AllocationSettings(method="uniform", keep_fp16=(), min8=()))
-    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    amax = choose_ranges(stats.act_hist, ActCalibSettings())
     peak = {}
     for reduce in (False, True):
         out = str(tmp_path / f"r{reduce}.onnx")
@@ -150,7 +152,7 @@ def test_a_shared_weight_memo_rounds_each_layer_once_across_targets(calibrated, 
 
     info, stats = calibrated
     alloc = allocate(info.layers, 7.6, "tensorrt", theta=np.linspace(0.1, 1, len(info.layers)))
-    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    amax = choose_ranges(stats.act_hist, ActCalibSettings())
     calls = []
     real = qmod.quantize_layer_weight
     monkeypatch.setattr(qmod, "quantize_layer_weight", lambda *a, **k: calls.append(a[0].name) or real(*a, **k))
@@ -185,7 +187,7 @@ def test_external_weights_are_read_layer_by_layer_and_give_the_same_model(calibr
     info_ext = inspect_model(str(ext / "model.onnx"))
     assert info_ext.has_external_data
     alloc = allocate(info.layers, 5.0, "onnxruntime", theta=np.linspace(0.1, 1, len(info.layers)))
-    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    amax = choose_ranges(stats.act_hist, ActCalibSettings())
     reads = []
     real = qmod.read_external_tensor
     monkeypatch.setattr(qmod, "read_external_tensor", lambda t, d: reads.append(t.name) or real(t, d))

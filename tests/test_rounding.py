@@ -4,12 +4,16 @@ import pytest
 from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges
 from mpq_export.stages.allocate import allocate
 from mpq_export.stages.calibrate import CalibrationSettings, calibrate
-from mpq_export.stages.inspect import QuantLayer, inspect_model
-from mpq_export.stages.quantize import QuantizeSettings, quantize, quantize_layer_weight, quantize_weight
-from mpq_export.stages.rounding import (DAMP, SCALE_MULTIPLIERS, HessianSum, _gptq, gptq_round, gptq_scale_search, layer_rows,
-                                  output_error, weight_matrix, weight_order)
+from mpq_export.core.model_info import QuantLayer
+from mpq_export.stages.inspect import inspect_model
+from mpq_export.formats import QuantizeSettings
+from mpq_export.formats.weights import quantize_weight
+from mpq_export.stages.quantize import quantize, quantize_layer_weight
+from mpq_export.formats.gptq import (DAMP, SCALE_MULTIPLIERS, _gptq, gptq_round, gptq_scale_search, output_error,
+                                     weight_matrix)
+from mpq_export.stages.rounding import HessianSum, layer_rows, weight_order
 from mpq_export.runtime.sampler import NoiseSchedule
-from mpq_export.targets.formats import W4A8, W4A16
+from mpq_export.formats import W4A8, W4A16
 
 
 def _correlated_inputs(rng, rows, k):
@@ -128,6 +132,6 @@ def test_gptq_through_calibration_and_quantize(unet_onnx, tmp_path):
         e = lambda q: output_error(weight_matrix(w, layer), weight_matrix(q.dequantize(), layer), h)  # noqa: E731
         assert e(gq) < e(rtn)
     alloc = allocate(info.layers, 4.5, "onnxruntime", theta=np.ones(len(info.layers)))
-    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    amax = choose_ranges(stats.act_hist, ActCalibSettings())
     quantize(info, alloc, amax, str(tmp_path / "g.onnx"), QuantizeSettings(rounding="gptq"), "onnxruntime", hessians=stats.hessians)
     assert (tmp_path / "g.onnx").exists()

@@ -12,7 +12,7 @@ from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges
 from mpq_export.stages.allocate import allocate, candidates
 from mpq_export.stages.calibrate import CalibrationSettings, calibrate
 from mpq_export.stages.inspect import inspect_model
-from mpq_export.stages.quantize import QuantizeSettings
+from mpq_export.formats import QuantizeSettings
 from mpq_export.runtime.sampler import NoiseSchedule
 from mpq_export.stages.sensitivity import measure_sensitivity
 
@@ -37,7 +37,7 @@ def sabotaged(tmp_path_factory):
 def test_artificially_sensitive_layer_gets_the_high_bits(sabotaged, tmp_path):
     info, stats = sabotaged
     s = candidates(info.layers, "onnxruntime")[0]
-    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    amax = choose_ranges(stats.act_hist, ActCalibSettings())
     sens = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path))
     gain = {n: v["w4a8"] - v["w8a8"] for n, v in sens.scores.items() if "w4a8" in v}
     assert max(gain, key=gain.get) == VICTIM
@@ -59,7 +59,7 @@ def test_trajectory_objective_finds_the_sensitive_layer_by_its_final_samples(sab
     """--importance trajectory: the whole sampler per probe; its scores are the final sample's relative error."""
     info, stats = sabotaged
     s = candidates(info.layers, "onnxruntime")[0]
-    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    amax = choose_ranges(stats.act_hist, ActCalibSettings())
     traj = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path),
                                objective="trajectory", samples=4)
     gain = {n: v["w4a8"] - v["w8a8"] for n, v in traj.scores.items() if "w4a8" in v}
@@ -86,9 +86,9 @@ def test_probes_read_external_weights_from_the_models_folder(sabotaged, tmp_path
               location="external.onnx.data", size_threshold=0)
     info_ext = inspect_model(ext)
     assert info_ext.has_external_data
-    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
-    a, _ = activation_costs(info, stats, amax, {}, samples=2)
-    b, _ = activation_costs(info_ext, stats, amax, {}, samples=2)
+    amax = choose_ranges(stats.act_hist, ActCalibSettings())
+    a, _ = activation_costs(info, stats, amax, samples=2)
+    b, _ = activation_costs(info_ext, stats, amax, samples=2)
     assert [c.tensor for c in a] == [c.tensor for c in b]
     np.testing.assert_allclose([c.sqnr_db for c in a], [c.sqnr_db for c in b], rtol=1e-6)
     qs = QuantizeSettings(rounding="nearest")
@@ -110,7 +110,7 @@ def test_trajectory_objective_under_guidance_runs_both_branches(cond_unet_onnx, 
                       NoiseSchedule(), calib_data=path)
     assert stats.n_samples == 8  # rows: both branches of 4 samples
     s = candidates(info.layers, "onnxruntime")[0]
-    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    amax = choose_ranges(stats.act_hist, ActCalibSettings())
     traj = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, objective="trajectory")
     quantized = [v for v in traj.scores.values() if "w8a8" in v]
     assert quantized and all(0 < v["w8a8"] for v in quantized)
@@ -140,7 +140,7 @@ def score_cache_entry(sabotaged, tmp_path_factory):
     """One measured score-cache entry (its text and scores), for the damage cases to start from."""
     info, stats = sabotaged
     s = candidates(info.layers, "onnxruntime")[0]
-    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    amax = choose_ranges(stats.act_hist, ActCalibSettings())
     cache = tmp_path_factory.mktemp("scores")
     first = measure_sensitivity(info, stats, amax, s, QuantizeSettings(rounding="nearest"), 1.0, str(cache), samples=4)
     (entry,) = cache.glob("sens-*.json")
@@ -155,7 +155,7 @@ def test_a_damaged_or_foreign_score_cache_is_measured_again(sabotaged, score_cac
 
     info, stats = sabotaged
     s = candidates(info.layers, "onnxruntime")[0]
-    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    amax = choose_ranges(stats.act_hist, ActCalibSettings())
     name, text, scores = score_cache_entry
     cache = tmp_path / "cache"
     cache.mkdir()

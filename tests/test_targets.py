@@ -6,9 +6,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mpq_export.stages.quantize import QuantizeSettings
+from mpq_export.formats import QuantizeSettings
 from mpq_export.targets import DEFAULT_TARGET, TARGETS, Target, all_targets, get_target
-from mpq_export.targets.formats import CONV_OPS, GEMM_OPS, W4A8, W4A16, W8A8
+from mpq_export.formats import CONV_OPS, GEMM_OPS, W4A8, W4A16, W8A8
 from mpq_export.util.errors import MPQError
 
 

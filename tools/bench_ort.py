@@ -40,7 +40,7 @@ from mpq_export.stages.inspect import inspect_model  # noqa: E402
 from mpq_export.pipeline import PipelineConfig, prepare_model, run_pipeline  # noqa: E402
 from mpq_export.runtime.ort import RuntimeSettings  # noqa: E402
 from mpq_export.util.cache import default_cache_dir
-from mpq_export.stages.quantize import QuantizeSettings  # noqa: E402
+from mpq_export.formats import QuantizeSettings  # noqa: E402
 from mpq_export.stages.validate import ValidationSettings  # noqa: E402
 
 

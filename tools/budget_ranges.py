@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mpq_export.stages.allocate import AllocationSettings, candidates, reachable_range  # noqa: E402
-from mpq_export.stages.inspect import QuantLayer  # noqa: E402
+from mpq_export.core.model_info import QuantLayer  # noqa: E402
 from mpq_export.targets import all_targets  # noqa: E402
 
 

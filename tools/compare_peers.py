@@ -59,8 +59,9 @@ from mpq_export.stages.inspect import inspect_model  # noqa: E402
 from mpq_export.stages.orm import OrmSettings, compute_importance  # noqa: E402
 from mpq_export.pipeline import PipelineConfig, prepare_model  # noqa: E402
 from mpq_export.util.cache import default_cache_dir
-from mpq_export.stages.quantize import QuantizeSettings, quantize  # noqa: E402
-from mpq_export.stages.rounding import DEFAULT_ROUNDING  # noqa: E402
+from mpq_export.formats import QuantizeSettings  # noqa: E402
+from mpq_export.stages.quantize import quantize  # noqa: E402
+from mpq_export.formats.gptq import DEFAULT_ROUNDING  # noqa: E402
 from mpq_export.runtime.sampler import NoiseSchedule, timestep_value  # noqa: E402
 from mpq_export.stages.validate import ValidationSettings, fp32_reference, validate  # noqa: E402
 
@@ -289,24 +290,24 @@ def main() -> None:
             act = ActCalibSettings(method="mse", over_steps="relative") if m == "mse-relative" else ActCalibSettings(method=m)
             ranges = choose_ranges(stats.act_hist, act)
             path = os.path.join(d, f"w8a8-{m}.onnx")
-            quantize(info, alloc8, ranges.amax, path, QuantizeSettings(rounding="nearest"), "onnxruntime")
+            quantize(info, alloc8, ranges, path, QuantizeSettings(rounding="nearest"), "onnxruntime")
             score(f"ours W8A8 onnxruntime, act {m}, nearest rounding", path, act_calib=m, rounding="nearest")
         default_ranges = choose_ranges(stats.act_hist, ActCalibSettings())
         roundings = [r for r in args.roundings.split(",") if r]
         for r in roundings:  # the defaults (act mse), per weight rounding
             path = os.path.join(d, f"w8a8-default-{r}.onnx")
-            quantize(info, alloc8, default_ranges.amax, path, QuantizeSettings(rounding=r), "onnxruntime", hessians=stats.hessians)
+            quantize(info, alloc8, default_ranges, path, QuantizeSettings(rounding=r), "onnxruntime", hessians=stats.hessians)
             score(f"ours W8A8 onnxruntime, defaults (act {default_ranges.settings.method}), {r} rounding", path,
                   rounding=r, default=r == DEFAULT_ROUNDING)
             if r == DEFAULT_ROUNDING:
                 fc = os.path.join(d, "w8a8-float-conv.onnx")
-                quantize(info, alloc8, default_ranges.amax, fc, QuantizeSettings(rounding=r, integer_conv=False), "onnxruntime", hessians=stats.hessians)
+                quantize(info, alloc8, default_ranges, fc, QuantizeSettings(rounding=r, integer_conv=False), "onnxruntime", hessians=stats.hessians)
                 score("ours W8A8 onnxruntime, defaults, --float-conv-outputs", fc, rounding=r, float_conv_outputs=True)
                 strip_activation_qdq(path, os.path.join(d, "w8-only.onnx"))
                 score("ours W8, activations float (the row above with its act Q/DQ removed)",
                       os.path.join(d, "w8-only.onnx"))
         trt = os.path.join(d, "w8a8-trt.onnx")
-        quantize(info, allocate(info.layers, 8, "tensorrt", w8), default_ranges.amax, trt, QuantizeSettings(), "tensorrt", hessians=stats.hessians)
+        quantize(info, allocate(info.layers, 8, "tensorrt", w8), default_ranges, trt, QuantizeSettings(), "tensorrt", hessians=stats.hessians)
         score("ours W8A8 tensorrt (FP16 graph), defaults", trt, default=True)
         imp = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(),
                                  schedule.num_train_timesteps)
@@ -320,20 +321,20 @@ def main() -> None:
                     from mpq_export.stages.sensitivity import measure_sensitivity
 
                     measured[scorer] = measure_sensitivity(
-                        info, stats, default_ranges.amax, candidates(info.layers, "onnxruntime")[0], qs,
+                        info, stats, default_ranges, candidates(info.layers, "onnxruntime")[0], qs,
                         OrmSettings().alpha, cache, objective=objective).scores
             for b in budgets:
                 for scorer in scorers:
                     alloc = allocate(info.layers, b, "onnxruntime", theta=imp.theta if scorer == "orm" else None, sensitivity=measured.get(scorer))
                     path = os.path.join(d, f"mpq-{b:g}-{r}-{scorer}.onnx")
-                    quantize(info, alloc, default_ranges.amax, path, qs, "onnxruntime", hessians=stats.hessians)
+                    quantize(info, alloc, default_ranges, path, qs, "onnxruntime", hessians=stats.hessians)
                     score(f"ours MPQ {b:g} bits onnxruntime ({scorer}), {r} rounding", path, budget=b, rounding=r,
                           scorer=scorer)
             for b in [float(x) for x in args.trt_budgets.split(",") if x]:  # the tensorrt target's own range
                 for scorer in scorers:
                     alloc = allocate(info.layers, b, "tensorrt", theta=imp.theta if scorer == "orm" else None, sensitivity=measured.get(scorer))
                     path = os.path.join(d, f"mpq-trt-{b:g}-{r}-{scorer}.onnx")
-                    quantize(info, alloc, default_ranges.amax, path, qs, "tensorrt",
+                    quantize(info, alloc, default_ranges, path, qs, "tensorrt",
                              hessians=stats.hessians)
                     score(f"ours MPQ {b:g} bits tensorrt ({scorer}), {r} rounding", path, budget=b, rounding=r,
                           scorer=scorer, target="tensorrt")
@@ -345,7 +346,7 @@ def main() -> None:
                 floor, _ = reachable_range(info.layers, candidates(info.layers, target)[0])
                 alloc = allocate(info.layers, floor, target, AllocationSettings(method="uniform"))
                 path = os.path.join(d, f"uniform4-{target}.onnx")
-                quantize(info, alloc, default_ranges.amax, path, QuantizeSettings(), target, hessians=stats.hessians)
+                quantize(info, alloc, default_ranges, path, QuantizeSettings(), target, hessians=stats.hessians)
                 score(f"ours uniform 4 bits {target} (every unpinned layer at 4 bits)", path, target=target,
                       uniform4=True)
         if args.fp8:
@@ -402,20 +403,19 @@ def fp8_rows(info, stats, ranges, d: str, score, scorers: list[str], cache: str 
     bits = uniform["w8a8"].achieved_bits  # every unpinned layer at 8 bits; pins FP16
     both = AllocationSettings(formats=("fp16", "w8a8", "fp8"))
     cands = candidates(info.layers, hopper, both)[0]
-    errors = expected_format_error(info, equal_bit_alternatives(info.layers, cands), stats.act_hist, ranges.amax,
-                                   ranges.observed_max, qs, stats.hessians)
+    errors = expected_format_error(info, equal_bit_alternatives(info.layers, cands), stats.act_hist, ranges, qs,
+                                   stats.hessians)
     allocs = {"all-INT8": uniform["w8a8"], "all-FP8": uniform["fp8"],
               "INT8/FP8 per layer (expected error)": allocate(info.layers, bits, hopper, both,
                                                                theta=np.ones(len(info.layers)), format_error=errors)}
     if "sensitivity" in scorers:
         from mpq_export.stages.sensitivity import measure_sensitivity
 
-        sens = measure_sensitivity(info, stats, ranges.amax, cands, qs, OrmSettings().alpha, cache,
-                                   fp8_amax=ranges.observed_max).scores
+        sens = measure_sensitivity(info, stats, ranges, cands, qs, OrmSettings().alpha, cache).scores
         allocs["INT8/FP8 per layer (measured sensitivity)"] = allocate(info.layers, bits, hopper, both, sensitivity=sens)
     for label, alloc in allocs.items():
         path = os.path.join(d, f"fp8-{label.split()[0].replace('/', '-')}-{len(label)}.onnx")
-        quantize(info, alloc, ranges.amax, path, qs, hopper, hessians=stats.hessians, fp8_amax=ranges.observed_max)
+        quantize(info, alloc, ranges, path, qs, hopper, hessians=stats.hessians)
         n_fp8 = sum(f.name == "fp8" for f in alloc.formats)
         score(f"ours {label}, tensorrt --gpu hopper ({n_fp8} of {len(alloc.formats)} layers FP8)", path,
               target="tensorrt", fp8=label, fp8_layers=[n for n, f in zip(alloc.layer_names, alloc.formats)

@@ -42,7 +42,8 @@ from mpq_export.stages.inspect import inspect_model  # noqa: E402
 from mpq_export.stages.orm import OrmSettings, compute_importance  # noqa: E402
 from mpq_export.pipeline import PipelineConfig, prepare_model  # noqa: E402
 from mpq_export.util.cache import default_cache_dir
-from mpq_export.stages.quantize import QuantizeSettings, quantize  # noqa: E402
+from mpq_export.formats import QuantizeSettings  # noqa: E402
+from mpq_export.stages.quantize import quantize  # noqa: E402
 from mpq_export.runtime.ort import build_feeds, ort_session  # noqa: E402
 from mpq_export.runtime.sampler import DDIMSampler, NoiseSchedule, initial_noise  # noqa: E402
 from mpq_export.stages.sensitivity import measure_sensitivity  # noqa: E402
@@ -138,7 +139,7 @@ def main() -> None:
     # conv outputs in float (--float-conv-outputs): the allocation methods are compared on the
     # quantizer's accuracy, not on onnxruntime's kernel choice (docs/quality.md)
     qs = QuantizeSettings(integer_conv=False)
-    amax = choose_ranges(stats.act_hist, ActCalibSettings()).amax
+    amax = choose_ranges(stats.act_hist, ActCalibSettings())
 
     def evaluate(alloc):
         with tempfile.TemporaryDirectory() as d:

@@ -42,9 +42,10 @@ def main() -> None:
     from mpq_export.runtime.sampler import NoiseSchedule
     from mpq_export.stages.calibrate import calibrate
     from mpq_export.stages.inspect import inspect_model
-    from mpq_export.stages.quantize import QuantizeSettings, quantize_layer_weight
-    from mpq_export.stages.rounding import from_matrix, output_error, weight_matrix
-    from mpq_export.targets.formats import GEMM_OPS, W4A16
+    from mpq_export.formats import QuantizeSettings
+    from mpq_export.stages.quantize import quantize_layer_weight
+    from mpq_export.formats.gptq import from_matrix, output_error, weight_matrix
+    from mpq_export.formats import GEMM_OPS, W4A16
     from mpq_export.util.cache import default_cache_dir
 
     cfg = PipelineConfig(model=a.model, calib_data=a.calib_data)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from mpq_export.util.errors import MPQError
 
 if TYPE_CHECKING:
-    from mpq_export.stages.inspect import ModelInfo
+    from mpq_export.core.model_info import ModelInfo
 
 UNCOND_PREFIX = "uncond_"  # --calib-data arrays of the unconditional branch: uncond_encoder_hidden_states, ...
 DESCRIPTION_KEY = "mpq_export_source"  # optional: a sentence saying what the file holds, for the report

@@ -20,11 +20,11 @@ from mpq_export.stages.act_ranges import ActCalibSettings, ActivationRanges
 from mpq_export.stages.allocate import AllocationSummary, BitAllocation
 from mpq_export.runtime.engine import EngineStatus
 from mpq_export.stages.calibrate import CalibrationSettings, CalibrationStats
-from mpq_export.stages.inspect import ModelInfo
+from mpq_export.core.model_info import ModelInfo
 from mpq_export.stages.orm import LayerImportance, OrmSpread
 from mpq_export.runtime.polygraphy_replay import PolygraphyReplay
 from mpq_export.runtime.sampler import timestep_value
-from mpq_export.stages.quantize import LayerStorage
+from mpq_export.formats import LayerStorage
 from mpq_export.stages.diagnostics import ActivationCost, StabilityCheck
 from mpq_export.stages.emit import HandOff
 from mpq_export.stages.sensitivity import SensitivityScores

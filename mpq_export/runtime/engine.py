@@ -20,7 +20,7 @@ from mpq_export.util.errors import MPQError
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # types only: the runtime sits below the stages
-    from mpq_export.stages.inspect import ModelInfo
+    from mpq_export.core.model_info import ModelInfo
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from mpq_export.util.errors import MPQError, require_int
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # types only: the runtime sits below the stages
-    from mpq_export.stages.inspect import InputSpec, ModelInfo
+    from mpq_export.core.model_info import InputSpec, ModelInfo
 
 
 DEVICES = ("cpu", "cuda")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # types only: the runtime sits below the stages
-    from mpq_export.stages.inspect import ModelInfo
+    from mpq_export.core.model_info import ModelInfo
 from mpq_export.runtime.ort import fixed_batch
 
 SNR_THRESHOLD_DB = 10.0

@@ -29,17 +29,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mpq_export.core.histogram import (BINS_PER_OCTAVE, LOG2_HI, LOG2_LO, N_BINS, bin_edges,  # noqa: F401
+                                      quantization_error)
 from mpq_export.util.errors import MPQError, require_number
 
 ACT_CALIB_METHODS = ("mse", "entropy", "percentile", "max")
 DEFAULT_PERCENTILE = 99.99
 DEFAULT_ACT_CALIB = "mse"
 OVER_STEPS = ("relative", "pooled")
-BINS_PER_OCTAVE = 16
-LOG2_LO, LOG2_HI = -24, 24
-N_BINS = (LOG2_HI - LOG2_LO) * BINS_PER_OCTAVE + 1  # bin 0: |x| < 2^LOG2_LO, zeros included
-QMAX = 127
-_SUBPOINTS = 4  # points per bin at which the error model is evaluated
 
 
 @dataclass(frozen=True)
@@ -59,12 +56,6 @@ class ActCalibSettings:
                 raise MPQError(f"--act-percentile must be in [50, 100), got {self.percentile:g}")
         if self.over_steps not in OVER_STEPS:
             raise MPQError(f"over_steps must be one of {', '.join(OVER_STEPS)}, got '{self.over_steps}'")
-
-
-def bin_edges() -> np.ndarray:
-    """[N_BINS + 1] edges of the |x| histogram: 0, 2^LOG2_LO, ..., 2^LOG2_HI."""
-    e = np.exp2(LOG2_LO + np.arange(N_BINS, dtype=np.float64) / BINS_PER_OCTAVE)
-    return np.concatenate([[0.0], e])
 
 
 _SLICE = 1 << 20  # values reduced per pass: scratch stays small and is reused, not allocated per tensor
@@ -139,9 +130,6 @@ class ActivationHistograms:
             self.amax[i, step] = max(self.amax[i, step], float(a.max()))
             self.counts[i, step] += _bin_counts(a, idx)
 
-    def select_steps(self, keep: np.ndarray) -> "ActivationHistograms":
-        return ActivationHistograms(self.names, self.counts[:, keep], self.amax[:, keep], self.sumsq[:, keep])
-
 
 @dataclass
 class ActivationRanges:
@@ -154,56 +142,6 @@ class ActivationRanges:
         """Mean over tensors of threshold / observed max (1.0: nothing clipped)."""
         r = [self.amax[n] / self.observed_max[n] for n in self.amax if self.observed_max[n] > 0]
         return float(np.mean(r)) if r else 1.0
-
-
-def _subpoints() -> tuple[np.ndarray, np.ndarray]:
-    """(values [N_BINS * J], bin of each value): J log-spaced points inside each bin; bin 0 is 0."""
-    edges = bin_edges()
-    lo = edges[1:-1]  # lower edges of bins 1..N_BINS-1
-    frac = (np.arange(_SUBPOINTS) + 0.5) / _SUBPOINTS
-    pts = lo[:, None] * np.exp2(frac[None, :] / BINS_PER_OCTAVE)
-    vals = np.concatenate([np.zeros(_SUBPOINTS), pts.ravel()])
-    return vals, np.repeat(np.arange(N_BINS), _SUBPOINTS)
-
-
-_VALS, _BIN_OF = _subpoints()
-
-
-def quantization_error(counts: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Expected squared INT8 error summed over a histogram, for each candidate threshold.
-
-    counts [..., N_BINS]; returns [..., C]. Per value v and scale s = a / 127: v > a clips,
-    error (v - a)^2; v <= s rounds to 0 or s, error min(v, s - v)^2; in between rounding noise s^2/12
-    (the values of a bin are spread over many steps of the grid).
-    """
-    used = np.nonzero(counts.reshape(-1, N_BINS).sum(0))[0]
-    sel = np.isin(_BIN_OF, used)
-    v = _VALS[sel][None, :]  # [1, P]
-    w = counts[..., _BIN_OF[sel]] / _SUBPOINTS  # [..., P]
-    a = np.asarray(candidates, dtype=np.float64)[:, None]  # [C, 1]
-    s = a / QMAX
-    err = np.where(v > a, (v - a) ** 2, np.where(v <= s, np.minimum(v, s - v) ** 2, s * s / 12.0))  # [C, P]
-    return w @ err.T
-
-
-def fp8_quantization_error(counts: np.ndarray, amax: float) -> float:
-    """Expected squared FP8 E4M3 error summed over a histogram [..., N_BINS], for scale amax / 448.
-
-    E4M3 spaces its values 2^(e - 3) apart in the octave [2^e, 2^(e+1)) for e >= -6 and 2^-9 below
-    (subnormals); a value v of the scaled magnitude u = v / s rounds with noise (spacing * s)^2 / 12,
-    values under half the smallest subnormal become 0 (error v^2), values past 448 clip.
-    """
-    from mpq_export.targets.formats import FP8_MAX
-
-    if amax <= 0:
-        return 0.0
-    s = amax / FP8_MAX
-    w = counts.reshape(-1, N_BINS).sum(0)[_BIN_OF] / _SUBPOINTS
-    u = _VALS / s
-    spacing = np.exp2(np.maximum(np.floor(np.log2(np.maximum(u, 2.0 ** -30))), -6.0) - 3.0)
-    err = np.where(u > FP8_MAX, (_VALS - amax) ** 2,
-                   np.where(u < 2.0 ** -10, _VALS ** 2, (spacing * s) ** 2 / 12.0))
-    return float(w @ err)
 
 
 def _candidates(amax: float) -> np.ndarray:

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mpq_export.util.errors import MPQError, require_int, require_number
-from mpq_export.stages.inspect import QuantLayer
+from mpq_export.core.model_info import QuantLayer
 from mpq_export.targets import Target, all_targets, get_target
-from mpq_export.targets.formats import FORMATS, FP16, Format
+from mpq_export.formats import FORMATS, FP16, Format
 
 METHODS = ("mpq", "uniform", "random", "smallest-first")
 # Layers the literature keeps at >= 8 bits: the first and last convs and the time embedding; in the

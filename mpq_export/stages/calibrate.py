@@ -27,12 +27,12 @@ import numpy as np
 
 from mpq_export.stages.act_ranges import ActivationHistograms
 from mpq_export.util.errors import MPQError, require_int
-from mpq_export.stages.inspect import ModelInfo
+from mpq_export.core.model_info import ModelInfo
 from mpq_export.util.progress import Progress, log
 from mpq_export.runtime.ort import RuntimeSettings, build_feeds, check_finite, fixed_batch, ort_session, run_model
 from mpq_export.util.cache import file_sha256, model_sha256, write_entry
 from mpq_export.runtime.sampler import NoiseSchedule, guided, initial_noise, sampler_for, timestep_value
-from mpq_export.targets.formats import CONV_OPS
+from mpq_export.formats import CONV_OPS
 from mpq_export.inputs.conditioning import load_conditioning
 
 CACHE_VERSION = 9

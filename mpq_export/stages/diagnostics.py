@@ -15,13 +15,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from mpq_export.formats.inputs import INT8_INPUT
 from mpq_export.runtime.ort import RuntimeSettings, run_model
 from mpq_export.runtime.sampler import timestep_value
 from mpq_export.stages.allocate import AllocationSettings, BitAllocation, allocate
 from mpq_export.stages.calibrate import CalibrationStats
-from mpq_export.stages.inspect import ModelInfo
+from mpq_export.core.model_info import ModelInfo
 from mpq_export.stages.orm import LayerImportance, OrmSettings, compute_importance
-from mpq_export.stages.quantize import QuantizeSettings, quantize
+from mpq_export.formats import QuantizeSettings
+from mpq_export.stages.act_ranges import ActivationRanges
+from mpq_export.stages.quantize import quantize
 from mpq_export.stages.sensitivity import probe_session
 from mpq_export.stages.validate import FP32Reference, ValidationResult, ValidationSettings, validate
 from mpq_export.targets import Target, get_target
@@ -56,8 +59,7 @@ class ActivationCost:
     observed_max: float
 
 
-def activation_costs(info: ModelInfo, stats: CalibrationStats, act_amax: dict[str, float],
-                     observed_max: dict[str, float], samples: int = 4,
+def activation_costs(info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges, samples: int = 4,
                      time_limit_s: float | None = None, runtime: RuntimeSettings = RuntimeSettings()) -> tuple[list[ActivationCost] | None, float]:
     """Each layer-input activation quantizer alone (INT8 at its calibrated threshold, weights float):
     the noise-prediction SQNR at the profiled steps, worst first. Shows where activation error comes from.
@@ -69,10 +71,10 @@ def activation_costs(info: ModelInfo, stats: CalibrationStats, act_amax: dict[st
     xs = stats.inputs[info.sample.name][:, :n]
     cond = {c.name: stats.inputs[c.name][:n] for c in info.conditioning}
     refs = stats.outputs[:, :n].astype(np.float64)
-    sess, _, masks = probe_session(info, act_amax, runtime, with_weights=False)
+    sess, _, masks = probe_session(info, ranges, runtime, with_weights=False)
     by_tensor: dict[str, list[int]] = {}
     for i, l in enumerate(info.layers):
-        if l.activation_input in act_amax:
+        if l.activation_input in ranges.amax:
             by_tensor.setdefault(l.activation_input, []).append(i)
     out = []
     t0 = time.perf_counter()
@@ -82,14 +84,15 @@ def activation_costs(info: ModelInfo, stats: CalibrationStats, act_amax: dict[st
                 projected = (time.perf_counter() - t0) * len(by_tensor)
                 if projected > time_limit_s:
                     return None, projected
-            on = {masks[i]: np.array(1.0, dtype=np.float32) for i in idx}
+            on = {masks[i][INT8_INPUT.name]: np.array(1.0, dtype=np.float32) for i in idx}
             sq = []
             for k in range(K):
                 (eps,) = run_model(sess, info, [info.output], xs[k], timestep_value(stats.timesteps[k]), cond, on)
                 err = float(((eps - refs[k]) ** 2).sum())
                 sq.append(10 * np.log10(max(float((refs[k] ** 2).sum()), 1e-30) / max(err, 1e-30)))
             out.append(ActivationCost(tensor=tensor, layers=[info.layers[i].name for i in idx], sqnr_db=float(np.mean(sq)),
-                                      threshold=float(act_amax[tensor]), observed_max=float(observed_max.get(tensor, 0.0))))
+                                      threshold=float(ranges.amax[tensor]),
+                                      observed_max=float(ranges.observed_max.get(tensor, 0.0))))
             p.update(done)
     return sorted(out, key=lambda c: c.sqnr_db), time.perf_counter() - t0
 
@@ -137,12 +140,11 @@ def float_graph_validation(target: Target, info: ModelInfo, stats: CalibrationSt
                         reference=ref, label="validate: FP16 graph alone", runtime=runtime)
 
 
-def compare_targets(target: Target, info: ModelInfo, stats: CalibrationStats, act_amax: dict[str, float],
+def compare_targets(target: Target, info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges,
                     alloc: BitAllocation, qsettings: QuantizeSettings, shape: tuple[int, ...],
                     settings: ValidationSettings, ref: FP32Reference, own: ValidationResult,
                     float_graph: ValidationResult | None, weight_memo: dict | None = None,
-                    runtime: RuntimeSettings = RuntimeSettings(),
-                    fp8_amax: dict[str, float] | None = None) -> list[TargetComparison]:
+                    runtime: RuntimeSettings = RuntimeSettings()) -> list[TargetComparison]:
     """The same allocation realised for `target.compare_with` (the FP32 graph) beside the target's own
     figures and its float graph alone: which part of the error is the float graph's, which the Q/DQ's.
     An allocation with formats the other target does not store (fp8) has no such row."""
@@ -157,8 +159,8 @@ def compare_targets(target: Target, info: ModelInfo, stats: CalibrationStats, ac
         path = os.path.join(d, "model.ort.onnx")
         # conv outputs left float, as on TensorRT: the difference is then the float graph's alone
         log.info("[compare targets] the same allocation as an %s-target graph", other.name)
-        quantize(info, alloc, act_amax, path, replace(qsettings, integer_conv=False), other,
-                 hessians=stats.hessians, weight_memo=weight_memo, fp8_amax=fp8_amax)
+        quantize(info, alloc, ranges, path, replace(qsettings, integer_conv=False), other,
+                 hessians=stats.hessians, weight_memo=weight_memo)
         other_val = validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape, settings,
                              reference=ref, label=f"validate: {other.name} graph", runtime=runtime)
     return [TargetComparison(f"{target.name} target (FP16 graph + Q/DQ)", own),

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpq_export.stages.inspect import ModelInfo
+from mpq_export.core.model_info import ModelInfo
 from mpq_export.util.errors import MPQError
 from mpq_export.util.output_folder import HANDOFF_FOLDER, OPTIMUM_FOLDER
 

@@ -10,7 +10,7 @@ each layer's weight and input distributions, and both are known after calibratio
 For layer i and format f, with y = W x:
     e[i, f] = ||W - Q_f(W)||^2_H / ||W||^2_H  +  E[(x - Q_f(x))^2] / E[x^2]
 the first term the relative output error of the quantized weight under the layer's input statistics H
-(rounding.py's, when calibration kept them; else the plain relative weight error), the second the relative
+(formats/gptq.py's, when calibration kept them; else the plain relative weight error), the second the relative
 error of the quantized input from the streamed |x| histogram (act_ranges.py: INT8 at the chosen clipping
 threshold, FP8 at the observed max / 448). The two add when the errors are independent: the relative
 power of dW x + W dx. allocate.one_per_width keeps the format of least e among equal widths.
@@ -22,31 +22,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpq_export.stages.act_ranges import ActivationHistograms, fp8_quantization_error, quantization_error
-from mpq_export.stages.inspect import ModelInfo
-from mpq_export.stages.quantize import QuantizeSettings, quantize_layer_weight
-from mpq_export.targets.formats import Format
+from mpq_export.core.model_info import ModelInfo
+from mpq_export.formats import Format, QuantizeSettings
+from mpq_export.stages.act_ranges import ActivationHistograms, ActivationRanges
 from mpq_export.util.onnx_io import iter_initializers
 
 
-def input_error(hists: ActivationHistograms, name: str, fmt: Format, int8_amax: float, observed_max: float) -> float:
+def input_error(hists: ActivationHistograms, name: str, fmt: Format, ranges: ActivationRanges) -> float:
     """Relative squared error of activation `name` through `fmt`'s input quantizer (0 when kept float)."""
-    if fmt.act_bits is None or name not in hists:
+    if name not in hists:
         return 0.0
     i = hists.names.index(name)
-    counts, energy = hists.counts[i].sum(0), float(hists.sumsq[i].sum())
-    if energy <= 0:
-        return 0.0
-    if fmt.element == "fp8":
-        return fp8_quantization_error(counts, observed_max) / energy
-    return float(quantization_error(counts, np.array([int8_amax]))[0]) / energy
+    return fmt.input_error(hists.counts[i].sum(0), float(hists.sumsq[i].sum()), ranges, name)
 
 
 def weight_error(layer, w: np.ndarray, fmt: Format, settings: QuantizeSettings, hessian: np.ndarray | None) -> float:
     """Relative output error of the layer's weight in `fmt` (under H when given)."""
-    from mpq_export.stages.rounding import output_error, weight_matrix
+    from mpq_export.formats.gptq import output_error, weight_matrix
 
-    w_hat = quantize_layer_weight(layer, w, fmt, settings, hessian).dequantize()
+    w_hat = fmt.effective_weight(layer, w, settings, hessian)
     if hessian is not None:
         wm, hm = weight_matrix(w, layer), weight_matrix(w_hat, layer)
         ref = output_error(wm, np.zeros_like(wm), hessian)
@@ -56,7 +50,7 @@ def weight_error(layer, w: np.ndarray, fmt: Format, settings: QuantizeSettings, 
 
 
 def expected_format_error(info: ModelInfo, layer_formats: dict[str, list[Format]], hists: ActivationHistograms,
-                          int8_amax: dict[str, float], observed_max: dict[str, float], settings: QuantizeSettings,
+                          ranges: ActivationRanges, settings: QuantizeSettings,
                           hessians: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
     """layer -> format name -> e[i, f] for the layers and formats of `layer_formats`
     (allocate.equal_bit_alternatives); weights are read one layer at a time."""
@@ -68,7 +62,6 @@ def expected_format_error(info: ModelInfo, layer_formats: dict[str, list[Format]
         fmts, layer = layer_formats[name], by_name[name]
         w = w.astype(np.float32)
         h = (hessians or {}).get(name)
-        x = layer.activation_input
-        out[name] = {f.name: weight_error(layer, w, f, settings, h)
-                     + input_error(hists, x, f, int8_amax.get(x, 0.0), observed_max.get(x, 0.0)) for f in fmts}
+        out[name] = {f.name: weight_error(layer, w, f, settings, h) + input_error(hists, layer.activation_input, f, ranges)
+                     for f in fmts}
     return out

@@ -31,17 +31,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mpq_export.targets.formats import Format
-from mpq_export.stages.calibrate import CalibrationStats
-from mpq_export.util.errors import MPQError
-from mpq_export.stages.inspect import ModelInfo
-from mpq_export.stages.orm import timestep_weights
-from mpq_export.util.progress import Progress, log
-from mpq_export.stages.quantize import QuantizeSettings, activation_scale, quantize_layer_weight
-from mpq_export.stages.rounding import ROUNDING_VERSION
+from mpq_export.core.model_info import ModelInfo
+from mpq_export.formats import Format, QuantizeSettings
+from mpq_export.formats.gptq import ROUNDING_VERSION
+from mpq_export.formats.inputs import INT8_INPUT, InputQuantizer
 from mpq_export.runtime.ort import RuntimeSettings, ort_session, run_model
 from mpq_export.runtime.sampler import timestep_value
+from mpq_export.stages.act_ranges import ActivationRanges
+from mpq_export.stages.calibrate import CalibrationStats
+from mpq_export.stages.orm import timestep_weights
 from mpq_export.util.cache import write_json_entry
+from mpq_export.util.errors import MPQError
+from mpq_export.util.progress import Progress, log
 
 DEFAULT_SAMPLES = 8  # of the N calibration samples: enough to rank layers at a fraction of the cost
 OBJECTIVES = ("step", "trajectory")
@@ -58,18 +59,18 @@ class SensitivityScores:
     objective: str = "step"  # step: noise-prediction error at the profiled steps; trajectory: final-sample error
 
 
-def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict[str, float],
+def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges,
                         cands: list[list[Format]], qsettings: QuantizeSettings, alpha: float,
                         cache_dir: str | None = None, runtime: RuntimeSettings = RuntimeSettings(),
-                        samples: int = DEFAULT_SAMPLES, objective: str = "step",
-                        fp8_amax: dict[str, float] | None = None) -> SensitivityScores:
+                        samples: int = DEFAULT_SAMPLES, objective: str = "step") -> SensitivityScores:
     """s[layer][format] for every candidate format of every layer (`cands`: allocate.candidates on the
-    run's target). The probes quantize weights as `qsettings` does, in an FP32 graph. `fp8_amax`: the
-    inputs' observed maxima, for FP8 candidates (their input scale maps it onto 448)."""
+    run's target). The probes quantize weights as `qsettings` does, in an FP32 graph; each input
+    quantizer reads its threshold from `ranges`."""
     if objective not in OBJECTIVES:
         raise MPQError(f"sensitivity objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
     if objective == "trajectory":
         samples = TRAJECTORY_SAMPLES
+    quantizers = input_quantizers(cands)
     # what decides the weights' integers; the graph-only settings (integer_conv) change nothing probed
     q = {k: v for k, v in asdict(qsettings).items() if k != "integer_conv"}
     # as in calibration's own cache key: memory per call and where the scheduler config lies are not
@@ -82,10 +83,10 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
     identity = {"calib": stats.model_sha256, "calibration": stats.identity, "settings": calib,
                 "alpha": alpha, "schedule": schedule, "conditioning": stats.conditioning_source,
                 "samples": samples, "q": q, "rounding_version": ROUNDING_VERSION,
-                "objective": objective, "act_amax": act_amax,
+                "objective": objective, "act_amax": ranges.amax,
                 "cands": {l.name: [f.name for f in c] for l, c in zip(info.layers, cands)}}
-    if any(f.element == "fp8" for c in cands for f in c):  # entries without FP8 keep their identity
-        identity["fp8_amax"] = fp8_amax
+    for quantizer in quantizers[1:]:  # the other input quantizers' thresholds (entries without them keep theirs)
+        identity[f"{quantizer.name}_amax"] = {x: quantizer.threshold(ranges, x) for x in ranges.amax}
     identity = json.loads(json.dumps(identity, sort_keys=True))
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     cache_path = os.path.join(cache_dir, f"sens-{key}.json") if cache_dir else None
@@ -102,10 +103,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
     cond = {c.name: stats.inputs[c.name][:n] for c in info.conditioning}
     refs = stats.outputs[:, :n].astype(np.float64)
     ref_energy = np.array([max(float((refs[k] ** 2).sum()), 1e-30) for k in range(K)])
-    with_fp8 = any(f.element == "fp8" and f.act_bits for c in cands for f in c)
-    if with_fp8 and fp8_amax is None:
-        raise MPQError("internal: FP8 candidates need their inputs' observed maxima (fp8_amax)")
-    sess, weights, masks = probe_session(info, act_amax, runtime, fp8_amax=fp8_amax if with_fp8 else None)
+    sess, weights, masks = probe_session(info, ranges, runtime, quantizers=quantizers)
     if objective == "trajectory":
         error_of = _final_sample_error(info, stats, sess)
     else:
@@ -122,16 +120,24 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, act_amax: dict
                 scores[names[i]][fmt.name] = 0.0
                 p.update(done)
                 continue
-            w_fake = quantize_layer_weight(layer, weights[layer.weight_name], fmt, qsettings,
-                                           stats.hessians.get(layer.name)).dequantize().astype(np.float32)
+            w_fake = fmt.effective_weight(layer, weights[layer.weight_name], qsettings,
+                                          stats.hessians.get(layer.name)).astype(np.float32)
             extra = {layer.weight_name: w_fake}
-            if fmt.act_bits == 8:
-                extra[masks[i] if fmt.element == "int" else fp8_mask(i)] = np.array(1.0, dtype=np.float32)
+            if fmt.input is not None:
+                extra[masks[i][fmt.input.name]] = np.array(1.0, dtype=np.float32)
             scores[names[i]][fmt.name] = error_of(extra)
             p.update(done, names[i])
     if cache_path:
         write_json_entry(cache_path, {"identity": identity, "scores": scores}, "sensitivity cache")
     return SensitivityScores(scores=scores, samples=n, seconds=time.perf_counter() - t0, objective=objective)
+
+
+def input_quantizers(cands: list[list[Format]]) -> list[InputQuantizer]:
+    """The input quantizers the candidates use, INT8 first (always: the activation costs probe it)."""
+    from mpq_export.formats.inputs import INPUT_QUANTIZERS
+
+    used = {f.input.name for c in cands for f in c if f.input is not None}
+    return [INT8_INPUT] + [q for q in INPUT_QUANTIZERS if q is not INT8_INPUT and q.name in used]
 
 
 def _final_sample_error(info: ModelInfo, stats: CalibrationStats, sess):
@@ -181,17 +187,17 @@ def _load_cached(path: str | None, identity: dict) -> dict[str, dict[str, float]
     return scores
 
 
-def fp8_mask(i: int) -> str:
-    """The switch of layer i's FP8 input branch in a probe session made with fp8_amax."""
-    return f"sens_fp8_mask_{i}"
+def probe_mask(i: int, quantizer: InputQuantizer) -> str:
+    """The switch of layer i's fake-quant input branch of `quantizer`'s kind in a probe session."""
+    return f"sens_mask_{i}" if quantizer is INT8_INPUT else f"sens_{quantizer.name}_mask_{i}"
 
 
-def probe_session(info: ModelInfo, act_amax: dict[str, float], runtime: RuntimeSettings = RuntimeSettings(),
-                  with_weights: bool = True, fp8_amax: dict[str, float] | None = None):
-    """(session, FP32 weights by name, mask input name per layer) of the probe model.
+def probe_session(info: ModelInfo, ranges: ActivationRanges, runtime: RuntimeSettings = RuntimeSettings(),
+                  with_weights: bool = True, quantizers: list[InputQuantizer] = (INT8_INPUT,)):
+    """(session, FP32 weights by name, per layer {quantizer name: its mask input}) of the probe model.
 
-    With `fp8_amax`, each layer input also gets an FP8 E4M3 fake-quant branch (scale observed max / 448)
-    switched by fp8_mask(i), beside the INT8 one.
+    Every layer input gets, for each of `quantizers`, an exact fake-quant branch x + m (DQ(Q(x)) - x) at
+    that quantizer's scale, switched by its mask input (probe_mask), 0 unless fed 1.
 
     Weights stored outside the .onnx stay there: the probe graph is serialised without them and
     onnxruntime reads them from the model's folder (a Stable-Diffusion-size proto cannot be
@@ -202,15 +208,12 @@ def probe_session(info: ModelInfo, act_amax: dict[str, float], runtime: RuntimeS
 
     from onnx import TensorProto, helper, numpy_helper
 
-    from mpq_export.util.errors import MPQError
-    from mpq_export.util.onnx_io import load_onnx
+    from mpq_export.util.onnx_io import load_for_edit, load_onnx
 
     folder = os.path.dirname(os.path.abspath(info.path))
-    if fp8_amax is None:
+    if all(q.min_opset <= 13 for q in quantizers):
         model = load_onnx(info.path, load_weights=not info.has_external_data)
-    else:  # FP8 QuantizeLinear needs opset >= 19: the graph converted as for writing Q/DQ
-        from mpq_export.util.onnx_io import load_for_edit
-
+    else:  # e.g. FP8 QuantizeLinear needs opset >= 19: the graph converted as for writing Q/DQ
         model = load_for_edit(info.path, load_weights=not info.has_external_data)
     g = model.graph
     inits = {i.name: i for i in g.initializer}
@@ -230,33 +233,26 @@ def probe_session(info: ModelInfo, act_amax: dict[str, float], runtime: RuntimeS
     new_nodes = []
     for i, l in enumerate(info.layers):
         x = l.activation_input
-        s, zp, m = f"sens_scale_{i}", f"sens_zp_{i}", f"sens_mask_{i}"
-        g.initializer.extend([numpy_helper.from_array(np.array(activation_scale(act_amax.get(x, 1.0)), np.float32), s),
-                              numpy_helper.from_array(np.array(0, np.int8), zp),
-                              numpy_helper.from_array(np.array(0.0, np.float32), m)])
-        g.input.append(helper.make_tensor_value_info(m, TensorProto.FLOAT, []))
-        q, dq, d, md, out = (f"sens_{k}_{i}" for k in ("q", "dq", "diff", "mdiff", "x"))
-        new_nodes += [helper.make_node("QuantizeLinear", [x, s, zp], [q]), helper.make_node("DequantizeLinear", [q, s, zp], [dq]),
-                      helper.make_node("Sub", [dq, x], [d]), helper.make_node("Mul", [m, d], [md])]
-        if fp8_amax is not None:  # x + m (DQ(Q(x)) - x) + m8 (DQ8(Q8(x)) - x), FP8 E4M3 in the second
-            from mpq_export.targets.formats import FP8_MAX
-
-            s8, zp8, m8 = f"sens_fp8_scale_{i}", f"sens_fp8_zp_{i}", fp8_mask(i)
-            g.initializer.extend([
-                numpy_helper.from_array(np.array(max(fp8_amax.get(x, 1.0), 1e-6) / FP8_MAX, np.float32), s8),
-                helper.make_tensor(zp8, TensorProto.FLOAT8E4M3FN, [], [0.0]),
-                numpy_helper.from_array(np.array(0.0, np.float32), m8)])
-            g.input.append(helper.make_tensor_value_info(m8, TensorProto.FLOAT, []))
-            q8, dq8, d8, md8, both = (f"sens_fp8_{k}_{i}" for k in ("q", "dq", "diff", "mdiff", "both"))
-            new_nodes += [helper.make_node("QuantizeLinear", [x, s8, zp8], [q8]),
-                          helper.make_node("DequantizeLinear", [q8, s8, zp8], [dq8]),
-                          helper.make_node("Sub", [dq8, x], [d8]), helper.make_node("Mul", [m8, d8], [md8]),
-                          helper.make_node("Add", [md, md8], [both])]
-            md = both
-        new_nodes += [helper.make_node("Add", [x, md], [out])]
-        node = nodes[l.node_name]
-        node.input[0] = out
-        masks.append(m)
+        branch, masks_i = None, {}
+        for quantizer in quantizers:
+            tag = "" if quantizer is INT8_INPUT else f"{quantizer.name}_"
+            s, zp, m = f"sens_{tag}scale_{i}", f"sens_{tag}zp_{i}", probe_mask(i, quantizer)
+            threshold = quantizer.threshold(ranges, x) if x in ranges.amax else 1.0
+            g.initializer.extend([numpy_helper.from_array(np.array(quantizer.scale(threshold), np.float32), s),
+                                  quantizer.probe_zero_point(zp), numpy_helper.from_array(np.array(0.0, np.float32), m)])
+            g.input.append(helper.make_tensor_value_info(m, TensorProto.FLOAT, []))
+            q, dq, d, md = (f"sens_{tag}{k}_{i}" for k in ("q", "dq", "diff", "mdiff"))
+            new_nodes += [helper.make_node("QuantizeLinear", [x, s, zp], [q]), helper.make_node("DequantizeLinear", [q, s, zp], [dq]),
+                          helper.make_node("Sub", [dq, x], [d]), helper.make_node("Mul", [m, d], [md])]
+            if branch is not None:  # x + m (DQ(Q(x)) - x) + m' (DQ'(Q'(x)) - x) + ...
+                both = f"sens_{tag}both_{i}"
+                new_nodes.append(helper.make_node("Add", [branch, md], [both]))
+                md = both
+            branch, masks_i[quantizer.name] = md, m
+        out = f"sens_x_{i}"
+        new_nodes.append(helper.make_node("Add", [x, branch], [out]))
+        nodes[l.node_name].input[0] = out
+        masks.append(masks_i)
     # the switches must run before their layers: put them first, then restore topological order
     from mpq_export.util.onnx_io import toposort_nodes
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpq_export.stages.inspect import ModelInfo
+from mpq_export.core.model_info import ModelInfo
 from mpq_export.util.metrics import cosine, psnr_db, sqnr_db
 from mpq_export.util.progress import Progress
 from mpq_export.runtime.ort import RuntimeSettings, check_finite, ort_session, run_model

@@ -7,15 +7,12 @@ target is one file beside this one, registered in targets/__init__.py.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from mpq_export.targets.formats import Format
+from mpq_export.formats import Format, QuantizeSettings
 from mpq_export.util.errors import MPQError
-
-if TYPE_CHECKING:
-    from mpq_export.stages.quantize import QuantizeSettings
 
 
 class Target:

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from mpq_export.targets.formats import CONV_OPS, FP8, GEMM_OPS, Format
+from mpq_export.formats import CONV_OPS, FP8, GEMM_OPS, Format
 from mpq_export.util.errors import MPQError
 
 

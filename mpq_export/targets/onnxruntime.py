@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpq_export.targets.base import Target
-from mpq_export.targets.formats import CONV_OPS, FP16, GEMM_OPS, W4A8, W4A16, W8A8
+from mpq_export.formats import CONV_OPS, FP16, GEMM_OPS, W4A8, W4A16, W8A8
 
 
 class OnnxRuntimeTarget(Target):

@@ -17,7 +17,7 @@ has no FP16/INT8 builder flags: precision comes from the graph).
 from __future__ import annotations
 
 from mpq_export.targets.base import Target
-from mpq_export.targets.formats import CONV_OPS, FP16, GEMM_OPS, W4A16, W8A8
+from mpq_export.formats import CONV_OPS, FP16, GEMM_OPS, W4A16, W8A8
 from mpq_export.targets.gpus import AMPERE, GpuFamily, resolve
 from mpq_export.util.errors import MPQError
 

@@ -1,0 +1,174 @@
+"""What a format is: one object per way of storing a layer's weight and treating its input.
+
+A format owns everything that differs between formats: how many bits it stores for a layer (the budget's
+cost), how it quantizes a weight (with GPTQ's input statistics where it uses them), what it writes into
+the graph (`write`, through the Q/DQ writer of stages/quantize.py), how the bits are counted back from a
+written file (`bits_in_graph`), and its expected error (`input_error`; the weight's error is measured on
+`effective_weight`). Stages ask these methods and never test which format they hold; a new format is one
+file in formats/ and one line in formats/__init__.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpq_export.formats.inputs import InputQuantizer
+from mpq_export.formats.weights import QuantizedWeight, weight_sqnr_db
+
+CONV_OPS = ("Conv", "ConvTranspose")
+GEMM_OPS = ("MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class LayerStorage:
+    """How one layer's weight is stored in the written file."""
+    format: str
+    weight_dtype: str  # int4 | int8 | fp8 | float
+    storage_bits: int  # bits of each stored weight element
+    weight_sqnr_db: float | None  # the stored weight against the float one (None when kept float)
+
+
+class Format:
+    """A layer's format. Subclasses set `weight_bits` (each stored weight element's width; 16: float) and
+    `input` (the quantizer of the layer's input, or None: float), and implement the weight methods."""
+    name: str = ""
+    weight_bits: int = 16
+    input: InputQuantizer | None = None
+    summary: str = ""  # one line for the docs and --help
+
+    # --- the budget ----------------------------------------------------------------------------------
+    @property
+    def quantized(self) -> bool:
+        return self.weight_bits < 16
+
+    @property
+    def act_bits(self) -> int | None:
+        """8 when the layer's input goes through an 8-bit per-tensor Q/DQ, None when it stays float."""
+        return 8 if self.input is not None else None
+
+    @property
+    def int8_input(self) -> bool:
+        """The input goes through an INT8 Q/DQ (what TensorRT's residual-Add fusion and onnxruntime's
+        integer convolutions look for)."""
+        return self.input is not None and self.input.fuses_residual_add
+
+    def layer_bits(self, layer) -> int:
+        """The bits the target stores for this layer's weight in this format (scales are not counted)."""
+        return layer.params * self.weight_bits
+
+    def bits_per_weight(self, layer) -> float:
+        return self.layer_bits(layer) / layer.params
+
+    # --- the weight ----------------------------------------------------------------------------------
+    def quantize_weight(self, layer, w: np.ndarray, settings, hessian: np.ndarray | None) -> QuantizedWeight:
+        raise NotImplementedError(f"format {self.name} stores no quantized weight")
+
+    def effective_weight(self, layer, w: np.ndarray, settings, hessian: np.ndarray | None) -> np.ndarray:
+        """The float weight the layer computes with in this format (what the probes and the error model
+        see)."""
+        return self.quantize_weight(layer, w, settings, hessian).dequantize()
+
+    # --- the graph -----------------------------------------------------------------------------------
+    def write(self, writer, layer, node, w: np.ndarray, quantized) -> LayerStorage:
+        """Edit `node` (the layer's graph node) into this format with `writer` (stages/quantize.py);
+        `quantized` is what quantize_weight returned (memoised by the writer)."""
+        return LayerStorage(self.name, "float", 16, None)
+
+    @classmethod
+    def bits_in_graph(cls, view, node, layer) -> int | None:
+        """The stored bits of `layer` when the written graph realises it as this kind of format, else None
+        (formats/__init__.py tries each kind in turn; the float fallback counts 16 per weight)."""
+        return None
+
+    # --- the error model -----------------------------------------------------------------------------
+    def input_error(self, counts: np.ndarray, energy: float, ranges, tensor: str) -> float:
+        """Relative squared error of the input `tensor` through this format's input quantizer (0 when float)."""
+        if self.input is None or energy <= 0:
+            return 0.0
+        return self.input.expected_error(counts, self.input.threshold(ranges, tensor)) / energy
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Format) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"<format {self.name}>"
+
+
+class FloatFormat(Format):
+    """The layer as it is (FP16 in the tensorrt target's graph, FP32 in onnxruntime's)."""
+
+    def __init__(self, name: str = "fp16"):
+        self.name, self.weight_bits, self.input = name, 16, None
+        self.summary = "the layer kept in float (counted as 16 bits)"
+
+    def effective_weight(self, layer, w, settings, hessian):
+        return w
+
+
+class WeightDQFormat(Format):
+    """A format whose weight is stored quantized behind one DequantizeLinear (and whose input, if it has a
+    quantizer, goes through a Q/DQ pair)."""
+    stored_dtype: str = ""  # int4 | int8 | fp8
+
+    def stored_constant(self, values: np.ndarray):
+        """(values for gs.Constant, storage dtype name) of the quantized weight."""
+        raise NotImplementedError
+
+    def write(self, writer, layer, node, w, quantized: QuantizedWeight) -> LayerStorage:
+        values, storage = self.stored_constant(quantized.values)
+        node.inputs[1] = writer.weight_dq(layer, w.shape, values, storage, quantized)
+        if self.input is not None:
+            node.inputs[0] = writer.quantized_activation(layer.activation_input, node.inputs[0], self.input)
+            if layer.op_type == "Conv" and self.int8_input and writer.quantizes_conv_outputs():
+                writer.quantize_output(layer.output, node)
+        return LayerStorage(self.name, storage, 4 if storage == "int4" else 8,
+                            weight_sqnr_db(w, quantized.dequantize()))
+
+    @classmethod
+    def bits_in_graph(cls, view, node, layer) -> int | None:
+        stored = view.stored_weight(node)
+        if stored is None:
+            return None
+        return layer.params * STORED_BITS.get(stored.data_type, 16)
+
+
+def _stored_bits():
+    from onnx import TensorProto
+
+    return {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.INT8: 8, TensorProto.UINT8: 8,
+            TensorProto.FLOAT8E4M3FN: 8}
+
+
+STORED_BITS = _stored_bits()  # ONNX element type -> bits of a stored weight element
+
+
+class GraphView:
+    """What counting a written file's bits looks up: initializers, producers and consumers (no weights loaded)."""
+
+    def __init__(self, model):
+        from mpq_export.util.onnx_io import consumers_of, producers_of
+
+        self.inits = {i.name: i for i in model.graph.initializer}
+        self.producers, self.consumers = producers_of(model.graph), consumers_of(model.graph)
+
+    def source(self, tensor: str) -> str:
+        """The tensor behind layout-only ops (Cast, Transpose, Reshape)."""
+        while tensor in self.producers and self.producers[tensor].op_type in ("Cast", "Transpose", "Reshape"):
+            tensor = self.producers[tensor].input[0]
+        return tensor
+
+    def stored_weight(self, node):
+        """The initializer a layer node's weight is dequantized from (INT4 widened by a Cast included), or None."""
+        src = self.source(node.input[1])
+        dq = self.producers.get(src)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            return None
+        stored = dq.input[0]
+        if stored in self.producers and self.producers[stored].op_type == "Cast":  # INT4 widened at load (onnxruntime)
+            stored = self.producers[stored].input[0]
+        return self.inits.get(stored)
