@@ -33,30 +33,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or a comma list of numbers, got '{text}'") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return vals
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got '{text}'") from None
-
-
-def _names(text: str) -> tuple[str, ...]:
-    names = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("expected a comma list of names")
-    return names
-
-
 def _resolution(text: str) -> tuple[int, int]:
     try:
         parts = [int(v) for v in text.lower().split("x")]
@@ -120,27 +96,27 @@ def _library_default(setting: str):
 def options() -> list[Option]:
     """Every option of `mpq-export MODEL`, in --help order. Choice lists come from the library modules
     that own them (numpy-only imports: --help stays light)."""
-    from mpq_export.config import BUILD_MODES, IMPORTANCES
+    from mpq_export.core.choices import BuildMode, Scorer
+    from mpq_export.handoffs import HANDOFF_NAMES, get_handoff
     from mpq_export.runtime.ort import DEVICES
     from mpq_export.stages.allocate import METHODS
     from mpq_export.stages.orm import AGGREGATIONS, ESTIMATORS
 
     targets = all_targets()
     return [
-        Option(("--budget",), "budgets", "required: the average stored weight bits (FP16 counts 16); a comma list gives one output "
-               "per budget. A budget the model cannot reach on the target is refused with the reachable range. "
-               "With --demo: " + ", ".join(f"{t.demo_budget:g} on {t.name}" for t in targets),
-               argparse=dict(type=_floats), example=(("--budget", "6,7"), (6.0, 7.0)), shows_default=False),
+        Option(("--budget",), "budgets", "the average stored weight bits (FP16 counts 16); a comma list gives one output "
+               "per budget. A budget the model cannot reach on the target is refused with the reachable range "
+               f"(default: {','.join(f'{b:g}' for b in _library_default('budgets'))}; with --demo: "
+               + ", ".join(f"{t.demo_budget:g} on {t.name}" for t in targets) + ")",
+               argparse=dict(metavar="B"), example=(("--budget", "6,7"), (6.0, 7.0))),
         Option(("-o", "--output"), "out_dir", "output folder (default ./<model>.mpq)",
                example=(("-o", "elsewhere"), "elsewhere")),
         Option(("--target",), "target", "; ".join(f"{t.name}: {t.help}" for t in targets),
                argparse=dict(choices=TARGETS), convert=get_target,
                example=(("--target", "onnxruntime"), get_target("onnxruntime"))),
-        Option(("--emit",), "emit", "also lay the model out where a runtime loads it: trt-demo (TensorRT's "
-               "demo/Diffusion: <out>/trt-demo/unet.opt/model.onnx, SD 1.x/2.x and SDXL UNets; tensorrt target), "
-               "optimum (an Optimum ONNX Runtime pipeline folder <out>/optimum, from a pipeline folder; onnxruntime "
-               "target; its other parts exported by optimum-cli in an environment of its own)",
-               argparse=dict(type=_names, metavar="LIST"), example=(("--emit", "trt-demo"), ("trt-demo",))),
+        Option(("--emit",), "emit", "also lay the model out where a runtime loads it: " + "; ".join(
+                   f"{name} ({get_handoff(name).help})" for name in HANDOFF_NAMES),
+               argparse=dict(metavar="LIST"), example=(("--emit", "trt-demo"), (get_handoff("trt-demo"),))),
         Option(("--gpu",), "gpu", "tensorrt target: the GPU that will run the engine, which decides the formats "
                "(auto: the GPU this run sees, else the Ampere-safe table); " + "; ".join(f"{f.name}: {f.examples}"
                                                                                   for f in FAMILIES),
@@ -150,13 +126,13 @@ def options() -> list[Option]:
                "are baselines", "allocation", dict(choices=METHODS), example=(("--allocation", "uniform"), "uniform")),
         Option(("--importance",), "importance", "orm: the paper's orthogonality metric; sensitivity: measured "
                "per-layer noise-prediction error at the profiled steps; trajectory: measured per-layer final-sample "
-               "error (about 10x sensitivity's forwards; small models)", "allocation", dict(choices=IMPORTANCES),
+               "error (about 10x sensitivity's forwards; small models)", "allocation", dict(choices=Scorer.choices()),
                example=(("--importance", "sensitivity"), "sensitivity")),
         Option(("--bits",), "allocation.bits", "candidate weight bit-widths (4, 8, 16)", "allocation",
-               dict(type=_ints), example=(("--bits", "8,16"), (8, 16))),
+               dict(metavar="LIST"), example=(("--bits", "8,16"), (8, 16))),
         Option(("--formats",), "allocation.formats", "restrict the candidate formats by name, e.g. fp16,fp8 for an "
                "all-FP8 model or fp16,w8a8 for all-INT8 (" + ", ".join(f.name for f in FORMATS) + "; default: every "
-               "format the target and GPU store)", "allocation", dict(type=_names, metavar="LIST"),
+               "format the target and GPU store)", "allocation", dict(metavar="LIST"),
                example=(("--gpu", "hopper", "--formats", "fp16,fp8"), ("fp16", "fp8"))),
         Option(("--keep-fp16",), "allocation.keep_fp16", "pin matching layers to FP16 (repeatable; conv_in and "
                "conv_out always, unless --no-default-pins)", "allocation", dict(action="append", metavar="REGEX"),
@@ -249,7 +225,7 @@ def options() -> list[Option]:
                "search", "quantization, engine, validation", dict(action="store_true"), convert=_negate,
                example=(("--no-clip-search",), False)),
         Option(("--build-engine",), "build_engine", "build a TensorRT engine (auto: when TensorRT and a GPU are "
-               "present)", "quantization, engine, validation", dict(choices=BUILD_MODES),
+               "present)", "quantization, engine, validation", dict(choices=BuildMode.choices()),
                example=(("--build-engine", "no"), "no")),
         Option(("--val-samples",), "validation.samples", "held-back samples for validation",
                "quantization, engine, validation", dict(type=int), example=(("--val-samples", "3"), 3)),
@@ -409,9 +385,6 @@ def _main_run(argv: list[str]) -> int:
         out_dir = out_dir if out_dir is not None else "demo.mpq"
     if not model:
         raise MPQError(f"give a model (an .onnx file or a diffusers model folder), or --demo; see {PROG} --help")
-    if budgets is None:
-        raise MPQError("give --budget B, the average stored weight bits to aim for (e.g. 8 for W8A8 on tensorrt, "
-                       "4.5 on onnxruntime); an unreachable budget is answered with the model's range")
     cfg = config_from_args(args, model, budgets, out_dir)
     from mpq_export.pipeline import run_pipeline
     from mpq_export.util.stage_times import keep_large_blocks_out_of_the_heap

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mpq_export.core.choices import BuildMode, Scorer
+from mpq_export.handoffs import HandOff, get_handoff
 from mpq_export.runtime.ort import RuntimeSettings
 from mpq_export.stages.act_ranges import ActCalibSettings
-from mpq_export.stages.allocate import AllocationSettings
+from mpq_export.stages.allocate import AllocationSettings, budget_value
 from mpq_export.stages.calibrate import CalibrationSettings
 from mpq_export.stages.orm import OrmSettings
 from mpq_export.formats import QuantizeSettings
 from mpq_export.stages.validate import ValidationSettings
 from mpq_export.targets import DEFAULT_TARGET, Target, all_targets, get_target
-from mpq_export.targets.gpus import DEFAULT_GPU, FAMILIES, GPU_CHOICES
-from mpq_export.util.errors import MPQError, require_number, require_path
+from mpq_export.targets.gpus import DEFAULT_GPU, FAMILIES
+from mpq_export.util.errors import MPQError, comma_list, require_path
 
-IMPORTANCES = ("orm", "sensitivity", "trajectory")  # the last two: sensitivity.py's two objectives
-BUILD_MODES = ("auto", "yes", "no")
 # 8 average bits is reachable on every target (each op type has an 8-bit format) for any model with a
 # quantizable layer left unpinned: W8A8 where the scorer sees no reason to spend bits elsewhere
 DEFAULT_BUDGETS = (8.0,)
@@ -36,7 +36,7 @@ class PipelineConfig:
     target: str | Target = DEFAULT_TARGET  # a name, resolved to the Target object
     gpu: str = DEFAULT_GPU  # tensorrt target: the GPU family whose formats the engine may use (targets/gpus.py)
     allocation: AllocationSettings = field(default_factory=AllocationSettings)
-    importance: str = "orm"  # orm | sensitivity | trajectory
+    importance: Scorer | str = Scorer.ORM  # what the mpq allocation's scores are (core/choices.py)
     orm: OrmSettings = field(default_factory=OrmSettings)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     act_calib: ActCalibSettings = field(default_factory=ActCalibSettings)
@@ -49,47 +49,36 @@ class PipelineConfig:
     cache_dir: str | None = None  # None: $MPQ_EXPORT_CACHE or ~/.cache/mpq-export; "" disables
     sample_name: str | None = None
     timestep_name: str | None = None
-    build_engine: str = "auto"
+    build_engine: BuildMode | str = BuildMode.AUTO
     stability: bool = True  # report how many layers move when K, alpha, beta change
     act_costs: bool = True  # measure each activation quantizer alone for the report ...
     act_costs_limit_s: float = 120.0  # ... unless that would take longer than this (large models)
     sample_grid: bool = True
-    emit: tuple[str, ...] = ()  # hand-off layouts written beside the model (stages/emit.py: EMITS)
+    emit: tuple[str | HandOff, ...] = ()  # hand-offs written beside the model (names, resolved to handoffs/ objects)
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        if self.gpu not in GPU_CHOICES:
-            raise MPQError(f"--gpu must be one of {', '.join(GPU_CHOICES)}, got '{self.gpu}'")
         self.target = get_target(self.target).for_gpu(self.gpu)
         _check_formats(self.allocation.formats, self.target)
-        if self.importance not in IMPORTANCES:
-            raise MPQError(f"--importance must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
-        if self.build_engine not in BUILD_MODES:
-            raise MPQError(f"--build-engine must be one of {', '.join(BUILD_MODES)}, got '{self.build_engine}'")
+        self.importance = Scorer.of(self.importance, "--importance")
+        self.build_engine = BuildMode.of(self.build_engine, "--build-engine")
         self.model = require_path(self.model, "the model")
         if self.out_dir is not None:
             if isinstance(self.out_dir, str) and not self.out_dir.strip():
                 raise MPQError("-o is empty; give an output folder name (default ./<model>.mpq)")
             self.out_dir = require_path(self.out_dir, "-o")
         self.budgets = _budgets(self.budgets)
-        from mpq_export.stages.emit import EMITS
-
-        if isinstance(self.emit, str):  # Python callers may give one name or a comma list, as the CLI does
-            self.emit = tuple(e.strip() for e in self.emit.split(",") if e.strip())
-        self.emit = tuple(dict.fromkeys(self.emit))
-        bad = [e for e in self.emit if e not in EMITS]
-        if bad:
-            raise MPQError(f"--emit takes a comma list of {', '.join(EMITS)}, got '{','.join(bad)}'")
-        if self.importance != "orm" and self.allocation.method != "mpq":  # its probes would run for nothing
+        self.emit = tuple(dict.fromkeys(h if isinstance(h, HandOff) else get_handoff(h) for h in comma_list(self.emit)))
+        if self.importance is not Scorer.ORM and self.allocation.method != "mpq":  # its probes would run for nothing
             raise MPQError(f"--importance {self.importance} scores layers for --allocation mpq (this run: --allocation "
                            f"{self.allocation.method}, which does not read scores); drop --importance or use "
                            f"--allocation mpq")
         self.target.check_quantize_settings(self.quantize)
-        for kind in self.emit:  # each runtime loads one target's graph
-            if kind not in self.target.handoffs:
-                owner = next(t.name for t in all_targets() if kind in t.handoffs)
-                raise MPQError(f"--emit {kind} hands the {owner} target's graph to its runtime (this run: --target "
-                               f"{self.target.name}); use --target {owner} or drop --emit {kind}")
+        for handoff in self.emit:  # each runtime loads one target's graph
+            if handoff.name not in self.target.handoffs:
+                owner = next(t.name for t in all_targets() if handoff.name in t.handoffs)
+                raise MPQError(f"--emit {handoff.name} hands the {owner} target's graph to its runtime (this run: "
+                               f"--target {self.target.name}); use --target {owner} or drop --emit {handoff.name}")
         if self.quantize.fp8_attention:
             if "fp8" not in self.target.format_names():
                 fix = (f"add --gpu ada, hopper or blackwell (the table used: {self.target.gpu.name})"
@@ -99,10 +88,17 @@ class PipelineConfig:
                 from dataclasses import replace
 
                 self.calibration = replace(self.calibration, attention_inputs=True)
-        if self.build_engine == "yes" and not self.target.builds_engines:
+        if self.build_engine is BuildMode.YES and not self.target.builds_engines:
             raise MPQError(f"--build-engine yes builds TensorRT engines, which the {self.target.name} target does not "
                            f"use; drop --build-engine or use --target "
                            f"{next(t.name for t in all_targets() if t.builds_engines)}")
+
+    @property
+    def model_request(self):
+        """What inputs/prepare.py needs of this configuration."""
+        from mpq_export.inputs.prepare import ModelRequest
+
+        return ModelRequest(self.model, self.prompts, self.calib_data, self.scheduler_config, self.calibration.resolution)
 
     @property
     def gptq(self) -> bool:
@@ -128,9 +124,9 @@ def _check_formats(names: tuple[str, ...] | None, target: Target) -> None:
 
 
 def _budgets(budgets) -> tuple[float, ...]:
-    if isinstance(budgets, (str, bytes)) or not hasattr(budgets, "__iter__"):
-        budgets = (budgets,)  # one budget given bare; checked as a number below
-    budgets = tuple(require_number(b, "--budget") for b in budgets)
+    """The budgets as numbers: one number, a sequence, or a comma list as the CLI takes it ("6,7"). This is
+    the one place a budget is checked as a number; whether a model reaches it is allocate.check_budget's."""
+    budgets = tuple(budget_value(b) for b in comma_list(budgets))
     if not budgets:
         raise MPQError("give at least one --budget")
     seen: dict[str, float] = {}

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mpq_export.config import PipelineConfig
+from mpq_export.core.choices import BuildMode, Scorer
+from mpq_export.handoffs import HandOffSource
 from mpq_export.inputs.prepare import PreparedModel, prepare_model
 from mpq_export.report.records import Report, TargetComparisonRow
 from mpq_export.stages.act_ranges import ActivationRanges, choose_ranges
@@ -39,7 +41,6 @@ from mpq_export.util.progress import log
 from mpq_export.util.stage_times import StageTimes, collector_skips_older_objects
 
 if TYPE_CHECKING:
-    from mpq_export.inputs.sd_pipeline import PipelineFolder
     from mpq_export.runtime.engine import EngineStatus
     from mpq_export.stages.sensitivity import SensitivityScores
 
@@ -76,7 +77,7 @@ def _run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     from mpq_export.runtime.ort import providers_for
 
     providers_for(cfg.runtime.device)  # a missing GPU runtime is a one-line error before any work
-    if cfg.build_engine == "yes":  # not after calibrating for minutes
+    if cfg.build_engine is BuildMode.YES:  # not after calibrating for minutes
         from mpq_export.runtime.engine import tensorrt_status
 
         ok, why = tensorrt_status()
@@ -94,7 +95,7 @@ def _run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         raise MPQError(f"the cache {cache_dir} is inside the output folder {out_root}, which each run replaces whole; "
                        f"choose a --cache-dir outside it (or --no-cache)")
     with timings.stage("export"):
-        prepared = prepare_model(cfg, cache_dir)
+        prepared = prepare_model(cfg.model_request, cache_dir)
     try:
         return _run_prepared(cfg, prepared, cache_dir, out_root, out_dirs, timings)
     finally:
@@ -119,12 +120,12 @@ class _SharedResults:
     importance: LayerImportance | None
     sensitivity: SensitivityScores | None
     format_error: dict[str, dict[str, float]] | None  # format_error.py: chooses between formats of equal bits
+    cands: tuple  # allocate.candidates: (formats per layer, pins)
     shape: tuple[int, ...]
     reference: FP32Reference
     float_validation: ValidationResult | None  # the target's float graph alone (tensorrt: FP16)
     vae_dir: str | None  # a text-to-image pipeline's VAE: sample grids are decoded by it
-    pipeline: PipelineFolder | None  # the input when it is a pipeline folder (--emit optimum exports its parts)
-    optimum_folder: str | None  # the input when it is an Optimum ONNX folder (--emit optimum reuses its parts)
+    handoff_source: HandOffSource  # what the hand-offs may reuse of the input (pipeline parts, an Optimum folder)
     notes: list[str]
 
 
@@ -137,12 +138,12 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     log.info("[inspect] %d quantizable layers, %d weight parameters; inputs: sample=%s timestep=%s%s",
              len(info.layers), info.total_params, info.sample.name, info.timestep.name,
              "".join(f" {c.name}" for c in info.conditioning))
+    cands = candidates(info.layers, cfg.target, cfg.allocation)  # (formats per layer, pins): once per run
     for b in cfg.budgets:  # before the expensive part
-        check_budget(info.layers, b, cfg.target, cfg.allocation)
-    if cfg.emit:
-        from mpq_export.stages.emit import check_emits
-
-        check_emits(cfg.emit, info, prepared.pipeline, prepared.optimum_folder)
+        check_budget(info.layers, b, cfg.target, cfg.allocation, cands[0])
+    handoff_source = HandOffSource(prepared.pipeline, prepared.optimum_folder, cache_dir)
+    for handoff in cfg.emit:
+        handoff.check(info, handoff_source)
     unmatched = unmatched_patterns(info.layers, cfg.allocation)
     if unmatched:
         note = (f"{', '.join(unmatched)} match{'es' if len(unmatched) == 1 else ''} no layer of this model and pin "
@@ -158,8 +159,8 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
         stats = calibrate(info, calibration, schedule, calib_data, cache_dir, cfg.runtime, input_statistics=cfg.gptq)
     notes = list(cfg.notes) + prepared.notes
     ranges, act_costs = _activation_ranges(cfg, info, stats, notes, timings)
-    imp, sens = _importance(cfg, info, stats, ranges, cache_dir, timings)
-    fmt_error = _format_errors(cfg, info, stats, ranges, sens, timings)
+    imp, sens = _importance(cfg, info, stats, ranges, cands, cache_dir, timings)
+    fmt_error = _format_errors(cfg, info, stats, ranges, cands, sens, timings)
 
     shape = sample_shape(info, calibration.resolution)
     with timings.stage("fp32_reference"):  # one FP32 run serves every comparison below
@@ -175,9 +176,9 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     reference_model = os.path.join(os.path.abspath(out_root), FP32_FOLDER, os.path.basename(model_path)) \
         if keep_export else model_path
     shared = _SharedResults(cfg=cfg, model_path=reference_model, info=info, stats=stats, ranges=ranges, act_costs=act_costs,
-                            importance=imp, sensitivity=sens, format_error=fmt_error, shape=shape, reference=ref, float_validation=float_val,
+                            importance=imp, sensitivity=sens, format_error=fmt_error, cands=cands, shape=shape, reference=ref, float_validation=float_val,
                             vae_dir=prepared.pipeline.vae_dir if prepared.pipeline else None,
-                            pipeline=prepared.pipeline, optimum_folder=prepared.optimum_folder, notes=notes)
+                            handoff_source=handoff_source, notes=notes)
     # every allocation first: a budget that cannot be written fails the run before anything is written
     allocations = [_allocate_budget(shared, budget, timings) for budget in cfg.budgets]
     multi = len(cfg.budgets) > 1
@@ -217,29 +218,28 @@ def _activation_ranges(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationS
     return ranges, act_costs
 
 
-def _importance(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges,
+def _importance(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges, cands,
                 cache_dir: str | None, timings: StageTimes) -> tuple[LayerImportance, SensitivityScores | None]:
     """ORM importance (always: the report and the stability study use it) and, on request, measured sensitivity."""
     with timings.stage("orm"):
         imp = importance_of(stats, cfg.orm)
     sens = None
-    if cfg.importance in ("sensitivity", "trajectory"):
+    if cfg.importance.measured:
         from mpq_export.stages.sensitivity import measure_sensitivity
 
         with timings.stage("sensitivity"):
-            cands, _ = candidates(info.layers, cfg.target, cfg.allocation)
-            sens = measure_sensitivity(info, stats, ranges, cands, cfg.quantize, cfg.orm.alpha, cache_dir,
-                                       cfg.runtime, objective="trajectory" if cfg.importance == "trajectory" else "step")
+            sens = measure_sensitivity(info, stats, ranges, cands[0], cfg.quantize, cfg.orm.alpha, cache_dir,
+                                       cfg.runtime, scorer=cfg.importance)
     return imp, sens
 
 
-def _format_errors(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges,
+def _format_errors(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges, cands,
                    sens: SensitivityScores | None, timings: StageTimes) -> dict[str, dict[str, float]] | None:
     """The expected error of each format of equal bits (w8a8 and fp8) on the layers offered both; None when
     no layer is, or when measured sensitivity decides (its probes cover every format)."""
     if sens is not None:
         return None
-    tied = equal_bit_alternatives(info.layers, candidates(info.layers, cfg.target, cfg.allocation)[0])
+    tied = equal_bit_alternatives(info.layers, cands[0])
     if not tied:
         return None
     from mpq_export.stages.format_error import expected_format_error
@@ -279,16 +279,9 @@ def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp
         notes = notes + [f"same allocation per target: {r.label}" for r in rows if r.validation is None]
         del weight_memo
     handoff = []
-    if "trt-demo" in run.cfg.emit:
-        from mpq_export.stages.emit import emit_trt_demo
-
+    for h in run.cfg.emit:
         with timings.stage("emit"):
-            handoff.append(emit_trt_demo(qm.path, run.info, tmp, out))
-    if "optimum" in run.cfg.emit:
-        from mpq_export.stages.emit import emit_optimum
-
-        with timings.stage("emit"):
-            handoff.append(emit_optimum(qm.path, run.info, run.pipeline, tmp, out, cache_dir, run.optimum_folder))
+            handoff.append(h.emit(qm.path, run.info, tmp, out, run.handoff_source))
     report = _report(run, alloc, out, qm, counted, checker, engine, val, replay, compared, notes, timings)
     report.handoff = handoff
     with open(os.path.join(tmp, "allocation.json"), "w") as f:
@@ -301,18 +294,14 @@ def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp
 
 def _allocate_budget(run: _SharedResults, budget: float, timings: StageTimes) -> tuple[BitAllocation, list[str]]:
     with timings.stage("allocate"):
+        sens = run.sensitivity
         alloc = allocate(run.info.layers, budget, run.cfg.target, run.cfg.allocation,
                          theta=run.importance.theta if run.importance is not None else None,
-                         sensitivity=run.sensitivity.scores if run.sensitivity is not None else None,
-                         format_error=run.format_error)
-    if alloc.scorer == "sensitivity" and run.sensitivity is not None and run.sensitivity.objective == "trajectory":
-        alloc = replace(alloc, scorer="trajectory")  # the report names which measured error decided
+                         sensitivity=sens.scores if sens is not None else None, format_error=run.format_error,
+                         cands=run.cands, measured_by=sens.scorer if sens is not None else Scorer.SENSITIVITY)
     log.info("[allocate] %s: %.4f average bits (budget %g)", alloc.method, alloc.achieved_bits, budget)
-    if not any(f.quantized for f in alloc.formats):
-        raise MPQError(f"at --budget {budget:g} every layer stays FP16 (pins or a budget that needs no quantization): "
-                       f"there is nothing to quantize; lower the budget or drop --keep-fp16 patterns")
     notes = list(run.notes)
-    _, ceiling = reachable_range(run.info.layers, candidates(run.info.layers, run.cfg.target, run.cfg.allocation)[0])
+    _, ceiling = reachable_range(run.info.layers, run.cands[0])
     if budget > ceiling + 1e-3:
         notes.append(f"the budget {budget:g} is above the most this model can store with its candidate formats "
                      f"({ceiling:.4f} bits): every layer takes its largest format")
@@ -339,12 +328,12 @@ def _quantize_checked(run: _SharedResults, alloc: BitAllocation, path: str, timi
 def _build(run: _SharedResults, q_path: str, cache_dir: str | None, timings: StageTimes) -> EngineStatus:
     from mpq_export.runtime.engine import EngineSettings, EngineStatus, build_engine_or_explain
 
-    if not run.cfg.target.builds_engines or run.cfg.build_engine == "no":
+    if not run.cfg.target.builds_engines or run.cfg.build_engine is BuildMode.NO:
         return EngineStatus("not requested")
     # the timing cache makes rebuilds (another budget, another run) much faster
     settings = EngineSettings(timing_cache=os.path.join(cache_dir, "tensorrt-timing.cache") if cache_dir else None)
     with timings.stage("build"):
-        return build_engine_or_explain(q_path, run.info, run.shape, settings, required=run.cfg.build_engine == "yes")
+        return build_engine_or_explain(q_path, run.info, run.shape, settings, required=run.cfg.build_engine is BuildMode.YES)
 
 
 def _sample_grid(run: _SharedResults, val: ValidationResult, alloc: BitAllocation, out_dir: str,
@@ -369,15 +358,15 @@ def _report(run: _SharedResults, alloc: BitAllocation, out: str, qm: QuantizedMo
 
     cfg, info, imp = run.cfg, run.info, run.importance
     stability = None
-    if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer == "orm":
+    if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer is Scorer.ORM:
         with timings.stage("stability"):
-            stability = allocation_stability(info, run.stats, cfg.orm, imp, cfg.target, cfg.allocation, alloc,
+            stability = allocation_stability(info, run.stats, cfg.orm, imp, cfg.target, cfg.allocation, run.cands, alloc,
                                              run.format_error)
     return Report(
         model=os.path.abspath(run.model_path), input=os.path.abspath(cfg.model),
         output_model=os.path.join(os.path.abspath(out), OUTPUT_MODEL), budget=alloc.budget,
         achieved_bits=alloc.achieved_bits, counted_bits=counted, within_budget=alloc.within_budget,
-        target=cfg.target.name, importance_method=cfg.importance if alloc.method == "mpq" else "none",
+        target=cfg.target.name, importance_method=cfg.importance if alloc.method == "mpq" else Scorer.NONE,
         total_params=info.total_params, format_counts=dict(Counter(f.name for f in alloc.formats)),
         allocation=alloc.summary(), layers=layer_rows(info, alloc, qm.layer_storage, imp, run.sensitivity),
         importance=orm_summary(imp), importance_per_timestep=timestep_importance(run.stats, imp),

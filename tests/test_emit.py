@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 from onnx import TensorProto, helper
 
-from mpq_export.stages.emit import check_trt_demo, emit_trt_demo, run_with_demo_feeds
+from mpq_export.handoffs.trt_demo import check_trt_demo, emit_trt_demo, run_with_demo_feeds
 from mpq_export.stages.inspect import inspect_model
 
 FAST = ("--steps", "6", "--timesteps", "2", "--samples", "4", "--val-samples", "2", "--no-stability", "--no-act-costs")
@@ -133,7 +133,7 @@ def _optimum_python():
     """Optimum's environment, where an earlier --emit optimum made it (the tests' cache is a fresh one)."""
     import subprocess
 
-    from mpq_export.stages.emit import OPTIMUM_ENV
+    from mpq_export.handoffs.optimum import OPTIMUM_ENV
 
     py = os.environ.get("MPQ_EXPORT_OPTIMUM_PYTHON") or os.path.join(
         os.path.expanduser("~"), ".cache", "mpq-export", "peers", OPTIMUM_ENV, "bin", "python")
@@ -164,7 +164,8 @@ def test_optimum_folder_loads_in_optimum_and_generates_close_to_fp32(arch, pipel
     the image is finite and close (measured 29.3 dB for SD, 32.3 dB for SDXL)."""
     import subprocess
 
-    from mpq_export.stages.emit import _link_tree, write_optimum_unet
+    from mpq_export.handoffs.base import copy_tree as _link_tree
+    from mpq_export.handoffs.optimum import write_optimum_unet
 
     py = _optimum_python()
     if py is None:
@@ -194,7 +195,7 @@ def test_optimum_unet_takes_the_scalar_timestep_optimum_feeds(sd_out, tmp_path):
     """Without Optimum: the UNet written for it declares a scalar timestep, and with one it computes what the
     written model computes with that timestep per row."""
     from mpq_export.runtime.ort import ort_session
-    from mpq_export.stages.emit import write_optimum_unet
+    from mpq_export.handoffs.optimum import write_optimum_unet
 
     info = _info(sd_out)
     (tmp_path / "unet").mkdir()
@@ -223,7 +224,7 @@ def test_optimum_refusals_come_before_the_work(pipeline_dir, cond_unet_onnx, tmp
 def optimum_like(pipeline_dir, sd_out, tmp_path_factory):
     """An Optimum-layout ONNX folder made without Optimum: model_index.json, scheduler/, tokenizer/ and a
     unet/model.onnx with a scalar timestep and dynamic H, W (as optimum-cli exports them), unet/config.json."""
-    from mpq_export.stages.emit import write_optimum_unet
+    from mpq_export.handoffs.optimum import write_optimum_unet
 
     root = tmp_path_factory.mktemp("optimum-like") / "sd-onnx"
     for part in ("scheduler", "tokenizer"):

@@ -69,7 +69,7 @@ def test_refusals_come_from_the_library_for_python_and_cli_alike(kwargs, argv, n
 @pytest.mark.parametrize("kwargs, needle", [({"importance": "hessian"}, "--importance must be one of"),
                                             ({"build_engine": "maybe"}, "--build-engine must be one of"),
                                             ({"budgets": ()}, "give at least one --budget"),
-                                            ({"budgets": "8"}, "--budget must be a finite number, got '8'"),
+                                            ({"budgets": "8,eight"}, "--budget must be a finite number, got 'eight'"),
                                             ({"budgets": (8.0, float("nan"))}, "--budget must be a finite number"),
                                             ({"model": None}, "the model must be a path"),
                                             ({"out_dir": ""}, "-o is empty"), ({"out_dir": 3}, "-o must be a path")])

@@ -202,7 +202,7 @@ def test_cached_exports_and_prompts_of_something_else_are_made_again(pipeline_di
 
     cache = tmp_path / "c"
     cfg = PipelineConfig(model=pipeline_dir, cache_dir=str(cache))
-    prepare_model(cfg, str(cache))
+    prepare_model(cfg.model_request, str(cache))
     (ident,) = cache.glob("export-*/identity.json")
     ident.write_text('{"source_sha256": "another model"}')
     (prompts,) = cache.glob("prompts-*.npz")
@@ -213,7 +213,7 @@ def test_cached_exports_and_prompts_of_something_else_are_made_again(pipeline_di
     handler = Lines()
     logging.getLogger("mpq_export").addHandler(handler)
     try:
-        again = prepare_model(cfg, str(cache))
+        again = prepare_model(cfg.model_request, str(cache))
     finally:
         logging.getLogger("mpq_export").removeHandler(handler)
     text = "\n".join(handler.lines)

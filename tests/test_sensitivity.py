@@ -61,16 +61,16 @@ def test_trajectory_objective_finds_the_sensitive_layer_by_its_final_samples(sab
     s = candidates(info.layers, "onnxruntime")[0]
     amax = choose_ranges(stats.act_hist, ActCalibSettings())
     traj = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path),
-                               objective="trajectory", samples=4)
+                               scorer="trajectory", samples=4)
     gain = {n: v["w4a8"] - v["w8a8"] for n, v in traj.scores.items() if "w4a8" in v}
-    assert traj.objective == "trajectory" and max(gain, key=gain.get) == VICTIM
+    assert traj.scorer == "trajectory" and max(gain, key=gain.get) == VICTIM
     assert 0 < traj.scores[VICTIM]["w8a8"] < traj.scores[VICTIM]["w4a8"]
     assert allocate(info.layers, 4.6, "onnxruntime", sensitivity=traj.scores).format_of(VICTIM).weight_bits == 8
     step = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path), samples=4)
     assert not step.cached and step.scores != traj.scores  # the objective is part of the cache key
     again = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, cache_dir=str(tmp_path),
-                                objective="trajectory", samples=4)
-    assert again.cached and again.scores == traj.scores and again.objective == "trajectory"
+                                scorer="trajectory", samples=4)
+    assert again.cached and again.scores == traj.scores and again.scorer == "trajectory"
 
 
 def test_probes_read_external_weights_from_the_models_folder(sabotaged, tmp_path):
@@ -111,7 +111,7 @@ def test_trajectory_objective_under_guidance_runs_both_branches(cond_unet_onnx, 
     assert stats.n_samples == 8  # rows: both branches of 4 samples
     s = candidates(info.layers, "onnxruntime")[0]
     amax = choose_ranges(stats.act_hist, ActCalibSettings())
-    traj = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, objective="trajectory")
+    traj = measure_sensitivity(info, stats, amax, s, QuantizeSettings(), alpha=1.0, scorer="trajectory")
     quantized = [v for v in traj.scores.values() if "w8a8" in v]
     assert quantized and all(0 < v["w8a8"] for v in quantized)
     four = [v for v in quantized if "w4a8" in v or "w4a16" in v]  # the time embedding is held at 8 bits

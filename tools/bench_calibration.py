@@ -101,7 +101,7 @@ def main() -> None:
 
             make("sd15-mini", os.path.join(work, "m"))
             model, res = os.path.join(work, "m", "unet"), res or 32
-        prepared = prepare_model(PipelineConfig(model=model), default_cache_dir())
+        prepared = prepare_model(PipelineConfig(model=model).model_request, default_cache_dir())
         info = inspect_model(prepared.onnx_path)
         schedule = NoiseSchedule.from_config(prepared.scheduler_config)
         s = CalibrationSettings(steps=args.steps, timesteps=args.timesteps, samples=args.samples,

@@ -121,7 +121,7 @@ def main() -> None:
         make("sd15-mini", os.path.join(work, "sd15-mini"))
         model = os.path.join(work, "sd15-mini", "unet")
         res_ = res_ or 32
-    conditional = bool(inspect_model(prepare_model(PipelineConfig(model=model), default_cache_dir()).onnx_path).conditioning)
+    conditional = bool(inspect_model(prepare_model(PipelineConfig(model=model).model_request, default_cache_dir()).onnx_path).conditioning)
     calib = CalibrationSettings(steps=10, timesteps=2, samples=4, resolution=(res_, res_) if res_ else None,
                                 seq_len=77 if conditional else None)
     global RUNTIME

@@ -258,7 +258,7 @@ def main() -> None:
     t_start = time.perf_counter()
 
     cache = default_cache_dir()
-    prepared = prepare_model(PipelineConfig(model=BUNDLED.get(args.model, args.model)), cache)
+    prepared = prepare_model(PipelineConfig(model=BUNDLED.get(args.model, args.model)).model_request, cache)
     model_path, sched_path = prepared.onnx_path, prepared.scheduler_config
     info = inspect_model(model_path)
     schedule = NoiseSchedule.from_config(sched_path)
@@ -316,13 +316,13 @@ def main() -> None:
         for r in [x for x in args.mpq_roundings.split(",") if x] if budgets else []:
             qs = QuantizeSettings(rounding=r)
             measured = {}  # scorer -> SensitivityScores (sensitivity.py's two objectives)
-            for scorer, objective in (("sensitivity", "step"), ("trajectory", "trajectory")):
+            for scorer in ("sensitivity", "trajectory"):
                 if scorer in scorers:
                     from mpq_export.stages.sensitivity import measure_sensitivity
 
                     measured[scorer] = measure_sensitivity(
                         info, stats, default_ranges, candidates(info.layers, "onnxruntime")[0], qs,
-                        OrmSettings().alpha, cache, objective=objective).scores
+                        OrmSettings().alpha, cache, scorer=scorer).scores
             for b in budgets:
                 for scorer in scorers:
                     alloc = allocate(info.layers, b, "onnxruntime", theta=imp.theta if scorer == "orm" else None, sensitivity=measured.get(scorer))

@@ -105,7 +105,7 @@ def main() -> None:
     t_start = time.perf_counter()
     budgets = [float(b) for b in args.budgets.split(",")]
     cache = default_cache_dir()
-    prepared = prepare_model(PipelineConfig(model=demo_model()), cache)
+    prepared = prepare_model(PipelineConfig(model=demo_model()).model_request, cache)
     model_path, sched_path = prepared.onnx_path, prepared.scheduler_config
     info = inspect_model(model_path)
     schedule = NoiseSchedule.from_config(sched_path)

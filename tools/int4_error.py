@@ -50,7 +50,7 @@ def main() -> None:
 
     cfg = PipelineConfig(model=a.model, calib_data=a.calib_data)
     cache = default_cache_dir()
-    prepared = prepare_model(cfg, cache)
+    prepared = prepare_model(cfg.model_request, cache)
     info = inspect_model(prepared.onnx_path, None, None)
     cal = replace(cfg.calibration, guidance_scale=prepared.guidance_scale(cfg.calibration.guidance_scale),
                   resolution=cfg.calibration.resolution or prepared.default_resolution)

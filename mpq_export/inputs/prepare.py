@@ -19,8 +19,17 @@ from mpq_export.util.output_folder import SCRATCH_PREFIX
 from mpq_export.util.progress import log
 
 if TYPE_CHECKING:
-    from mpq_export.config import PipelineConfig
     from mpq_export.inputs.sd_pipeline import PipelineFolder
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What a run starts from, as the user gave it (PipelineConfig's fields of the same names)."""
+    model: str  # an .onnx file, a diffusers model folder, a pipeline folder or an Optimum ONNX folder
+    prompts: str | None = None  # pipeline folders: one prompt per line (None: the bundled prompt set)
+    calib_data: str | None = None
+    scheduler_config: str | None = None
+    resolution: tuple[int, int] | None = None  # the latent size prompts are encoded for (SDXL's time_ids)
 
 
 @dataclass
@@ -42,7 +51,7 @@ class PreparedModel:
         return self.pipeline.default_guidance if self.pipeline is not None and self.calib_data else 1.0
 
 
-def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
+def prepare_model(cfg: ModelRequest, cache_dir: str | None) -> PreparedModel:
     """The FP32 ONNX of cfg.model: the file itself, or a diffusers UNet (alone or in a pipeline folder)
     exported once per content hash; for a text-to-image pipeline also its prompts, encoded once."""
     from mpq_export.inputs.export import is_diffusers_folder, read_unet_config
@@ -98,7 +107,7 @@ def prepare_model(cfg: PipelineConfig, cache_dir: str | None) -> PreparedModel:
             try:
                 # without a cache the export lives in temp_dir, removed at the end of the run: so do these
                 size = unet_cfg.get("sample_size") or 64
-                latent = cfg.calibration.resolution or ((size, size) if isinstance(size, int) else tuple(size))
+                latent = cfg.resolution or ((size, size) if isinstance(size, int) else tuple(size))
                 pixels = tuple(int(d) * pipe.vae_scale_factor() for d in latent)  # SDXL's time_ids
                 prompt_dir = cache_dir if cache_dir and is_writable(cache_dir) else None
                 if prompt_dir is None and prepared.temp_dir is None:  # a read-only cache: this run only
@@ -117,7 +126,7 @@ def is_optimum_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "model_index.json")) and os.path.isfile(os.path.join(path, "unet", "model.onnx"))
 
 
-def _optimum_input(cfg: PipelineConfig) -> PreparedModel:
+def _optimum_input(cfg: ModelRequest) -> PreparedModel:
     """An Optimum ONNX pipeline folder: its UNet is already ONNX (nothing to export); its text encoder is ONNX
     too, which the prompt encoder (torch) does not run, so conditioning comes from --calib-data."""
     if cfg.prompts is not None:
@@ -155,7 +164,7 @@ def _export_identity(folder: str) -> str | None:
         return None
 
 
-def _export_once(cfg: PipelineConfig, unet_dir: str, cache_dir: str | None) -> PreparedModel:
+def _export_once(cfg: ModelRequest, unet_dir: str, cache_dir: str | None) -> PreparedModel:
     """The FP32 ONNX of a diffusers UNet folder, exported once per content hash (in the cache)."""
     from mpq_export.inputs.export import EXPORT_VERSION, export_diffusers, find_scheduler_config
 

@@ -26,7 +26,7 @@ from mpq_export.runtime.polygraphy_replay import PolygraphyReplay
 from mpq_export.runtime.sampler import timestep_value
 from mpq_export.formats import LayerStorage
 from mpq_export.stages.diagnostics import ActivationCost, StabilityCheck
-from mpq_export.stages.emit import HandOff
+from mpq_export.handoffs import HandOffRecord
 from mpq_export.stages.sensitivity import SensitivityScores
 from mpq_export.stages.validate import ValidationResult, ValidationSummary
 
@@ -148,7 +148,7 @@ class Report:
     tool: str = "mpq-export"  # how mpq-export recognises its own output folders
     plots: list[str] = field(default_factory=list)
     gpu: str | None = None  # the GPU family whose formats were offered, and why (tensorrt target)
-    handoff: list[HandOff] = field(default_factory=list)  # --emit: where each runtime loads the model, and how
+    handoff: list[HandOffRecord] = field(default_factory=list)  # --emit: where each runtime loads the model, and how
 
     def to_json(self) -> dict:
         d = asdict(self)

@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mpq_export.util.errors import MPQError, require_int, require_number
+from mpq_export.core.choices import Scorer
 from mpq_export.core.model_info import QuantLayer
+from mpq_export.formats import FORMAT_NAMES, FORMATS, FP16, Format
 from mpq_export.targets import Target, all_targets, get_target
-from mpq_export.formats import FORMATS, FP16, Format
+from mpq_export.util.errors import MPQError, comma_list, require_int, require_number
 
 METHODS = ("mpq", "uniform", "random", "smallest-first")
 # Layers the literature keeps at >= 8 bits: the first and last convs and the time embedding; in the
@@ -56,20 +57,23 @@ class AllocationSettings:
     def __post_init__(self):
         if self.method not in METHODS:
             raise MPQError(f"--allocation must be one of {', '.join(METHODS)}, got '{self.method}'")
-        if isinstance(self.formats, str):  # one name or a comma list, as the CLI takes it (frozen: set once)
-            object.__setattr__(self, "formats", tuple(f.strip() for f in self.formats.split(",") if f.strip()))
-        if self.formats is not None:
-            known = [f.name for f in FORMATS]
-            bad = [n for n in self.formats if n not in known]
+        if self.formats is not None:  # one name or a comma list, as the CLI takes it (frozen: set once)
+            object.__setattr__(self, "formats", comma_list(self.formats))
+            bad = [n for n in self.formats if n not in FORMAT_NAMES]
             if bad or not self.formats:
-                raise MPQError(f"--formats takes a comma list of {', '.join(known)} (got "
+                raise MPQError(f"--formats takes a comma list of {', '.join(FORMAT_NAMES)} (got "
                                f"{','.join(self.formats) or 'nothing'})")
             if not any(f.quantized for f in FORMATS if f.name in self.formats):
                 raise MPQError("--formats lists no quantized format: nothing would be quantized; add one, "
                                "e.g. --formats fp16,w8a8")
-        bad = [b for b in self.bits if b not in (4, 8, 16)]
-        if bad or not self.bits:
-            raise MPQError(f"--bits takes a comma list of 4, 8, 16 (got {','.join(map(str, self.bits)) or 'nothing'})")
+        bits = comma_list(self.bits)
+        try:
+            bits = tuple(int(b) if str(b).strip().isdigit() else b for b in bits)
+        except ValueError:
+            pass
+        if not bits or any(b not in (4, 8, 16) or isinstance(b, bool) for b in bits):
+            raise MPQError(f"--bits takes a comma list of 4, 8, 16 (got {','.join(map(str, bits)) or 'nothing'})")
+        object.__setattr__(self, "bits", bits)
         for option, patterns in (("--keep-fp16", self.keep_fp16), ("--min8", self.min8 or ())):
             for rx in patterns:
                 try:
@@ -117,22 +121,25 @@ class BitAllocation:
     params: list[int]
     budget: float
     method: str
-    scorer: str  # what the objective was built from: orm | sensitivity | trajectory | none
+    scorer: Scorer  # what the objective was built from (Scorer.NONE for the baselines)
     objective: float | None = None
     solver_status: str = ""
     seconds: float = 0.0
     pins: dict[str, str] = field(default_factory=dict)  # layer -> why its candidates were restricted
     equal_bit_choices: dict[str, dict[str, float]] = field(default_factory=dict)  # see AllocationSummary
+    layer_bits: list[int] = field(default_factory=list)  # bits each layer stores in its format (Format.layer_bits)
+
+    def __post_init__(self):
+        if not self.layer_bits:  # made by hand from formats of whole bits per weight
+            self.layer_bits = [p * f.weight_bits for p, f in zip(self.params, self.formats)]
 
     @property
     def achieved_bits(self) -> float:
-        p = np.asarray(self.params, dtype=np.float64)
-        b = np.asarray([f.weight_bits for f in self.formats], dtype=np.float64)
-        return float((p * b).sum() / p.sum())
+        return sum(self.layer_bits) / sum(self.params)
 
     @property
     def within_budget(self) -> bool:
-        return sum(p * f.weight_bits for p, f in zip(self.params, self.formats)) <= self.budget * sum(self.params) + 1e-9
+        return sum(self.layer_bits) <= self.budget * sum(self.params) + 1e-9
 
     def format_of(self, name: str) -> Format:
         return self.formats[self.layer_names.index(name)]
@@ -185,10 +192,10 @@ def candidates(layers: list[QuantLayer], target: str | Target,
 
 
 def equal_bit_alternatives(layers: list[QuantLayer], cands: list[list[Format]]) -> dict[str, list[Format]]:
-    """Layers whose candidates hold two formats of one width (w8a8 and fp8): layer -> those formats."""
+    """Layers whose candidates hold two formats that store the same bits (w8a8 and fp8): layer -> those formats."""
     out = {}
     for l, c in zip(layers, cands):
-        tied = [f for f in c if f.quantized and sum(g.weight_bits == f.weight_bits for g in c) > 1]
+        tied = [f for f in c if f.quantized and sum(g.layer_bits(l) == f.layer_bits(l) for g in c) > 1]
         if tied:
             out[l.name] = tied
     return out
@@ -205,21 +212,31 @@ def one_per_width(layers: list[QuantLayer], cands: list[list[Format]],
     for l, c in zip(layers, cands):
         keep: dict[int, Format] = {}
         for f in c:
-            best = keep.get(f.weight_bits)
+            best = keep.get(f.layer_bits(l))
             if best is None:
-                keep[f.weight_bits] = f
+                keep[f.layer_bits(l)] = f
             elif format_error is not None and f.quantized and \
                     format_error[l.name][f.name] < format_error[l.name][best.name]:
-                keep[f.weight_bits] = f
-        out.append([f for f in c if keep[f.weight_bits] is f])
+                keep[f.layer_bits(l)] = f
+        out.append([f for f in c if keep[f.layer_bits(l)] is f])
     return out
 
 
 def reachable_range(layers: list[QuantLayer], cands: list[list[Format]]) -> tuple[float, float]:
-    p = np.array([l.params for l in layers], dtype=np.float64)
-    lo = np.array([min(f.weight_bits for f in c) for c in cands], dtype=np.float64)
-    hi = np.array([max(f.weight_bits for f in c) for c in cands], dtype=np.float64)
-    return float((p * lo).sum() / p.sum()), float((p * hi).sum() / p.sum())
+    total = sum(l.params for l in layers)
+    return (sum(min(f.layer_bits(l) for f in c) for l, c in zip(layers, cands)) / total,
+            sum(max(f.layer_bits(l) for f in c) for l, c in zip(layers, cands)) / total)
+
+
+def budget_value(budget) -> float:
+    """A budget as a finite number (text such as "7.5" too, as the CLI gives it); else the one-line error.
+    The one place a budget is checked as a number: the configuration and check_budget ask it."""
+    if isinstance(budget, str):
+        try:
+            budget = float(budget)
+        except ValueError:
+            pass
+    return require_number(budget, "--budget")
 
 
 def check_budget(layers: list[QuantLayer], budget: float, target: str | Target,
@@ -227,7 +244,7 @@ def check_budget(layers: list[QuantLayer], budget: float, target: str | Target,
     """One-line error when no allocation can meet `budget`, stating the reachable range (and, below the
     floor, why: the formats the target lacks, and which target reaches lower)."""
     target = get_target(target)
-    budget = require_number(budget, "--budget")
+    budget = budget_value(budget)
     cands = cands if cands is not None else candidates(layers, target, settings)[0]
     if all(f.weight_bits >= 16 for c in cands for f in c):
         raise MPQError("every layer is held FP16 (--keep-fp16 patterns, --bits 16 or pins): there is nothing to "
@@ -249,7 +266,7 @@ def check_budget(layers: list[QuantLayer], budget: float, target: str | Target,
         raise MPQError(f"--budget {budget:g} is outside what this model can reach on the {target.name} target with "
                        f"{chosen} and its pins: {_shown_range(lo, hi)} average weight bits{why}; "
                        f"pick a budget in that range")
-    top = [[f for f in c if f.weight_bits == max(g.weight_bits for g in c)] for c in cands]
+    top = [[f for f in c if f.layer_bits(l) == max(g.layer_bits(l) for g in c)] for l, c in zip(layers, cands)]
     if budget >= hi - 1e-9 and not any(f.quantized for c in top for f in c):
         # the ceiling keeps every layer at its largest format, FP16 for all: nothing would be quantized
         raise MPQError(f"at --budget {budget:g} every layer stays FP16 (the ceiling of --bits "
@@ -359,13 +376,13 @@ def solve_01(values: list[list[float]], costs: list[list[int]], capacity: int, m
     return chosen, float(obj), status
 
 
-def _greedy_fill(order: list[int], cands: list[list[Format]], params: list[int], capacity: int) -> list[int]:
+def _greedy_fill(order: list[int], costs: list[list[int]], capacity: int) -> list[int]:
     """Start every layer at its cheapest format; in `order`, raise each to the largest that still fits."""
-    choice = [0] * len(cands)
-    used = sum(params[i] * cands[i][0].weight_bits for i in range(len(cands)))
+    choice = [0] * len(costs)
+    used = sum(c[0] for c in costs)
     for i in order:
-        for f in range(len(cands[i]) - 1, 0, -1):
-            extra = params[i] * (cands[i][f].weight_bits - cands[i][choice[i]].weight_bits)
+        for f in range(len(costs[i]) - 1, 0, -1):
+            extra = costs[i][f] - costs[i][choice[i]]
             if used + extra <= capacity:
                 used += extra
                 choice[i] = f
@@ -376,16 +393,19 @@ def _greedy_fill(order: list[int], cands: list[list[Format]], params: list[int],
 def allocate(layers: list[QuantLayer], budget: float, target: str | Target,
              settings: AllocationSettings = AllocationSettings(), theta: np.ndarray | None = None,
              sensitivity: dict[str, dict[str, float]] | None = None,
-             format_error: dict[str, dict[str, float]] | None = None) -> BitAllocation:
+             format_error: dict[str, dict[str, float]] | None = None,
+             cands: tuple[list[list[Format]], dict[str, str]] | None = None,
+             measured_by: Scorer = Scorer.SENSITIVITY) -> BitAllocation:
     """Choose a format per layer of `target` within `budget` average stored weight bits. `theta` (ORM
-    importance, maximised) or `sensitivity` (layer -> format name -> measured error, minimised) drives
-    the 'mpq' method. Between formats of equal bits (w8a8 and fp8), the measured sensitivity decides
-    inside the program; otherwise `format_error` (format_error.py) does, and without it the target's
-    first format of that width."""
+    importance, maximised) or `sensitivity` (layer -> format name -> measured error, minimised; `measured_by`
+    names which measurement) drives the 'mpq' method. Between formats of equal bits (w8a8 and fp8), the
+    measured sensitivity decides inside the program; otherwise `format_error` (format_error.py) does, and
+    without it the target's first format of that width. `cands`: candidates(layers, target, settings), when
+    the caller has it already (one computation per run)."""
     t0 = time.perf_counter()
-    budget = require_number(budget, "--budget")
-    cands, pins = candidates(layers, target, settings)
+    cands, pins = cands if cands is not None else candidates(layers, target, settings)
     check_budget(layers, budget, target, settings, cands)
+    budget = float(budget)
     tied = equal_bit_alternatives(layers, cands)
     decided_by = sensitivity if (settings.method == "mpq" and sensitivity is not None) else format_error
     choices = {name: {f.name: float(decided_by[name][f.name]) for f in fmts}
@@ -396,19 +416,19 @@ def allocate(layers: list[QuantLayer], budget: float, target: str | Target,
     capacity = int(np.floor(budget * sum(params) + 1e-6))
     names = [l.name for l in layers]
     method = settings.method
-    objective, status, scorer = None, "", "none"
+    objective, status, scorer = None, "", Scorer.NONE
+    costs = [[f.layer_bits(l) for f in c] for l, c in zip(layers, cands)]
     if method == "mpq":
         if sensitivity is not None:
-            scorer = "sensitivity"
+            scorer = measured_by
             values = [[float(sensitivity[l.name][f.name]) for f in c] for l, c in zip(layers, cands)]
             maximize = False
         elif theta is not None:
-            scorer = "orm"
-            values = [[f.weight_bits * float(theta[i]) for f in c] for i, c in enumerate(cands)]
+            scorer = Scorer.ORM
+            values = [[f.bits_per_weight(l) * float(theta[i]) for f in c] for i, (l, c) in enumerate(zip(layers, cands))]
             maximize = True
         else:
             raise MPQError("internal: the mpq allocation needs importance scores")
-        costs = [[l.params * f.weight_bits for f in c] for l, c in zip(layers, cands)]
         choice, objective, status = solve_01(values, costs, capacity, maximize)
     elif method == "uniform":
         # every unpinned layer at the largest candidate <= budget; pins keep their pin
@@ -419,12 +439,12 @@ def allocate(layers: list[QuantLayer], budget: float, target: str | Target,
             choice.append(fits[-1] if fits else 0)
     elif method == "random":
         order = list(np.random.default_rng(settings.seed or 0).permutation(len(layers)))
-        choice = _greedy_fill(order, cands, params, capacity)
+        choice = _greedy_fill(order, costs, capacity)
     else:  # smallest-first
         order = sorted(range(len(layers)), key=lambda i: params[i])
-        choice = _greedy_fill(order, cands, params, capacity)
+        choice = _greedy_fill(order, costs, capacity)
     alloc = BitAllocation(layer_names=names, formats=[c[i] for c, i in zip(cands, choice)], params=params,
                           budget=budget, method=method, scorer=scorer, objective=objective,
                           solver_status=status, seconds=time.perf_counter() - t0, pins=pins,
-                          equal_bit_choices=choices)
+                          equal_bit_choices=choices, layer_bits=[c[i] for c, i in zip(costs, choice)])
     return alloc

@@ -98,12 +98,13 @@ def activation_costs(info: ModelInfo, stats: CalibrationStats, ranges: Activatio
 
 
 def allocation_stability(info: ModelInfo, stats: CalibrationStats, orm: OrmSettings, imp: LayerImportance,
-                         target: str | Target, alloc_settings: AllocationSettings,
+                         target: str | Target, alloc_settings: AllocationSettings, cands,
                          base: BitAllocation, format_error: dict | None = None) -> list[StabilityCheck]:
     """How many layers change format when K is halved or alpha / beta are halved or doubled (five more
-    ORM + HiGHS solves at the same budget)."""
+    ORM + HiGHS solves at the same budget; `cands`: allocate.candidates of the run)."""
     def changed(imp2):
-        a2 = allocate(info.layers, base.budget, target, alloc_settings, theta=imp2.theta, format_error=format_error)
+        a2 = allocate(info.layers, base.budget, target, alloc_settings, theta=imp2.theta, format_error=format_error,
+                      cands=cands)
         return sum(f1.name != f2.name for f1, f2 in zip(base.formats, a2.formats))
 
     out = {}

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mpq_export.core.choices import Scorer
 from mpq_export.core.model_info import ModelInfo
 from mpq_export.formats import Format, QuantizeSettings
 from mpq_export.formats.gptq import ROUNDING_VERSION
@@ -45,7 +46,6 @@ from mpq_export.util.errors import MPQError
 from mpq_export.util.progress import Progress, log
 
 DEFAULT_SAMPLES = 8  # of the N calibration samples: enough to rank layers at a fraction of the cost
-OBJECTIVES = ("step", "trajectory")
 TRAJECTORY_SAMPLES = 16  # trajectories per probe (objective "trajectory")
 TRAJECTORY_SEED_OFFSET = 777  # their seeds: calibration seed + 777 + j, neither calibration's nor validation's
 
@@ -56,19 +56,21 @@ class SensitivityScores:
     samples: int
     seconds: float
     cached: bool = False
-    objective: str = "step"  # step: noise-prediction error at the profiled steps; trajectory: final-sample error
+    # SENSITIVITY: noise-prediction error at the profiled steps; TRAJECTORY: final-sample error
+    scorer: Scorer = Scorer.SENSITIVITY
 
 
 def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges,
                         cands: list[list[Format]], qsettings: QuantizeSettings, alpha: float,
                         cache_dir: str | None = None, runtime: RuntimeSettings = RuntimeSettings(),
-                        samples: int = DEFAULT_SAMPLES, objective: str = "step") -> SensitivityScores:
+                        samples: int = DEFAULT_SAMPLES, scorer: Scorer | str = Scorer.SENSITIVITY) -> SensitivityScores:
     """s[layer][format] for every candidate format of every layer (`cands`: allocate.candidates on the
     run's target). The probes quantize weights as `qsettings` does, in an FP32 graph; each input
     quantizer reads its threshold from `ranges`."""
-    if objective not in OBJECTIVES:
-        raise MPQError(f"sensitivity objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
-    if objective == "trajectory":
+    scorer = Scorer.of(scorer, "--importance")
+    if not scorer.measured:
+        raise MPQError(f"internal: measure_sensitivity measures {Scorer.SENSITIVITY} or {Scorer.TRAJECTORY}, not {scorer}")
+    if scorer is Scorer.TRAJECTORY:
         samples = TRAJECTORY_SAMPLES
     quantizers = input_quantizers(cands)
     # what decides the weights' integers; the graph-only settings (integer_conv) change nothing probed
@@ -83,7 +85,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, ranges: Activa
     identity = {"calib": stats.model_sha256, "calibration": stats.identity, "settings": calib,
                 "alpha": alpha, "schedule": schedule, "conditioning": stats.conditioning_source,
                 "samples": samples, "q": q, "rounding_version": ROUNDING_VERSION,
-                "objective": objective, "act_amax": ranges.amax,
+                "objective": "trajectory" if scorer is Scorer.TRAJECTORY else "step", "act_amax": ranges.amax,
                 "cands": {l.name: [f.name for f in c] for l, c in zip(info.layers, cands)}}
     for quantizer in quantizers[1:]:  # the other input quantizers' thresholds (entries without them keep theirs)
         identity[f"{quantizer.name}_amax"] = {x: quantizer.threshold(ranges, x) for x in ranges.amax}
@@ -93,7 +95,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, ranges: Activa
     cached = _load_cached(cache_path, identity)
     if cached is not None:
         log.info("[sensitivity] reusing cached scores %s", cache_path)
-        return SensitivityScores(scores=cached, samples=samples, seconds=0.0, cached=True, objective=objective)
+        return SensitivityScores(scores=cached, samples=samples, seconds=0.0, cached=True, scorer=scorer)
 
     t0 = time.perf_counter()
     n = min(samples, stats.n_samples)
@@ -104,7 +106,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, ranges: Activa
     refs = stats.outputs[:, :n].astype(np.float64)
     ref_energy = np.array([max(float((refs[k] ** 2).sum()), 1e-30) for k in range(K)])
     sess, weights, masks = probe_session(info, ranges, runtime, quantizers=quantizers)
-    if objective == "trajectory":
+    if scorer is Scorer.TRAJECTORY:
         error_of = _final_sample_error(info, stats, sess)
     else:
         def error_of(extra: dict) -> float:
@@ -129,7 +131,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, ranges: Activa
             p.update(done, names[i])
     if cache_path:
         write_json_entry(cache_path, {"identity": identity, "scores": scores}, "sensitivity cache")
-    return SensitivityScores(scores=scores, samples=n, seconds=time.perf_counter() - t0, objective=objective)
+    return SensitivityScores(scores=scores, samples=n, seconds=time.perf_counter() - t0, scorer=scorer)
 
 
 def input_quantizers(cands: list[list[Format]]) -> list[InputQuantizer]:

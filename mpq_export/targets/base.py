@@ -40,6 +40,9 @@ class Target:
     def for_gpu(self, choice: str) -> "Target":
         """This target with the format table of GPU family `choice` (--gpu); "auto" keeps what it has."""
         if choice != "auto":
+            from mpq_export.targets.gpus import family
+
+            family(choice)  # an unknown name is refused as such first
             raise MPQError(f"--gpu {choice} chooses the formats of a TensorRT engine's GPU (this run: --target "
                            f"{self.name}, which builds no engine); drop --gpu or use --target tensorrt")
         return self

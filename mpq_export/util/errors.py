@@ -36,3 +36,15 @@ def require_path(value, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise MPQError(f"{what} must be a path (a non-empty string or pathlib.Path), got {value!r}")
     return value
+
+
+def comma_list(value) -> tuple:
+    """A comma list given as one string ("a,b") or as a sequence, as a tuple of its non-empty items: the one
+    way every list option (--budget, --bits, --formats, --emit) is split, from the CLI or from Python."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, bytes) or not hasattr(value, "__iter__"):
+        return (value,)  # one value given bare; its type is the caller's to check
+    return tuple(value)

@@ -1,16 +1,4 @@
-"""emit stage: the quantized denoiser laid out where users' runtimes load it (`--emit`).
-
-optimum: Hugging Face Optimum's ONNX Runtime pipelines (`ORTStableDiffusionPipeline`,
-`ORTStableDiffusionXLPipeline`) load a folder with `model_index.json`, `scheduler/`, `tokenizer*/`,
-`text_encoder*/model.onnx`, `vae_decoder/model.onnx`, `vae_encoder/model.onnx` and `unet/model.onnx`
-with `unet/config.json` beside it. Everything but the UNet is exported by `optimum-cli export onnx` from
-the user's pipeline folder (once per folder content, cached), in a virtual environment of its own:
-optimum-onnx pins transformers < 4.58 and an older huggingface_hub, which the project's diffusers and
-transformers do not accept. The UNet is the onnxruntime target's Q/DQ graph with Optimum's names
-(`sample`, a scalar `timestep`, `encoder_hidden_states`, SDXL's `text_embeds` and `time_ids`;
-`out_sample`). Optimum's CPU provider then runs the integer kernels the onnxruntime target is written
-for; its CUDA provider runs the same graph with DequantizeLinear + float kernels (the quality, not the
-speed: on a GPU, deploy the tensorrt target with TensorRT).
+"""trt-demo: the tensorrt target's graph laid out as TensorRT's demo/Diffusion loads it.
 
 trt-demo: TensorRT's demo/Diffusion (`demo_txt2img.py`, `demo_txt2img_xl.py`) builds an existing
 `<onnx-dir>/<name>.opt/model.onnx` as it is instead of exporting its own (diffusion_pipeline.py,
@@ -24,40 +12,26 @@ trt-demo: TensorRT's demo/Diffusion (`demo_txt2img.py`, `demo_txt2img_xl.py`) bu
              (+ text_embeds {0: 2B}, time_ids {0: 2B})
 
 The graph is the tensorrt target's (FP16 + Q/DQ): only the graph's inputs and output are renamed and
-reshaped; weights in an external file are linked (not copied) beside the new .onnx, referenced by
-relative name as the original is.
+reshaped; weights in an external file move beside the new .onnx (referenced by relative name, as the demo wants) and
+the output's model.mpq.onnx names them there: one file, one link (handoffs/base.py).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
 
 from mpq_export.core.model_info import ModelInfo
+from mpq_export.handoffs.base import HandOff, HandOffRecord, HandOffSource, move_external_data
 from mpq_export.util.errors import MPQError
-from mpq_export.util.output_folder import HANDOFF_FOLDER, OPTIMUM_FOLDER
+from mpq_export.util.output_folder import HANDOFF_FOLDER
 
-EMITS = ("trt-demo", "optimum")
-# the environment optimum-cli runs in (stages/emit.py's docstring says why it is not the project's)
-OPTIMUM_REQUIREMENTS = ("torch==2.13.0", "optimum-onnx[onnxruntime]==0.1.0", "diffusers<0.40")
-OPTIMUM_ENV = "optimum-onnx-0.1.0"
 TRT_DEMO_FOLDER = HANDOFF_FOLDER
 DEMO_TEXT_MAXLEN = 77  # demo/Diffusion's text_maxlen: the CLIP token count its encoders produce
 # cross-attention width -> the demo's --version (get_unet_embedding_dim in its unet.py)
 DEMO_VERSIONS = {768: "1.5", 1024: "2.1", 2048: "xl-1.0"}
-
-
-@dataclass(frozen=True)
-class HandOff:
-    """One --emit result, for the report."""
-    kind: str  # trt-demo
-    folder: str  # absolute path of the folder the runtime is pointed at
-    model: str  # the denoiser file in it
-    command: str  # how that runtime runs it (not run by mpq-export)
-    checked: str  # what was verified here
 
 
 @dataclass(frozen=True)
@@ -87,21 +61,7 @@ def demo_contract(info: ModelInfo) -> _DemoContract:
     return _DemoContract("unetxl" if xl else "unet", inputs, ["2B", channels, "H", "W"])
 
 
-def check_emits(emits: tuple[str, ...], info: ModelInfo, pipeline=None, optimum_folder: str | None = None) -> None:
-    """Up-front refusals: what --emit asks for must fit this model (after inspect, before calibration; the
-    target is checked with the other options, config.py). `pipeline`: the input's PipelineFolder, if any;
-    `optimum_folder`: the input when it is an Optimum ONNX folder already."""
-    for kind in emits:
-        if kind == "trt-demo":
-            demo_contract(info)
-        whole = pipeline is not None and pipeline.text_encoder_dir is not None and pipeline.vae_dir is not None
-        if kind == "optimum" and not whole and optimum_folder is None:
-            raise MPQError("--emit optimum writes a whole ONNX Runtime pipeline (text encoders, VAE, UNet): give the "
-                           "diffusers pipeline folder (model_index.json, text_encoder/, vae/, unet/) or an Optimum "
-                           "ONNX folder instead of the UNet alone, or drop --emit optimum")
-
-
-def emit_trt_demo(q_path: str, info: ModelInfo, out_dir: str, final_dir: str) -> HandOff:
+def emit_trt_demo(q_path: str, info: ModelInfo, out_dir: str, final_dir: str) -> HandOffRecord:
     """`out_dir/trt-demo/<unet|unetxl>.opt/model.onnx`: the Q/DQ graph with the demo's names and shapes.
     `final_dir` is where `out_dir` will be published (the command names it)."""
     import onnx
@@ -141,11 +101,9 @@ def emit_trt_demo(q_path: str, info: ModelInfo, out_dir: str, final_dir: str) ->
                 dim.dim_value = int(d)
     folder = os.path.join(out_dir, TRT_DEMO_FOLDER, f"{contract.name}.opt")
     os.makedirs(folder, exist_ok=True)
-    src_dir = os.path.dirname(os.path.abspath(q_path))
-    for loc in sorted({e.value for t in g.initializer for e in t.external_data if e.key == "location"}):
-        _link_or_copy(os.path.join(src_dir, loc), os.path.join(folder, loc))  # same relative name as before
     path = os.path.join(folder, "model.onnx")
     onnx.save(model, path)
+    move_external_data(q_path, path)  # the weights, by the same relative name as before
     problems = check_trt_demo(os.path.join(out_dir, TRT_DEMO_FOLDER), info)
     if problems:
         raise MPQError(f"internal: the trt-demo graph breaks the demo's contract: {problems[0]}")
@@ -163,7 +121,7 @@ def emit_trt_demo(q_path: str, info: ModelInfo, out_dir: str, final_dir: str) ->
     if version is None:
         checked += (f"; the demo knows only the released widths {sorted(DEMO_VERSIONS)} of encoder_hidden_states "
                     f"(this model: {contract.inputs['encoder_hidden_states'][2]})")
-    return HandOff("trt-demo", final, os.path.join(final, f"{contract.name}.opt", "model.onnx"), command, checked)
+    return HandOffRecord(TrtDemo.name, final, os.path.join(final, f"{contract.name}.opt", "model.onnx"), command, checked)
 
 
 def _same_as_the_written_model(folder: str, q_path: str, info: ModelInfo) -> None:
@@ -182,15 +140,6 @@ def _same_as_the_written_model(folder: str, q_path: str, info: ModelInfo) -> Non
     if not np.allclose(latent, ref, rtol=1e-3, atol=1e-3 * float(np.abs(ref).max() + 1e-12)):
         raise MPQError("internal: the trt-demo graph computes something else than the written model "
                        f"(max difference {float(np.abs(latent - ref).max()):.3g})")
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    if os.path.exists(dst):
-        os.remove(dst)
-    try:
-        os.link(src, dst)  # the output folder is one file system: GBs of weights are not copied
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 # ops whose float inputs must share one element type (a strongly typed TensorRT build refuses a mix)
@@ -269,127 +218,19 @@ def run_with_demo_feeds(folder: str, info: ModelInfo, batch: int = 2, seed: int 
     return feeds
 
 
-def optimum_python(cache_dir: str | None) -> str:
-    """The Python that runs optimum-cli: $MPQ_EXPORT_OPTIMUM_PYTHON, else a virtual environment under the
-    cache made on first use (OPTIMUM_REQUIREMENTS, about 1.3 GB, minutes)."""
-    import subprocess
-    import sys
-
-    from mpq_export.util.cache import default_cache_dir
-    from mpq_export.util.progress import log
-
-    given = os.environ.get("MPQ_EXPORT_OPTIMUM_PYTHON")
-    if given:
-        return given
-    venv = os.path.join(cache_dir or default_cache_dir(), "peers", OPTIMUM_ENV)
-    py = os.path.join(venv, "bin", "python")
-    # an interrupted first install leaves a venv without optimum: test the import, not the folder
-    if os.path.exists(py) and subprocess.run([py, "-c", "import optimum.onnxruntime, diffusers"],
-                                             capture_output=True).returncode == 0:
-        return py
-    log.warning("[emit optimum] creating Optimum's environment %s (%s; about 1.3 GB, minutes)", venv,
-                ", ".join(OPTIMUM_REQUIREMENTS))
-    try:
-        if not os.path.exists(py):
-            subprocess.run([sys.executable, "-m", "venv", venv], check=True, capture_output=True)
-        subprocess.run([py, "-m", "pip", "install", "-q", *OPTIMUM_REQUIREMENTS], check=True, capture_output=True,
-                       text=True)
-    except (OSError, subprocess.CalledProcessError) as e:
-        detail = (getattr(e, "stderr", "") or str(e)).strip().splitlines()[-1:] or [""]
-        raise MPQError(f"--emit optimum: could not install Optimum into {venv} ({detail[0][:200]}); install "
-                       f"{' '.join(OPTIMUM_REQUIREMENTS)} into a virtual environment and point "
-                       f"MPQ_EXPORT_OPTIMUM_PYTHON at its python") from None
-    return py
 
 
-def optimum_export(pipe, cache_dir: str | None, scratch: str) -> str:
-    """`optimum-cli export onnx` of the pipeline folder (every part; the UNet is replaced later), cached per
-    folder content under the cache (without one, written under `scratch`, which the caller removes)."""
-    import subprocess
+class TrtDemo(HandOff):
+    name = "trt-demo"
+    folder = TRT_DEMO_FOLDER
+    help = ("TensorRT's demo/Diffusion: <out>/trt-demo/unet.opt/model.onnx, SD 1.x/2.x and SDXL UNets; "
+            "tensorrt target")
 
-    from mpq_export.inputs.sd_pipeline import folder_sha
-    from mpq_export.util.cache import atomic_path
-    from mpq_export.util.progress import log
+    def check(self, info: ModelInfo, source: HandOffSource) -> None:
+        demo_contract(info)
 
-    sha = folder_sha(pipe.root, cache_dir)[:20]
-    dest = os.path.join(cache_dir, f"optimum-{sha}") if cache_dir else os.path.join(scratch, f"optimum-{sha}")
-    if os.path.isfile(os.path.join(dest, "model_index.json")):
-        log.info("[emit optimum] reusing the Optimum export %s", dest)
-        return dest
-    py = optimum_python(cache_dir)
-    log.info("[emit optimum] exporting the pipeline's other parts with optimum-cli")
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    with atomic_path(dest) as tmp:
-        code = ("import sys\nfrom optimum.exporters.onnx.__main__ import main_export\n"
-                "main_export(sys.argv[1], output=sys.argv[2], task='text-to-image', no_post_process=False)\n")
-        p = subprocess.run([py, "-c", code, pipe.root, tmp], capture_output=True, text=True,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        if p.returncode != 0 or not os.path.isfile(os.path.join(tmp, "model_index.json")):
-            last = (p.stderr.strip().splitlines() or [""])[-1]
-            raise MPQError(f"--emit optimum: optimum-cli could not export {pipe.root} ({last[:300]})")
-        shutil.rmtree(os.path.join(tmp, "unet"), ignore_errors=True)  # ours replaces it; GBs at SD size
-        os.makedirs(os.path.join(tmp, "unet"))
-        shutil.copyfile(os.path.join(pipe.unet_dir, "config.json"), os.path.join(tmp, "unet", "config.json"))
-    return dest
+    def emit(self, q_path: str, info: ModelInfo, out_dir: str, final_dir: str, source: HandOffSource) -> HandOffRecord:
+        return emit_trt_demo(q_path, info, out_dir, final_dir)
 
-
-def emit_optimum(q_path: str, info: ModelInfo, pipe, out_dir: str, final_dir: str,
-                 cache_dir: str | None, optimum_folder: str | None = None) -> HandOff:
-    """`out_dir/optimum/`: the Optimum export of the pipeline (or the given Optimum folder's parts) with the
-    Q/DQ UNet in unet/model.onnx."""
-    import tempfile
-
-    from mpq_export.util.output_folder import SCRATCH_PREFIX
-
-    dest = os.path.join(out_dir, OPTIMUM_FOLDER)
-    if optimum_folder is not None:  # reused as given: every part but the UNet's graph and weights
-        _link_tree(optimum_folder, dest, skip=os.path.join(optimum_folder, "unet"))
-        os.makedirs(os.path.join(dest, "unet"), exist_ok=True)
-        unet_cfg = os.path.join(optimum_folder, "unet", "config.json")
-        if os.path.isfile(unet_cfg):
-            _link_or_copy(unet_cfg, os.path.join(dest, "unet", "config.json"))
-        source = optimum_folder
-    else:
-        with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}optimum-{os.getpid()}-") as scratch:
-            _link_tree(optimum_export(pipe, cache_dir, scratch), dest)
-        source = f"exported by optimum-cli from {pipe.root}"
-    write_optimum_unet(q_path, info, os.path.join(dest, "unet"))
-    sdxl = os.path.isdir(os.path.join(dest, "text_encoder_2"))
-    cls = "ORTStableDiffusionXLPipeline" if sdxl else "ORTStableDiffusionPipeline"
-    final = os.path.join(final_dir, OPTIMUM_FOLDER)
-    command = (f'python -c "from optimum.onnxruntime import {cls}; '
-               f"pipe = {cls}.from_pretrained('{final}', provider='CPUExecutionProvider'); "
-               f"pipe('a photo of an astronaut riding a horse').images[0].save('out.png')\"")
-    checked = (f"the other parts: {'those of ' if optimum_folder else ''}{source}; unet/model.onnx is this output's Q/DQ "
-               f"graph with a scalar timestep, unet/config.json the pipeline's")
-    return HandOff("optimum", final, os.path.join(final, "unet", "model.onnx"), command, checked)
-
-
-def write_optimum_unet(src: str, info: ModelInfo, unet_dir: str) -> str:
-    """unet_dir/model.onnx: the ONNX UNet at `src` as Optimum's pipelines feed it (a scalar timestep, which
-    the graph expands to the batch as diffusers' UNet does), external weights linked beside it."""
-    import onnx
-
-    from mpq_export.util.onnx_io import load_onnx
-
-    model = load_onnx(src, load_weights=False)
-    t = next(i for i in model.graph.input if i.name == info.timestep.name)
-    del t.type.tensor_type.shape.dim[:]
-    src_dir = os.path.dirname(os.path.abspath(src))
-    for loc in sorted({e.value for x in model.graph.initializer for e in x.external_data if e.key == "location"}):
-        _link_or_copy(os.path.join(src_dir, loc), os.path.join(unet_dir, loc))
-    path = os.path.join(unet_dir, "model.onnx")
-    onnx.save(model, path)
-    return path
-
-
-def _link_tree(src: str, dst: str, skip: str | None = None) -> None:
-    """A copy of folder `src` at `dst` whose files are hard links (copies across file systems); `skip`: a
-    subfolder left out."""
-    for root, dirs, files in os.walk(src):
-        if skip is not None:
-            dirs[:] = [d for d in dirs if os.path.join(root, d) != skip]
-        rel = os.path.relpath(root, src)
-        os.makedirs(os.path.join(dst, rel), exist_ok=True)
-        for f in files:
-            _link_or_copy(os.path.join(root, f), os.path.join(dst, rel, f))
+    def check_contract(self, folder: str, info: ModelInfo) -> list[str]:
+        return check_trt_demo(os.path.join(folder, TRT_DEMO_FOLDER), info)
