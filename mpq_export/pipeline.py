@@ -32,8 +32,8 @@ from mpq_export.core.model_info import ModelInfo
 from mpq_export.stages.inspect import inspect_model
 from mpq_export.stages.orm import LayerImportance
 from mpq_export.stages.quantize import QuantizedModel, count_weight_bits, quantize
-from mpq_export.stages.validate import FP32Reference, ValidationResult, fp32_reference, validate
-from mpq_export.runtime.sampler import NoiseSchedule
+from mpq_export.stages.validate import ValidationResult, Validator
+from mpq_export.runtime.sampler import NoiseSchedule, Trajectory
 from mpq_export.util.cache import default_cache_dir, remove_stale_temporaries
 from mpq_export.util.errors import MPQError
 from mpq_export.util.output_folder import FP32_FOLDER, OUTPUT_MODEL, output_folders, remove_stale_scratch, staging_folder
@@ -121,8 +121,7 @@ class _SharedResults:
     sensitivity: SensitivityScores | None
     format_error: dict[str, dict[str, float]] | None  # format_error.py: chooses between formats of equal bits
     cands: tuple  # allocate.candidates: (formats per layer, pins)
-    shape: tuple[int, ...]
-    reference: FP32Reference
+    validator: Validator  # the trajectory and the FP32 reference every written graph is compared with
     float_validation: ValidationResult | None  # the target's float graph alone (tensorrt: FP16)
     vae_dir: str | None  # a text-to-image pipeline's VAE: sample grids are decoded by it
     handoff_source: HandOffSource  # what the hand-offs may reuse of the input (pipeline parts, an Optimum folder)
@@ -162,21 +161,21 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
     imp, sens = _importance(cfg, info, stats, ranges, cands, cache_dir, timings)
     fmt_error = _format_errors(cfg, info, stats, ranges, cands, sens, timings)
 
-    shape = sample_shape(info, calibration.resolution)
+    trajectory = Trajectory(schedule, stats.settings.steps, stats.step_indices, sample_shape(info, calibration.resolution),
+                            calib_data, stats.settings.seq_len, stats.settings.guidance)
     with timings.stage("fp32_reference"):  # one FP32 run serves every comparison below
-        ref = fp32_reference(info, schedule, stats.settings.steps, stats.step_indices, shape, cfg.validation,
-                             calib_data, stats.settings.seq_len, stats.settings.guidance, cfg.runtime)
+        validator = Validator.of(info, trajectory, cfg.validation, cfg.runtime)
     float_val = None
     if cfg.target.compare_with is not None:
         with timings.stage("fp16_graph_validation"):
-            float_val = float_graph_validation(cfg.target, info, stats, shape, cfg.validation, ref, cfg.runtime)
+            float_val = float_graph_validation(cfg.target, validator)
     # an export made for this run only (--no-cache, or a cache it cannot write) is kept in the output, so
     # the report's model and its Polygraphy commands name a file that exists after the run
     keep_export = bool(prepared.temp_dir) and os.path.abspath(model_path).startswith(os.path.abspath(prepared.temp_dir))
     reference_model = os.path.join(os.path.abspath(out_root), FP32_FOLDER, os.path.basename(model_path)) \
         if keep_export else model_path
     shared = _SharedResults(cfg=cfg, model_path=reference_model, info=info, stats=stats, ranges=ranges, act_costs=act_costs,
-                            importance=imp, sensitivity=sens, format_error=fmt_error, cands=cands, shape=shape, reference=ref, float_validation=float_val,
+                            importance=imp, sensitivity=sens, format_error=fmt_error, cands=cands, validator=validator, float_validation=float_val,
                             vae_dir=prepared.pipeline.vae_dir if prepared.pipeline else None,
                             handoff_source=handoff_source, notes=notes)
     # every allocation first: a budget that cannot be written fails the run before anything is written
@@ -189,7 +188,7 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
             os.makedirs(tmp, exist_ok=True)
             results.append(_run_budget(shared, alloc, alloc_notes, tmp, out, timings.copy(), cache_dir))
         if multi:
-            from mpq_export.report.records import write_pareto
+            from mpq_export.report.sweep import write_pareto
 
             write_pareto(tmp_root, [r.report for r in results])
         if keep_export:
@@ -260,21 +259,19 @@ def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp
     qm, counted, checker = _quantize_checked(run, alloc, os.path.join(tmp, OUTPUT_MODEL), timings, weight_memo)
     engine = _build(run, qm.path, cache_dir, timings)
     with timings.stage("validate"):
-        val = validate(run.info, qm.path, run.stats.schedule, run.stats.settings.steps, run.stats.step_indices,
-                       run.shape, run.cfg.validation, reference=run.reference, runtime=run.cfg.runtime)
+        val = run.validator.validate(qm.path)
     np.savez(os.path.join(tmp, "validation_inputs.npz"), **val.inputs)
     from mpq_export.runtime import polygraphy_replay
 
     replay = polygraphy_replay.write_files(tmp, out, run.info, run.model_path, run.stats.schedule.num_train_timesteps,
-                                           run.shape, int(val.inputs[run.info.sample.name].shape[1]))
+                                           run.validator.trajectory.shape, int(val.inputs[run.info.sample.name].shape[1]))
     if run.cfg.sample_grid:
         _sample_grid(run, val, alloc, tmp, timings)
     compared = None
     if weight_memo is not None:
         with timings.stage("compare_targets"):
-            rows = compare_targets(run.cfg.target, run.info, run.stats, run.ranges, alloc, run.cfg.quantize,
-                                   run.shape, run.cfg.validation, run.reference, val, run.float_validation,
-                                   weight_memo, run.cfg.runtime)
+            rows = compare_targets(run.cfg.target, run.validator, alloc, run.ranges, run.cfg.quantize, run.stats.hessians,
+                                   val, run.float_validation, weight_memo)
         compared = [TargetComparisonRow.of(r.label, r.validation) for r in rows if r.validation is not None]
         notes = notes + [f"same allocation per target: {r.label}" for r in rows if r.validation is None]
         del weight_memo
@@ -282,11 +279,11 @@ def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp
     for h in run.cfg.emit:
         with timings.stage("emit"):
             handoff.append(h.emit(qm.path, run.info, tmp, out, run.handoff_source))
-    report = _report(run, alloc, out, qm, counted, checker, engine, val, replay, compared, notes, timings)
-    report.handoff = handoff
+    report = _report(run, _BudgetOutputs(alloc, out, qm, counted, checker, engine, val, replay, compared, handoff,
+                                         notes), timings)
     with open(os.path.join(tmp, "allocation.json"), "w") as f:
         json.dump(alloc.to_json(), f, indent=2)
-    from mpq_export.report.records import write_report
+    from mpq_export.report.files import write_report
 
     write_report(report, tmp)
     return BudgetResult(budget=alloc.budget, out_dir=out, allocation=alloc, report=report)
@@ -333,12 +330,13 @@ def _build(run: _SharedResults, q_path: str, cache_dir: str | None, timings: Sta
     # the timing cache makes rebuilds (another budget, another run) much faster
     settings = EngineSettings(timing_cache=os.path.join(cache_dir, "tensorrt-timing.cache") if cache_dir else None)
     with timings.stage("build"):
-        return build_engine_or_explain(q_path, run.info, run.shape, settings, required=run.cfg.build_engine is BuildMode.YES)
+        return build_engine_or_explain(q_path, run.info, run.validator.trajectory.shape, settings,
+                                       required=run.cfg.build_engine is BuildMode.YES)
 
 
 def _sample_grid(run: _SharedResults, val: ValidationResult, alloc: BitAllocation, out_dir: str,
                  timings: StageTimes) -> None:
-    from mpq_export.report.records import sample_grid
+    from mpq_export.report.plots import sample_grid
 
     fp, qu, what = val.samples_fp32, val.samples_quant, "same seeds"
     if run.vae_dir is not None:  # latents of a text-to-image pipeline: show them through its VAE
@@ -351,12 +349,26 @@ def _sample_grid(run: _SharedResults, val: ValidationResult, alloc: BitAllocatio
                 f"FP32 (top) vs {alloc.method} {alloc.achieved_bits:.2f} bits (bottom), {what}")
 
 
-def _report(run: _SharedResults, alloc: BitAllocation, out: str, qm: QuantizedModel, counted: float,
-            checker: str | None, engine: EngineStatus, val: ValidationResult, replay,
-            compared: list[TargetComparisonRow] | None, notes: list[str], timings: StageTimes) -> Report:
+@dataclass
+class _BudgetOutputs:
+    """What one budget's stages produced, for its report."""
+    alloc: BitAllocation
+    out: str  # where the folder is published
+    qm: QuantizedModel
+    counted: float  # average stored bits counted from the written file
+    checker: str | None  # the target's rule checker's verdict
+    engine: EngineStatus
+    val: ValidationResult
+    replay: object  # runtime.polygraphy_replay.PolygraphyReplay
+    compared: list[TargetComparisonRow] | None
+    handoff: list
+    notes: list[str]
+
+
+def _report(run: _SharedResults, o: _BudgetOutputs, timings: StageTimes) -> Report:
     from mpq_export.report.records import calibration_summary, layer_rows, orm_summary, timestep_importance
 
-    cfg, info, imp = run.cfg, run.info, run.importance
+    cfg, info, imp, alloc, qm = run.cfg, run.info, run.importance, o.alloc, o.qm
     stability = None
     if cfg.stability and imp is not None and alloc.method == "mpq" and alloc.scorer is Scorer.ORM:
         with timings.stage("stability"):
@@ -364,14 +376,14 @@ def _report(run: _SharedResults, alloc: BitAllocation, out: str, qm: QuantizedMo
                                              run.format_error)
     return Report(
         model=os.path.abspath(run.model_path), input=os.path.abspath(cfg.model),
-        output_model=os.path.join(os.path.abspath(out), OUTPUT_MODEL), budget=alloc.budget,
-        achieved_bits=alloc.achieved_bits, counted_bits=counted, within_budget=alloc.within_budget,
+        output_model=os.path.join(os.path.abspath(o.out), OUTPUT_MODEL), budget=alloc.budget,
+        achieved_bits=alloc.achieved_bits, counted_bits=o.counted, within_budget=alloc.within_budget,
         target=cfg.target.name, importance_method=cfg.importance if alloc.method == "mpq" else Scorer.NONE,
         total_params=info.total_params, format_counts=dict(Counter(f.name for f in alloc.formats)),
         allocation=alloc.summary(), layers=layer_rows(info, alloc, qm.layer_storage, imp, run.sensitivity),
         importance=orm_summary(imp), importance_per_timestep=timestep_importance(run.stats, imp),
         calibration=calibration_summary(run.stats, run.ranges, run.act_costs, qm.act_scales),
-        validation=val.summary(), polygraphy=replay, engine=engine, notes=notes, check=checker,
-        validation_compare=compared, stability=stability,
+        validation=o.val.summary(), polygraphy=o.replay, engine=o.engine, notes=o.notes, check=o.checker,
+        validation_compare=o.compared, stability=stability, handoff=o.handoff,
         gpu=f"{cfg.target.gpu.name} ({cfg.target.gpu_reason})" if cfg.target.gpu is not None else None,
         timings=dict(timings), peak_rss_mb=dict(timings.peak_rss_mb))

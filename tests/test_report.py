@@ -5,7 +5,8 @@ import dataclasses
 import json
 import os
 
-from mpq_export.report.records import LayerRow, Report, render_markdown as _render
+from mpq_export.report.markdown import render_markdown as _render
+from mpq_export.report.records import LayerRow, Report
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 

@@ -62,8 +62,8 @@ from mpq_export.util.cache import default_cache_dir
 from mpq_export.formats import QuantizeSettings  # noqa: E402
 from mpq_export.stages.quantize import quantize  # noqa: E402
 from mpq_export.formats.gptq import DEFAULT_ROUNDING  # noqa: E402
-from mpq_export.runtime.sampler import NoiseSchedule, timestep_value  # noqa: E402
-from mpq_export.stages.validate import ValidationSettings, fp32_reference, validate  # noqa: E402
+from mpq_export.runtime.sampler import NoiseSchedule, Trajectory, timestep_value  # noqa: E402
+from mpq_export.stages.validate import ValidationSettings, Validator  # noqa: E402
 
 EVAL_SEED = 50_000  # disjoint from calibration (0..N-1) and the pipeline's validation (10,000..)
 MODELOPT_REQUIREMENT = "nvidia-modelopt[onnx]==0.47.0"
@@ -267,12 +267,12 @@ def main() -> None:
     stats = calibrate(info, cs, schedule, calib_data, cache_dir=cache, input_statistics=True)  # GPTQ rows need them
     shape = sample_shape(info, None)
     vs = ValidationSettings(samples=args.seeds, seed=EVAL_SEED)
-    ref = fp32_reference(info, schedule, cs.steps, stats.step_indices, shape, vs, calib_data)
+    validator = Validator.of(info, Trajectory(schedule, cs.steps, stats.step_indices, shape, calib_data), vs)
     rows = []
 
     def score(name: str, path: str, **extra) -> None:
         t = time.perf_counter()
-        v = validate(info, path, schedule, cs.steps, stats.step_indices, shape, vs, reference=ref)
+        v = validator.validate(path)
         ps = np.asarray(v.sample_psnr_per_sample)
         row = {"method": name, "bits": count_bits(path, info), "psnr": float(ps.mean()),
                "psnr_se": float(ps.std(ddof=1) / np.sqrt(len(ps))), "sqnr": v.mean_sqnr_db,

@@ -255,3 +255,20 @@ def guided(model_rows: Callable[[np.ndarray, int, int], np.ndarray], scale: floa
         return (u + scale * (c - u)).astype(np.float32)
 
     return predict
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """The sampler run that calibration profiles and every later measurement follows: the schedule, its
+    steps and which of them were profiled, the sample shape, the conditioning (a --calib-data file, the
+    sequence length) and the classifier-free guidance scale. One object travels where these six did."""
+    schedule: NoiseSchedule
+    steps: int
+    profiled: np.ndarray  # indices of the profiled steps among the sampler's
+    shape: tuple[int, ...]  # one sample's shape (C, H, W)
+    calib_data: str | None = None
+    seq_len: int | None = None
+    guidance: float = 1.0
+
+    def sampler(self) -> "_Sampler":
+        return sampler_for(self.schedule, self.steps, self.shape)

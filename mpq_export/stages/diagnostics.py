@@ -26,7 +26,7 @@ from mpq_export.formats import QuantizeSettings
 from mpq_export.stages.act_ranges import ActivationRanges
 from mpq_export.stages.quantize import quantize
 from mpq_export.stages.sensitivity import probe_session
-from mpq_export.stages.validate import FP32Reference, ValidationResult, ValidationSettings, validate
+from mpq_export.stages.validate import ValidationResult, Validator
 from mpq_export.targets import Target, get_target
 from mpq_export.util.output_folder import SCRATCH_PREFIX
 from mpq_export.util.progress import Progress, log
@@ -122,14 +122,12 @@ def allocation_stability(info: ModelInfo, stats: CalibrationStats, orm: OrmSetti
     return [StabilityCheck(label, n) for label, n in out.items()]
 
 
-def float_graph_validation(target: Target, info: ModelInfo, stats: CalibrationStats, shape: tuple[int, ...],
-                           settings: ValidationSettings, ref: FP32Reference,
-                           runtime: RuntimeSettings = RuntimeSettings()) -> ValidationResult | None:
+def float_graph_validation(target: Target, validator: Validator) -> ValidationResult | None:
     """The target's own float graph (e.g. tensorrt's FP16 graph) with no Q/DQ against FP32: what the target
     costs before quantizing. None when the target runs the FP32 graph itself."""
     from mpq_export.util.onnx_io import load_for_edit, save_model
 
-    graph = target.float_graph(load_for_edit(info.path))
+    graph = target.float_graph(load_for_edit(validator.info.path))
     if graph is None:
         return None
     log.info("[float graph] validating the %s target's graph without quantization", target.name)
@@ -137,18 +135,16 @@ def float_graph_validation(target: Target, info: ModelInfo, stats: CalibrationSt
         path = os.path.join(d, "model.fp16.onnx")
         save_model(graph, path)
         del graph  # the file holds it now: GBs at Stable-Diffusion size, not to be kept beside the session
-        return validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape, settings,
-                        reference=ref, label="validate: FP16 graph alone", runtime=runtime)
+        return validator.validate(path, "validate: FP16 graph alone")
 
 
-def compare_targets(target: Target, info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges,
-                    alloc: BitAllocation, qsettings: QuantizeSettings, shape: tuple[int, ...],
-                    settings: ValidationSettings, ref: FP32Reference, own: ValidationResult,
-                    float_graph: ValidationResult | None, weight_memo: dict | None = None,
-                    runtime: RuntimeSettings = RuntimeSettings()) -> list[TargetComparison]:
+def compare_targets(target: Target, validator: Validator, alloc: BitAllocation, ranges: ActivationRanges,
+                    qsettings: QuantizeSettings, hessians: dict, own: ValidationResult,
+                    float_graph: ValidationResult | None, weight_memo: dict | None = None) -> list[TargetComparison]:
     """The same allocation realised for `target.compare_with` (the FP32 graph) beside the target's own
-    figures and its float graph alone: which part of the error is the float graph's, which the Q/DQ's.
-    An allocation with formats the other target does not store (fp8) has no such row."""
+    figures (`own`) and its float graph alone: which part of the error is the float graph's, which the
+    Q/DQ's. An allocation with formats the other target does not store (fp8) has no such row."""
+    info = validator.info
     other = get_target(target.compare_with)
     foreign = sorted({f.name for l, f in zip(info.layers, alloc.formats) if f not in other.formats_for(l.op_type)})
     if foreign:
@@ -161,9 +157,8 @@ def compare_targets(target: Target, info: ModelInfo, stats: CalibrationStats, ra
         # conv outputs left float, as on TensorRT: the difference is then the float graph's alone
         log.info("[compare targets] the same allocation as an %s-target graph", other.name)
         quantize(info, alloc, ranges, path, replace(qsettings, integer_conv=False), other,
-                 hessians=stats.hessians, weight_memo=weight_memo)
-        other_val = validate(info, path, stats.schedule, stats.settings.steps, stats.step_indices, shape, settings,
-                             reference=ref, label=f"validate: {other.name} graph", runtime=runtime)
+                 hessians=hessians, weight_memo=weight_memo)
+        other_val = validator.validate(path, f"validate: {other.name} graph")
     return [TargetComparison(f"{target.name} target (FP16 graph + Q/DQ)", own),
             TargetComparison(f"FP32 graph + the same Q/DQ ({other.name}, conv outputs float)", other_val),
             TargetComparison("FP16 graph alone (no quantization)", float_graph)]

@@ -21,7 +21,7 @@ from mpq_export.util.metrics import cosine, psnr_db, sqnr_db
 from mpq_export.util.progress import Progress
 from mpq_export.runtime.ort import RuntimeSettings, check_finite, ort_session, run_model
 from mpq_export.inputs.conditioning import load_conditioning
-from mpq_export.runtime.sampler import NoiseSchedule, guided, initial_noise, sampler_for, timestep_value
+from mpq_export.runtime.sampler import Trajectory, guided, initial_noise, timestep_value
 
 
 @dataclass(frozen=True)
@@ -90,15 +90,15 @@ class FP32Reference:
     guidance_scale: float = 1.0
 
 
-def fp32_reference(info: ModelInfo, schedule: NoiseSchedule, steps: int, profiled: np.ndarray,
-                   sample_shape: tuple[int, ...], settings: ValidationSettings, calib_data: str | None = None,
-                   seq_len: int | None = None, guidance_scale: float = 1.0,
+def fp32_reference(info: ModelInfo, trajectory: Trajectory, settings: ValidationSettings,
                    runtime: RuntimeSettings = RuntimeSettings()) -> FP32Reference:
+    """The FP32 model along `trajectory` from the held-back seeds of `settings`."""
     # no arena, here and in validate: with it, runs at two batch sizes (per-step rows, guided sampler
     # rows) keep the peak of both, nearly doubling it on SD-size models at no gain in speed
     fp = ort_session(info.path, runtime.threads, low_memory=True, device=runtime.device)
-    cond, _ = load_conditioning(info, calib_data, settings.samples, settings.seed, seq_len, guidance_scale)
-    profiled_set = {int(i) for i in profiled}
+    cond, _ = load_conditioning(info, trajectory.calib_data, settings.samples, settings.seed, trajectory.seq_len,
+                                trajectory.guidance)
+    profiled_set = {int(i) for i in trajectory.profiled}
     xs, ts, eps_k = [], [], []
 
     def model_rows(x, t, i):
@@ -110,24 +110,21 @@ def fp32_reference(info: ModelInfo, schedule: NoiseSchedule, steps: int, profile
             eps_k.append(eps)
         return eps
 
-    x_T = initial_noise(settings.seed, settings.samples, sample_shape)
-    with Progress("validate: FP32 reference", steps) as p:
-        final = sampler_for(schedule, steps, sample_shape).sample(x_T, guided(model_rows, guidance_scale),
-                                                                  on_step=lambda d: p.update(d, "steps"))
+    x_T = initial_noise(settings.seed, settings.samples, trajectory.shape)
+    with Progress("validate: FP32 reference", trajectory.steps) as p:
+        final = trajectory.sampler().sample(x_T, guided(model_rows, trajectory.guidance),
+                                            on_step=lambda d: p.update(d, "steps"))
     return FP32Reference(xs=np.stack(xs), timesteps=np.asarray(ts, dtype=np.int64 if all(isinstance(t, int) for t in ts) else np.float64), eps=np.stack(eps_k), final=final,
-                         x_T=x_T, cond=cond, guidance_scale=guidance_scale)
+                         x_T=x_T, cond=cond, guidance_scale=trajectory.guidance)
 
 
-def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, steps: int, profiled: np.ndarray,
-             sample_shape: tuple[int, ...], settings: ValidationSettings, calib_data: str | None = None,
-             seq_len: int | None = None, reference: FP32Reference | None = None,
-             guidance_scale: float = 1.0, label: str = "validate",
+def validate(info: ModelInfo, quantized_path: str, trajectory: Trajectory, settings: ValidationSettings,
+             reference: FP32Reference | None = None, label: str = "validate",
              runtime: RuntimeSettings = RuntimeSettings()) -> ValidationResult:
-    """Compare `quantized_path` with the FP32 model; pass `reference` to reuse one FP32 run (its guidance
-    scale then applies). `label` names the run in progress messages."""
+    """Compare `quantized_path` with the FP32 model along `trajectory`; pass `reference` to reuse one FP32 run.
+    `label` names the run in progress messages."""
     t0 = time.perf_counter()
-    ref = reference or fp32_reference(info, schedule, steps, profiled, sample_shape, settings, calib_data, seq_len,
-                                      guidance_scale, runtime)
+    ref = reference or fp32_reference(info, trajectory, settings, runtime)
     q = ort_session(quantized_path, runtime.threads, low_memory=True, device=runtime.device)
     n = len(ref.final)
 
@@ -140,9 +137,9 @@ def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, step
         eq = run(x, timestep_value(t))
         per_t.append(TimestepError(t=timestep_value(t), sqnr_db=sqnr_db(eps, eq), cosine=cosine(eps, eq),
                                    max_abs_err=float(np.abs(eps - eq).max())))
-    with Progress(label, steps) as p:
-        final_q = sampler_for(schedule, steps, sample_shape).sample(ref.x_T, guided(lambda x, t, i: run(x, t), ref.guidance_scale),
-                                                      on_step=lambda d: p.update(d, "quantized steps"))
+    with Progress(label, trajectory.steps) as p:
+        final_q = trajectory.sampler().sample(ref.x_T, guided(lambda x, t, i: run(x, t), ref.guidance_scale),
+                                              on_step=lambda d: p.update(d, "quantized steps"))
     final_fp = ref.final
     peak = float(final_fp.max() - final_fp.min()) or 1.0
     per_sample = [psnr_db(final_fp[j], final_q[j], peak) for j in range(n)]
@@ -153,3 +150,22 @@ def validate(info: ModelInfo, quantized_path: str, schedule: NoiseSchedule, step
         mean_cosine=float(np.mean([r.cosine for r in per_t])), sample_psnr_db=float(np.mean(per_sample)),
         sample_psnr_per_sample=per_sample, samples_fp32=final_fp, samples_quant=final_q, inputs=inputs,
         seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class Validator:
+    """One model's validation set-up, made once per run: every written graph is compared with the same FP32
+    reference along the same trajectory."""
+    info: ModelInfo
+    trajectory: Trajectory
+    settings: ValidationSettings
+    reference: FP32Reference
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+    @classmethod
+    def of(cls, info: ModelInfo, trajectory: Trajectory, settings: ValidationSettings,
+           runtime: RuntimeSettings = RuntimeSettings()) -> "Validator":
+        return cls(info, trajectory, settings, fp32_reference(info, trajectory, settings, runtime), runtime)
+
+    def validate(self, path: str, label: str = "validate") -> ValidationResult:
+        return validate(self.info, path, self.trajectory, self.settings, self.reference, label, self.runtime)
