@@ -72,3 +72,45 @@ def run_cli(*args):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([str(a) for a in args])
     return code, out.getvalue(), err.getvalue()
+
+
+EMIT_FAST = ("--steps", "6", "--timesteps", "2", "--samples", "4", "--val-samples", "2", "--no-stability",
+             "--no-act-costs")
+
+
+@pytest.fixture(scope="session")
+def sd_out(pipeline_dir, tmp_path_factory):
+    """The tiny SD pipeline quantized for tensorrt at 8 bits with --emit trt-demo (shared by the hand-off tests)."""
+    out = tmp_path_factory.mktemp("emit") / "sd"
+    code, _, err = run_cli(pipeline_dir, "--budget", "8", "--emit", "trt-demo", "-o", out, *EMIT_FAST)
+    assert code == 0, err
+    return out
+
+
+@pytest.fixture(scope="session")
+def calibrated(unet_onnx):
+    """The tests' tiny UNet2DModel inspected and calibrated along a short DDIM trajectory."""
+    from mpq_export.runtime.sampler import NoiseSchedule
+    from mpq_export.stages.calibrate import CalibrationSettings, calibrate
+    from mpq_export.stages.inspect import inspect_model
+
+    info = inspect_model(unet_onnx)
+    stats = calibrate(info, CalibrationSettings(steps=10, timesteps=3, samples=8), NoiseSchedule())
+    return info, stats
+
+
+def run_cpu_check(out_dir: str, fp32_model: str, timeout_s: int = 600) -> tuple[bool, str]:
+    """The report's printed CPU Polygraphy command (both halves), run as a user would paste it, with this
+    Python's polygraphy; (passed, last output lines)."""
+    import shlex
+    import subprocess
+
+    from mpq_export.runtime.polygraphy_replay import commands
+
+    cmd = commands(out_dir, fp32_model)["CPU: FP32 ONNX vs quantized ONNX (onnxruntime)"]
+    poly = os.path.join(os.path.dirname(sys.executable), "polygraphy")
+    exe = shlex.quote(poly) if os.path.exists(poly) else "polygraphy"
+    cmd = cmd.replace("polygraphy run", f"{exe} run")
+    p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout_s)
+    tail = "\n".join(p.stdout.strip().splitlines()[-12:] + p.stderr.strip().splitlines()[-3:])
+    return p.returncode == 0, tail

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from mpq_export.stages.act_ranges import (ActCalibSettings, ActivationHistograms, abs_histogram, bin_edges, choose_ranges,
-                                   linear_histogram, quantization_error)
+                                   linear_histogram)
 from mpq_export.util.errors import MPQError
 
 
@@ -38,14 +38,6 @@ def test_percentile_matches_numpy_within_one_bin():
     for q in (99.0, 99.9, 99.99):
         got = choose_ranges(_hists([x]), ActCalibSettings(method="percentile", percentile=q)).amax["x"]
         assert got == pytest.approx(np.percentile(np.abs(x), q), rel=0.045)
-
-
-def test_error_model_matches_real_quantization_error():
-    x = np.random.default_rng(2).standard_normal(100_000)
-    cand = np.array([1.0, 2.0, 3.0, 4.0, np.abs(x).max()])
-    model = quantization_error(abs_histogram(x), cand)
-    real = np.array([_int8_error(x, a) for a in cand])
-    np.testing.assert_allclose(model, real, rtol=0.15)
 
 
 @pytest.mark.parametrize("dist", ["normal", "laplace", "student3"])

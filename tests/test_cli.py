@@ -134,9 +134,12 @@ def test_bad_input_gets_one_line_errors(unet_onnx, tmp_path):
         _one_line_error(*run_cli(unet_onnx, "--budget", "8", "-o", target, *FAST)[::2], "output")
     finally:
         ro.chmod(0o700)
-    code, _, err = run_cli(unet_onnx, "--budget", "abc")
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    _one_line_error(*run_cli(unet_onnx, "-o", tmp_path / "nob")[::2], "give --budget")
+    _one_line_error(*run_cli(unet_onnx, "--budget", "abc", "-o", tmp_path / "abc")[::2], "--budget must be a finite number")
+    _one_line_error(*run_cli(unet_onnx, "--budget", "7,x", "-o", tmp_path / "abc")[::2], "got 'x'")
+    from mpq_export.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args([str(unet_onnx)])  # no --budget: the library's default, as from Python
+    assert config_from_args(args, args.model).budgets == (8.0,)
     _one_line_error(*run_cli(unet_onnx, "--budget", "nan", "-o", tmp_path / "nan")[::2], "finite")
     _one_line_error(*run_cli(unet_onnx, "--budget", "5", "--target", "tensorrt", "-o", tmp_path / "t")[::2],
                     "no INT4 convolution", "--target onnxruntime")
@@ -165,10 +168,7 @@ def test_a_failed_run_leaves_no_output_that_looks_complete(unet_onnx, tmp_path, 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(validate_mod, "validate", boom)
-    import mpq_export.pipeline as pipeline_mod
-
-    monkeypatch.setattr(pipeline_mod, "validate", boom)
+    monkeypatch.setattr(validate_mod.Validator, "validate", boom)  # after quantize wrote into the output
     out = tmp_path / "out"
     code, _, err = run_cli(unet_onnx, "--budget", "8", "-o", out, *FAST)
     assert code == 130 and "no output was published" in err

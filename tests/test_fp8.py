@@ -2,7 +2,6 @@
 between formats of equal bits, the Q/DQ graph and its rules, and the CLI."""
 
 import json
-import os
 
 import ml_dtypes
 import numpy as np
@@ -12,16 +11,12 @@ from conftest import run_cli
 from onnx import TensorProto, helper, numpy_helper
 
 from mpq_export.config import PipelineConfig
-from mpq_export.core.histogram import quantization_error
-from mpq_export.formats.inputs import fp8_quantization_error
-from mpq_export.stages.act_ranges import ActCalibSettings, ActivationHistograms, ActivationRanges
+from mpq_export.stages.act_ranges import ActCalibSettings, ActivationRanges
 from mpq_export.stages.allocate import AllocationSettings, allocate, candidates, equal_bit_alternatives
-from mpq_export.stages.format_error import input_error
 from mpq_export.stages.inspect import inspect_model
-from mpq_export.formats import FP8, W8A8, QuantizeSettings
+from mpq_export.formats import FP8, QuantizeSettings
 from mpq_export.formats.weights import quantize_weight, quantize_weight_fp8, to_fp8
 from mpq_export.stages.quantize import count_weight_bits, quantize
-from mpq_export.targets import get_target
 from mpq_export.targets import gpus
 from mpq_export.targets.tensorrt import TensorRTTarget
 from mpq_export.targets.trt_rules import check_model
@@ -56,50 +51,6 @@ def test_fp8_error_is_relative_int8_error_absolute():
         e8 = float(((quantize_weight(w, 8, axis=1).dequantize() - w)[4:] ** 2).sum())
         ef = float(((quantize_weight_fp8(w, axis=1).dequantize() - w)[4:] ** 2).sum())
         assert (e8 < ef) == (better == "int8"), (better, e8, ef)
-
-
-def test_histogram_error_models_match_the_quantizers():
-    """The expected errors of act_ranges (from the |x| histogram) agree with quantizing the values."""
-    rng = np.random.default_rng(2)
-    x = rng.standard_t(df=3, size=200_000).astype(np.float32)
-    h = ActivationHistograms.empty(["x"], 1)
-    h.add("x", 0, x)
-    amax = float(np.abs(x).max())
-    s = amax / 448
-    true_fp8 = float(((to_fp8(x / s) * s - x) ** 2).sum())
-    assert fp8_quantization_error(h.counts[0], amax) == pytest.approx(true_fp8, rel=0.15)
-    t = amax / 4
-    s8 = t / 127
-    true_int8 = float(((np.clip(np.round(x / s8), -127, 127) * s8 - x) ** 2).sum())
-    assert float(quantization_error(h.counts[0].sum(0), np.array([t]))[0]) == pytest.approx(true_int8, rel=0.15)
-    # heavy tails at the full range: FP8 wins; a flat distribution: INT8 wins
-    flat = ActivationHistograms.empty(["x"], 1)
-    flat.add("x", 0, rng.uniform(-1, 1, 200_000).astype(np.float32))
-    for hist, better in ((h, FP8), (flat, W8A8)):
-        observed = float(hist.amax.max())
-        ranges = ActivationRanges({"x": observed}, {"x": observed}, ActCalibSettings())
-        errs = {f: input_error(hist, "x", f, ranges) for f in (W8A8, FP8)}
-        assert min(errs, key=errs.get) is better, errs
-
-
-def test_gpu_families_decide_the_tensorrt_formats(monkeypatch):
-    assert gpus.family_of((8, 6)).name == "ampere" and gpus.family_of((7, 5)).name == "ampere"
-    assert gpus.family_of((8, 9)).name == "ada" and gpus.family_of((9, 0)).name == "hopper"
-    assert gpus.family_of((12, 0)).name == "blackwell" and gpus.family_of((6, 1)) is None
-    ampere = get_target("tensorrt")
-    assert "fp8" not in ampere.format_names()
-    for op in ("Conv", "MatMul"):
-        names = [f.name for f in HOPPER.formats_for(op)]
-        assert "fp8" in names and names[-1] == "fp16"
-    monkeypatch.setattr(gpus, "detect_gpu", lambda: None)
-    t = ampere.for_gpu("auto")
-    assert t.gpu.name == "ampere" and "no GPU seen" in t.gpu_reason
-    monkeypatch.setattr(gpus, "detect_gpu", lambda: ("NVIDIA H100 80GB HBM3", (9, 0)))
-    t = get_target("tensorrt").for_gpu("auto")
-    assert t.gpu.name == "hopper" and "H100" in t.gpu_reason
-    assert t.for_gpu("auto") is t  # a chosen table stays chosen
-    with pytest.raises(MPQError, match="--gpu hopper chooses the formats of a TensorRT engine"):
-        get_target("onnxruntime").for_gpu("hopper")
 
 
 def test_formats_option_is_checked_against_the_target_and_gpu(unet_onnx):
@@ -282,17 +233,3 @@ def test_fp8_attention_quantizes_both_inputs_of_every_attention_matmul(unet_onnx
     assert np.isfinite(json.loads((out / "report.json").read_text())["validation"]["sample_psnr_db"])
 
 
-def test_gpu_detection_respects_cuda_visible_devices(monkeypatch, tmp_path):
-    """A fake nvidia-smi: the device CUDA_VISIBLE_DEVICES names is asked for; an empty or negative one is no GPU."""
-    fake = tmp_path / "nvidia-smi"
-    fake.write_text('#!/bin/sh\nif [ "$3" = "-i" ] && [ "$4" = "1" ]; then echo "NVIDIA L4, 8.9"; '
-                    'else echo "NVIDIA A100-SXM4-80GB, 8.0"; fi\n')
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert gpus.detect_gpu() == ("NVIDIA A100-SXM4-80GB", (8, 0)) and gpus.resolve("auto")[0].name == "ampere"
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
-    assert gpus.detect_gpu() == ("NVIDIA L4", (8, 9)) and gpus.resolve("auto")[0].name == "ada"
-    for hidden in ("", "-1"):
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
-        assert gpus.detect_gpu() is None and "no GPU seen" in gpus.resolve("auto")[1]

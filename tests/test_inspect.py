@@ -97,7 +97,7 @@ def test_dynamo_exported_model_keeps_module_names_and_quantizes(tmp_path):
     code, _, err = run_cli(path, "--budget", "7.7", "-o", out, "--steps", "6", "--timesteps", "2",
                            "--samples", "6", "--val-samples", "4", "--no-stability")
     assert code == 0, err
-    from mpq_export.runtime.polygraphy_replay import run_cpu_check
+    from conftest import run_cpu_check
 
     passed, tail = run_cpu_check(str(out), path)
     assert passed, tail

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 import models
 from mpq_export.targets.trt_rules import check_model
 from mpq_export.stages.inspect import inspect_model
-from mpq_export.runtime.polygraphy_replay import run_cpu_check
+from conftest import run_cpu_check
 from mpq_export.stages.quantize import count_weight_bits
 
 FAST = ["--steps", "10", "--timesteps", "4", "--samples", "8", "--val-samples", "4"]

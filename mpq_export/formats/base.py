@@ -134,17 +134,15 @@ class WeightDQFormat(Format):
         stored = view.stored_weight(node)
         if stored is None:
             return None
-        return layer.params * STORED_BITS.get(stored.data_type, 16)
+        return layer.params * stored_bits(stored.data_type)
 
 
-def _stored_bits():
-    from onnx import TensorProto
+def stored_bits(onnx_type: int) -> int:
+    """Bits of a stored weight element of an ONNX element type (16 for anything float)."""
+    from onnx import TensorProto  # lazily: formats are imported by --help
 
     return {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.INT8: 8, TensorProto.UINT8: 8,
-            TensorProto.FLOAT8E4M3FN: 8}
-
-
-STORED_BITS = _stored_bits()  # ONNX element type -> bits of a stored weight element
+            TensorProto.FLOAT8E4M3FN: 8}.get(onnx_type, 16)
 
 
 class GraphView:

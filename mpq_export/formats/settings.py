@@ -16,7 +16,7 @@ class QuantizeSettings:
     block_size: int = 128  # INT4 block along K for MatMul/Gemm weights
     clip_search: bool = True  # MSE clipping search for weight scales (False: plain |max|)
     clip_grid: int = 20  # candidate clip ratios in [0.5, 1]
-    rounding: str = DEFAULT_ROUNDING  # nearest | gptq (needs calibration's input statistics; rounding.py)
+    rounding: str = DEFAULT_ROUNDING  # nearest | gptq (needs calibration's input statistics; formats/gptq.py)
     # onnxruntime target: quantize the output of each INT8-input convolution (w8a8, w4a8) too, so that
     # onnxruntime's CPU provider fuses DQ -> Conv -> Q into QLinearConv (targets/onnxruntime.py); it
     # costs accuracy (docs/quality.md, "onnxruntime's integer convolutions"); False: --float-conv-outputs

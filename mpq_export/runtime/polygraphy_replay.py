@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
-import sys
 from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
@@ -122,13 +120,3 @@ def commands(out_dir: str, fp32_model: str, profile: dict[str, list[tuple[int, .
             + f"--onnxrt --graph-optimization-level ORT_ENABLE_BASIC --data-loader-script {loader} {check}",
     }
 
-
-def run_cpu_check(out_dir: str, fp32_model: str, timeout_s: int = 600) -> tuple[bool, str]:
-    """Run the CPU command (both halves) with this Python's polygraphy; (passed, last output lines)."""
-    cmd = commands(out_dir, fp32_model)["CPU: FP32 ONNX vs quantized ONNX (onnxruntime)"]
-    poly = os.path.join(os.path.dirname(sys.executable), "polygraphy")
-    exe = shlex.quote(poly) if os.path.exists(poly) else "polygraphy"
-    cmd = cmd.replace("polygraphy run", f"{exe} run")
-    p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout_s)
-    tail = "\n".join(p.stdout.strip().splitlines()[-12:] + p.stderr.strip().splitlines()[-3:])
-    return p.returncode == 0, tail

@@ -26,7 +26,7 @@ class OnnxRuntimeTarget(Target):
     activation_zero_point = np.array(128, dtype=np.uint8)
     dq_per_consumer = True
     widen_int4_conv_weights = True
-    handoffs = ("optimum",)  # Optimum's ONNX Runtime pipelines (stages/emit.py)
+    handoffs = ("optimum",)  # Optimum's ONNX Runtime pipelines (handoffs/)
 
     def quantizes_conv_outputs(self, settings) -> bool:
         return settings.integer_conv

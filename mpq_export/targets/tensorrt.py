@@ -34,7 +34,7 @@ class TensorRTTarget(Target):
     demo_budget = 7.5
     quantize_residual_adds = True
     builds_engines = True
-    handoffs = ("trt-demo",)  # TensorRT's demo/Diffusion (stages/emit.py)
+    handoffs = ("trt-demo",)  # TensorRT's demo/Diffusion (handoffs/)
     checks_rules = True
     compare_with = "onnxruntime"
 

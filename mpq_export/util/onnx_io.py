@@ -217,7 +217,7 @@ def name_nodes(graph) -> None:
 
 def load_for_edit(path: str, load_weights: bool = True):
     """Load an ONNX model at opset >= 21 and IR >= 10, with its weights in memory unless `load_weights`
-    is False (external weights then stay in their files: onnx_utils.read_external_tensor)."""
+    is False (external weights then stay in their files: read_external_tensor)."""
     from onnx import external_data_helper, version_converter
 
     model = load_onnx(path, load_weights=False)  # convert the graph before pulling GBs of weights

@@ -26,7 +26,7 @@ OUTPUT_FILES = frozenset({OUTPUT_MODEL, OUTPUT_MODEL + ".data", "model.mpq.plan"
                           "summary.md", "pareto.png"})
 
 
-HANDOFF_FOLDER = "trt-demo"  # --emit trt-demo (stages/emit.py): <name>.opt/model.onnx and its weights
+HANDOFF_FOLDER = "trt-demo"  # --emit trt-demo (handoffs/trt_demo.py): <name>.opt/model.onnx and its weights
 OPTIMUM_FOLDER = "optimum"  # --emit optimum: an Optimum ONNX Runtime pipeline folder (model_index.json, unet/...)
 
 

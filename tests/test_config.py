@@ -1,4 +1,4 @@
-"""pipeline: the configuration holds together what the stages need before any work starts."""
+"""config: the configuration holds together what the stages need before any work starts."""
 
 import pytest
 

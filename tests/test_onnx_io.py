@@ -1,4 +1,4 @@
-"""onnx_utils: the graph helpers every stage shares."""
+"""onnx_io: the graph helpers every stage shares."""
 
 import random
 
