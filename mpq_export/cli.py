@@ -96,7 +96,7 @@ def _library_default(setting: str):
 def options() -> list[Option]:
     """Every option of `mpq-export MODEL`, in --help order. Choice lists come from the library modules
     that own them (numpy-only imports: --help stays light)."""
-    from mpq_export.core.choices import BuildMode, Scorer
+    from mpq_export.core.choices import BuildMode, Scorer, Switch
     from mpq_export.handoffs import HANDOFF_NAMES, get_handoff
     from mpq_export.runtime.ort import DEVICES
     from mpq_export.stages.allocate import METHODS
@@ -219,8 +219,9 @@ def options() -> list[Option]:
                example=(("--gpu", "hopper", "--fp8-attention"), True)),
         Option(("--reduce-range",), "quantize.reduce_range", "onnxruntime target: INT8 weights of W8A8 "
                "MatMul/Gemm layers in [-63, 63], for onnxruntime's integer GEMM on x86 CPUs without VNNI, which can "
-               "saturate with full-range weights (still 8 stored bits)", "quantization, engine, validation",
-               dict(action="store_true"), example=(("--target", "onnxruntime", "--reduce-range"), True)),
+               "saturate with full-range weights (still 8 stored bits); auto: on when the CPU this run sees is x86 "
+               "without VNNI (the report says which)", "quantization, engine, validation",
+               dict(choices=Switch.choices()), example=(("--target", "onnxruntime", "--reduce-range", "yes"), Switch.YES)),
         Option(("--no-clip-search",), "quantize.clip_search", "plain |max| weight scales instead of the MSE clip "
                "search", "quantization, engine, validation", dict(action="store_true"), convert=_negate,
                example=(("--no-clip-search",), False)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mpq_export.core.choices import BuildMode, Scorer
+from mpq_export.core.choices import BuildMode, Scorer, Switch
 from mpq_export.handoffs import HandOff, get_handoff
 from mpq_export.runtime.ort import RuntimeSettings
 from mpq_export.stages.act_ranges import ActCalibSettings
@@ -56,6 +56,8 @@ class PipelineConfig:
     sample_grid: bool = True
     emit: tuple[str | HandOff, ...] = ()  # hand-offs written beside the model (names, resolved to handoffs/ objects)
     notes: list[str] = field(default_factory=list)
+    # what the library decided for an 'auto' setting, and why (the report's notes): filled by __post_init__
+    decisions: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.target = get_target(self.target).for_gpu(self.gpu)
@@ -73,6 +75,10 @@ class PipelineConfig:
             raise MPQError(f"--importance {self.importance} scores layers for --allocation mpq (this run: --allocation "
                            f"{self.allocation.method}, which does not read scores); drop --importance or use "
                            f"--allocation mpq")
+        auto = self.quantize.reduce_range is Switch.AUTO
+        self.quantize, why = self.target.resolve_quantize_settings(self.quantize)
+        if auto:
+            self.decisions = list(why)
         self.target.check_quantize_settings(self.quantize)
         for handoff in self.emit:  # each runtime loads one target's graph
             if handoff.name not in self.target.handoffs:

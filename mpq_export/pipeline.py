@@ -156,7 +156,7 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
                           resolution=cfg.calibration.resolution or prepared.default_resolution)
     with timings.stage("calibrate"):  # checks the user's inputs first
         stats = calibrate(info, calibration, schedule, calib_data, cache_dir, cfg.runtime, input_statistics=cfg.gptq)
-    notes = list(cfg.notes) + prepared.notes
+    notes = list(cfg.notes) + list(cfg.decisions) + prepared.notes
     ranges, act_costs = _activation_ranges(cfg, info, stats, notes, timings)
     imp, sens = _importance(cfg, info, stats, ranges, cands, cache_dir, timings)
     fmt_error = _format_errors(cfg, info, stats, ranges, cands, sens, timings)
@@ -229,6 +229,12 @@ def _importance(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, r
         with timings.stage("sensitivity"):
             sens = measure_sensitivity(info, stats, ranges, cands[0], cfg.quantize, cfg.orm.alpha, cache_dir,
                                        cfg.runtime, scorer=cfg.importance)
+    elif cfg.importance.from_errors:
+        from mpq_export.stages.scores import error_scores
+
+        with timings.stage("scores"):
+            sens = error_scores(info, stats, ranges, cands[0], cfg.quantize, cfg.importance, imp.theta,
+                                cfg.orm.alpha, cache_dir, cfg.runtime)
     return imp, sens
 
 
@@ -244,8 +250,7 @@ def _format_errors(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats
     from mpq_export.stages.format_error import expected_format_error
 
     with timings.stage("format_error"):
-        err = expected_format_error(info, tied, stats.act_hist, ranges, cfg.quantize,
-                                    stats.hessians)
+        err = expected_format_error(info, tied, stats, ranges, cfg.quantize)
     log.info("[format error] expected error of %d layers' formats of equal bits (%s)", len(err),
              ", ".join(sorted({f for e in err.values() for f in e})))
     return err
@@ -264,13 +269,14 @@ def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp
     from mpq_export.runtime import polygraphy_replay
 
     replay = polygraphy_replay.write_files(tmp, out, run.info, run.model_path, run.stats.schedule.num_train_timesteps,
-                                           run.validator.trajectory.shape, int(val.inputs[run.info.sample.name].shape[1]))
+                                           run.validator.trajectory.shape, int(val.inputs[run.info.sample.name].shape[1]),
+                                           with_tensorrt=run.cfg.target.builds_engines)
     if run.cfg.sample_grid:
         _sample_grid(run, val, alloc, tmp, timings)
     compared = None
     if weight_memo is not None:
         with timings.stage("compare_targets"):
-            rows = compare_targets(run.cfg.target, run.validator, alloc, run.ranges, run.cfg.quantize, run.stats.hessians,
+            rows = compare_targets(run.cfg.target, run.validator, alloc, run.ranges, run.cfg.quantize, run.stats,
                                    val, run.float_validation, weight_memo)
         compared = [TargetComparisonRow.of(r.label, r.validation) for r in rows if r.validation is not None]
         notes = notes + [f"same allocation per target: {r.label}" for r in rows if r.validation is None]
@@ -314,7 +320,7 @@ def _quantize_checked(run: _SharedResults, alloc: BitAllocation, path: str, timi
     log.info("[quantize] writing the %s target's Q/DQ model", run.cfg.target.name)
     with timings.stage("quantize"):
         qm = quantize(run.info, alloc, run.ranges, path, run.cfg.quantize, run.cfg.target,
-                      hessians=run.stats.hessians, weight_memo=weight_memo)
+                      stats=run.stats, weight_memo=weight_memo)
     counted, _ = count_weight_bits(path, run.info)
     if abs(counted - alloc.achieved_bits) > 1e-6:  # the budget, the report and the file count one number
         raise MPQError(f"internal: the written model stores {counted:.4f} average weight bits, the allocation "

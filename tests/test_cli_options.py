@@ -40,7 +40,7 @@ def test_every_setting_record_field_has_an_option_or_is_internal():
 
     # for Python callers and tools/ studies only: the positional model, the report's extras, a research knob;
     # calibration.attention_inputs follows --fp8-attention (config.py sets it)
-    internal = {"model", "act_costs_limit_s", "sample_grid", "notes", "act_calib.over_steps", "quantize.clip_grid",
+    internal = {"model", "act_costs_limit_s", "sample_grid", "notes", "decisions", "act_calib.over_steps", "quantize.clip_grid",
                 "calibration.attention_inputs"}
     named = {o.setting for o in options() if o.setting}
     for f in dataclasses.fields(PipelineConfig):

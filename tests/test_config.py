@@ -31,7 +31,7 @@ REFUSALS = [
     (dict(target="tensorrt", quantize=dict(integer_conv=False)), ["--float-conv-outputs"],
      "--float-conv-outputs changes the onnxruntime target's graph"),
     (dict(target="tensorrt", quantize=dict(block_size=32)), ["--block-size", "32"], "--block-size 32 cannot be built"),
-    (dict(target="tensorrt", quantize=dict(reduce_range=True)), ["--reduce-range"],
+    (dict(target="tensorrt", quantize=dict(reduce_range=True)), ["--reduce-range", "yes"],
      "--reduce-range works around onnxruntime's x86 integer GEMM"),
     (dict(importance="sensitivity", allocation=dict(method="uniform")),
      ["--importance", "sensitivity", "--allocation", "uniform"], "--importance sensitivity scores layers for"),

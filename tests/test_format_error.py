@@ -7,7 +7,7 @@ import pytest
 from mpq_export.formats import FP8, W4A8, W4A16, W8A8, QuantizeSettings
 from mpq_export.formats.gptq import output_error, weight_matrix
 from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges
-from mpq_export.stages.format_error import expected_format_error, input_error, weight_error
+from mpq_export.stages.format_error import expected_format_error, weight_error
 from mpq_export.util.onnx_io import iter_initializers
 
 
@@ -15,14 +15,14 @@ def test_more_bits_less_error_and_a_float_input_adds_none(calibrated):
     info, stats = calibrated
     ranges = choose_ranges(stats.act_hist, ActCalibSettings())
     convs = [l for l in info.layers if l.op_type == "Conv"][:6]
-    err = expected_format_error(info, {l.name: [W4A8, W8A8, FP8] for l in convs}, stats.act_hist, ranges,
-                                QuantizeSettings(rounding="nearest"), stats.hessians)
+    err = expected_format_error(info, {l.name: [W4A8, W8A8, FP8] for l in convs}, stats, ranges,
+                                QuantizeSettings(rounding="nearest"))
     for l in convs:
         e = err[l.name]
         assert 0 < e["w8a8"] < e["w4a8"], (l.name, e)  # 8-bit weights, the same INT8 input
     gemm = next(l for l in info.layers if l.op_type in ("MatMul", "Gemm"))
-    assert input_error(stats.act_hist, gemm.activation_input, W4A16, ranges) == 0.0
-    assert input_error(stats.act_hist, gemm.activation_input, W8A8, ranges) > 0.0
+    cal = stats.for_layer(gemm, ranges)
+    assert W4A16.input_error(gemm, None, None, cal) == 0.0 and W8A8.input_error(gemm, None, None, cal) > 0.0
 
 
 def test_weight_error_is_the_relative_output_error_under_h(calibrated):

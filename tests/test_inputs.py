@@ -8,8 +8,8 @@ from mpq_export.core.histogram import quantization_error
 from mpq_export.formats import FP8, W8A8
 from mpq_export.formats.inputs import fp8_quantization_error
 from mpq_export.formats.weights import to_fp8
-from mpq_export.stages.act_ranges import ActCalibSettings, ActivationHistograms, ActivationRanges
-from mpq_export.stages.format_error import input_error
+from mpq_export.formats.base import LayerCalibration
+from mpq_export.stages.act_ranges import ActivationHistograms
 
 
 def test_histogram_error_models_match_the_quantizers():
@@ -31,6 +31,7 @@ def test_histogram_error_models_match_the_quantizers():
     flat.add("x", 0, rng.uniform(-1, 1, 200_000).astype(np.float32))
     for hist, better in ((h, FP8), (flat, W8A8)):
         observed = float(hist.amax.max())
-        ranges = ActivationRanges({"x": observed}, {"x": observed}, ActCalibSettings())
-        errs = {f: input_error(hist, "x", f, ranges) for f in (W8A8, FP8)}
+        cal = LayerCalibration(counts=hist.counts[0].sum(0), energy=float(hist.sumsq.sum()),
+                               thresholds={"int8": observed, "fp8": observed})
+        errs = {f: f.input_error(None, None, None, cal) for f in (W8A8, FP8)}
         assert min(errs, key=errs.get) is better, errs

@@ -66,3 +66,13 @@ def test_the_gpu_command_is_polygraphys_and_builds_what_the_engine_builder_build
     assert profile[info.sample.name][2][0] == 16 >= EngineSettings().max_batch  # the loader's 16 rows fit
     for cmd in replay.commands["CPU: FP32 ONNX vs quantized ONNX (onnxruntime)"].split(" && "):
         _polygraphy_parse(cmd)
+
+
+def test_an_onnxruntime_target_report_prints_no_tensorrt_command(cond_unet_onnx, tmp_path):
+    """A graph TensorRT cannot build (the onnxruntime target's INT4 convolutions, UINT8 Q/DQ) gets only the
+    runtimes that run it."""
+    info = inspect_model(cond_unet_onnx)
+    replay = write_files(str(tmp_path), "/final/out", info, cond_unet_onnx, sample_shape=(4, 8, 8), batch=16,
+                         with_tensorrt=False)
+    assert list(replay.commands) == ["CPU: FP32 ONNX vs quantized ONNX (onnxruntime)"]
+    assert not any("--trt" in c for c in replay.commands.values())

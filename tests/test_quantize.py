@@ -18,7 +18,7 @@ def test_qdq_graph_follows_the_allocation(calibrated, tmp_path):
     qm = quantize(info, alloc, ranges, out, QuantizeSettings(), "onnxruntime")
     counted, per_layer = count_weight_bits(out, info)
     assert counted == pytest.approx(alloc.achieved_bits, abs=1e-12)
-    assert all(per_layer[n] == f.weight_bits for n, f in zip(alloc.layer_names, alloc.formats))
+    assert all(per_layer[n] == b / p for n, b, p in zip(alloc.layer_names, alloc.layer_bits, alloc.params))
     m = onnx.load(out)
     assert m.opset_import[0].version == 21 and m.ir_version >= 10
     inits = {i.name: i for i in m.graph.initializer}
@@ -63,7 +63,7 @@ def test_onnxruntime_runs_the_quantized_layers_on_integer_kernels(calibrated, tm
     alloc = allocate(info.layers, 6.0, "onnxruntime", AllocationSettings(keep_fp16=(), min8=()), theta=theta)
     q_conv = [i for i in conv_idx if alloc.formats[i].quantized]
     assert {alloc.formats[i].weight_bits for i in q_conv} == {4, 8}, "the test wants both conv widths"
-    w4_gemm = sum(f.name == "w4a16" for l, f in zip(info.layers, alloc.formats) if l.op_type == "MatMul")
+    w4_gemm = sum(f.weight_bits == 4 for l, f in zip(info.layers, alloc.formats) if l.op_type == "MatMul")
     assert w4_gemm > 0, "the test wants INT4 MatMuls"
     out = str(tmp_path / "q.onnx")
     ranges = choose_ranges(stats.act_hist, ActCalibSettings())
@@ -87,7 +87,7 @@ def test_reduce_range_keeps_w8a8_gemm_weights_within_63_and_counts_8_bits(calibr
     for reduce in (False, True):
         out = str(tmp_path / f"r{reduce}.onnx")
         quantize(info, alloc, amax, out, QuantizeSettings(rounding=rounding, reduce_range=reduce), "onnxruntime",
-                 hessians=stats.hessians)
+                 stats=stats)
         assert count_weight_bits(out, info)[0] == pytest.approx(alloc.achieved_bits, abs=1e-12)  # INT8 still counts 8
         m = onnx.load(out)
         ints = {t.name: np.abs(onnx.numpy_helper.to_array(t).astype(np.int32)).max() for t in m.graph.initializer
@@ -114,10 +114,10 @@ def test_a_shared_weight_memo_rounds_each_layer_once_across_targets(calibrated, 
     real = qmod.quantize_layer_weight
     monkeypatch.setattr(qmod, "quantize_layer_weight", lambda *a, **k: calls.append(a[0].name) or real(*a, **k))
     memo = {}
-    quantize(info, alloc, amax, str(tmp_path / "t.onnx"), QuantizeSettings(), "tensorrt", hessians=stats.hessians, weight_memo=memo)
+    quantize(info, alloc, amax, str(tmp_path / "t.onnx"), QuantizeSettings(), "tensorrt", stats=stats, weight_memo=memo)
     first = len(calls)
     assert first == sum(f.quantized for f in alloc.formats) == len(memo)
-    quantize(info, alloc, amax, str(tmp_path / "o.onnx"), QuantizeSettings(integer_conv=False), "onnxruntime", hessians=stats.hessians, weight_memo=memo)
+    quantize(info, alloc, amax, str(tmp_path / "o.onnx"), QuantizeSettings(integer_conv=False), "onnxruntime", stats=stats, weight_memo=memo)
     assert len(calls) == first  # nothing rounded twice
 
     def stored(path):
@@ -149,9 +149,9 @@ def test_external_weights_are_read_layer_by_layer_and_give_the_same_model(calibr
     real = qmod.read_external_tensor
     monkeypatch.setattr(qmod, "read_external_tensor", lambda t, d: reads.append(t.name) or real(t, d))
     settings = QuantizeSettings()
-    quantize(info, alloc, amax, str(tmp_path / "inline.onnx"), settings, "onnxruntime", hessians=stats.hessians)
+    quantize(info, alloc, amax, str(tmp_path / "inline.onnx"), settings, "onnxruntime", stats=stats)
     assert not reads
-    quantize(info_ext, alloc, amax, str(tmp_path / "external.onnx"), settings, "onnxruntime", hessians=stats.hessians)
+    quantize(info_ext, alloc, amax, str(tmp_path / "external.onnx"), settings, "onnxruntime", stats=stats)
     assert set(l.weight_name for l in info.layers) <= set(reads)  # one read per weight, from the file
 
     def initializers(path):

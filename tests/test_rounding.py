@@ -83,5 +83,5 @@ def test_gptq_through_calibration_and_quantize(unet_onnx, tmp_path):
         assert e(gq) < e(rtn)
     alloc = allocate(info.layers, 4.5, "onnxruntime", theta=np.ones(len(info.layers)))
     amax = choose_ranges(stats.act_hist, ActCalibSettings())
-    quantize(info, alloc, amax, str(tmp_path / "g.onnx"), QuantizeSettings(rounding="gptq"), "onnxruntime", hessians=stats.hessians)
+    quantize(info, alloc, amax, str(tmp_path / "g.onnx"), QuantizeSettings(rounding="gptq"), "onnxruntime", stats=stats)
     assert (tmp_path / "g.onnx").exists()

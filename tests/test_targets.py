@@ -31,7 +31,10 @@ def test_every_table_is_cheapest_first_and_covers_every_op():
         for op in target.formats:
             bits = [f.weight_bits for f in target.formats_for(op)]
             assert bits == sorted(bits) and bits[-1] == 16  # FP16 is always the fallback
-            assert len(set(bits)) == len(bits)  # one format per stored width: the budget tells them apart
+            names = [f.name for f in target.formats_for(op)]
+            assert len(set(names)) == len(names)
+            # two formats of one nominal width either store different bits (low-rank branches of each size)
+            # or are told apart by their errors (w8a8 and w8a8-sq: format_error.py, or the measured scores)
 
 
 def test_unknown_target_is_a_one_line_error():
@@ -84,3 +87,22 @@ def test_only_tensorrt_checks_its_rules(tmp_path):
     assert get_target("onnxruntime").check_graph(path) is None
     with pytest.raises(MPQError, match="internal: the TensorRT graph breaks 1 rule"):  # no Q/DQ at all
         get_target("tensorrt").check_graph(path)
+
+
+def test_reduce_range_auto_follows_the_cpu_and_the_report_says_why(monkeypatch):
+    """--reduce-range auto (the default): on for an x86 CPU without VNNI (onnxruntime's integer GEMM can
+    saturate there), off with VNNI or off x86; the decision and its reason reach the report's notes; the
+    tensorrt target always keeps the full range."""
+    import mpq_export.targets.onnxruntime as ort_target
+    from mpq_export.config import PipelineConfig
+    from mpq_export.core.choices import Switch
+
+    for vnni, expect in ((False, Switch.YES), (True, Switch.NO), (None, Switch.NO)):
+        monkeypatch.setattr(ort_target, "cpu_has_vnni", lambda: vnni)
+        cfg = PipelineConfig(model="m.onnx", target="onnxruntime")
+        assert cfg.quantize.reduce_range is expect
+        assert len(cfg.decisions) == 1 and ("x86 without VNNI, where" in cfg.decisions[0]) == (vnni is False)
+    monkeypatch.setattr(ort_target, "cpu_has_vnni", lambda: False)
+    assert PipelineConfig(model="m.onnx").quantize.reduce_range is Switch.NO  # tensorrt
+    explicit = PipelineConfig(model="m.onnx", target="onnxruntime", quantize=QuantizeSettings(reduce_range="no"))
+    assert explicit.quantize.reduce_range is Switch.NO and explicit.decisions == []

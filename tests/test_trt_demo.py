@@ -160,3 +160,34 @@ def test_trt_demo_refusals_come_before_the_work(cond_unet_onnx, unet_onnx, tmp_p
 
 
 
+
+
+def test_the_printed_command_is_todays_demo_and_each_output_has_its_engines(sd_out, tmp_path):
+    """SD 1.x is `--version 1.4` in demo/Diffusion since TensorRT 10.15 (1.5 before, said beside it); the
+    engine folder is the output's own (the demo reuses any engine it finds there); the latent sizes that
+    run are stated, and onnxruntime confirms them: a multiple runs, a size between does not."""
+    import onnxruntime as ort
+
+    from mpq_export.handoffs.trt_demo import demo_command, latent_multiple
+
+    sd1, sd2, xl = (demo_command(n, w, "/o/trt-demo", (512, 512)) for n, w in
+                    (("unet", 768), ("unet", 1024), ("unetxl", 2048)))
+    assert sd1.split("  #")[0].endswith("--version 1.4") and "10.14 and earlier: --version 1.5" in sd1
+    assert "--version 2.1" in sd2 and "no SD 2.x since 10.15" in sd2
+    assert xl.startswith("python3 demo_txt2img_xl.py") and xl.endswith("--version xl-1.0")
+    (h,) = json.loads((sd_out / "report.json").read_text())["handoff"]
+    assert f"--engine-dir {sd_out / 'trt-demo'}-engines" in h["command"] and "--engine-dir engine " not in h["command"]
+    m = latent_multiple(str(sd_out / "model.mpq.onnx"))
+    assert m == 2 and f"multiples of {m}" in h["checked"]  # the tiny UNet has one downsampler
+    sess = ort.InferenceSession(str(sd_out / "trt-demo" / "unet.opt" / "model.onnx"), providers=["CPUExecutionProvider"])
+    info = _info(sd_out)
+    d = info.conditioning[0].shape[-1]
+
+    def run(size):
+        feeds = {"sample": np.zeros((2, 4, size, size), np.float32), "timestep": np.array([500.0], np.float32),
+                 "encoder_hidden_states": np.zeros((2, 77, d), np.float32)}
+        return sess.run(None, feeds)[0]
+
+    assert run(2 * m * 3).shape[-1] == 2 * m * 3
+    with pytest.raises(Exception):
+        run(2 * m * 3 + 1)

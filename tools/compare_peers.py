@@ -296,18 +296,18 @@ def main() -> None:
         roundings = [r for r in args.roundings.split(",") if r]
         for r in roundings:  # the defaults (act mse), per weight rounding
             path = os.path.join(d, f"w8a8-default-{r}.onnx")
-            quantize(info, alloc8, default_ranges, path, QuantizeSettings(rounding=r), "onnxruntime", hessians=stats.hessians)
+            quantize(info, alloc8, default_ranges, path, QuantizeSettings(rounding=r), "onnxruntime", stats=stats)
             score(f"ours W8A8 onnxruntime, defaults (act {default_ranges.settings.method}), {r} rounding", path,
                   rounding=r, default=r == DEFAULT_ROUNDING)
             if r == DEFAULT_ROUNDING:
                 fc = os.path.join(d, "w8a8-float-conv.onnx")
-                quantize(info, alloc8, default_ranges, fc, QuantizeSettings(rounding=r, integer_conv=False), "onnxruntime", hessians=stats.hessians)
+                quantize(info, alloc8, default_ranges, fc, QuantizeSettings(rounding=r, integer_conv=False), "onnxruntime", stats=stats)
                 score("ours W8A8 onnxruntime, defaults, --float-conv-outputs", fc, rounding=r, float_conv_outputs=True)
                 strip_activation_qdq(path, os.path.join(d, "w8-only.onnx"))
                 score("ours W8, activations float (the row above with its act Q/DQ removed)",
                       os.path.join(d, "w8-only.onnx"))
         trt = os.path.join(d, "w8a8-trt.onnx")
-        quantize(info, allocate(info.layers, 8, "tensorrt", w8), default_ranges, trt, QuantizeSettings(), "tensorrt", hessians=stats.hessians)
+        quantize(info, allocate(info.layers, 8, "tensorrt", w8), default_ranges, trt, QuantizeSettings(), "tensorrt", stats=stats)
         score("ours W8A8 tensorrt (FP16 graph), defaults", trt, default=True)
         imp = compute_importance(stats.grams, stats.timesteps, stats.layer_names, OrmSettings(),
                                  schedule.num_train_timesteps)
@@ -327,7 +327,7 @@ def main() -> None:
                 for scorer in scorers:
                     alloc = allocate(info.layers, b, "onnxruntime", theta=imp.theta if scorer == "orm" else None, sensitivity=measured.get(scorer))
                     path = os.path.join(d, f"mpq-{b:g}-{r}-{scorer}.onnx")
-                    quantize(info, alloc, default_ranges, path, qs, "onnxruntime", hessians=stats.hessians)
+                    quantize(info, alloc, default_ranges, path, qs, "onnxruntime", stats=stats)
                     score(f"ours MPQ {b:g} bits onnxruntime ({scorer}), {r} rounding", path, budget=b, rounding=r,
                           scorer=scorer)
             for b in [float(x) for x in args.trt_budgets.split(",") if x]:  # the tensorrt target's own range
@@ -335,7 +335,7 @@ def main() -> None:
                     alloc = allocate(info.layers, b, "tensorrt", theta=imp.theta if scorer == "orm" else None, sensitivity=measured.get(scorer))
                     path = os.path.join(d, f"mpq-trt-{b:g}-{r}-{scorer}.onnx")
                     quantize(info, alloc, default_ranges, path, qs, "tensorrt",
-                             hessians=stats.hessians)
+                             stats=stats)
                     score(f"ours MPQ {b:g} bits tensorrt ({scorer}), {r} rounding", path, budget=b, rounding=r,
                           scorer=scorer, target="tensorrt")
 
@@ -346,7 +346,7 @@ def main() -> None:
                 floor, _ = reachable_range(info.layers, candidates(info.layers, target)[0])
                 alloc = allocate(info.layers, floor, target, AllocationSettings(method="uniform"))
                 path = os.path.join(d, f"uniform4-{target}.onnx")
-                quantize(info, alloc, default_ranges, path, QuantizeSettings(), target, hessians=stats.hessians)
+                quantize(info, alloc, default_ranges, path, QuantizeSettings(), target, stats=stats)
                 score(f"ours uniform 4 bits {target} (every unpinned layer at 4 bits)", path, target=target,
                       uniform4=True)
         if args.fp8:
@@ -403,8 +403,7 @@ def fp8_rows(info, stats, ranges, d: str, score, scorers: list[str], cache: str 
     bits = uniform["w8a8"].achieved_bits  # every unpinned layer at 8 bits; pins FP16
     both = AllocationSettings(formats=("fp16", "w8a8", "fp8"))
     cands = candidates(info.layers, hopper, both)[0]
-    errors = expected_format_error(info, equal_bit_alternatives(info.layers, cands), stats.act_hist, ranges, qs,
-                                   stats.hessians)
+    errors = expected_format_error(info, equal_bit_alternatives(info.layers, cands), stats, ranges, qs)
     allocs = {"all-INT8": uniform["w8a8"], "all-FP8": uniform["fp8"],
               "INT8/FP8 per layer (expected error)": allocate(info.layers, bits, hopper, both,
                                                                theta=np.ones(len(info.layers)), format_error=errors)}
@@ -415,7 +414,7 @@ def fp8_rows(info, stats, ranges, d: str, score, scorers: list[str], cache: str 
         allocs["INT8/FP8 per layer (measured sensitivity)"] = allocate(info.layers, bits, hopper, both, sensitivity=sens)
     for label, alloc in allocs.items():
         path = os.path.join(d, f"fp8-{label.split()[0].replace('/', '-')}-{len(label)}.onnx")
-        quantize(info, alloc, ranges, path, qs, hopper, hessians=stats.hessians)
+        quantize(info, alloc, ranges, path, qs, hopper, stats=stats)
         n_fp8 = sum(f.name == "fp8" for f in alloc.formats)
         score(f"ours {label}, tensorrt --gpu hopper ({n_fp8} of {len(alloc.formats)} layers FP8)", path,
               target="tensorrt", fp8=label, fp8_layers=[n for n, f in zip(alloc.layer_names, alloc.formats)

@@ -144,7 +144,7 @@ def main() -> None:
     def evaluate(alloc):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "q.onnx")
-            quantize(info, alloc, amax, path, qs, "onnxruntime", hessians=stats.hessians)
+            quantize(info, alloc, amax, path, qs, "onnxruntime", stats=stats)
             q = ort_session(path)
             final_q = sampler.sample(x_T, lambda x, t, i: q.run([info.output], build_feeds(info, x, t, {}))[0])
             sq = [sqnr_db(eps_fp[i], q.run([info.output], build_feeds(info, traj[i], int(sampler.timesteps[i]), {}))[0])

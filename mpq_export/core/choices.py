@@ -40,23 +40,44 @@ class Choice(str, Enum):
 
 class Scorer(Choice):
     """What the mpq allocation's objective is built from (--importance)."""
-    ORM = "orm"  # the paper's orthogonality metric (stages/orm.py)
-    SENSITIVITY = "sensitivity"  # measured noise-prediction error of each layer alone (stages/sensitivity.py)
-    TRAJECTORY = "trajectory"  # measured final-sample error of each layer alone (stages/sensitivity.py)
+    ORM = "orm"  # the paper's orthogonality metric (stages/orm.py): maximise bits x importance
+    ORM_ERROR = "orm-error"  # ORM importance x each format's expected error (stages/scores.py)
+    PROBED = "probed"  # one probe per layer measures its gain; x each format's expected error (stages/scores.py)
+    SENSITIVITY = "sensitivity"  # measured noise-prediction error of each layer and format alone (sensitivity.py)
+    TRAJECTORY = "trajectory"  # measured final-sample error of each layer and format alone (sensitivity.py)
     NONE = "none"  # a baseline allocation (uniform, random, smallest-first) reads no scores
 
     @classmethod
     def _offered(cls) -> tuple[str, ...]:
-        return ("orm", "sensitivity", "trajectory")
+        return ("orm", "orm-error", "probed", "sensitivity", "trajectory")
 
     @property
     def measured(self) -> bool:
-        """Scores measured by probing the model (sensitivity.py), rather than read off calibration."""
+        """Every (layer, format) measured by probing the model (sensitivity.py)."""
         return self in (Scorer.SENSITIVITY, Scorer.TRAJECTORY)
 
+    @property
+    def from_errors(self) -> bool:
+        """A per-layer gain times each format's expected error (stages/scores.py)."""
+        return self in (Scorer.ORM_ERROR, Scorer.PROBED)
 
-class BuildMode(Choice):
-    """--build-engine: whether the TensorRT engine is built."""
-    AUTO = "auto"  # when TensorRT and a GPU are present
-    YES = "yes"  # always; a one-line error when it cannot be
+
+class Switch(Choice):
+    """An option that is on, off, or decided by what the run finds (the report says what it found)."""
+    AUTO = "auto"
+    YES = "yes"
     NO = "no"
+
+    @classmethod
+    def of(cls, value, flag: str):
+        if isinstance(value, bool):  # a Python caller's True / False
+            return cls.YES if value else cls.NO
+        return super().of(value, flag)
+
+    def __bool__(self) -> bool:  # AUTO is decided before anything reads it as a truth value
+        if self is Switch.AUTO:
+            raise ValueError("internal: an 'auto' switch read before it was decided")
+        return self is Switch.YES
+
+
+BuildMode = Switch  # --build-engine: auto builds when TensorRT and a GPU are present; yes: always (or refuses)

@@ -7,15 +7,20 @@ format is one file beside these (a `Format` subclass, formats/base.py) and one e
 
 from __future__ import annotations
 
-from mpq_export.formats.base import CONV_OPS, GEMM_OPS, FloatFormat, Format, GraphView, LayerStorage
+from mpq_export.formats.base import (CONV_OPS, GEMM_OPS, FloatFormat, Format, GraphView, LayerCalibration,
+                                     LayerStorage, WeightDQFormat)
 from mpq_export.formats.fp8 import FP8
 from mpq_export.formats.integer import W4A8, W4A16, W8A8
+from mpq_export.formats.lowrank import LOW_RANK_LADDER, LowRankFormat
 from mpq_export.formats.settings import QuantizeSettings
+from mpq_export.formats.smooth import W8A8_SQ
 from mpq_export.util.errors import MPQError
 
 FP16 = FloatFormat("fp16")
-FORMATS: tuple[Format, ...] = (FP16, W8A8, W4A8, W4A16, FP8)
+FORMATS: tuple[Format, ...] = (FP16, W8A8, W4A8, W4A16, FP8, *LOW_RANK_LADDER, W8A8_SQ)
 FORMAT_NAMES = tuple(f.name for f in FORMATS)
+# how a written graph is read back, most specific first (a low-rank layer also has a DequantizeLinear weight)
+_RECOGNISERS = (LowRankFormat, WeightDQFormat)
 
 
 def parse_format(name: str) -> Format:
@@ -28,12 +33,13 @@ def parse_format(name: str) -> Format:
 def count_layer_bits(view: GraphView, node, layer) -> int:
     """The stored bits of `layer` (its graph node `node`) in a written file: the first format kind that
     recognises how the graph realises it; 16 per weight when none does (a float weight)."""
-    for kind in dict.fromkeys(type(f) for f in FORMATS):
+    for kind in _RECOGNISERS:
         bits = kind.bits_in_graph(view, node, layer)
         if bits is not None:
             return bits
     return layer.params * 16
 
 
-__all__ = ["CONV_OPS", "GEMM_OPS", "FORMATS", "FORMAT_NAMES", "FP16", "FP8", "W4A8", "W4A16", "W8A8", "Format",
-           "GraphView", "LayerStorage", "QuantizeSettings", "count_layer_bits", "parse_format"]
+__all__ = ["CONV_OPS", "GEMM_OPS", "FORMATS", "FORMAT_NAMES", "FP16", "FP8", "LOW_RANK_LADDER", "W4A8", "W4A16", "W8A8",
+           "W8A8_SQ", "Format", "GraphView", "LayerCalibration", "LayerStorage", "LowRankFormat", "QuantizeSettings",
+           "count_layer_bits", "parse_format"]

@@ -22,12 +22,32 @@ GEMM_OPS = ("MatMul", "Gemm")
 
 
 @dataclass(frozen=True)
+class LayerCalibration:
+    """What calibration knows about one layer's input, for the formats that read it (stages/calibrate.py's
+    `CalibrationStats.for_layer` makes it; a bare H array stands for one with nothing else)."""
+    hessian: np.ndarray | None = None  # GPTQ's H: sum over steps of X^T X / tr, K x K, the weight's column order
+    channel_amax: np.ndarray | None = None  # [K] max |x| per input channel (MatMul/Gemm inputs)
+    channel_ms: np.ndarray | None = None  # [K] mean x^2 per input channel
+    counts: np.ndarray | None = None  # the input's |x| histogram pooled over steps (core/histogram.py)
+    energy: float = 0.0  # its sum of x^2
+    thresholds: dict | None = None  # input quantizer name -> the threshold its scale maps onto its grid
+
+
+def as_calibration(cal) -> LayerCalibration:
+    """A LayerCalibration from what a caller gave: one, a bare H array, or nothing."""
+    if isinstance(cal, LayerCalibration):
+        return cal
+    return LayerCalibration(hessian=cal)
+
+
+@dataclass(frozen=True)
 class LayerStorage:
     """How one layer's weight is stored in the written file."""
     format: str
     weight_dtype: str  # int4 | int8 | fp8 | float
     storage_bits: int  # bits of each stored weight element
     weight_sqnr_db: float | None  # the stored weight against the float one (None when kept float)
+    detail: str = ""  # what the format chose for this layer: a low-rank branch's rank, a smoothing's alpha
 
 
 class Format:
@@ -37,6 +57,12 @@ class Format:
     weight_bits: int = 16
     input: InputQuantizer | None = None
     summary: str = ""  # one line for the docs and --help
+
+    @property
+    def probe_quantizer(self) -> InputQuantizer | None:
+        """The fake-quant branch a sensitivity probe switches on for this format's input (its own quantizer,
+        unless the format transforms the input first)."""
+        return self.input
 
     # --- the budget ----------------------------------------------------------------------------------
     @property
@@ -62,13 +88,28 @@ class Format:
         return self.layer_bits(layer) / layer.params
 
     # --- the weight ----------------------------------------------------------------------------------
-    def quantize_weight(self, layer, w: np.ndarray, settings, hessian: np.ndarray | None) -> QuantizedWeight:
+    def applies_to(self, layer) -> bool:
+        """Whether this format can realise the layer at all (a target's table offers it per op type)."""
+        return True
+
+    def realisation(self, layer) -> tuple:
+        """What this format writes for `layer`: two formats with equal realisations write the same layer
+        (two branch sizes that round to one rank), and a layer is offered only the first of them."""
+        return (self.name,)
+
+    def same_family(self, other: "Format") -> bool:
+        """Whether `other` is this format with another parameter (a low-rank branch of another size): a
+        target that stores one stores the other."""
+        return False
+
+    def quantize_weight(self, layer, w: np.ndarray, settings, cal) -> QuantizedWeight:
+        """The stored form of the weight; `cal`: the layer's LayerCalibration (or a bare H, or None)."""
         raise NotImplementedError(f"format {self.name} stores no quantized weight")
 
-    def effective_weight(self, layer, w: np.ndarray, settings, hessian: np.ndarray | None) -> np.ndarray:
+    def effective_weight(self, layer, w: np.ndarray, settings, cal) -> np.ndarray:
         """The float weight the layer computes with in this format (what the probes and the error model
-        see)."""
-        return self.quantize_weight(layer, w, settings, hessian).dequantize()
+        see), in the input's own units."""
+        return self.quantize_weight(layer, w, settings, cal).dequantize()
 
     # --- the graph -----------------------------------------------------------------------------------
     def write(self, writer, layer, node, w: np.ndarray, quantized) -> LayerStorage:
@@ -82,12 +123,21 @@ class Format:
         (formats/__init__.py tries each kind in turn; the float fallback counts 16 per weight)."""
         return None
 
+    def probe_feeds(self, layer, w: np.ndarray, quantized, masks: dict[str, str]) -> dict:
+        """What a sensitivity probe feeds for this layer in this format, beside its effective weight: the
+        switch of its input quantizer's fake-quant branch (stages/sensitivity.py)."""
+        if self.probe_quantizer is None:
+            return {}
+        return {masks[self.probe_quantizer.name]: np.array(1.0, dtype=np.float32)}
+
     # --- the error model -----------------------------------------------------------------------------
-    def input_error(self, counts: np.ndarray, energy: float, ranges, tensor: str) -> float:
-        """Relative squared error of the input `tensor` through this format's input quantizer (0 when float)."""
-        if self.input is None or energy <= 0:
+    def input_error(self, layer, w: np.ndarray, settings, cal) -> float:
+        """Relative squared error of the layer's input through this format's input quantizer (0 when float),
+        from the streamed histogram of that input."""
+        cal = as_calibration(cal)
+        if self.input is None or cal.energy <= 0 or cal.counts is None:
             return 0.0
-        return self.input.expected_error(counts, self.input.threshold(ranges, tensor)) / energy
+        return self.input.expected_error(cal.counts, cal.thresholds[self.input.name]) / cal.energy
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Format) and other.name == self.name
@@ -106,7 +156,7 @@ class FloatFormat(Format):
         self.name, self.weight_bits, self.input = name, 16, None
         self.summary = "the layer kept in float (counted as 16 bits)"
 
-    def effective_weight(self, layer, w, settings, hessian):
+    def effective_weight(self, layer, w, settings, cal):
         return w
 
 
@@ -159,6 +209,21 @@ class GraphView:
         while tensor in self.producers and self.producers[tensor].op_type in ("Cast", "Transpose", "Reshape"):
             tensor = self.producers[tensor].input[0]
         return tensor
+
+    def low_rank_factors(self, node):
+        """(A, B) initializers when the layer node's output is added to MatMul(MatMul(x, A), B) with x the
+        node's own input (formats/lowrank.py), else None."""
+        out, x = node.output[0], self.source(node.input[0])
+        for add in self.consumers.get(out, []):
+            other = [i for i in add.input if i != out] if add.op_type == "Add" else []
+            mb = self.producers.get(other[0]) if len(other) == 1 else None
+            ma = self.producers.get(mb.input[0]) if mb is not None and mb.op_type == "MatMul" else None
+            if ma is None or ma.op_type != "MatMul" or self.source(ma.input[0]) != x:
+                continue
+            a, b = self.inits.get(self.source(ma.input[1])), self.inits.get(self.source(mb.input[1]))
+            if a is not None and b is not None:
+                return a, b
+        return None
 
     def stored_weight(self, node):
         """The initializer a layer node's weight is dequantized from (INT4 widened by a Cast included), or None."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpq_export.formats.base import WeightDQFormat
+from mpq_export.formats.base import WeightDQFormat, as_calibration
 from mpq_export.formats.inputs import FP8_INPUT
 from mpq_export.formats.weights import QuantizedWeight, fp8_constant, quantize_weight_fp8, to_fp8
 
@@ -18,7 +18,8 @@ class Fp8Format(WeightDQFormat):
     name, weight_bits, input, stored_dtype = "fp8", 8, FP8_INPUT, "fp8"
     summary = "FP8 E4M3 per-channel weights, FP8 E4M3 per-tensor input"
 
-    def quantize_weight(self, layer, w: np.ndarray, settings, hessian: np.ndarray | None) -> QuantizedWeight:
+    def quantize_weight(self, layer, w: np.ndarray, settings, cal) -> QuantizedWeight:
+        hessian = as_calibration(cal).hessian
         qw = quantize_weight_fp8(w, layer.weight_axis, clip_search=settings.clip_search, grid=settings.clip_grid)
         if settings.rounding == "gptq" and hessian is not None:  # GPTQ on FP8's grid instead of the integers
             from mpq_export.formats.gptq import from_matrix, gptq_round, weight_matrix

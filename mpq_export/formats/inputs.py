@@ -19,6 +19,7 @@ class InputQuantizer:
     tag: str = ""  # suffix of the tensors and nodes it writes (one tensor may get a quantizer of each kind)
     fuses_residual_add = False  # TensorRT fuses a residual Add into a conv whose input is this kind
     min_opset = 13  # the ONNX opset its QuantizeLinear / DequantizeLinear need
+    per_channel_probe = False  # its probe branch takes a per-channel scale fed per probe (a smoothed input)
 
     def threshold(self, ranges, tensor: str) -> float:
         """The |x| its scale maps onto the top of its grid, from the run's ActivationRanges."""
@@ -110,7 +111,14 @@ def activation_scale(amax: float) -> float:
     return max(float(amax), 1e-6) / 127.0
 
 
+class SmoothedInt8Probe(Int8Input):
+    """The probes' stand-in for INT8 on a smoothed input x / s (formats/smooth.py): one per-tensor INT8 scale
+    on x / s is a per-channel scale s_j * step on x, fed per probe (the factors depend on the layer's weight)."""
+    name, tag, per_channel_probe = "int8-smooth", "_smooth", True
+
+
 INT8_INPUT = Int8Input()
 FP8_INPUT = Fp8Input()
-INPUT_QUANTIZERS = (INT8_INPUT, FP8_INPUT)
+SMOOTH_PROBE = SmoothedInt8Probe()
+INPUT_QUANTIZERS = (INT8_INPUT, FP8_INPUT, SMOOTH_PROBE)
 

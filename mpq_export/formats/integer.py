@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpq_export.formats.base import GEMM_OPS, WeightDQFormat
+from mpq_export.core.choices import Switch
+from mpq_export.formats.base import GEMM_OPS, WeightDQFormat, as_calibration
 from mpq_export.formats.inputs import INT8_INPUT, InputQuantizer
 from mpq_export.formats.weights import QuantizedWeight, int4_constant, quantize_weight
 
@@ -26,11 +27,12 @@ class IntegerFormat(WeightDQFormat):
     def integer_bits(self, layer, settings) -> int:
         """The integer range's width: one bit less for the W8A8 GEMMs of --reduce-range (onnxruntime's x86
         integer GEMM without VNNI), stored as INT8 all the same."""
-        if settings.reduce_range and self.weight_bits == 8 and self.input is not None and layer.op_type in GEMM_OPS:
+        if settings.reduce_range is Switch.YES and self.weight_bits == 8 and self.input is not None and layer.op_type in GEMM_OPS:
             return 7
         return self.weight_bits
 
-    def quantize_weight(self, layer, w: np.ndarray, settings, hessian: np.ndarray | None) -> QuantizedWeight:
+    def quantize_weight(self, layer, w: np.ndarray, settings, cal) -> QuantizedWeight:
+        hessian = as_calibration(cal).hessian
         bits = self.integer_bits(layer, settings)
         if self.weight_bits == 4 and layer.op_type in GEMM_OPS:  # INT4 GEMM weights: blocks along K
             qw = quantize_weight(w, 4, layer.weight_axis, block_axis=layer.reduction_axis,

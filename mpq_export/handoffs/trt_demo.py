@@ -30,8 +30,11 @@ from mpq_export.util.output_folder import HANDOFF_FOLDER
 
 TRT_DEMO_FOLDER = HANDOFF_FOLDER
 DEMO_TEXT_MAXLEN = 77  # demo/Diffusion's text_maxlen: the CLIP token count its encoders produce
-# cross-attention width -> the demo's --version (get_unet_embedding_dim in its unet.py)
-DEMO_VERSIONS = {768: "1.5", 1024: "2.1", 2048: "xl-1.0"}
+# cross-attention width -> (the demo's --version at its head, the demo releases that take it, what TensorRT
+# 10.14 and earlier took); from demo_diffusion/dd_argparse.py and unet.py (get_unet_embedding_dim): since
+# 10.15 the demo names SD 1.x "1.4" (or "dreamshaper-7") and has no SD 2.x at all
+DEMO_VERSIONS = {768: ("1.4", "TensorRT 10.15 and later", "1.5"), 1024: (None, "", "2.1"),
+                 2048: ("xl-1.0", "every release since 9.0", "xl-1.0")}
 
 
 @dataclass(frozen=True)
@@ -109,19 +112,52 @@ def emit_trt_demo(q_path: str, info: ModelInfo, out_dir: str, final_dir: str) ->
         raise MPQError(f"internal: the trt-demo graph breaks the demo's contract: {problems[0]}")
     _same_as_the_written_model(os.path.join(out_dir, TRT_DEMO_FOLDER), q_path, info)
     final = os.path.join(final_dir, TRT_DEMO_FOLDER)
-    version = DEMO_VERSIONS.get(contract.inputs["encoder_hidden_states"][2])
-    script = "demo_txt2img_xl.py" if contract.name == "unetxl" else "demo_txt2img.py"
-    size = (info.sample_size or (64, 64))
-    command = (f'python3 {script} "a photo of an astronaut riding a horse" --version {version or "<the checkpoint>"} '
-               f"--onnx-dir {final} --engine-dir engine --height {size[0] * 8} "
-               f"--width {size[1] * 8}")
+    width = contract.inputs["encoder_hidden_states"][2]
+    multiple = latent_multiple(q_path)
+    size = [max(multiple, (d // multiple) * multiple) for d in (info.sample_size or (64, 64))]
+    command = demo_command(contract.name, width, final, (size[0] * 8, size[1] * 8))
     checked = ("names, shapes and dynamic axes as demo/Diffusion's unet.py declares them, external data by relative "
                "name, element types of every same-type op input agreeing (onnx type inference), and the graph run "
-               "by onnxruntime with the demo's [1]-shaped timestep")
-    if version is None:
+               f"by onnxruntime with the demo's [1]-shaped timestep; latent H and W must be multiples of {multiple} "
+               f"(images multiples of {multiple * 8}): build static shapes at such a size, not "
+               f"--build-dynamic-shape, whose profile includes other sizes")
+    if width not in DEMO_VERSIONS:
         checked += (f"; the demo knows only the released widths {sorted(DEMO_VERSIONS)} of encoder_hidden_states "
-                    f"(this model: {contract.inputs['encoder_hidden_states'][2]})")
+                    f"(this model: {width})")
     return HandOffRecord(TrtDemo.name, final, os.path.join(final, f"{contract.name}.opt", "model.onnx"), command, checked)
+
+
+def demo_command(name: str, width: int, final: str, image: tuple[int, int]) -> str:
+    """The demo/Diffusion command for a UNet folder at `final` (`name`: unet or unetxl, `width`: its
+    cross-attention width), with the demo version its head takes and what releases up to 10.14 took."""
+    head, releases, old = DEMO_VERSIONS.get(width, (None, "", None))
+    script = "demo_txt2img_xl.py" if name == "unetxl" else "demo_txt2img.py"
+    # each output its own engine folder: the demo reuses any engine it finds there (a sweep's budgets would
+    # otherwise all run the first one's); beside the output, which the demo's engines would not fit
+    engines = f"{final.rstrip(os.sep)}-engines"
+    args = (f'"a photo of an astronaut riding a horse" --onnx-dir {final} --engine-dir {engines} '
+            f"--height {image[0]} --width {image[1]}")
+    if head is not None:
+        command = f"python3 {script} {args} --version {head}"
+        if old != head:
+            command += f"  # {releases}; demo/Diffusion of TensorRT 10.14 and earlier: --version {old}"
+        return command
+    if old is not None:
+        return (f"python3 {script} {args} --version {old}  # demo/Diffusion of TensorRT 10.14 and earlier: it has "
+                f"no SD 2.x since 10.15")
+    return f"python3 {script} {args} --version <the checkpoint's>"
+
+
+def latent_multiple(path: str) -> int:
+    """What latent H and W must be multiples of: 2 to the number of stride-2 convolutions (the UNet's
+    downsamplers). The exported graph concatenates each upsampled map with its skip connection, which match
+    only at such sizes (diffusers' own forward pads odd sizes through `upsample_size`; the export does not)."""
+    from mpq_export.util.onnx_io import load_onnx
+
+    model = load_onnx(path, load_weights=False)
+    down = sum(1 for n in model.graph.node if n.op_type == "Conv"
+               and any(a.name == "strides" and list(a.ints) == [2, 2] for a in n.attribute))
+    return 2 ** down
 
 
 def _same_as_the_written_model(folder: str, q_path: str, info: ModelInfo) -> None:

@@ -169,7 +169,9 @@ def _md_layers(r: Report) -> list[str]:
         s4 = next((v for k, v in s.items() if k.startswith("w4")), None)
         g = lambda v: "—" if v is None else f"{v:.3g}"  # noqa: E731
         sens_cell = f" {g(s4)} / {g(s.get('w8a8'))} |" if sens else ""
-        lines.append(f"| {i} | `{l.name}` | {l.op_type} | {l.params:,} | {l.format} | {l.weight_bits} | "
+        fmt = f"{l.format} ({l.detail})" if l.detail else l.format
+        bits = f"{l.stored_bits:.3g}" if l.stored_bits is not None else f"{l.weight_bits}"
+        lines.append(f"| {i} | `{l.name}` | {l.op_type} | {l.params:,} | {fmt} | {bits} | "
                      f"{l.importance:.4g} |{sens_cell} {_fmt(l.weight_sqnr_db, 1)} |")
     return lines
 
@@ -178,7 +180,8 @@ def _md_layers(r: Report) -> list[str]:
 
 def _measured_column(scorer: str) -> str:
     """The layer table's heading for the measured scores: what the scorer measured (sensitivity.py)."""
-    return "final-sample error" if Scorer(scorer) is Scorer.TRAJECTORY else "noise-prediction error"
+    return {Scorer.TRAJECTORY: "final-sample error", Scorer.PROBED: "probed gain x expected error",
+            Scorer.ORM_ERROR: "ORM importance x expected error"}.get(Scorer(scorer), "noise-prediction error")
 
 
 def _display_name(path: str) -> str:

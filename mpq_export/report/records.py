@@ -42,6 +42,8 @@ class LayerRow:
     sensitivity: dict[str, float] | None  # format -> measured error (--importance sensitivity)
     weight_sqnr_db: float | None
     pin: str | None
+    stored_bits: float | None = None  # bits per weight the layer stores (a low-rank branch's factors included)
+    detail: str = ""  # what its format chose for it (a low-rank branch's rank, a smoothing's alpha)
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,8 @@ def layer_rows(info: ModelInfo, alloc: BitAllocation, layer_storage: dict[str, L
                      weight_bits=f.weight_bits, act_bits=f.act_bits, storage=layer_storage[l.name].weight_dtype,
                      importance=float(imp.theta[i]) if imp is not None else None,
                      sensitivity=sens.scores[l.name] if sens is not None else None,
-                     weight_sqnr_db=layer_storage[l.name].weight_sqnr_db, pin=alloc.pins.get(l.name))
+                     weight_sqnr_db=layer_storage[l.name].weight_sqnr_db, pin=alloc.pins.get(l.name),
+                     stored_bits=alloc.layer_bits[i] / l.params, detail=layer_storage[l.name].detail)
             for i, (l, f) in enumerate(zip(info.layers, alloc.formats))]
 
 

@@ -71,9 +71,11 @@ class PolygraphyReplay:
 
 def write_files(tmp_dir: str, final_dir: str, info: ModelInfo, fp32_model: str,
                 num_train_timesteps: int = 1000, sample_shape: tuple[int, int, int] | None = None,
-                batch: int | None = None) -> PolygraphyReplay:
+                batch: int | None = None, with_tensorrt: bool = True) -> PolygraphyReplay:
     """Write polygraphy_data.py into tmp_dir; return the commands (with final_dir paths) for the report.
-    `sample_shape` (C, H, W) and `batch` (the loader's rows per feed) give the GPU command its profile."""
+    `sample_shape` (C, H, W) and `batch` (the loader's rows per feed) give the GPU command its profile;
+    `with_tensorrt`: the graph is one TensorRT builds (the tensorrt target's), so the GPU command is printed
+    too (an onnxruntime-target graph, with INT4 convolutions and UINT8 Q/DQ, is not)."""
     with open(os.path.join(tmp_dir, "polygraphy_data.py"), "w") as f:
         f.write(_LOADER.format(sample=info.sample.name, timestep=info.timestep.name, t_rank=len(info.timestep.shape),
                                t_dtype=info.timestep.dtype, cond=[c.name for c in info.conditioning],
@@ -85,7 +87,7 @@ def write_files(tmp_dir: str, final_dir: str, info: ModelInfo, fp32_model: str,
         e = EngineSettings()
         loader_batch = fixed_batch(info) or batch
         profile = profile_shapes(info, sample_shape, (e.min_batch, e.opt_batch, max(e.max_batch, loader_batch)))
-    return PolygraphyReplay(commands(final_dir, fp32_model, profile), SNR_THRESHOLD_DB, COSINE_THRESHOLD,
+    return PolygraphyReplay(commands(final_dir, fp32_model, profile, with_tensorrt), SNR_THRESHOLD_DB, COSINE_THRESHOLD,
                             int(MIN_T_FRACTION * num_train_timesteps))
 
 
@@ -98,7 +100,8 @@ def _shape_flags(profile: dict[str, list[tuple[int, ...]]]) -> str:
     return " ".join(flags)
 
 
-def commands(out_dir: str, fp32_model: str, profile: dict[str, list[tuple[int, ...]]] | None = None) -> dict[str, str]:
+def commands(out_dir: str, fp32_model: str, profile: dict[str, list[tuple[int, ...]]] | None = None,
+             with_tensorrt: bool = True) -> dict[str, str]:
     """The replay commands. The GPU one builds the engine as runtime/engine.py does (strongly typed, so
     the Q/DQ and FP16 types decide each layer's precision; builder optimization level 3; the same
     min/opt/max shapes when `profile` is given) and compares it with onnxruntime at the basic
@@ -109,14 +112,16 @@ def commands(out_dir: str, fp32_model: str, profile: dict[str, list[tuple[int, .
     q = shlex.quote(os.path.join(d, "model.mpq.onnx"))
     check = (f"--compare snr cosine_similarity --snr-threshold {SNR_THRESHOLD_DB:g} "
              f"--cosine-similarity-threshold {COSINE_THRESHOLD:g}")
-    return {
+    out = {
         "CPU: FP32 ONNX vs quantized ONNX (onnxruntime)":
             f"polygraphy run {shlex.quote(os.path.abspath(fp32_model))} --onnxrt --data-loader-script {loader} "
             f"--save-outputs {ref} && polygraphy run {q} --onnxrt --graph-optimization-level ORT_ENABLE_BASIC "
             f"--data-loader-script {loader} --load-outputs {ref} {check}",
-        "GPU: TensorRT engine of the quantized ONNX vs onnxruntime (needs TensorRT)":
+    }
+    if with_tensorrt:
+        out["GPU: TensorRT engine of the quantized ONNX vs onnxruntime (needs TensorRT)"] = (
             f"polygraphy run {q} --trt --strongly-typed --builder-optimization-level 3 "
             + (f"{_shape_flags(profile)} " if profile else "")
-            + f"--onnxrt --graph-optimization-level ORT_ENABLE_BASIC --data-loader-script {loader} {check}",
-    }
+            + f"--onnxrt --graph-optimization-level ORT_ENABLE_BASIC --data-loader-script {loader} {check}")
+    return out
 

@@ -174,15 +174,16 @@ def candidates(layers: list[QuantLayer], target: str | Target,
         if any(re.search(rx, l.name) for rx in settings.min8_patterns):
             bits = [b for b in bits if b >= 8] or [8]
             pins[l.name] = ">= 8 bits (sensitive layer)"
-        fmts = [f for f in target.formats_for(l.op_type) if f.weight_bits in bits
-                 and (settings.formats is None or f.name in settings.formats)]
+        fmts = [f for f in target.formats_for(l.op_type) if f.weight_bits in bits and f.applies_to(l)
+                and (settings.formats is None or f.name in settings.formats)]
+        fmts = list({f.realisation(l): f for f in reversed(fmts)}.values())[::-1]  # the first of equal ones
         if not fmts and settings.formats is not None:
             raise MPQError(f"--formats {','.join(settings.formats)} with --bits {','.join(map(str, bits))} leaves "
                            f"{l.op_type} layer {l.name} without a format on the {target.name} target (it stores "
                            f"{', '.join(f.name for f in target.formats_for(l.op_type))}); add one of them to --formats")
         if not fmts:
             why = "; ".join(sorted({target.why_not[(l.op_type, b)] for b in bits if (l.op_type, b) in target.why_not}))
-            have = ",".join(str(f.weight_bits) for f in target.formats_for(l.op_type))
+            have = ",".join(str(b) for b in sorted({f.weight_bits for f in target.formats_for(l.op_type)}))
             others = [t.name for t in all_targets() if t.name != target.name and any(t.format_for(l.op_type, b) for b in bits)]
             raise MPQError(f"--bits {','.join(map(str, bits))} leaves {l.op_type} layer {l.name} without a format on the "
                            f"{target.name} target{f' ({why})' if why else ''}; it stores {have} bits: add one of "
@@ -431,20 +432,72 @@ def allocate(layers: list[QuantLayer], budget: float, target: str | Target,
             raise MPQError("internal: the mpq allocation needs importance scores")
         choice, objective, status = solve_01(values, costs, capacity, maximize)
     elif method == "uniform":
-        # every unpinned layer at the largest candidate <= budget; pins keep their pin
+        # every unpinned layer at the plain format of the largest width <= budget; pins keep their pin
         width = max([b for b in settings.bits if b <= budget + 1e-9] or [min(settings.bits)])
         choice = []
         for c in cands:
             fits = [i for i, f in enumerate(c) if f.weight_bits <= width]
-            choice.append(fits[-1] if fits else 0)
+            top = max((c[i].weight_bits for i in fits), default=None)
+            choice.append(min((i for i in fits if c[i].weight_bits == top), key=lambda i: costs[len(choice)][i])
+                          if fits else 0)
     elif method == "random":
         order = list(np.random.default_rng(settings.seed or 0).permutation(len(layers)))
         choice = _greedy_fill(order, costs, capacity)
     else:  # smallest-first
         order = sorted(range(len(layers)), key=lambda i: params[i])
         choice = _greedy_fill(order, costs, capacity)
-    alloc = BitAllocation(layer_names=names, formats=[c[i] for c, i in zip(cands, choice)], params=params,
+    formats = [c[i] for c, i in zip(cands, choice)]
+    if method == "uniform":
+        formats = _uniform_ranks(layers, cands, formats, capacity)
+    alloc = BitAllocation(layer_names=names, formats=formats, params=params,
                           budget=budget, method=method, scorer=scorer, objective=objective,
                           solver_status=status, seconds=time.perf_counter() - t0, pins=pins,
-                          equal_bit_choices=choices, layer_bits=[c[i] for c, i in zip(costs, choice)])
+                          equal_bit_choices=choices, layer_bits=[f.layer_bits(l) for f, l in zip(formats, layers)])
     return alloc
+
+
+def _uniform_ranks(layers: list[QuantLayer], cands: list[list[Format]], formats: list[Format],
+                   capacity: int) -> list[Format]:
+    """Uniform at equal bits: where the candidates hold low-rank branches, every layer that took the plain
+    4-bit format gets a branch sized by one common fraction of a bit (formats/lowrank.py), the largest that
+    keeps the budget; what the rounding to whole ranks leaves of the budget then goes one rank at a time to
+    those layers, largest first (on narrow layers one rank is a large fraction of a bit, and the budget would
+    otherwise be missed by most of a rank)."""
+    from mpq_export.formats import W4A16, LowRankFormat
+
+    movable = [i for i, (c, f) in enumerate(zip(cands, formats))
+               if f == W4A16 and any(isinstance(g, LowRankFormat) for g in c)]
+    if not movable:
+        return formats
+    fixed = sum(f.layer_bits(l) for i, (f, l) in enumerate(zip(formats, layers)) if i not in set(movable))
+
+    def with_branch(extra: float) -> list[Format]:
+        out = list(formats)
+        fmt = LowRankFormat(extra)
+        for i in movable:
+            if fmt.exact_rank(layers[i]) >= 1 and fmt.applies_to(layers[i]):
+                out[i] = fmt
+        return out
+
+    def total(fs: list[Format]) -> int:
+        return fixed + sum(fs[i].layer_bits(layers[i]) for i in movable)
+
+    lo, hi = 0.0, 16.0
+    if total(with_branch(hi)) <= capacity:
+        return with_branch(hi)
+    for _ in range(40):  # bisection on the common fraction: the stored bits rise with it in whole ranks
+        mid = (lo + hi) / 2
+        if total(with_branch(mid)) <= capacity:
+            lo = mid
+        else:
+            hi = mid
+    best = with_branch(lo) if total(with_branch(lo)) <= capacity else list(formats)
+    used = total(best)
+    for i in sorted(movable, key=lambda i: -layers[i].params):
+        k, n = layers[i].weight_shape[layers[i].reduction_axis], layers[i].params // layers[i].weight_shape[layers[i].reduction_axis]
+        rank = best[i].rank(layers[i]) + 1 if isinstance(best[i], LowRankFormat) else 1
+        up = LowRankFormat(rank * 16 * (k + n) / (k * n))  # exactly one rank more
+        if up.applies_to(layers[i]) and used - best[i].layer_bits(layers[i]) + up.layer_bits(layers[i]) <= capacity:
+            used += up.layer_bits(layers[i]) - best[i].layer_bits(layers[i])
+            best[i] = up
+    return best

@@ -32,10 +32,12 @@ from mpq_export.util.progress import Progress, log
 from mpq_export.runtime.ort import RuntimeSettings, build_feeds, check_finite, fixed_batch, ort_session, run_model
 from mpq_export.util.cache import file_sha256, model_sha256, write_entry
 from mpq_export.runtime.sampler import NoiseSchedule, guided, initial_noise, sampler_for, timestep_value
-from mpq_export.formats import CONV_OPS
+from mpq_export.formats import CONV_OPS, GEMM_OPS
+from mpq_export.formats.base import LayerCalibration
+from mpq_export.formats.inputs import INPUT_QUANTIZERS
 from mpq_export.inputs.conditioning import load_conditioning
 
-CACHE_VERSION = 9
+CACHE_VERSION = 10  # 10: per-channel maxima and mean squares of MatMul/Gemm inputs
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,28 @@ class CalibrationStats:
     # onnxruntime calls, and reducing fetched tensors to GPTQ statistics, histograms and Grams
     time_split: dict[str, float] = field(default_factory=dict)
     identity: dict = field(default_factory=dict)  # cache_identity: what the statistics were made from
+    # MatMul/Gemm inputs: tensor -> [K] max |x| and mean x^2 per input channel (the last axis), over every
+    # row of every profiled step (what smoothing, formats/smooth.py, is chosen from)
+    channel_amax: dict[str, np.ndarray] = field(default_factory=dict)
+    channel_ms: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:
         return int(self.grams.shape[2])
+
+    def for_layer(self, layer, ranges=None) -> LayerCalibration:
+        """Everything calibration knows about one layer's input, for its formats (formats/base.py); the
+        thresholds of its input quantizers come from `ranges` (act_ranges.ActivationRanges) when given."""
+        x = layer.activation_input
+        counts, energy = None, 0.0
+        if x in self.act_hist:
+            i = self.act_hist.names.index(x)
+            counts, energy = self.act_hist.counts[i].sum(0), float(self.act_hist.sumsq[i].sum())
+        thresholds = None
+        if ranges is not None and x in ranges.amax:
+            thresholds = {q.name: q.threshold(ranges, x) for q in INPUT_QUANTIZERS if not q.per_channel_probe}
+        return LayerCalibration(hessian=self.hessians.get(layer.name), channel_amax=self.channel_amax.get(x),
+                                channel_ms=self.channel_ms.get(x), counts=counts, energy=energy, thresholds=thresholds)
 
     def save(self, path: str) -> None:
         meta = {"layer_names": self.layer_names, "act_names": self.act_hist.names, "settings": asdict(self.settings),
@@ -124,11 +144,13 @@ class CalibrationStats:
                 "model_sha256": self.model_sha256, "seconds": self.seconds, "version": CACHE_VERSION,
                 "rows_per_call": self.rows_per_call, "gram_sketch_dim": self.gram_sketch_dim,
                 "input_names": sorted(self.inputs), "hessian_layers": sorted(self.hessians),
-                "time_split": self.time_split, "identity": self.identity}
+                "time_split": self.time_split, "identity": self.identity, "channel_tensors": sorted(self.channel_amax)}
         np.savez(path, meta=np.array(json.dumps(meta)), timesteps=self.timesteps, step_indices=self.step_indices,
                  grams=self.grams, outputs=self.outputs, act_counts=self.act_hist.counts, act_amax=self.act_hist.amax,
                  act_sumsq=self.act_hist.sumsq, **{f"in_{k}": v for k, v in self.inputs.items()},
-                 **{f"h_{i}": self.hessians[n] for i, n in enumerate(sorted(self.hessians))})
+                 **{f"h_{i}": self.hessians[n] for i, n in enumerate(sorted(self.hessians))},
+                 **{f"ca_{i}": self.channel_amax[n] for i, n in enumerate(sorted(self.channel_amax))},
+                 **{f"cm_{i}": self.channel_ms[n] for i, n in enumerate(sorted(self.channel_amax))})
 
     @classmethod
     def load(cls, path: str) -> "CalibrationStats":
@@ -146,7 +168,9 @@ class CalibrationStats:
                        rows_per_call=int(meta.get("rows_per_call", 0)),
                        gram_sketch_dim=int(meta.get("gram_sketch_dim", 0)),
                        time_split=meta.get("time_split", {}), seconds=meta["seconds"], cached=True,
-                       identity=meta.get("identity", {}))
+                       identity=meta.get("identity", {}),
+                       channel_amax={n: z[f"ca_{i}"] for i, n in enumerate(meta.get("channel_tensors", []))},
+                       channel_ms={n: z[f"cm_{i}"] for i, n in enumerate(meta.get("channel_tensors", []))})
 
 
 def _file_sha(path: str | None) -> str:
@@ -330,7 +354,8 @@ def calibrate(info: ModelInfo, settings: CalibrationSettings, schedule: NoiseSch
         step_indices=profiled.astype(np.int64), grams=profiler.grams, act_hist=profiler.hist,
         inputs={info.sample.name: profiler.xs, **cond}, outputs=profiler.outs, hessians=hessians, settings=settings,
         schedule=schedule, conditioning_source=cond_source, model_sha256=sha, seconds=seconds, rows_per_call=chunk,
-        gram_sketch_dim=settings.sketch_dim if sketched else 0, time_split=dict(split), identity=identity)
+        gram_sketch_dim=settings.sketch_dim if sketched else 0, time_split=dict(split), identity=identity,
+        channel_amax=profiler.channels.amax, channel_ms=profiler.channels.mean_squares())
     if cache_path:
         _save_cached(stats, cache_path)
     return stats
@@ -449,6 +474,34 @@ class _InputStatistics:
         return out
 
 
+class _ChannelStatistics:
+    """Per input channel (the last axis) of each MatMul/Gemm input: max |x| and the sum of x^2 over rows."""
+
+    def __init__(self, info: ModelInfo):
+        self.tensors = {l.activation_input: l.weight_shape[l.reduction_axis] for l in info.layers
+                        if l.op_type in GEMM_OPS}
+        self.amax: dict[str, np.ndarray] = {}
+        self.sumsq: dict[str, np.ndarray] = {}
+        self.rows: dict[str, int] = {}
+
+    def add(self, name: str, arr: np.ndarray) -> None:
+        k = self.tensors.get(name)
+        if k is None or arr.ndim < 2 or arr.shape[-1] != k:
+            return
+        flat = arr.reshape(-1, k)
+        a = np.abs(flat).max(0).astype(np.float64)
+        sq = np.einsum("rk,rk->k", flat, flat, dtype=np.float64)
+        if name in self.amax:
+            np.maximum(self.amax[name], a, out=self.amax[name])
+            self.sumsq[name] += sq
+            self.rows[name] += flat.shape[0]
+        else:
+            self.amax[name], self.sumsq[name], self.rows[name] = a, sq, flat.shape[0]
+
+    def mean_squares(self) -> dict[str, np.ndarray]:
+        return {n: self.sumsq[n] / max(self.rows[n], 1) for n in self.amax}
+
+
 class _TrajectoryProfiler:
     """The sampler's model: runs the FP32 UNet over chunks of rows and, at the profiled steps, reduces
     every fetched tensor at once (Grams, histograms, GPTQ statistics) and keeps the step's x_t and
@@ -459,6 +512,7 @@ class _TrajectoryProfiler:
                  sketch: GramSketch):
         self.info, self.sess, self.cond, self.wanted, self.chunk = info, sess, cond, wanted, chunk
         self.split, self.input_stats, self.sketch = split, input_stats, sketch
+        self.channels = _ChannelStatistics(info)
         k = len(profiled)
         self.profiled = {int(i): j for j, i in enumerate(profiled)}
         self.grams = np.zeros((k, len(info.layers), rows, rows), dtype=np.float64)
@@ -492,6 +546,9 @@ class _TrajectoryProfiler:
         if name in self.input_stats.readers:
             with self.split("gptq_statistics"):
                 self.input_stats.add(name, arr)
+        if name in self.channels.tensors:
+            with self.split("histograms"):
+                self.channels.add(name, arr)
 
     def _profile_step(self, x: np.ndarray, t: int, k: int) -> np.ndarray:
         info = self.info

@@ -139,14 +139,14 @@ def float_graph_validation(target: Target, validator: Validator) -> ValidationRe
 
 
 def compare_targets(target: Target, validator: Validator, alloc: BitAllocation, ranges: ActivationRanges,
-                    qsettings: QuantizeSettings, hessians: dict, own: ValidationResult,
+                    qsettings: QuantizeSettings, stats: CalibrationStats, own: ValidationResult,
                     float_graph: ValidationResult | None, weight_memo: dict | None = None) -> list[TargetComparison]:
     """The same allocation realised for `target.compare_with` (the FP32 graph) beside the target's own
     figures (`own`) and its float graph alone: which part of the error is the float graph's, which the
     Q/DQ's. An allocation with formats the other target does not store (fp8) has no such row."""
     info = validator.info
     other = get_target(target.compare_with)
-    foreign = sorted({f.name for l, f in zip(info.layers, alloc.formats) if f not in other.formats_for(l.op_type)})
+    foreign = sorted({f.name for l, f in zip(info.layers, alloc.formats) if not other.stores(l.op_type, f)})
     if foreign:
         return [TargetComparison(f"{target.name} target (FP16 graph + Q/DQ)", own),
                 TargetComparison(f"FP32 graph + the same Q/DQ: not written ({other.name} stores no "
@@ -157,7 +157,7 @@ def compare_targets(target: Target, validator: Validator, alloc: BitAllocation, 
         # conv outputs left float, as on TensorRT: the difference is then the float graph's alone
         log.info("[compare targets] the same allocation as an %s-target graph", other.name)
         quantize(info, alloc, ranges, path, replace(qsettings, integer_conv=False), other,
-                 hessians=hessians, weight_memo=weight_memo)
+                 stats=stats, weight_memo=weight_memo)
         other_val = validator.validate(path, f"validate: {other.name} graph")
     return [TargetComparison(f"{target.name} target (FP16 graph + Q/DQ)", own),
             TargetComparison(f"FP32 graph + the same Q/DQ ({other.name}, conv outputs float)", other_val),

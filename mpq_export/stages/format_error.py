@@ -23,35 +23,34 @@ from __future__ import annotations
 import numpy as np
 
 from mpq_export.core.model_info import ModelInfo
-from mpq_export.formats import Format, QuantizeSettings
-from mpq_export.stages.act_ranges import ActivationHistograms, ActivationRanges
+from mpq_export.formats import Format, LayerCalibration, QuantizeSettings
+from mpq_export.stages.act_ranges import ActivationRanges
+from mpq_export.stages.calibrate import CalibrationStats
 from mpq_export.util.onnx_io import iter_initializers
 
 
-def input_error(hists: ActivationHistograms, name: str, fmt: Format, ranges: ActivationRanges) -> float:
-    """Relative squared error of activation `name` through `fmt`'s input quantizer (0 when kept float)."""
-    if name not in hists:
-        return 0.0
-    i = hists.names.index(name)
-    return fmt.input_error(hists.counts[i].sum(0), float(hists.sumsq[i].sum()), ranges, name)
-
-
-def weight_error(layer, w: np.ndarray, fmt: Format, settings: QuantizeSettings, hessian: np.ndarray | None) -> float:
-    """Relative output error of the layer's weight in `fmt` (under H when given)."""
+def weight_error(layer, w: np.ndarray, fmt: Format, settings: QuantizeSettings, cal) -> float:
+    """Relative output error of the layer's weight in `fmt` (under its H when calibration kept one)."""
+    from mpq_export.formats.base import as_calibration
     from mpq_export.formats.gptq import output_error, weight_matrix
 
-    w_hat = fmt.effective_weight(layer, w, settings, hessian)
-    if hessian is not None:
+    cal = as_calibration(cal)
+    w_hat = fmt.effective_weight(layer, w, settings, cal)
+    if cal.hessian is not None:
         wm, hm = weight_matrix(w, layer), weight_matrix(w_hat, layer)
-        ref = output_error(wm, np.zeros_like(wm), hessian)
+        ref = output_error(wm, np.zeros_like(wm), cal.hessian)
         if ref > 0:
-            return output_error(wm, hm, hessian) / ref
+            return output_error(wm, hm, cal.hessian) / ref
     return float(((w_hat - w) ** 2).sum() / max(float((w.astype(np.float64) ** 2).sum()), 1e-30))
 
 
-def expected_format_error(info: ModelInfo, layer_formats: dict[str, list[Format]], hists: ActivationHistograms,
-                          ranges: ActivationRanges, settings: QuantizeSettings,
-                          hessians: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+def format_error(layer, w: np.ndarray, fmt: Format, settings: QuantizeSettings, cal: LayerCalibration) -> float:
+    """e[i, f]: the weight's relative output error plus the input's, the two independent."""
+    return weight_error(layer, w, fmt, settings, cal) + fmt.input_error(layer, w, settings, cal)
+
+
+def expected_format_error(info: ModelInfo, layer_formats: dict[str, list[Format]], stats: CalibrationStats,
+                          ranges: ActivationRanges, settings: QuantizeSettings) -> dict[str, dict[str, float]]:
     """layer -> format name -> e[i, f] for the layers and formats of `layer_formats`
     (allocate.equal_bit_alternatives); weights are read one layer at a time."""
     by_name = {l.name: l for l in info.layers}
@@ -59,9 +58,7 @@ def expected_format_error(info: ModelInfo, layer_formats: dict[str, list[Format]
     names = list(layer_formats)
     weights = iter_initializers(info.path, [by_name[n].weight_name for n in names])
     for name, (_, w) in zip(names, weights):
-        fmts, layer = layer_formats[name], by_name[name]
-        w = w.astype(np.float32)
-        h = (hessians or {}).get(name)
-        out[name] = {f.name: weight_error(layer, w, f, settings, h) + input_error(hists, layer.activation_input, f, ranges)
-                     for f in fmts}
+        layer = by_name[name]
+        cal = stats.for_layer(layer, ranges)
+        out[name] = {f.name: format_error(layer, w.astype(np.float32), f, settings, cal) for f in layer_formats[name]}
     return out

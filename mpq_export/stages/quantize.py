@@ -21,6 +21,7 @@ from mpq_export.formats.inputs import FP8_INPUT, INT8_INPUT, InputQuantizer
 from mpq_export.formats.weights import QuantizedWeight
 from mpq_export.stages.act_ranges import ActivationRanges
 from mpq_export.stages.allocate import BitAllocation
+from mpq_export.stages.calibrate import CalibrationStats
 from mpq_export.targets import Target, get_target
 from mpq_export.util.errors import MPQError
 from mpq_export.util.onnx_io import MIN_IR_VERSION, load_for_edit, load_onnx, read_external_tensor, save_model
@@ -36,20 +37,20 @@ class QuantizedModel:
 
 
 def quantize_layer_weight(layer: QuantLayer, w: np.ndarray, fmt: Format, settings: QuantizeSettings,
-                          hessian: np.ndarray | None = None) -> QuantizedWeight:
-    """The weight of one layer in its format (with rounding 'gptq' and the layer's input statistics, the
-    values minimise the output error)."""
-    return fmt.quantize_weight(layer, w, settings, hessian)
+                          cal=None) -> QuantizedWeight:
+    """The weight of one layer in its format; `cal`: the layer's LayerCalibration (CalibrationStats.for_layer)
+    or a bare H (with rounding 'gptq' the values minimise the output error under it)."""
+    return fmt.quantize_weight(layer, w, settings, cal)
 
 
 def quantize(info: ModelInfo, allocation: BitAllocation, ranges: ActivationRanges, out_path: str,
              settings: QuantizeSettings, target: str | Target, model=None,
-             hessians: dict[str, np.ndarray] | None = None, weight_memo: dict | None = None) -> QuantizedModel:
+             stats: CalibrationStats | None = None, weight_memo: dict | None = None) -> QuantizedModel:
     """Write the Q/DQ model for `allocation` on `target` to out_path (the caller makes it atomic).
 
     `ranges`: the activation thresholds (act_ranges.choose_ranges); each input quantizer reads the one it
-    maps onto its grid. `hessians`: layer -> input statistics (CalibrationStats.hessians), used by rounding
-    'gptq'. `model`: the FP32 model already loaded by `load_for_edit` (not modified), to skip reloading when
+    maps onto its grid. `stats`: the calibration, whose per-layer input statistics GPTQ rounding and the
+    formats that transform a weight (smoothing, low-rank branches) read. `model`: the FP32 model already loaded by `load_for_edit` (not modified), to skip reloading when
     many variants of one model are written. `weight_memo`: a dict shared by calls that write the same
     allocation for several targets: each layer's weight is quantized once (GPTQ takes minutes per target
     at Stable-Diffusion size).
@@ -59,14 +60,14 @@ def quantize(info: ModelInfo, allocation: BitAllocation, ranges: ActivationRange
     # graph surgeon warns once per run that FP8 has no NumPy type (it keeps the ONNX type, as intended)
     severity, G_LOGGER.severity = G_LOGGER.severity, max(G_LOGGER.severity, G_LOGGER.ERROR)
     try:
-        return _quantize(info, allocation, ranges, out_path, settings, get_target(target), model, hessians,
-                         weight_memo)
+        return _quantize(info, allocation, ranges, out_path, settings, get_target(target), model, stats, weight_memo)
     finally:
         G_LOGGER.severity = severity
 
 
-def _quantize(info, allocation, ranges, out_path, settings, target, model, hessians, weight_memo):
+def _quantize(info, allocation, ranges, out_path, settings, target, model, stats, weight_memo):
     t0 = time.perf_counter()
+    settings, _ = target.resolve_quantize_settings(settings)
     target.check_quantize_settings(settings)
     # weights kept in external files (large models) are read one layer at a time, never all at once
     model = model if model is not None else load_for_edit(info.path, load_weights=False)
@@ -75,10 +76,10 @@ def _quantize(info, allocation, ranges, out_path, settings, target, model, hessi
     for layer, fmt in zip(info.layers, allocation.formats):
         if layer.name != allocation.layer_names[len(writer.result.layer_storage)]:
             raise MPQError("internal: allocation and model layers are out of order")
-        if fmt not in target.formats_for(layer.op_type):
+        if not target.stores(layer.op_type, fmt):
             raise MPQError(f"format {fmt.name} of layer {layer.name} ({layer.op_type}) is not stored by the "
                            f"{target.name} target; allocate for target '{target.name}'")
-        writer.quantize_layer(layer, fmt, (hessians or {}).get(layer.name), weight_memo)
+        writer.quantize_layer(layer, fmt, stats.for_layer(layer, ranges) if stats is not None else None, weight_memo)
     if settings.fp8_attention:
         for mm in info.attention_matmuls:
             writer.quantize_attention_matmul(mm)
@@ -207,8 +208,7 @@ class _QDQWriter:
         dq = self.quantized_activation(name, raw)
         dq.inputs[0].outputs[0] = y  # the DequantizeLinear now produces the original tensor
 
-    def quantize_layer(self, layer: QuantLayer, fmt: Format, hessian: np.ndarray | None,
-                       weight_memo: dict | None) -> None:
+    def quantize_layer(self, layer: QuantLayer, fmt: Format, cal, weight_memo: dict | None) -> None:
         """The layer in format `fmt`, written by the format itself."""
         node = self.nodes.get(layer.node_name)
         if node is None:
@@ -221,10 +221,40 @@ class _QDQWriter:
         key = (layer.name, fmt.name, st.rounding, st.block_size, st.clip_search, st.clip_grid)
         qw = weight_memo.get(key) if weight_memo is not None else None
         if qw is None:
-            qw = quantize_layer_weight(layer, w, fmt, st, hessian)
+            qw = quantize_layer_weight(layer, w, fmt, st, cal)
             if weight_memo is not None:
                 weight_memo[key] = qw
         self.result.layer_storage[layer.name] = fmt.write(self, layer, node, w, qw)
+
+    def smoothed_input(self, layer: QuantLayer, tensor, inv_s: np.ndarray, threshold: float):
+        """The layer's input times 1/s (a per-channel Mul), through an INT8 Q/DQ of its own at `threshold`
+        (formats/smooth.py): each smoothed layer has its own factors, so its own quantized tensor."""
+        import onnx_graphsurgeon as gs
+
+        name = f"{layer.name}.input_smoothed"
+        smoothed = gs.Variable(name, dtype=tensor.dtype, shape=tensor.shape)
+        self.add_node("Mul", f"{layer.name}.input_smoothing_Mul",
+                      [tensor, gs.Constant(f"{layer.name}.input_smoothing", inv_s.astype(self.float_dtype))],
+                      [smoothed])
+        self.fixed_thresholds[(name, INT8_INPUT.name)] = threshold
+        return self.quantized_activation(name, smoothed)
+
+    def add_low_rank_branch(self, layer: QuantLayer, node, a: np.ndarray, b: np.ndarray) -> None:
+        """y = layer(x) + (x A) B, the Add producing the layer's original output tensor (formats/lowrank.py)."""
+        import onnx_graphsurgeon as gs
+
+        if node.op == "Gemm" and node.attrs.get("transA", 0):
+            raise MPQError(f"internal: layer {layer.name} is a Gemm with transA; no low-rank branch")
+        x, y = node.inputs[0], node.outputs[0]
+        xa = gs.Variable(f"{layer.name}.lowrank_xa", dtype=y.dtype)
+        xab = gs.Variable(f"{layer.name}.lowrank_xab", dtype=y.dtype)
+        main = gs.Variable(f"{layer.name}.int4_output", dtype=y.dtype, shape=y.shape)
+        node.outputs[0] = main
+        self.add_node("MatMul", f"{layer.name}.lowrank_A_MatMul",
+                      [x, gs.Constant(f"{layer.name}.lowrank_A", a.astype(self.float_dtype))], [xa])
+        self.add_node("MatMul", f"{layer.name}.lowrank_B_MatMul",
+                      [xa, gs.Constant(f"{layer.name}.lowrank_B", b.astype(self.float_dtype))], [xab])
+        self.add_node("Add", f"{layer.name}.lowrank_Add", [main, xab], [y])
 
     def quantize_attention_matmul(self, mm) -> None:
         """FP8 Q/DQ on both inputs of an attention MatMul (a Softmax output's max is 1)."""

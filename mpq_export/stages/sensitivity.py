@@ -63,10 +63,12 @@ class SensitivityScores:
 def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges,
                         cands: list[list[Format]], qsettings: QuantizeSettings, alpha: float,
                         cache_dir: str | None = None, runtime: RuntimeSettings = RuntimeSettings(),
-                        samples: int = DEFAULT_SAMPLES, scorer: Scorer | str = Scorer.SENSITIVITY) -> SensitivityScores:
+                        samples: int = DEFAULT_SAMPLES, scorer: Scorer | str = Scorer.SENSITIVITY,
+                        steps: int | None = None) -> SensitivityScores:
     """s[layer][format] for every candidate format of every layer (`cands`: allocate.candidates on the
     run's target). The probes quantize weights as `qsettings` does, in an FP32 graph; each input
-    quantizer reads its threshold from `ranges`."""
+    quantizer reads its threshold from `ranges`. `steps`: probe only that many of the profiled steps,
+    evenly spaced (None: all); `samples`: rows of each (the per-step objective)."""
     scorer = Scorer.of(scorer, "--importance")
     if not scorer.measured:
         raise MPQError(f"internal: measure_sensitivity measures {Scorer.SENSITIVITY} or {Scorer.TRAJECTORY}, not {scorer}")
@@ -85,6 +87,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, ranges: Activa
     identity = {"calib": stats.model_sha256, "calibration": stats.identity, "settings": calib,
                 "alpha": alpha, "schedule": schedule, "conditioning": stats.conditioning_source,
                 "samples": samples, "q": q, "rounding_version": ROUNDING_VERSION,
+                **({"steps": steps} if steps is not None else {}),
                 "objective": "trajectory" if scorer is Scorer.TRAJECTORY else "step", "act_amax": ranges.amax,
                 "cands": {l.name: [f.name for f in c] for l, c in zip(info.layers, cands)}}
     for quantizer in quantizers[1:]:  # the other input quantizers' thresholds (entries without them keep theirs)
@@ -99,18 +102,19 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, ranges: Activa
 
     t0 = time.perf_counter()
     n = min(samples, stats.n_samples)
-    K = len(stats.timesteps)
-    w = timestep_weights(stats.timesteps, alpha, stats.schedule.num_train_timesteps)
-    xs = stats.inputs[info.sample.name][:, :n]
+    ks = probed_steps(len(stats.timesteps), steps)
+    K = len(ks)
+    w = timestep_weights(stats.timesteps[ks], alpha, stats.schedule.num_train_timesteps)
+    xs = stats.inputs[info.sample.name][ks, :n]
     cond = {c.name: stats.inputs[c.name][:n] for c in info.conditioning}
-    refs = stats.outputs[:, :n].astype(np.float64)
+    refs = stats.outputs[ks, :n].astype(np.float64)
     ref_energy = np.array([max(float((refs[k] ** 2).sum()), 1e-30) for k in range(K)])
     sess, weights, masks = probe_session(info, ranges, runtime, quantizers=quantizers)
     if scorer is Scorer.TRAJECTORY:
         error_of = _final_sample_error(info, stats, sess)
     else:
         def error_of(extra: dict) -> float:
-            return sum(w[k] * float(((run_model(sess, info, [info.output], xs[k], timestep_value(stats.timesteps[k]), cond,
+            return sum(w[k] * float(((run_model(sess, info, [info.output], xs[k], timestep_value(stats.timesteps[ks[k]]), cond,
                                                 extra)[0] - refs[k]) ** 2).sum()) / ref_energy[k] for k in range(K))
     names = [l.name for l in info.layers]
     scores: dict[str, dict[str, float]] = {l.name: {} for l in info.layers}
@@ -122,11 +126,10 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, ranges: Activa
                 scores[names[i]][fmt.name] = 0.0
                 p.update(done)
                 continue
-            w_fake = fmt.effective_weight(layer, weights[layer.weight_name], qsettings,
-                                          stats.hessians.get(layer.name)).astype(np.float32)
-            extra = {layer.weight_name: w_fake}
-            if fmt.input is not None:
-                extra[masks[i][fmt.input.name]] = np.array(1.0, dtype=np.float32)
+            weight = weights[layer.weight_name]
+            q = fmt.quantize_weight(layer, weight, qsettings, stats.for_layer(layer, ranges))
+            extra = {layer.weight_name: q.dequantize().astype(np.float32),
+                     **fmt.probe_feeds(layer, weight, q, masks[i])}
             scores[names[i]][fmt.name] = error_of(extra)
             p.update(done, names[i])
     if cache_path:
@@ -134,11 +137,18 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, ranges: Activa
     return SensitivityScores(scores=scores, samples=n, seconds=time.perf_counter() - t0, scorer=scorer)
 
 
+def probed_steps(k: int, steps: int | None) -> np.ndarray:
+    """Indices of `steps` of the k profiled steps, evenly spaced from the first to the last (all with None)."""
+    if steps is None or steps >= k:
+        return np.arange(k)
+    return np.unique(np.round(np.linspace(0, k - 1, max(1, steps))).astype(int))
+
+
 def input_quantizers(cands: list[list[Format]]) -> list[InputQuantizer]:
     """The input quantizers the candidates use, INT8 first (always: the activation costs probe it)."""
     from mpq_export.formats.inputs import INPUT_QUANTIZERS
 
-    used = {f.input.name for c in cands for f in c if f.input is not None}
+    used = {f.probe_quantizer.name for c in cands for f in c if f.probe_quantizer is not None}
     return [INT8_INPUT] + [q for q in INPUT_QUANTIZERS if q is not INT8_INPUT and q.name in used]
 
 
@@ -191,7 +201,7 @@ def _load_cached(path: str | None, identity: dict) -> dict[str, dict[str, float]
 
 def probe_mask(i: int, quantizer: InputQuantizer) -> str:
     """The switch of layer i's fake-quant input branch of `quantizer`'s kind in a probe session."""
-    return f"sens_mask_{i}" if quantizer is INT8_INPUT else f"sens_{quantizer.name}_mask_{i}"
+    return f"sens_mask_{i}" if quantizer is INT8_INPUT else f"sens_{quantizer.name.replace('-', '_')}_mask_{i}"
 
 
 def probe_session(info: ModelInfo, ranges: ActivationRanges, runtime: RuntimeSettings = RuntimeSettings(),
@@ -199,7 +209,9 @@ def probe_session(info: ModelInfo, ranges: ActivationRanges, runtime: RuntimeSet
     """(session, FP32 weights by name, per layer {quantizer name: its mask input}) of the probe model.
 
     Every layer input gets, for each of `quantizers`, an exact fake-quant branch x + m (DQ(Q(x)) - x) at
-    that quantizer's scale, switched by its mask input (probe_mask), 0 unless fed 1.
+    that quantizer's scale, switched by its mask input (probe_mask), 0 unless fed 1. A quantizer with a
+    per-channel probe (a smoothed input) gets its scale as an input too (`<mask>:scale` in the dict), fed
+    per probe, on MatMul/Gemm layers only.
 
     Weights stored outside the .onnx stay there: the probe graph is serialised without them and
     onnxruntime reads them from the model's folder (a Stable-Diffusion-size proto cannot be
@@ -237,14 +249,28 @@ def probe_session(info: ModelInfo, ranges: ActivationRanges, runtime: RuntimeSet
         x = l.activation_input
         branch, masks_i = None, {}
         for quantizer in quantizers:
-            tag = "" if quantizer is INT8_INPUT else f"{quantizer.name}_"
+            tag = "" if quantizer is INT8_INPUT else f"{quantizer.name.replace('-', '_')}_"
             s, zp, m = f"sens_{tag}scale_{i}", f"sens_{tag}zp_{i}", probe_mask(i, quantizer)
-            threshold = quantizer.threshold(ranges, x) if x in ranges.amax else 1.0
-            g.initializer.extend([numpy_helper.from_array(np.array(quantizer.scale(threshold), np.float32), s),
-                                  quantizer.probe_zero_point(zp), numpy_helper.from_array(np.array(0.0, np.float32), m)])
+            attrs = {}
+            if quantizer.per_channel_probe:
+                if l.op_type not in ("MatMul", "Gemm"):
+                    continue
+                k = l.weight_shape[l.reduction_axis]  # the input's last axis
+                # an initializer listed as an input: a default the probes that need it override by a feed
+                g.input.append(helper.make_tensor_value_info(s, TensorProto.FLOAT, [k]))
+                g.initializer.extend([numpy_helper.from_array(np.ones(k, np.float32), s),
+                                      numpy_helper.from_array(np.zeros(k, np.int8), zp)])
+                masks_i[f"{quantizer.name}:scale"] = s
+                attrs = {"axis": -1}
+            else:
+                threshold = quantizer.threshold(ranges, x) if x in ranges.amax else 1.0
+                g.initializer.extend([numpy_helper.from_array(np.array(quantizer.scale(threshold), np.float32), s),
+                                      quantizer.probe_zero_point(zp)])
+            g.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), m))
             g.input.append(helper.make_tensor_value_info(m, TensorProto.FLOAT, []))
             q, dq, d, md = (f"sens_{tag}{k}_{i}" for k in ("q", "dq", "diff", "mdiff"))
-            new_nodes += [helper.make_node("QuantizeLinear", [x, s, zp], [q]), helper.make_node("DequantizeLinear", [q, s, zp], [dq]),
+            new_nodes += [helper.make_node("QuantizeLinear", [x, s, zp], [q], **attrs),
+                          helper.make_node("DequantizeLinear", [q, s, zp], [dq], **attrs),
                           helper.make_node("Sub", [dq, x], [d]), helper.make_node("Mul", [m, d], [md])]
             if branch is not None:  # x + m (DQ(Q(x)) - x) + m' (DQ'(Q'(x)) - x) + ...
                 both = f"sens_{tag}both_{i}"

@@ -50,6 +50,11 @@ class Target:
     def formats_for(self, op_type: str) -> tuple[Format, ...]:
         return self.formats[op_type]
 
+    def stores(self, op_type: str, fmt: Format) -> bool:
+        """Whether the target runs and stores `fmt` on `op_type` (a format of its table, or another size of a
+        parameterised one there)."""
+        return any(f == fmt or f.same_family(fmt) for f in self.formats_for(op_type))
+
     def format_names(self) -> list[str]:
         """Every format this target stores for some op type, in table order."""
         names: list[str] = []
@@ -63,6 +68,16 @@ class Target:
 
     def check_quantize_settings(self, settings: QuantizeSettings) -> None:
         """One-line error for a quantization setting this target cannot build or would ignore."""
+
+    def resolve_quantize_settings(self, settings: QuantizeSettings) -> tuple[QuantizeSettings, list[str]]:
+        """The settings with every 'auto' decided for this target, and why (for the report)."""
+        from dataclasses import replace
+
+        from mpq_export.core.choices import Switch
+
+        if settings.reduce_range is Switch.AUTO:  # onnxruntime's integer kernels only
+            return replace(settings, reduce_range=Switch.NO), []
+        return settings, []
 
     def quantizes_conv_outputs(self, settings: QuantizeSettings) -> bool:
         """Whether an INT8-input convolution's output gets a Q/DQ of its own."""

@@ -16,14 +16,18 @@ has no FP16/INT8 builder flags: precision comes from the graph).
 
 from __future__ import annotations
 
+from mpq_export.core.choices import Switch
 from mpq_export.targets.base import Target
-from mpq_export.formats import CONV_OPS, FP16, GEMM_OPS, W4A16, W8A8
+from mpq_export.formats import CONV_OPS, FP16, GEMM_OPS, LOW_RANK_LADDER, W4A16, W8A8, W8A8_SQ
 from mpq_export.targets.gpus import AMPERE, GpuFamily, resolve
 from mpq_export.util.errors import MPQError
 
 INT4_BLOCK_SIZES = (64, 128)
 # the formats every supported GPU runs; a GPU family adds its own (targets/gpus.py: FP8 from Ada on)
-BASE_FORMATS = {**{op: (W8A8, FP16) for op in CONV_OPS}, **{op: (W4A16, W8A8, FP16) for op in GEMM_OPS}}
+# GEMMs: INT4 weight-only, INT4 with a low-rank FP16 branch (plain FP16 MatMuls beside it), INT8 and
+# smoothed INT8 (an FP16 Mul before the input's quantize)
+BASE_FORMATS = {**{op: (W8A8, FP16) for op in CONV_OPS},
+                **{op: (W4A16, *LOW_RANK_LADDER, W8A8, W8A8_SQ, FP16) for op in GEMM_OPS}}
 
 
 class TensorRTTarget(Target):
@@ -53,7 +57,7 @@ class TensorRTTarget(Target):
         if settings.block_size not in INT4_BLOCK_SIZES:
             raise MPQError(f"--block-size {settings.block_size} cannot be built by TensorRT (INT4 blocks of "
                            f"{' or '.join(map(str, INT4_BLOCK_SIZES))}); use one of those or --target onnxruntime")
-        if settings.reduce_range:
+        if settings.reduce_range is Switch.YES:
             raise MPQError("--reduce-range works around onnxruntime's x86 integer GEMM (this run: --target tensorrt, "
                            "whose INT8 GEMMs take the full range); add --target onnxruntime or drop it")
         if not settings.integer_conv:

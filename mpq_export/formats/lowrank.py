@@ -1,0 +1,149 @@
+"""w4a16-lr<e>: INT4 block weights plus a low-rank FP16 branch, W = A B + R (GEMMs).
+
+The SVDQuant / LQER idea in a form TensorRT and onnxruntime build as they are: the branch keeps the
+output-relevant directions of the weight in 16 bits and the residual R, whose range is then smaller, goes
+to INT4 blocks (GPTQ, as w4a16). In the graph: y = x DQ(R) + (x A) B, two plain MatMuls and an Add beside
+the weight-only INT4 GEMM, all in the float type of the graph (FP16 on tensorrt).
+
+The branch: with H the layer's input second moments (GPTQ's statistics), the rank-r L minimising the
+output error ||(W - L) H^(1/2)|| is [W H^(1/2)]_r H^(-1/2) (an SVD of the weighted weight, the weighting
+undone on A); without H a plain truncated SVD. The factors split the singular values evenly (A = V S^(1/2),
+B = S^(1/2) U^T), which keeps both in FP16's range.
+
+Stored bits per weight: 4 + 16 r (K + N) / (K N) (the budget counts the factors at 16 bits; scales, as
+for every format, are not counted). Each format of the ladder is named by the extra bits it aims at
+(`extra_bits`): the rank is chosen per layer so that the branch costs about that much on its shape, so
+one name costs the same fraction of a bit on a 64-wide toy GEMM and on a 3072-wide Flux one (where it
+is a much larger rank).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpq_export.formats.base import GEMM_OPS, Format, LayerStorage, as_calibration
+from mpq_export.formats.integer import W4A16
+from mpq_export.formats.weights import QuantizedWeight, weight_sqnr_db
+
+DAMP = 0.01  # H's diagonal damping for the weighted SVD (a fraction of its mean diagonal, as GPTQ's)
+
+
+@dataclass
+class LowRankWeight:
+    """The INT4 residual and the FP16-bound factors of one layer (factors in the [K, r] x [r, N] layout of
+    y = x A B)."""
+    residual: QuantizedWeight
+    a: np.ndarray  # [K, r]
+    b: np.ndarray  # [r, N]
+    layer_shape: tuple  # the weight's own shape
+    reduction_axis: int
+
+    def branch(self) -> np.ndarray:
+        """A B in the weight's own layout."""
+        ab = self.a.astype(np.float64) @ self.b.astype(np.float64)  # [K, N]
+        return (ab if self.reduction_axis == 0 else ab.T).astype(np.float32)
+
+    def dequantize(self) -> np.ndarray:
+        return self.residual.dequantize() + self.branch()
+
+
+def gemm_dims(layer) -> tuple[int, int]:
+    """(K, N) of a MatMul/Gemm weight."""
+    k = layer.weight_shape[layer.reduction_axis]
+    return k, layer.params // k
+
+
+def low_rank_factors(wm: np.ndarray, rank: int, hessian: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(A [K, r], B [r, N]) with x A B the output-error-optimal rank-r part of x W for W in the [N, K]
+    layout `wm` (formats/gptq.weight_matrix), weighted by H when given."""
+    w = wm.astype(np.float64)
+    if hessian is not None:
+        h = hessian.astype(np.float64)
+        h = h + DAMP * float(np.mean(np.diag(h))) * np.eye(len(h)) if np.mean(np.diag(h)) > 0 else np.eye(len(h))
+        lam, q = np.linalg.eigh(h)
+        lam = np.maximum(lam, 1e-12 * lam.max())
+        h_half, h_inv_half = (q * np.sqrt(lam)) @ q.T, (q / np.sqrt(lam)) @ q.T
+        u, s, vt = np.linalg.svd(w @ h_half, full_matrices=False)
+        v = h_inv_half @ vt[:rank].T  # [K, r]: the weighting undone
+    else:
+        u, s, vt = np.linalg.svd(w, full_matrices=False)
+        v = vt[:rank].T
+    root = np.sqrt(s[:rank])
+    return (v * root).astype(np.float32), (root[:, None] * u[:, :rank].T).astype(np.float32)
+
+
+def max_rank(layer) -> int:
+    """The largest branch offered: a quarter of the smaller dimension (past it the factors cost more than
+    the INT4 weight they correct, 4 bits at a quarter on a square layer)."""
+    k, n = gemm_dims(layer)
+    return min(k, n) // 4
+
+
+class LowRankFormat(Format):
+    """INT4 blocks along K (as w4a16) plus a rank-r FP16 branch costing about `extra_bits` per weight."""
+    weight_bits, input = 4, None
+
+    def __init__(self, extra_bits: float):
+        self.extra_bits = float(extra_bits)
+        self.name = f"w4a16-lr{self.extra_bits:g}"
+        self.summary = (f"INT4 weight-only blocks plus an FP16 low-rank branch of about {self.extra_bits:g} bit per "
+                        f"weight (MatMul/Gemm)")
+
+    def applies_to(self, layer) -> bool:
+        return layer.op_type in GEMM_OPS and max_rank(layer) >= 1
+
+    def realisation(self, layer) -> tuple:
+        return ("w4a16-lr", self.rank(layer))
+
+    def same_family(self, other: Format) -> bool:
+        return isinstance(other, LowRankFormat)
+
+    def exact_rank(self, layer) -> int:
+        """The rank whose factors cost about extra_bits per weight on this layer's shape (0 if under half a
+        rank), at most max_rank."""
+        k, n = gemm_dims(layer)
+        return min(int(round(self.extra_bits * k * n / (16 * (k + n)))), max_rank(layer))
+
+    def rank(self, layer) -> int:
+        """exact_rank, at least 1: the ladder's smallest formats are a branch of rank 1 on a narrow layer."""
+        return max(1, self.exact_rank(layer))
+
+    def layer_bits(self, layer) -> int:
+        k, n = gemm_dims(layer)
+        return layer.params * 4 + 16 * self.rank(layer) * (k + n)
+
+    def quantize_weight(self, layer, w: np.ndarray, settings, cal) -> LowRankWeight:
+        from mpq_export.formats.gptq import from_matrix, weight_matrix
+
+        hessian = as_calibration(cal).hessian
+        wm = weight_matrix(np.asarray(w, np.float32), layer)
+        a, b = low_rank_factors(wm, self.rank(layer), hessian)
+        # the factors as the graph will hold them: the tensorrt target's graph is FP16
+        a, b = a.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)
+        branch = (b.T.astype(np.float64) @ a.T.astype(np.float64)).astype(np.float32)  # [N, K], wm's layout
+        residual = from_matrix(wm - branch, w.shape, layer)
+        return LowRankWeight(W4A16.quantize_weight(layer, residual, settings, hessian), a, b, tuple(w.shape),
+                             layer.reduction_axis)
+
+    def write(self, writer, layer, node, w, quantized: LowRankWeight) -> LayerStorage:
+        values, storage = W4A16.stored_constant(quantized.residual.values)
+        node.inputs[1] = writer.weight_dq(layer, w.shape, values, storage, quantized.residual)
+        writer.add_low_rank_branch(layer, node, quantized.a, quantized.b)
+        return LayerStorage(self.name, storage, 4, weight_sqnr_db(w, quantized.dequantize()),
+                            f"rank {quantized.a.shape[1]}")
+
+    @classmethod
+    def bits_in_graph(cls, view, node, layer) -> int | None:
+        """An INT4 weight behind a DequantizeLinear whose layer output is added to (x A) B, with A and B
+        constants and x the layer's own input: the INT4 weights plus the factors at 16 bits each."""
+        stored = view.stored_weight(node)
+        factors = view.low_rank_factors(node)
+        if stored is None or factors is None:
+            return None
+        a, b = factors
+        return layer.params * 4 + 16 * (int(np.prod(a.dims)) + int(np.prod(b.dims)))
+
+
+LOW_RANK_LADDER = tuple(LowRankFormat(e) for e in (0.125, 0.25, 0.5, 1.0))

@@ -1,0 +1,154 @@
+"""w8a8-sq: W8A8 with SmoothQuant's per-input-channel smoothing (GEMMs).
+
+x W = (x / s) (s W): a factor s_j per input channel moves activation outliers into the weight, whose
+per-output-channel INT8 scales absorb them far better than the input's one per-tensor INT8 scale does.
+s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) (Xiao et al., 2023); alpha is chosen per layer from the
+calibration statistics (each input channel's max and mean square, GPTQ's H) as the one of least
+expected output error, weight error and input error together. In the graph: Mul(x, 1/s) -> INT8 Q/DQ ->
+MatMul with the INT8 weight s W; TensorRT fuses the Mul into the quantize, onnxruntime runs it as it is.
+The input's threshold is the smoothed tensor's observed max, max_j(max|x_j| / s_j): smoothing removed the
+outliers a clipping threshold is for.
+
+The 8 stored bits equal w8a8's: which of the two a layer takes is decided by their errors (the expected
+one, stages/format_error.py, or the measured one under --importance sensitivity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpq_export.formats.base import GEMM_OPS, LayerCalibration, LayerStorage, WeightDQFormat, as_calibration
+from mpq_export.formats.inputs import INT8_INPUT, SMOOTH_PROBE, activation_scale
+from mpq_export.formats.integer import W8A8
+from mpq_export.formats.weights import QuantizedWeight, weight_sqnr_db
+
+ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # SmoothQuant's range; its default 0.5, ModelOpt's diffusers 0.8
+
+
+@dataclass
+class SmoothedWeight:
+    """The INT8 weight s W and the smoothing factors s [K] (y = (x / s) DQ(Q(s W)))."""
+    weight: QuantizedWeight  # of s W, in the weight's own layout
+    s: np.ndarray  # [K]
+    alpha: float
+    threshold: float  # the smoothed input's |max|: its INT8 scale is threshold / 127
+    reduction_axis: int
+
+    @property
+    def values(self):
+        return self.weight.values
+
+    def dequantize(self) -> np.ndarray:
+        """The effective weight in the input's original units: DQ(Q(s W)) / s along K."""
+        shape = [1, 1]
+        shape[self.reduction_axis] = -1
+        return self.weight.dequantize() / self.s.reshape(shape).astype(np.float32)
+
+
+def smoothing(w_kn_absmax: np.ndarray, channel_amax: np.ndarray, alpha: float) -> np.ndarray:
+    """s_j = max|x_j|^alpha / max|W_j|^(1 - alpha), with dead channels left alone (s = 1)."""
+    a = np.maximum(channel_amax.astype(np.float64), 0.0)
+    wmax = np.maximum(w_kn_absmax.astype(np.float64), 0.0)
+    ok = (a > 0) & (wmax > 0)
+    s = np.ones_like(a)
+    s[ok] = a[ok] ** alpha / wmax[ok] ** (1.0 - alpha)
+    return np.clip(s, 1e-4, 1e4)
+
+
+class SmoothedW8A8(WeightDQFormat):
+    name, weight_bits, input, stored_dtype = "w8a8-sq", 8, INT8_INPUT, "int8"
+    summary = "INT8 weights and INT8 input with SmoothQuant's per-channel smoothing (MatMul/Gemm)"
+
+    def applies_to(self, layer) -> bool:
+        return layer.op_type in GEMM_OPS
+
+    def quantize_weight(self, layer, w: np.ndarray, settings, cal) -> SmoothedWeight:
+        cal = as_calibration(cal)
+        if cal.channel_amax is None:
+            raise ValueError(f"internal: {self.name} needs the per-channel input maxima of {layer.name}")
+        w = np.asarray(w, np.float32)
+        best = None
+        for alpha in ALPHAS:  # by round-to-nearest: GPTQ only for the alpha kept
+            cand = self._at(layer, w, settings, cal, alpha, final=False)
+            err = self._weight_error(layer, w, cand, cal) + self._input_error(layer, w, cand, cal)
+            if best is None or err < best[0]:
+                best = (err, alpha)
+        return self._at(layer, w, settings, cal, best[1], final=True)
+
+    def _at(self, layer, w, settings, cal: LayerCalibration, alpha: float, final: bool) -> SmoothedWeight:
+        from dataclasses import replace
+
+        axis = layer.reduction_axis
+        w_kn_absmax = np.abs(w).max(axis=1 - axis)
+        s = smoothing(w_kn_absmax, cal.channel_amax, alpha)
+        shape = [1, 1]
+        shape[axis] = -1
+        sw = (w * s.reshape(shape)).astype(np.float32)
+        h = None
+        if cal.hessian is not None:  # the quantized weight reads x / s: its H is diag(1/s) H diag(1/s)
+            inv = (1.0 / s).astype(np.float64)
+            h = (cal.hessian * inv[:, None] * inv[None, :]).astype(np.float32)
+        qs = settings if final else replace(settings, rounding="nearest")
+        qw = W8A8.quantize_weight(layer, sw, qs, h)
+        threshold = float(np.max(cal.channel_amax / s)) if cal.channel_amax.size else 0.0
+        return SmoothedWeight(qw, s.astype(np.float32), alpha, threshold, axis)
+
+    @staticmethod
+    def _weight_error(layer, w, q: SmoothedWeight, cal: LayerCalibration) -> float:
+        from mpq_export.formats.gptq import output_error, weight_matrix
+
+        wm, hm = weight_matrix(w, layer), weight_matrix(q.dequantize(), layer)
+        if cal.hessian is None:
+            return float(((wm - hm) ** 2).sum() / max(float((wm.astype(np.float64) ** 2).sum()), 1e-30))
+        ref = output_error(wm, np.zeros_like(wm), cal.hessian)
+        return output_error(wm, hm, cal.hessian) / ref if ref > 0 else 0.0
+
+    @staticmethod
+    def _input_error(layer, w, q: SmoothedWeight, cal: LayerCalibration) -> float:
+        """Relative output error of the smoothed input's INT8 rounding: each channel's error is the step
+        (threshold / 127, in smoothed units) times s_j, uniform noise of variance step^2 / 12, reaching
+        the output through row j of W: sum_j s_j^2 step^2 / 12 ||W_j||^2 over E||x W||^2."""
+        from mpq_export.formats.gptq import weight_matrix
+
+        if cal.channel_ms is None or q.threshold <= 0:
+            return 0.0
+        wm = weight_matrix(w, layer).astype(np.float64)  # [N, K]
+        row_energy = (wm ** 2).sum(0)  # ||W_j||^2 per input channel
+        step = activation_scale(q.threshold)
+        noise = float(((q.s.astype(np.float64) * step) ** 2 / 12.0 * row_energy).sum())
+        ms = cal.channel_ms.astype(np.float64)
+        if cal.hessian is not None:  # E[x x^T] ~ H scaled to the channels' mean squares
+            h = cal.hessian.astype(np.float64)
+            c = h * (ms.sum() / max(float(np.trace(h)), 1e-30))
+            signal = float(np.einsum("nk,kl,nl->", wm, c, wm))
+        else:
+            signal = float((ms * row_energy).sum())
+        return noise / signal if signal > 0 else 0.0
+
+    def input_error(self, layer, w, settings, cal) -> float:
+        cal = as_calibration(cal)
+        return self._input_error(layer, w, self.quantize_weight(layer, w, settings, cal), cal)
+
+    @property
+    def probe_quantizer(self):
+        return SMOOTH_PROBE
+
+    def probe_feeds(self, layer, w, quantized: SmoothedWeight, masks: dict[str, str]) -> dict:
+        """The smoothed input's fake quantization, as a per-channel scale on x: s_j * threshold / 127."""
+        scale = (quantized.s.astype(np.float64) * activation_scale(quantized.threshold)).astype(np.float32)
+        return {masks[SMOOTH_PROBE.name]: np.array(1.0, dtype=np.float32), masks[SMOOTH_PROBE.name + ":scale"]: scale}
+
+    def write(self, writer, layer, node, w, quantized: SmoothedWeight) -> LayerStorage:
+        values, storage = self.stored_constant(quantized.weight.values)
+        node.inputs[1] = writer.weight_dq(layer, w.shape, values, storage, quantized.weight)
+        node.inputs[0] = writer.smoothed_input(layer, node.inputs[0], 1.0 / quantized.s, quantized.threshold)
+        return LayerStorage(self.name, storage, 8, weight_sqnr_db(w, quantized.dequantize()),
+                            f"alpha {quantized.alpha:g}")
+
+    def stored_constant(self, values: np.ndarray):
+        return W8A8.stored_constant(values)
+
+
+W8A8_SQ = SmoothedW8A8()

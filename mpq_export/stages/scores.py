@@ -1,0 +1,59 @@
+"""scores stage: per-layer, per-format scores from each format's expected error, e[i, f], scaled by how
+much layer i's error matters, its gain g_i: s[i, f] = g_i e[i, f], minimised by the 0/1 program.
+
+e[i, f] (stages/format_error.py) is read off calibration: the relative output error of the weight in that
+format under the layer's input statistics, plus its input quantizer's. It is what tells an INT4 weight
+with a low-rank branch from one without, or a smoothed INT8 input from a plain one, which the paper's
+objective (bits x importance) cannot see. The gain says how a layer's relative error reaches the model's
+output:
+  orm-error  g_i = the ORM importance theta_i (the paper's measure of a layer; no forwards)
+  probed     g_i = s_i / e[i, f0]: one measured probe per layer (its cheapest quantized format f0 alone,
+             the noise-prediction error at the profiled steps, stages/sensitivity.py) over that format's
+             expected error; every other format of the layer then costs no forward. Probes scale with the
+             number of layers, not layers x formats (the measured scorer's), which keeps a ladder of formats
+             affordable on real-size models (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from mpq_export.core.choices import Scorer
+from mpq_export.core.model_info import ModelInfo
+from mpq_export.formats import Format, QuantizeSettings
+from mpq_export.stages.act_ranges import ActivationRanges
+from mpq_export.stages.calibrate import CalibrationStats
+from mpq_export.stages.format_error import expected_format_error
+from mpq_export.stages.sensitivity import SensitivityScores, measure_sensitivity
+from mpq_export.util.progress import log
+
+
+def error_scores(info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges, cands: list[list[Format]],
+                 settings: QuantizeSettings, scorer: Scorer, theta: np.ndarray | None = None, alpha: float = 1.0,
+                 cache_dir: str | None = None, runtime=None) -> SensitivityScores:
+    """s[layer][format] = g_i e[i, f] for every candidate (0 for the float ones); see the module's docstring."""
+    t0 = time.perf_counter()
+    quantized = {l.name: [f for f in c if f.quantized] for l, c in zip(info.layers, cands)}
+    errors = expected_format_error(info, {n: fs for n, fs in quantized.items() if fs}, stats, ranges, settings)
+    if scorer is Scorer.ORM_ERROR:
+        if theta is None:
+            raise ValueError("internal: orm-error needs the ORM importance")
+        gains = {l.name: float(theta[i]) for i, l in enumerate(info.layers)}
+    elif scorer is Scorer.PROBED:
+        base = [[fs[0]] if fs else [] for fs in quantized.values()]  # each layer's cheapest quantized format
+        kwargs = {"runtime": runtime} if runtime is not None else {}
+        probe = measure_sensitivity(info, stats, ranges, base, settings, alpha, cache_dir, **kwargs)
+        gains = {}
+        for l, fs in zip(info.layers, base):
+            e0 = errors.get(l.name, {}).get(fs[0].name, 0.0) if fs else 0.0
+            gains[l.name] = probe.scores[l.name][fs[0].name] / e0 if fs and e0 > 0 else 0.0
+    else:
+        raise ValueError(f"internal: {scorer} is not an error-model scorer")
+    scores = {l.name: {f.name: gains[l.name] * errors[l.name][f.name] if f.quantized else 0.0 for f in c}
+              for l, c in zip(info.layers, cands)}
+    seconds = time.perf_counter() - t0
+    log.info("[scores] %s: expected errors of %d layer formats, %.1fs", scorer,
+             sum(len(e) for e in errors.values()), seconds)
+    return SensitivityScores(scores=scores, samples=0, seconds=seconds, scorer=scorer)
