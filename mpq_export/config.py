@@ -104,7 +104,8 @@ class PipelineConfig:
         """What inputs/prepare.py needs of this configuration."""
         from mpq_export.inputs.prepare import ModelRequest
 
-        return ModelRequest(self.model, self.prompts, self.calib_data, self.scheduler_config, self.calibration.resolution)
+        return ModelRequest(self.model, self.prompts, self.calib_data, self.scheduler_config, self.calibration.resolution,
+                            self.calibration.seq_len, self.calibration.guidance_scale)
 
     @property
     def gptq(self) -> bool:

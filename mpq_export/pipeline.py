@@ -20,7 +20,9 @@ import numpy as np
 from mpq_export.config import PipelineConfig
 from mpq_export.core.choices import BuildMode, Scorer
 from mpq_export.handoffs import HandOffSource
-from mpq_export.inputs.prepare import PreparedModel, prepare_model
+from mpq_export.inputs.prepare import (ModelPreview, PreparedModel, model_schedule, prepare_model, preview_model,
+                                      schedule_notes)
+from mpq_export.util.onnx_io import SOURCE_CLASS_KEY
 from mpq_export.report.records import Report, TargetComparisonRow
 from mpq_export.stages.act_ranges import ActivationRanges, choose_ranges
 from mpq_export.stages.allocate import (BitAllocation, allocate, candidates, check_budget, equal_bit_alternatives,
@@ -33,7 +35,7 @@ from mpq_export.stages.inspect import inspect_model
 from mpq_export.stages.orm import LayerImportance
 from mpq_export.stages.quantize import QuantizedModel, count_weight_bits, quantize
 from mpq_export.stages.validate import ValidationResult, Validator
-from mpq_export.runtime.sampler import NoiseSchedule, Trajectory
+from mpq_export.runtime.sampler import Trajectory
 from mpq_export.util.cache import default_cache_dir, remove_stale_temporaries
 from mpq_export.util.errors import MPQError
 from mpq_export.util.output_folder import FP32_FOLDER, OUTPUT_MODEL, output_folders, remove_stale_scratch, staging_folder
@@ -94,13 +96,28 @@ def _run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     if cache_dir and _inside(cache_dir, out_root):
         raise MPQError(f"the cache {cache_dir} is inside the output folder {out_root}, which each run replaces whole; "
                        f"choose a --cache-dir outside it (or --no-cache)")
+    with timings.stage("preflight"):  # what the configuration files decide, before the export and the encoding
+        preview = preview_model(cfg.model_request)
+        _check_preview(cfg, preview, cache_dir)
     with timings.stage("export"):
         prepared = prepare_model(cfg.model_request, cache_dir)
     try:
-        return _run_prepared(cfg, prepared, cache_dir, out_root, out_dirs, timings)
+        return _run_prepared(cfg, prepared, preview, cache_dir, out_root, out_dirs, timings)
     finally:
         if prepared.temp_dir:  # an export made for this run only (--no-cache)
             shutil.rmtree(prepared.temp_dir, ignore_errors=True)
+
+
+def _check_preview(cfg: PipelineConfig, preview: ModelPreview, cache_dir: str | None) -> None:
+    """Budgets and hand-offs refused from the input's configuration alone (a diffusers folder's layers built on
+    the meta device), minutes before an export or a prompt encoding would reach the same refusal."""
+    source = HandOffSource(preview.pipeline, preview.optimum_folder, cache_dir)
+    for handoff in cfg.emit:
+        handoff.check_family(preview.class_name, source)
+    if preview.layers:
+        cands = candidates(preview.layers, cfg.target, cfg.allocation)[0]
+        for b in cfg.budgets:
+            check_budget(preview.layers, b, cfg.target, cfg.allocation, cands)
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -128,7 +145,7 @@ class _SharedResults:
     notes: list[str]
 
 
-def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str | None, out_root: str,
+def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, preview: ModelPreview, cache_dir: str | None, out_root: str,
                   out_dirs: list[str], timings: StageTimes) -> PipelineResult:
     model_path, sched_path = prepared.onnx_path, prepared.scheduler_config
 
@@ -150,14 +167,15 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, cache_dir: str |
         log.warning("[allocate] %s", note)
         cfg = replace(cfg, notes=[*cfg.notes, note])
 
-    schedule = NoiseSchedule.from_config(sched_path)
+    schedule = model_schedule(sched_path, info.metadata.get(SOURCE_CLASS_KEY) or preview.class_name)
     calib_data = cfg.calib_data or prepared.calib_data
     calibration = replace(cfg.calibration, guidance_scale=prepared.guidance_scale(cfg.calibration.guidance_scale),
                           resolution=cfg.calibration.resolution or prepared.default_resolution)
     with timings.stage("calibrate"):  # checks the user's inputs first
         stats = calibrate(info, calibration, schedule, calib_data, cache_dir, cfg.runtime, input_statistics=cfg.gptq)
-    notes = list(cfg.notes) + list(cfg.decisions) + prepared.notes
+    notes = list(cfg.notes) + list(cfg.decisions) + prepared.notes + schedule_notes(schedule)
     ranges, act_costs = _activation_ranges(cfg, info, stats, notes, timings)
+    cfg.target.check_activation_ranges(info, ranges.observed_max)
     imp, sens = _importance(cfg, info, stats, ranges, cands, cache_dir, timings)
     fmt_error = _format_errors(cfg, info, stats, ranges, cands, sens, timings)
 
@@ -265,6 +283,10 @@ def _run_budget(run: _SharedResults, alloc: BitAllocation, notes: list[str], tmp
     engine = _build(run, qm.path, cache_dir, timings)
     with timings.stage("validate"):
         val = run.validator.validate(qm.path)
+    if not (np.isfinite(val.sample_psnr_db) and np.isfinite(val.mean_sqnr_db)):  # never publish a broken model
+        raise MPQError(f"the quantized model's own validation is not finite (sample PSNR {val.sample_psnr_db}, noise SQNR "
+                       f"{val.mean_sqnr_db} dB: NaN or Inf outputs) at {alloc.achieved_bits:.3f} bits; nothing was "
+                       f"published: try a larger budget, --target onnxruntime, or rerun with -v and report it")
     np.savez(os.path.join(tmp, "validation_inputs.npz"), **val.inputs)
     from mpq_export.runtime import polygraphy_replay
 

@@ -114,3 +114,22 @@ def run_cpu_check(out_dir: str, fp32_model: str, timeout_s: int = 600) -> tuple[
     p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout_s)
     tail = "\n".join(p.stdout.strip().splitlines()[-12:] + p.stderr.strip().splitlines()[-3:])
     return p.returncode == 0, tail
+
+
+@pytest.fixture(scope="session")
+def sd3_pipeline_dir(tmp_path_factory):
+    """A tiny random StableDiffusion3Pipeline folder (tools/make_unet.py tiny-sd3 --pipeline): two CLIPs with
+    projection and a T5, each with its tokenizer."""
+    return _pipeline(tmp_path_factory, "tiny-sd3")
+
+
+@pytest.fixture(scope="session")
+def flux_folder(tmp_path_factory):
+    """A tiny random FluxTransformer2DModel folder with its scheduler (tools/make_unet.py tiny-flux)."""
+    pytest.importorskip("diffusers")
+    sys.path.insert(0, TOOLS)
+    from make_unet import make
+
+    folder = str(tmp_path_factory.mktemp("flux") / "tiny-flux")
+    make("tiny-flux", folder)
+    return folder

@@ -477,3 +477,102 @@ def test_an_already_quantized_model_is_refused(unet_onnx, tmp_path):
     code, _, err = run_cli(tmp_path / "first" / "model.mpq.onnx", "-o", tmp_path / "again", *FAST)
     _one_line_error(code, err, "already quantized", "FP32 model")
     assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("uncond_nan", ["uncond_encoder_hidden_states", "NaN"]),
+    ("uncond_strings", ["uncond_encoder_hidden_states", "numeric"]),
+    ("uncond_complex", ["uncond_encoder_hidden_states", "complex"]),
+    ("cond_complex", ["'encoder_hidden_states'", "complex"]),
+])
+def test_unconditional_arrays_are_checked_as_the_conditional_ones(cond_unet_onnx, tmp_path, case, needles):
+    cond = np.random.default_rng(0).standard_normal((2, 8, 16)).astype(np.float32)
+    uncond = {"uncond_nan": np.full((1, 8, 16), np.nan, np.float32), "uncond_strings": np.array([["a"] * 16] * 8)[None],
+              "uncond_complex": cond[:1] + 1j, "cond_complex": cond[:1]}[case]
+    f = tmp_path / "c.npz"
+    np.savez(f, encoder_hidden_states=cond + 1j if case == "cond_complex" else cond, uncond_encoder_hidden_states=uncond)
+    _one_line_error(*run_cli(cond_unet_onnx, "-o", tmp_path / "o", *FAST, "--calib-data", f,
+                             "--guidance-scale", "3")[::2], *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_options_the_input_cannot_honour_are_refused(pipeline_dir, cond_unet_onnx, flux_folder, tmp_path):
+    """--seq-len where encoded prompts or --calib-data set the length; --guidance-scale on a model whose
+    guidance is an input: refused naming the user's option, not a file of ours, before any export."""
+    f = tmp_path / "c.npz"
+    np.savez(f, encoder_hidden_states=np.zeros((2, 8, 16), np.float32))
+    code, _, err = run_cli(pipeline_dir, "-o", tmp_path / "a", *FAST, "--seq-len", "12")
+    _one_line_error(code, err, "--seq-len 12", "encoded at its text encoders' own length")
+    assert "[export]" not in err
+    _one_line_error(*run_cli(cond_unet_onnx, "-o", tmp_path / "b", *FAST, "--calib-data", f, "--seq-len", "8")[::2],
+                    "--seq-len 8", "--calib-data")
+    code, _, err = run_cli(os.path.join(flux_folder, "transformer"), "-o", tmp_path / "c", *FAST, "--guidance-scale", "3")
+    _one_line_error(code, err, "--guidance-scale 3", "guidance as an input", "drop --guidance-scale")
+    assert "[export]" not in err and "prompts-" not in err.splitlines()[-1]
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_weights_and_activations_fp16_cannot_hold_are_refused_on_tensorrt(tmp_path):
+    """The tensorrt target's graph is FP16: a conv output past 65504 (weights 1e6) and a float constant past it
+    (an Add of 1e5 after the conv) are refused naming what and the fix, nothing published."""
+    from onnx import helper
+
+    tensorrt = [a if a != "onnxruntime" else "tensorrt" for a in FAST] + ["--budget", "8"]
+    for case, needles in (("activation", ("activation(s) exceed FP16's range",)),
+                          ("constant", ("float weight(s) exceed FP16's range", "big_bias"))):
+        m = onnx.load(_one_conv_model(tmp_path / f"{case}.onnx"))
+        if case == "activation":
+            m.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.full((1, 1, 1, 1), 1e6, np.float32), "w"))
+        else:  # two convs (ORM wants two layers), then the constant
+            m.graph.node[0].output[0] = "conv_out"
+            m.graph.initializer.extend([numpy_helper.from_array(np.full((1, 1, 3, 3), 0.1, np.float32), "w2"),
+                                        numpy_helper.from_array(np.full((1,), 1e5, np.float32), "big_bias")])
+            m.graph.node.extend([helper.make_node("Conv", ["conv_out", "w2"], ["conv2_out"], pads=[1, 1, 1, 1]),
+                                 helper.make_node("Add", ["conv2_out", "big_bias"], ["y"])])
+        onnx.save(m, str(tmp_path / f"{case}.onnx"))
+        _one_line_error(*run_cli(tmp_path / f"{case}.onnx", "-o", tmp_path / f"o-{case}", *tensorrt)[::2],
+                        *needles, "--target onnxruntime")
+        assert not (tmp_path / f"o-{case}").exists()
+
+
+def test_a_model_whose_validation_is_not_finite_is_never_published(unet_onnx, tmp_path, monkeypatch):
+    import mpq_export.stages.validate as validate_mod
+
+    real = validate_mod.Validator.validate
+
+    def broken(self, path, label="validate"):
+        v = real(self, path, label)
+        if label == "validate":
+            v.sample_psnr_db = float("nan")
+        return v
+
+    monkeypatch.setattr(validate_mod.Validator, "validate", broken)
+    _one_line_error(*run_cli(unet_onnx, "-o", tmp_path / "o", *FAST)[::2], "not finite", "nothing was published")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_refused_run_leaves_no_folder_it_made_and_a_link_is_written_through(unet_onnx, tmp_path, monkeypatch):
+    deep = tmp_path / "new" / "deeper" / "out"
+    _one_line_error(*run_cli(unet_onnx, "-o", deep, *FAST, "--budget", "3")[::2], "outside")
+    assert not (tmp_path / "new").exists()
+
+    import mpq_export.stages.validate as validate_mod
+
+    def interrupted(*a, **k):  # a failure after the staging folder exists
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(validate_mod.Validator, "validate", interrupted)
+    code, _, _ = run_cli(unet_onnx, "-o", deep, *FAST)
+    assert code == 130 and not (tmp_path / "new").exists()
+    monkeypatch.undo()
+
+    real = tmp_path / "real.mpq"
+    code, _, err = run_cli(unet_onnx, "-o", real, *FAST)
+    assert code == 0, err
+    link = tmp_path / "link.mpq"
+    link.symlink_to(real)
+    code, _, err = run_cli(unet_onnx, "-o", link, *FAST, "--budget", "7")
+    assert code == 0, err
+    assert link.is_symlink() and os.path.samefile(link, real)
+    assert json.loads((real / "report.json").read_text())["budget"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("link")) == ["link.mpq"]

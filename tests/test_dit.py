@@ -236,7 +236,9 @@ def test_budget_ranges_tool_sees_the_layers_inspect_finds(sd3_dir, pixart_dir, t
     import diffusers
 
     sys.path.insert(0, TOOLS)
-    from budget_ranges import build, layers_of
+    from budget_ranges import build
+
+    from mpq_export.inputs.export import model_layers
 
     from mpq_export.inputs.export import export_module
 
@@ -246,7 +248,7 @@ def test_budget_ranges_tool_sees_the_layers_inspect_finds(sd3_dir, pixart_dir, t
         path = str(tmp_path / f"{arch}.onnx")
         export_module(model, path)
         exported = {l.name: (l.params, l.op_type in ("MatMul", "Gemm")) for l in inspect_model(path).layers}
-        counted = {l.name: (l.params, l.op_type == "Gemm") for l in layers_of(meta_model)}
+        counted = {l.name: (l.params, l.op_type == "Gemm") for l in model_layers(meta_model)}
         assert counted == exported
 
 

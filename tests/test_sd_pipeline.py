@@ -143,3 +143,22 @@ def test_a_cut_short_vae_is_refused_before_any_work(pipeline_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+
+
+def test_the_prompt_cache_key_follows_which_parts_model_index_enables(sd3_pipeline_dir, tmp_path):
+    """SD3 without its T5 (text_encoder_3 set to [null, null]: the pipeline then runs with CLIP alone) encodes
+    to other embeddings: the cached prompts of the whole pipeline are not reused for it, though no file of
+    the encoders changed."""
+    import shutil
+
+    from mpq_export.inputs.sd_pipeline import PromptSet, encode_prompts, read_pipeline
+
+    pipe_dir = tmp_path / "sd3"
+    shutil.copytree(sd3_pipeline_dir, pipe_dir)
+    prompts = PromptSet(("a photo of a cat", "a red car"), "test")
+    whole = encode_prompts(read_pipeline(str(pipe_dir)), prompts, str(tmp_path / "c"))
+    index = json.loads((pipe_dir / "model_index.json").read_text())
+    index["text_encoder_3"] = index["tokenizer_3"] = [None, None]
+    (pipe_dir / "model_index.json").write_text(json.dumps(index))
+    no_t5 = encode_prompts(read_pipeline(str(pipe_dir)), prompts, str(tmp_path / "c"))
+    assert no_t5.path != whole.path and "T5EncoderModel" not in no_t5.encoder and "T5EncoderModel" in whole.encoder

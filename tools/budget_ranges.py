@@ -20,26 +20,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mpq_export.stages.allocate import AllocationSettings, candidates, reachable_range  # noqa: E402
-from mpq_export.core.model_info import QuantLayer  # noqa: E402
+from mpq_export.inputs.export import model_layers  # noqa: E402
 from mpq_export.targets import all_targets  # noqa: E402
-
-
-def layers_of(model) -> list[QuantLayer]:
-    import torch
-
-    out = []
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.Linear):
-            op = "Gemm"
-        elif isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-            op = "Conv" if isinstance(m, torch.nn.Conv2d) else "ConvTranspose"
-        else:
-            continue
-        shape = tuple(m.weight.shape)
-        out.append(QuantLayer(name=name, node_name=name, op_type=op, weight_name=name + ".weight", weight_shape=shape,
-                              params=int(m.weight.numel()), activation_input="", output="", weight_axis=0,
-                              reduction_axis=1 if op == "Gemm" else -1))
-    return out
 
 
 def build(arch: str):
@@ -65,7 +47,7 @@ def main() -> None:
     print("|---|---|---:|" + "---:|" * len(targets))
     for arch in args.arch:
         cls_name, model = build(arch)
-        layers = layers_of(model)
+        layers = model_layers(model)
         cells = []
         for t in targets:
             lo, hi = reachable_range(layers, candidates(layers, t, AllocationSettings())[0])

@@ -38,6 +38,10 @@ class HandOff:
     help: str = ""  # one line for --emit's help
     folder: str = ""  # the subfolder of an output it writes
 
+    def check_family(self, class_name: str | None, source: HandOffSource) -> None:
+        """A one-line error when a model of this diffusers class (None: unknown, an ONNX file) or this input
+        cannot be handed off: asked before the export and the prompt encoding."""
+
     def check(self, info: ModelInfo, source: HandOffSource) -> None:
         """A one-line error when this model or input cannot be handed off (before calibration)."""
 

@@ -159,6 +159,12 @@ class Optimum(HandOff):
     help = ("an Optimum ONNX Runtime pipeline folder <out>/optimum, from a pipeline folder; onnxruntime target; "
             "its other parts exported by optimum-cli in an environment of its own")
 
+    def check_family(self, class_name: str | None, source: HandOffSource) -> None:
+        if class_name is not None and class_name != "UNet2DConditionModel":
+            raise MPQError(f"--emit optimum writes Optimum's Stable Diffusion pipelines (a UNet2DConditionModel); "
+                           f"this model is a {class_name}: drop --emit optimum")
+        self.check(None, source)
+
     def check(self, info: ModelInfo, source: HandOffSource) -> None:
         pipe = source.pipeline
         whole = pipe is not None and pipe.text_encoder_dir is not None and pipe.vae_dir is not None

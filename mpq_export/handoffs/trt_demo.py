@@ -29,6 +29,7 @@ from mpq_export.util.errors import MPQError
 from mpq_export.util.output_folder import HANDOFF_FOLDER
 
 TRT_DEMO_FOLDER = HANDOFF_FOLDER
+DEMO_DENOISERS = ("UNet2DConditionModel",)  # the diffusers classes whose demo contract this hand-off writes
 DEMO_TEXT_MAXLEN = 77  # demo/Diffusion's text_maxlen: the CLIP token count its encoders produce
 # cross-attention width -> (the demo's --version at its head, the demo releases that take it, what TensorRT
 # 10.14 and earlier took); from demo_diffusion/dd_argparse.py and unet.py (get_unet_embedding_dim): since
@@ -261,6 +262,11 @@ class TrtDemo(HandOff):
     folder = TRT_DEMO_FOLDER
     help = ("TensorRT's demo/Diffusion: <out>/trt-demo/unet.opt/model.onnx, SD 1.x/2.x and SDXL UNets; "
             "tensorrt target")
+
+    def check_family(self, class_name: str | None, source: HandOffSource) -> None:
+        if class_name is not None and class_name not in DEMO_DENOISERS:
+            raise MPQError(f"--emit trt-demo writes the UNets of TensorRT's demo/Diffusion (SD 1.x/2.x, SDXL: "
+                           f"{', '.join(DEMO_DENOISERS)}); this model is a {class_name}: drop --emit trt-demo")
 
     def check(self, info: ModelInfo, source: HandOffSource) -> None:
         demo_contract(info)

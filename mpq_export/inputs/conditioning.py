@@ -42,6 +42,10 @@ def load_conditioning(info: ModelInfo, path: str | None, n: int, seed: int, seq_
             raise MPQError(f"--seq-len {seq_len} is given but the model has no conditioning inputs (only "
                            f"'{info.sample.name}' and '{info.timestep.name}'); drop --seq-len")
         return {}, "none (unconditional model)"
+    if guidance_scale != 1 and any(c.name == "guidance" for c in info.conditioning):
+        raise MPQError(f"--guidance-scale {guidance_scale:g}: this model takes its guidance as an input ('guidance', "
+                       f"Flux's distilled guidance), not as classifier-free guidance over two rows; drop "
+                       f"--guidance-scale (--calib-data may give the guidance input's values)")
     if guidance_scale != 1 and path is None:
         raise MPQError(f"--guidance-scale {guidance_scale:g} needs the unconditional (empty-prompt) embeddings: run on a "
                        f"diffusers pipeline folder (prompts are encoded with its text encoder) or give --calib-data "
@@ -113,13 +117,30 @@ def _array(data, name: str, path: str) -> np.ndarray:
         raise MPQError(f"'{name}' in {path} cannot be read ({type(e).__name__}); write the file again") from None
 
 
+def _source(data, path: str) -> str:
+    """How messages name the file: the user's --calib-data, or the prompts mpq-export encoded itself."""
+    if "mpq_export_encoder" in data.files:  # sd_pipeline.ENCODER_KEY: our own encoded prompts
+        return f"the pipeline's prompts as mpq-export encoded them ({path})"
+    return f"--calib-data {path}"
+
+
+def _values(raw: np.ndarray, key: str, path: str, dtype: str) -> np.ndarray:
+    """An array's values checked as conditioning: real numbers (or booleans), all finite."""
+    if np.issubdtype(raw.dtype, np.complexfloating):
+        raise MPQError(f"'{key}' in {path} holds complex values; conditioning is real ({dtype}): save the real part "
+                       f"(numpy.real) if that is what the model should see")
+    if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_):
+        raise MPQError(f"'{key}' in {path} holds {raw.dtype} values; it must be numeric ({dtype})")
+    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
+        raise MPQError(f"'{key}' in {path} contains NaN/Inf; give finite values")
+    return raw
+
+
 def _calib_array(data, spec, path: str) -> np.ndarray:
     """The file's array for input `spec`, checked against the model's input and cast to its dtype."""
     if spec.name not in data.files:
         raise MPQError(f"--calib-data {path} has no array '{spec.name}' (has: {', '.join(data.files)}); add it")
-    raw = _array(data, spec.name, path)
-    if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_):
-        raise MPQError(f"'{spec.name}' in {path} holds {raw.dtype} values; it must be numeric ({spec.dtype})")
+    raw = _values(_array(data, spec.name, path), spec.name, path, spec.dtype)
     if raw.ndim != len(spec.shape):
         raise MPQError(f"'{spec.name}' in {path} has rank {raw.ndim}, the model wants {len(spec.shape)} ({spec.shape})")
     if raw.shape[0] == 0:
@@ -128,8 +149,6 @@ def _calib_array(data, spec, path: str) -> np.ndarray:
         if isinstance(d, int) and d > 0 and raw.shape[axis] != d:
             raise MPQError(f"'{spec.name}' in {path} has shape {list(raw.shape)}; the model wants "
                            f"{[str(x) for x in spec.shape]} (dimension {axis} must be {d})")
-    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
-        raise MPQError(f"'{spec.name}' in {path} contains NaN/Inf; give finite values")
     return raw.astype(np.dtype(spec.dtype))
 
 
@@ -137,10 +156,13 @@ def _uncond_array(data, spec, cond: np.ndarray, path: str) -> np.ndarray:
     """The unconditional (empty-prompt) rows for input `spec`: one row, or one per sample."""
     key = UNCOND_PREFIX + spec.name
     if key not in data.files:
+        if "mpq_export_encoder" in data.files:
+            raise MPQError(f"{_source(data, path)} have no unconditional branch for classifier-free guidance (this "
+                           f"pipeline does not run one); drop --guidance-scale")
         raise MPQError(f"--calib-data {path} has no '{key}' for classifier-free guidance (has: "
                        f"{', '.join(data.files)}); add the empty prompt's {spec.name} as '{key}', "
                        f"or give --guidance-scale 1")
-    u = _array(data, key, path)
+    u = _values(_array(data, key, path), key, path, spec.dtype)
     if u.ndim != cond.ndim or u.shape[1:] != cond.shape[1:] or not len(u):
         raise MPQError(f"'{key}' in {path} has shape {list(u.shape)}; it must match '{spec.name}' "
                        f"{list(cond.shape[1:])} after the first axis (one row or one per sample)")

@@ -85,11 +85,34 @@ def export_diffusers(unet_dir: str, out_path: str, opset: int = 17, seq_len: int
     t0 = time.perf_counter()
     quiet_hf_libraries()
     try:
-        unet = getattr(diffusers, cls_name).from_pretrained(unet_dir).eval().float()
+        unet, loading = getattr(diffusers, cls_name).from_pretrained(unet_dir, output_loading_info=True)
     except Exception as e:
         raise MPQError(f"diffusers cannot load {unet_dir}: {str(e).splitlines()[0][:200]}") from None
+    check_loaded_weights(unet_dir, loading)
+    unet = unet.eval().float()
     return export_module(unet, out_path, opset=opset, seq_len=seq_len, t0=t0,
                          scheduler_config=find_scheduler_config(unet_dir))
+
+
+def check_loaded_weights(folder: str, loading: dict) -> None:
+    """A one-line error when the weights and config.json disagree: diffusers fills what the weights lack with
+    random values and drops what the config has no place for, each with a warning only, and a model
+    quantized from that is not the user's."""
+    missing, unused = list(loading.get("missing_keys") or []), list(loading.get("unexpected_keys") or [])
+    mismatched = list(loading.get("mismatched_keys") or [])
+    if not (missing or unused or mismatched):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights its config.json asks for are missing from the weight files "
+                     f"(e.g. {sorted(missing)[0]})")
+    if unused:
+        parts.append(f"{len(unused)} stored weights have no place in the model config.json describes "
+                     f"(e.g. {sorted(unused)[0]})")
+    if mismatched:
+        parts.append(f"{len(mismatched)} weights have another shape than config.json says (e.g. {mismatched[0][0]})")
+    raise MPQError(f"{folder}: the weights and config.json disagree: {'; '.join(parts)}; give the config.json the "
+                   f"weights were saved with (or the weights of this config)")
 
 
 def export_module(unet, out_path: str, opset: int = 17, seq_len: int | None = None, t0: float | None = None,
@@ -331,3 +354,49 @@ def _export_transformer(model, out_path: str, opset: int, seq_len: int, t0: floa
         torch.onnx.export(Wrapper(model.eval()), (x, t, *extra), out_path, dynamo=False, opset_version=opset,
                           input_names=names, output_names=["out_sample"], dynamic_axes=dyn)
     return _finish(model, out_path, size, seq_len, t0, scheduler_config)
+
+
+FLOW_MODELS = ("SD3Transformer2DModel", "FluxTransformer2DModel")  # trained by flow matching: their sampler
+GUIDANCE_INPUT_MODELS = ("FluxTransformer2DModel",)  # distilled guidance is an input, not classifier-free rows
+
+
+def config_layers(unet_dir: str) -> list:
+    """The quantizable layers of a diffusers folder's model, from its config.json alone: the model built on
+    torch's meta device (no weights, no memory), each Linear a GEMM and each Conv2d a Conv, named and sized as
+    inspect will find them in the export. What the configuration decides (a budget's reach, the pins) is
+    then checked before the export and the prompt encoding, minutes on a real model."""
+    try:
+        import diffusers
+        import torch
+    except ImportError:
+        raise MPQError("reading a diffusers folder needs torch and diffusers: pip install 'mpq-export[torch]'") from None
+    cfg = read_unet_config(unet_dir)
+    cls = getattr(diffusers, cfg.get("_class_name", ""), None)
+    quiet_hf_libraries()
+    try:
+        with torch.device("meta"):
+            model = cls.from_config(cls.load_config(unet_dir))
+    except Exception as e:
+        raise MPQError(f"{unet_dir}/config.json does not describe a {cfg.get('_class_name')} diffusers can build: "
+                       f"{str(e).splitlines()[0][:200]}") from None
+    return model_layers(model)
+
+
+def model_layers(model) -> list:
+    """A torch model's Linear (GEMM) and Conv layers as QuantLayers, by module path (as inspect names them)."""
+    import torch
+
+    from mpq_export.core.model_info import QuantLayer
+
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            op = "Gemm"
+        elif isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            op = "Conv" if isinstance(m, torch.nn.Conv2d) else "ConvTranspose"
+        else:
+            continue
+        out.append(QuantLayer(name=name, node_name=name, op_type=op, weight_name=name + ".weight",
+                              weight_shape=tuple(m.weight.shape), params=int(m.weight.numel()), activation_input="",
+                              output="", weight_axis=0, reduction_axis=1 if op == "Gemm" else -1))
+    return out

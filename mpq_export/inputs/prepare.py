@@ -30,6 +30,8 @@ class ModelRequest:
     calib_data: str | None = None
     scheduler_config: str | None = None
     resolution: tuple[int, int] | None = None  # the latent size prompts are encoded for (SDXL's time_ids)
+    seq_len: int | None = None  # --seq-len: the conditioning length of a model without encoded prompts
+    guidance_scale: float | None = None  # --guidance-scale as given (None: the input's default)
 
 
 @dataclass
@@ -49,6 +51,96 @@ class PreparedModel:
         if requested is not None:
             return float(requested)
         return self.pipeline.default_guidance if self.pipeline is not None and self.calib_data else 1.0
+
+
+@dataclass
+class ModelPreview:
+    """What the input's files say before any export or encoding: the denoiser's diffusers class, its
+    layers (built from its config on the meta device), its pipeline folder, its noise schedule."""
+    class_name: str | None  # None: an ONNX file another tool exported
+    layers: list | None  # QuantLayers from config.json (None for ONNX inputs: inspect reads them at once)
+    pipeline: PipelineFolder | None
+    optimum_folder: str | None
+    schedule: object | None  # runtime.sampler.NoiseSchedule of the scheduler config the run will use
+    notes: list[str]
+
+
+# each diffusers pipeline class and the denoiser class it runs
+PIPELINE_DENOISERS = {"StableDiffusionPipeline": "UNet2DConditionModel",
+                      "StableDiffusionXLPipeline": "UNet2DConditionModel",
+                      "StableDiffusion3Pipeline": "SD3Transformer2DModel", "FluxPipeline": "FluxTransformer2DModel",
+                      "PixArtAlphaPipeline": "PixArtTransformer2DModel", "PixArtSigmaPipeline": "PixArtTransformer2DModel"}
+
+
+def preview_model(cfg: ModelRequest) -> ModelPreview:
+    """Everything the configuration files decide, checked before the export and the prompt encoding (minutes
+    on a real model): a broken pipeline folder, a scheduler that does not fit the model, text encoders or a
+    VAE whose weight files are cut short are one-line errors here; the layers let the caller check budgets."""
+    from mpq_export.inputs.export import config_layers, find_scheduler_config, is_diffusers_folder, read_unet_config
+    from mpq_export.inputs.sd_pipeline import check_pipeline, is_pipeline_folder, read_pipeline
+
+    if not os.path.exists(cfg.model):
+        raise MPQError(f"model not found: {cfg.model} (give an .onnx file, a diffusers model folder or a pipeline folder)")
+    if is_optimum_folder(cfg.model):
+        _check_conditioning_options(cfg, None, encoded=False)
+        return ModelPreview(None, None, None, os.path.abspath(cfg.model), model_schedule(cfg.scheduler_config, None), [])
+    pipe = read_pipeline(cfg.model) if is_pipeline_folder(cfg.model) else None
+    unet_dir = pipe.unet_dir if pipe else cfg.model
+    if not is_diffusers_folder(unet_dir):
+        _check_conditioning_options(cfg, None, encoded=False)
+        return ModelPreview(None, None, None, None, model_schedule(cfg.scheduler_config, None), [])
+    class_name = read_unet_config(unet_dir).get("_class_name") or None
+    if pipe is not None:
+        check_pipeline(pipe, class_name, PIPELINE_DENOISERS, encode=cfg.calib_data is None)
+    _check_conditioning_options(cfg, class_name, encoded=pipe is not None and cfg.calib_data is None)
+    sched = cfg.scheduler_config or (pipe.scheduler_config if pipe else None) or find_scheduler_config(unet_dir)
+    schedule = model_schedule(sched, class_name)
+    return ModelPreview(class_name, config_layers(unet_dir), pipe, None, schedule, schedule_notes(schedule))
+
+
+def _check_conditioning_options(cfg: ModelRequest, class_name: str | None, encoded: bool) -> None:
+    """Options the input cannot honour, refused rather than ignored."""
+    from mpq_export.inputs.export import GUIDANCE_INPUT_MODELS
+
+    if cfg.calib_data is not None and cfg.seq_len is not None:
+        raise MPQError(f"--seq-len {cfg.seq_len}: the conditioning comes from --calib-data, whose arrays set its length; "
+                       f"drop --seq-len (it sets the length of stand-in conditioning)")
+    if encoded and cfg.seq_len is not None:
+        raise MPQError(f"--seq-len {cfg.seq_len}: the pipeline's prompts are encoded at its text encoders' own length, "
+                       f"which the model then sees; drop --seq-len (it sets the length of stand-in conditioning)")
+    if class_name in GUIDANCE_INPUT_MODELS and cfg.guidance_scale not in (None, 1, 1.0):
+        raise MPQError(f"--guidance-scale {cfg.guidance_scale:g}: a {class_name} takes its guidance as an input "
+                       f"(`guidance`, distilled: FluxPipeline's 3.5), not as classifier-free guidance over two rows; "
+                       f"drop --guidance-scale (--calib-data may give the guidance input's values)")
+
+
+def model_schedule(path: str | None, class_name: str | None):
+    """The noise schedule of `path`, refused when it does not fit the model: a flow-matching transformer sampled
+    as a noise predictor (or the other way round) calibrates along a trajectory the model never runs."""
+    from mpq_export.inputs.export import FLOW_MODELS
+    from mpq_export.runtime.sampler import NoiseSchedule
+
+    schedule = NoiseSchedule.from_config(path)
+    if class_name is None:
+        return schedule
+    if class_name in FLOW_MODELS and not schedule.flow_matching:
+        raise MPQError(f"{class_name} is trained by flow matching, but its scheduler config ({path or 'none found'}) "
+                       f"names {schedule.scheduler_class or 'no flow-matching scheduler'}; give the "
+                       f"FlowMatchEulerDiscreteScheduler scheduler_config.json its pipeline ships (--scheduler-config)")
+    if class_name not in FLOW_MODELS and schedule.flow_matching:
+        raise MPQError(f"{class_name} predicts noise, but the scheduler config {path} is flow matching's; give the "
+                       f"scheduler_config.json its pipeline ships (--scheduler-config)")
+    return schedule
+
+
+def schedule_notes(schedule) -> list[str]:
+    """What the report says of a pipeline's own sampler that calibration does not run."""
+    known = ("", "DDIMScheduler", "FlowMatchEulerDiscreteScheduler")
+    if schedule.scheduler_class in known:
+        return []
+    return [f"the scheduler config names {schedule.scheduler_class}; calibration and validation sample its noise "
+            f"schedule with DDIM (the noise levels the model sees are the schedule's; another solver's path between "
+            f"them differs little)"]
 
 
 def prepare_model(cfg: ModelRequest, cache_dir: str | None) -> PreparedModel:

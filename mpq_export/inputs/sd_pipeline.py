@@ -101,8 +101,11 @@ def is_pipeline_folder(path: str) -> bool:
 
 
 def _part(root: str, index: dict, name: str, required_file: str) -> str | None:
+    """The part's folder when model_index.json enables it (a [library, class] entry, not [null, null]: the
+    pipeline runs without that part, whatever the folder holds) and its file is there."""
     d = os.path.join(os.path.abspath(root), name)
-    if name in index and os.path.isfile(os.path.join(d, required_file)):
+    entry = index.get(name)
+    if isinstance(entry, list) and len(entry) == 2 and entry[1] and os.path.isfile(os.path.join(d, required_file)):
         return d
     return None
 
@@ -131,6 +134,60 @@ def read_pipeline(path: str) -> PipelineFolder:
                           text_encoder_3_dir=_part(path, index, "text_encoder_3", "config.json"),
                           tokenizer_3_dir=_part(path, index, "tokenizer_3", "tokenizer_config.json"),
                           transformer=transformer)
+
+
+def check_pipeline(pipe: PipelineFolder, denoiser_class: str | None, denoisers: dict[str, str], encode: bool) -> None:
+    """One-line errors, before any export or encoding, for a pipeline folder that cannot run as it says: a
+    model_index.json naming another pipeline than the denoiser's, a component it lists that is missing, text
+    encoders or a VAE whose weight files are cut short, a tokenizer that cannot encode text (`encode`: the
+    prompts will be encoded)."""
+    with open(os.path.join(pipe.root, MODEL_INDEX)) as f:
+        index = json.load(f)
+    want = denoisers.get(pipe.class_name)
+    if want is not None and denoiser_class is not None and want != denoiser_class:
+        part = "transformer/" if pipe.transformer else "unet/"
+        raise MPQError(f"{pipe.root}/model_index.json names {pipe.class_name}, which runs a {want}, but {part} holds a "
+                       f"{denoiser_class}; give the model_index.json saved with this pipeline")
+    for name, entry in sorted(index.items()):
+        if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
+            continue
+        folder = os.path.join(pipe.root, name)
+        if not os.path.isdir(folder) or not any(f.endswith(".json") for f in os.listdir(folder)):
+            raise MPQError(f"{pipe.root}/model_index.json lists {name} ({entry[1]}), but {folder} is missing or has no "
+                           f"config; copy the whole pipeline folder again")
+    for part in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
+        folder = getattr(pipe, f"{part}_dir", None)
+        if folder is not None:
+            check_weight_files(folder, f"the pipeline's {part}")
+    if encode:
+        for part in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+            folder = getattr(pipe, f"{part}_dir")
+            if folder is not None:
+                check_tokenizer(folder, part)
+
+
+PROBE_TEXT = "a photo of a cat"
+
+
+def check_tokenizer(folder: str, part: str) -> None:
+    """A tokenizer that cannot encode plain English is damaged (a vocabulary file lost, say): transformers then
+    loads it with a handful of entries and every word becomes the unknown token, silently."""
+    try:
+        import transformers
+    except ImportError:
+        raise MPQError("encoding prompts needs torch and transformers: pip install 'mpq-export[torch]'") from None
+    quiet_hf_libraries()
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(folder)
+        ids = tok(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    except Exception as e:
+        raise MPQError(f"the pipeline's {part} at {folder} cannot be loaded ({str(e).splitlines()[0][:160]}); copy "
+                       f"it again") from None
+    unknown = getattr(tok, "unk_token_id", None)
+    if not ids or len(tok) < 16 or (unknown is not None and all(i == unknown for i in ids)):
+        raise MPQError(f"the pipeline's {part} at {folder} cannot encode text (a vocabulary of {len(tok)} entries "
+                       f"turns '{PROBE_TEXT}' into {len(ids)} unknown tokens): its vocabulary files are damaged or "
+                       f"missing; copy {part}/ again")
 
 
 def load_prompts(path: str | None) -> PromptSet:
@@ -218,7 +275,19 @@ def _encode_with_pipeline(pipe: PipelineFolder, prompts: list[str]) -> tuple[dic
 
     quiet_hf_libraries()
     cls = getattr(diffusers, pipe.class_name)
-    p = cls.from_pretrained(pipe.root, transformer=None, vae=None)
+    with open(os.path.join(pipe.root, MODEL_INDEX)) as f:  # parts model_index.json disables: passed as None
+        disabled = {k: None for k, v in json.load(f).items()
+                    if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[1] is None}
+    try:
+        p = cls.from_pretrained(pipe.root, **{**disabled, "transformer": None, "vae": None})
+    except Exception as e:  # check_pipeline caught what the files show; this is what only loading shows
+        raise MPQError(f"diffusers cannot load the text encoders of {pipe.root} as a {pipe.class_name}: "
+                       f"{str(e).splitlines()[0][:200]}; copy the pipeline folder again") from None
+    if disabled.get("text_encoder_3", 0) is None:  # SD3 without T5: encode_prompt sizes T5's zeros from the
+        import types  # denoiser's config, which is all it reads of the (unloaded) transformer
+
+        with open(os.path.join(pipe.unet_dir, "config.json")) as f:
+            object.__setattr__(p, "transformer", types.SimpleNamespace(config=types.SimpleNamespace(**json.load(f))))
     cond, pooled = [], []
     with torch.no_grad():
         for i in range(0, len(prompts), ENCODE_BATCH):
@@ -286,9 +355,11 @@ def encode_prompts(pipe: PipelineFolder, prompts: PromptSet, out_dir: str, memo_
     h = hashlib.sha256()
     parts = [d for d in (pipe.text_encoder_dir, pipe.tokenizer_dir, pipe.text_encoder_2_dir, pipe.tokenizer_2_dir,
                          pipe.text_encoder_3_dir, pipe.tokenizer_3_dir) if d is not None]
+    with open(os.path.join(pipe.root, MODEL_INDEX)) as f:  # which parts the pipeline loads, not only their files
+        components = json.dumps({k: v for k, v in json.load(f).items() if not k.startswith("_")}, sort_keys=True)
     for part in [folder_sha(d, memo_dir) for d in parts] + [
             json.dumps(list(prompts.prompts)), pipe.class_name, str(pipe.force_zeros_for_empty_prompt),
-            str(tuple(pixel_size)) if pipe.sdxl else "", "v2"]:
+            str(tuple(pixel_size)) if pipe.sdxl else "", components, "v3"]:
         h.update(part.encode())
     path = os.path.join(out_dir, f"prompts-{h.hexdigest()[:24]}.npz")
     if os.path.exists(path):

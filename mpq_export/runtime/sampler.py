@@ -49,6 +49,7 @@ class NoiseSchedule:
     max_shift: float = 1.15
     base_image_seq_len: int = 256
     max_image_seq_len: int = 4096
+    scheduler_class: str = ""  # the config's _class_name ("" when none was given)
 
     def __post_init__(self):
         """The schedule's values, checked however it was made (from_config or directly from Python)."""
@@ -65,8 +66,21 @@ class NoiseSchedule:
             raise MPQError(f"unsupported prediction_type '{self.prediction_type}'{where} ({', '.join(PREDICTION_TYPES)})")
         if self.kind not in ("ddpm", "flow_matching"):
             raise MPQError(f"unknown schedule kind '{self.kind}'{where} (ddpm, flow_matching)")
-        if not (isinstance(self.shift, numbers.Real) and math.isfinite(self.shift) and self.shift > 0):
-            raise MPQError(f"shift{where} must be a positive number, got {self.shift!r}")
+        if not (isinstance(self.shift, numbers.Real) and math.isfinite(self.shift) and 0.01 <= self.shift <= 100):
+            # SD3 trains at 3.0; past these bounds every sigma sits at 0 or 1 and the sampler has nothing to do
+            raise MPQError(f"shift{where} must be a number in [0.01, 100] (SD3's is 3.0), got {self.shift!r}; give the "
+                           f"scheduler_config.json the pipeline was trained with")
+        if self.kind == "flow_matching" and self.use_dynamic_shifting:
+            lo, hi = self.base_image_seq_len, self.max_image_seq_len
+            ints = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (lo, hi))
+            if not ints or not 0 < lo < hi:
+                raise MPQError(f"base_image_seq_len / max_image_seq_len{where} must be integers with 0 < base < max "
+                               f"(Flux: 256 / 4096), got {lo!r} / {hi!r}; give the pipeline's own scheduler config")
+            for k in ("base_shift", "max_shift"):
+                v = getattr(self, k)
+                if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and -10 <= v <= 10):
+                    raise MPQError(f"{k}{where} must be a number in [-10, 10] (Flux: 0.5 / 1.15), got {v!r}; give the "
+                                   f"pipeline's own scheduler config")
 
     @classmethod
     def from_config(cls, path: str | None) -> "NoiseSchedule":
@@ -86,7 +100,7 @@ class NoiseSchedule:
                 raise MPQError(f"'{k}' in {path} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
             if v is not None and kind is int:
                 kw[k] = int(v)
-        return cls(**kw, source=os.path.abspath(path))
+        return cls(**kw, source=os.path.abspath(path), scheduler_class=str(cfg.get("_class_name") or ""))
 
     @classmethod
     def _flow_matching(cls, cfg: dict, path: str) -> "NoiseSchedule":
@@ -98,7 +112,7 @@ class NoiseSchedule:
         kw = {k: cfg[k] for k in ("num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift",
                                   "base_image_seq_len", "max_image_seq_len") if cfg.get(k) is not None}
         return cls(**kw, kind="flow_matching", prediction_type="epsilon", clip_sample=False,
-                   source=os.path.abspath(path))
+                   source=os.path.abspath(path), scheduler_class=FLOW_MATCHING)
 
     @property
     def flow_matching(self) -> bool:

@@ -83,6 +83,9 @@ class Target:
         """Whether an INT8-input convolution's output gets a Q/DQ of its own."""
         return False
 
+    def check_activation_ranges(self, info, observed_max: dict[str, float]) -> None:
+        """One-line error when activations the calibration saw cannot be held by the target's graph."""
+
     def float_graph(self, model):
         """The target's graph of an FP32 model before any Q/DQ, or None when it is the FP32 graph itself."""
         return None

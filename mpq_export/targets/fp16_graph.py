@@ -19,8 +19,13 @@ KEEP_FP32_OPS = ["InstanceNormalization", "LayerNormalization", "GroupNormalizat
                  "Sin", "Cos", "Exp", "Pow", "ReduceMean", "Sqrt", "Erf"]
 
 
+FP16_MAX = 65504.0
+
+
 def to_fp16_graph(model):
-    """Return an FP16 copy of `model` (an onnx.ModelProto), FP32 at its inputs and outputs."""
+    """Return an FP16 copy of `model` (an onnx.ModelProto), FP32 at its inputs and outputs. A float weight
+    beyond FP16's range is a one-line error naming it: the converter would clamp it to 65504 and the engine
+    compute something else than the model."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     import onnx_graphsurgeon as gs
@@ -30,6 +35,7 @@ def to_fp16_graph(model):
     # the converter's own shape inference serialises the whole model several times (GBs at SD size,
     # impossible past protobuf's 2 GB): the types it needs come from the graph alone
     infer_shapes_without_weights(model)
+    _check_fp16_range(model)
     fp32_ops, fp32_nodes = list(DEFAULT_OP_BLOCK_LIST) + KEEP_FP32_OPS, _sinusoid_arguments(model.graph)
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=fp32_ops,
                                          node_block_list=fp32_nodes, disable_shape_infer=True)
@@ -52,6 +58,26 @@ def to_fp16_graph(model):
     del g.node[:]
     g.node.extend(nodes)
     return converted
+
+
+def _check_fp16_range(model) -> None:
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    from mpq_export.util.errors import MPQError
+
+    big = []
+    for t in model.graph.initializer:
+        if t.data_type != TensorProto.FLOAT or not (t.raw_data or t.float_data):
+            continue  # quantized, or weights kept in their external file (read by the converter itself)
+        a = numpy_helper.to_array(t)
+        if a.size and float(np.abs(a).max()) > FP16_MAX:
+            big.append((t.name, float(np.abs(a).max())))
+    if big:
+        name, v = max(big, key=lambda x: x[1])
+        raise MPQError(f"{len(big)} float weight(s) exceed FP16's range (largest: {name}, |w| = {v:.3g} > {FP16_MAX:g}); "
+                       f"the tensorrt target's graph is FP16: use --target onnxruntime (an FP32 graph), or rescale "
+                       f"those weights in the model")
 
 
 def _sinusoid_arguments(graph) -> list[str]:

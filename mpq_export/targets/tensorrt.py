@@ -64,6 +64,18 @@ class TensorRTTarget(Target):
             raise MPQError("--float-conv-outputs changes the onnxruntime target's graph (this run: --target "
                            "tensorrt, where TensorRT chooses its own fusions); add --target onnxruntime or drop it")
 
+    def check_activation_ranges(self, info, observed_max: dict[str, float]) -> None:
+        """The graph is FP16: an activation past 65504 becomes inf in the engine (and NaN after it)."""
+        from mpq_export.targets.fp16_graph import FP16_MAX
+
+        big = {t: v for t, v in observed_max.items() if v > FP16_MAX}
+        if big:
+            tensor = max(big, key=big.get)
+            layers = [l.name for l in info.layers if l.activation_input in big or l.output in big]
+            raise MPQError(f"{len(big)} activation(s) exceed FP16's range during calibration (largest: '{tensor}', "
+                           f"|x| = {big[tensor]:.3g} > {FP16_MAX:g}; layers {', '.join(layers[:4]) or 'none'}): the "
+                           f"tensorrt target's graph is FP16; use --target onnxruntime (an FP32 graph)")
+
     def float_graph(self, model):
         from mpq_export.targets.fp16_graph import to_fp16_graph
 

@@ -94,12 +94,14 @@ def check_out_dir(out: str) -> None:
     probe_dir = parent
     while not os.path.exists(probe_dir):
         probe_dir = os.path.dirname(probe_dir)
+    if not os.path.isdir(probe_dir):
+        raise MPQError(f"cannot make the output folder {out}: {probe_dir} is a file; choose another -o")
     if not os.access(probe_dir, os.W_OK | os.X_OK):
         raise MPQError(f"cannot write the output folder {out} ({probe_dir} is not writable); choose another -o")
-    # really try it (read-only mounts, /proc, quotas): before calibration, not after it
+    # really try it (read-only mounts, /proc, quotas): before calibration, not after it; in the nearest folder
+    # that exists, so that a run refused later leaves no folders it made
     try:
-        os.makedirs(parent, exist_ok=True)
-        probe = tempfile.mkdtemp(prefix=f".{os.path.basename(absolute)}.probe-{os.getpid()}-", dir=parent)
+        probe = tempfile.mkdtemp(prefix=f".{os.path.basename(absolute)}.probe-{os.getpid()}-", dir=probe_dir)
         with open(os.path.join(probe, "w"), "wb") as f:
             f.write(b"0" * 4096)
         shutil.rmtree(probe)
@@ -154,6 +156,13 @@ def output_folders(model: str, out_dir: str | None, budgets: tuple[float, ...]) 
     stem = os.path.splitext(os.path.basename(os.path.normpath(model)))[0]
     # normalised: "out/" names the folder itself, not a place inside it (out/.old-PID)
     out_root = os.path.normpath(out_dir) if out_dir else os.path.join(os.getcwd(), f"{stem}.mpq")
+    if os.path.islink(out_root):
+        # a link to an earlier output: written through, so the link keeps pointing at the new one (replacing
+        # the link itself would leave the earlier output where it was and a stray link beside it)
+        target = os.path.realpath(out_root)
+        if not os.path.isdir(target):
+            raise MPQError(f"-o {out_dir} is a symbolic link to {target}, which is not a folder; give a folder")
+        out_root = target
     multi = len(budgets) > 1
     out_dirs = [os.path.join(out_root, f"budget-{b:g}") if multi else out_root for b in budgets]
     check_out_dir(out_root)
@@ -165,6 +174,11 @@ def staging_folder(out: str):
     """A temporary folder beside `out`, renamed into place when the block completes, removed if it fails:
     an interrupted run never leaves a folder that looks finished."""
     parent = os.path.dirname(os.path.abspath(out))
+    made = []  # the folders above the output this run creates: removed again if it fails
+    p = parent
+    while not os.path.exists(p):
+        made.append(p)
+        p = os.path.dirname(p)
     os.makedirs(parent, exist_ok=True)
     _remove_stale_temporaries(parent, os.path.basename(out))
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-{os.getpid()}-", dir=parent)
@@ -174,4 +188,9 @@ def staging_folder(out: str):
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for d in made:  # innermost first; only while empty (someone else may have put files there meanwhile)
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
         raise
