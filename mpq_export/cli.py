@@ -251,10 +251,12 @@ def _help_with_default(opt: Option) -> str:
     if opt.setting is None or not opt.shows_default or "default" in opt.help or opt.argparse.get("action") in ("store_true", "append"):
         return opt.help
     default = _library_default(opt.setting)
-    if default is None:
+    if default is None or default == ():
         return opt.help
     if isinstance(default, tuple):
         default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+    if isinstance(default, str):  # a name, or a choice (a str enum prints its value)
+        return f"{opt.help} (default: {default})"
     return f"{opt.help} (default: {getattr(default, 'name', default)})"
 
 

@@ -69,7 +69,7 @@ def test_pins_are_constraints():
     s = AllocationSettings(keep_fp16=(r"^l2$",), bits=(4, 8), min8=(r"^conv_in$",), default_pins=False)
     cands, pins = candidates(layers, "onnxruntime", s)
     assert [f.name for f in cands[0]] == ["w8a8"] and [f.name for f in cands[2]] == ["fp16"]
-    assert [f.name for f in cands[1]] == ["w4a16", "w8a8"]
+    assert [f.name for f in cands[1]] == ["w4a16", "w8a8", "w8a8-sq"]  # too narrow for a low-rank branch
     assert set(pins) == {"conv_in", "l2"}
     with pytest.raises(MPQError, match="outside"):  # conv_in alone forces ~8 bits
         allocate(layers, 4.5, "onnxruntime", s, theta=np.ones(3))

@@ -47,6 +47,6 @@ def test_float_graph_and_target_comparison_split_the_error(calibrated, tmp_path)
     assert float_graph_validation(get_target("onnxruntime"), validator) is None
     ranges = choose_ranges(stats.act_hist, ActCalibSettings())
     alloc = allocate(info.layers, 8.0, trt, theta=np.ones(len(info.layers)))
-    rows = compare_targets(trt, validator, alloc, ranges, QuantizeSettings(), stats.hessians, fp16, fp16)
+    rows = compare_targets(trt, validator, alloc, ranges, QuantizeSettings(), stats, fp16, fp16)
     assert [r.validation is not None for r in rows] == [True, True, True]
     assert 10 < rows[1].validation.mean_sqnr_db < fp16.mean_sqnr_db

@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="4.25,4.5,5,6,7")
     ap.add_argument("--scorers", default="orm,orm-error,probed,sensitivity,trajectory")
     ap.add_argument("--old-menu", action="store_true", help="also the MPQ rows on the formats before the ladder")
+    ap.add_argument("--old-menu-scorers", default="sensitivity", help="the scorers of the --old-menu rows")
     ap.add_argument("--no-uniform", action="store_true")
     ap.add_argument("--seeds", type=int, default=64)
     ap.add_argument("--calib-data", default=None)
@@ -143,7 +144,7 @@ def main() -> None:
             cands = candidates(info.layers, target, settings)
             errs = expected_format_error(info, equal_bit_alternatives(info.layers, cands[0]), stats, ranges, qs)
             scored = {}
-            for name in [s for s in args.scorers.split(",") if s]:
+            for name in [s for s in (args.scorers if menu == "ladder" else args.old_menu_scorers).split(",") if s]:
                 scorer = Scorer.of(name, "--scorers")
                 scored[scorer], secs = scores_for(scorer, info, stats, ranges, cands, qs, imp, cache)
                 timings[f"scores {scorer} ({menu})"] = secs

@@ -55,9 +55,10 @@ def gemm_dims(layer) -> tuple[int, int]:
     return k, layer.params // k
 
 
-def low_rank_factors(wm: np.ndarray, rank: int, hessian: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(A [K, r], B [r, N]) with x A B the output-error-optimal rank-r part of x W for W in the [N, K]
-    layout `wm` (formats/gptq.weight_matrix), weighted by H when given."""
+def weighted_svd(wm: np.ndarray, hessian: np.ndarray | None, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(U [N, r], S [r], V [K, r]) with U S V^T the output-error-optimal rank-r approximation of W in the
+    [N, K] layout `wm` (formats/gptq.weight_matrix), weighted by H when given: the SVD of W H^(1/2), the
+    weighting undone on V."""
     w = wm.astype(np.float64)
     if hessian is not None:
         h = hessian.astype(np.float64)
@@ -66,12 +67,18 @@ def low_rank_factors(wm: np.ndarray, rank: int, hessian: np.ndarray | None) -> t
         lam = np.maximum(lam, 1e-12 * lam.max())
         h_half, h_inv_half = (q * np.sqrt(lam)) @ q.T, (q / np.sqrt(lam)) @ q.T
         u, s, vt = np.linalg.svd(w @ h_half, full_matrices=False)
-        v = h_inv_half @ vt[:rank].T  # [K, r]: the weighting undone
-    else:
-        u, s, vt = np.linalg.svd(w, full_matrices=False)
-        v = vt[:rank].T
+        return u[:, :rank], s[:rank], h_inv_half @ vt[:rank].T
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    return u[:, :rank], s[:rank], vt[:rank].T
+
+
+def low_rank_factors(wm: np.ndarray, rank: int, hessian: np.ndarray | None,
+                     svd: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(A [K, r], B [r, N]) with x A B the output-error-optimal rank-r part of x W for W in the [N, K]
+    layout `wm`, weighted by H when given; `svd`: weighted_svd's result for at least this rank."""
+    u, s, v = svd if svd is not None else weighted_svd(wm, hessian, rank)
     root = np.sqrt(s[:rank])
-    return (v * root).astype(np.float32), (root[:, None] * u[:, :rank].T).astype(np.float32)
+    return (v[:, :rank] * root).astype(np.float32), (root[:, None] * u[:, :rank].T).astype(np.float32)
 
 
 def max_rank(layer) -> int:
@@ -114,12 +121,24 @@ class LowRankFormat(Format):
         k, n = gemm_dims(layer)
         return layer.params * 4 + 16 * self.rank(layer) * (k + n)
 
+    _svd_memo = [None]  # shared by the ladder: one SVD per layer serves every rank of it
+
+    def _svd(self, layer, w, hessian, wm):
+        """weighted_svd up to the layer's largest rank, once for the weight and H at hand (held, so their
+        identities cannot be reused by other arrays)."""
+        memo = LowRankFormat._svd_memo[0]
+        if memo is not None and memo[0] == layer.name and memo[1] is w and memo[2] is hessian:
+            return memo[3]
+        svd = weighted_svd(wm, hessian, max(self.rank(layer), max_rank(layer)))
+        LowRankFormat._svd_memo[0] = (layer.name, w, hessian, svd)
+        return svd
+
     def quantize_weight(self, layer, w: np.ndarray, settings, cal) -> LowRankWeight:
         from mpq_export.formats.gptq import from_matrix, weight_matrix
 
         hessian = as_calibration(cal).hessian
         wm = weight_matrix(np.asarray(w, np.float32), layer)
-        a, b = low_rank_factors(wm, self.rank(layer), hessian)
+        a, b = low_rank_factors(wm, self.rank(layer), hessian, self._svd(layer, w, hessian, wm))
         # the factors as the graph will hold them: the tensorrt target's graph is FP16
         a, b = a.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)
         branch = (b.T.astype(np.float64) @ a.T.astype(np.float64)).astype(np.float32)  # [N, K], wm's layout

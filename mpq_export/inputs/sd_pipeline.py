@@ -155,10 +155,11 @@ def check_pipeline(pipe: PipelineFolder, denoiser_class: str | None, denoisers: 
         if not os.path.isdir(folder) or not any(f.endswith(".json") for f in os.listdir(folder)):
             raise MPQError(f"{pipe.root}/model_index.json lists {name} ({entry[1]}), but {folder} is missing or has no "
                            f"config; copy the whole pipeline folder again")
-    for part in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
+    for part, label in (("text_encoder", "text encoder"), ("text_encoder_2", "text_encoder_2"),
+                        ("text_encoder_3", "text_encoder_3"), ("vae", "VAE")):
         folder = getattr(pipe, f"{part}_dir", None)
         if folder is not None:
-            check_weight_files(folder, f"the pipeline's {part}")
+            check_weight_files(folder, f"the pipeline's {label}")
     if encode:
         for part in ("tokenizer", "tokenizer_2", "tokenizer_3"):
             folder = getattr(pipe, f"{part}_dir")

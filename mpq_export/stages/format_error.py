@@ -59,6 +59,6 @@ def expected_format_error(info: ModelInfo, layer_formats: dict[str, list[Format]
     weights = iter_initializers(info.path, [by_name[n].weight_name for n in names])
     for name, (_, w) in zip(names, weights):
         layer = by_name[name]
-        cal = stats.for_layer(layer, ranges)
-        out[name] = {f.name: format_error(layer, w.astype(np.float32), f, settings, cal) for f in layer_formats[name]}
+        cal, w = stats.for_layer(layer, ranges), w.astype(np.float32)  # one of each per layer: formats memoise on them
+        out[name] = {f.name: format_error(layer, w, f, settings, cal) for f in layer_formats[name]}
     return out

@@ -8,7 +8,8 @@ objective (bits x importance) cannot see. The gain says how a layer's relative e
 output:
   orm-error  g_i = the ORM importance theta_i (the paper's measure of a layer; no forwards)
   probed     g_i = s_i / e[i, f0]: one measured probe per layer (its cheapest quantized format f0 alone,
-             the noise-prediction error at the profiled steps, stages/sensitivity.py) over that format's
+             the noise-prediction error at PROBE_STEPS of the profiled steps on PROBE_SAMPLES rows,
+             stages/sensitivity.py) over that format's
              expected error; every other format of the layer then costs no forward. Probes scale with the
              number of layers, not layers x formats (the measured scorer's), which keeps a ladder of formats
              affordable on real-size models (docs/performance.md).
@@ -29,6 +30,12 @@ from mpq_export.stages.format_error import expected_format_error
 from mpq_export.stages.sensitivity import SensitivityScores, measure_sensitivity
 from mpq_export.util.progress import log
 
+# the probes of `probed`: a few of the profiled steps and rows are enough to measure one gain per layer
+# (the formats' differences come from the error model), and keep the probes' forwards near calibration's
+# on real models (docs/performance.md)
+PROBE_STEPS = 3
+PROBE_SAMPLES = 2
+
 
 def error_scores(info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges, cands: list[list[Format]],
                  settings: QuantizeSettings, scorer: Scorer, theta: np.ndarray | None = None, alpha: float = 1.0,
@@ -44,7 +51,8 @@ def error_scores(info: ModelInfo, stats: CalibrationStats, ranges: ActivationRan
     elif scorer is Scorer.PROBED:
         base = [[fs[0]] if fs else [] for fs in quantized.values()]  # each layer's cheapest quantized format
         kwargs = {"runtime": runtime} if runtime is not None else {}
-        probe = measure_sensitivity(info, stats, ranges, base, settings, alpha, cache_dir, **kwargs)
+        probe = measure_sensitivity(info, stats, ranges, base, settings, alpha, cache_dir, samples=PROBE_SAMPLES,
+                                    steps=PROBE_STEPS, **kwargs)
         gains = {}
         for l, fs in zip(info.layers, base):
             e0 = errors.get(l.name, {}).get(fs[0].name, 0.0) if fs else 0.0
