@@ -124,9 +124,12 @@ def options() -> list[Option]:
         # allocation
         Option(("--allocation",), "allocation.method", "mpq: the 0/1 program over the importance scores; others "
                "are baselines", "allocation", dict(choices=METHODS), example=(("--allocation", "uniform"), "uniform")),
-        Option(("--importance",), "importance", "orm: the paper's orthogonality metric; sensitivity: measured "
-               "per-layer noise-prediction error at the profiled steps; trajectory: measured per-layer final-sample "
-               "error (about 10x sensitivity's forwards; small models)", "allocation", dict(choices=Scorer.choices()),
+        Option(("--importance",), "importance", "the scores the mpq allocation minimises: probed (default): one "
+               "measured probe per layer times each format's expected error; orm: the paper's orthogonality metric "
+               "(maximises bits x importance); orm-error: ORM importance times each format's expected error; "
+               "sensitivity: measured noise-prediction error of every layer and format; trajectory: measured "
+               "final-sample error of every layer and format (about 10x sensitivity's forwards; small models)",
+               "allocation", dict(choices=Scorer.choices()),
                example=(("--importance", "sensitivity"), "sensitivity")),
         Option(("--bits",), "allocation.bits", "candidate weight bit-widths (4, 8, 16)", "allocation",
                dict(metavar="LIST"), example=(("--bits", "8,16"), (8, 16))),

@@ -8,7 +8,7 @@ objective (bits x importance) cannot see. The gain says how a layer's relative e
 output:
   orm-error  g_i = the ORM importance theta_i (the paper's measure of a layer; no forwards)
   probed     g_i = s_i / e[i, f0]: one measured probe per layer (its cheapest quantized format f0 alone,
-             the noise-prediction error at PROBE_STEPS of the profiled steps on PROBE_SAMPLES rows,
+             the noise-prediction error at every profiled step on PROBE_SAMPLES rows,
              stages/sensitivity.py) over that format's
              expected error; every other format of the layer then costs no forward. Probes scale with the
              number of layers, not layers x formats (the measured scorer's), which keeps a ladder of formats
@@ -30,10 +30,10 @@ from mpq_export.stages.format_error import expected_format_error
 from mpq_export.stages.sensitivity import SensitivityScores, measure_sensitivity
 from mpq_export.util.progress import log
 
-# the probes of `probed`: a few of the profiled steps and rows are enough to measure one gain per layer
-# (the formats' differences come from the error model), and keep the probes' forwards near calibration's
-# on real models (docs/performance.md)
-PROBE_STEPS = 3
+# the probes of `probed`: every profiled step (the noise levels differ most between steps), two rows each
+# (more rows moved the allocations little on the bundled DiT: docs/quality.md); this keeps the probes'
+# forwards near calibration's on real models (docs/performance.md)
+PROBE_STEPS = None
 PROBE_SAMPLES = 2
 
 

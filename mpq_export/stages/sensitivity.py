@@ -33,7 +33,7 @@ import numpy as np
 
 from mpq_export.core.choices import Scorer
 from mpq_export.core.model_info import ModelInfo
-from mpq_export.formats import Format, QuantizeSettings
+from mpq_export.formats import FORMATS_VERSION, Format, QuantizeSettings
 from mpq_export.formats.gptq import ROUNDING_VERSION
 from mpq_export.formats.inputs import INT8_INPUT, InputQuantizer
 from mpq_export.runtime.ort import RuntimeSettings, ort_session, run_model
@@ -86,7 +86,7 @@ def measure_sensitivity(info: ModelInfo, stats: CalibrationStats, ranges: Activa
     # through JSON so that the copy stored in the entry compares equal on reading (tuples become lists)
     identity = {"calib": stats.model_sha256, "calibration": stats.identity, "settings": calib,
                 "alpha": alpha, "schedule": schedule, "conditioning": stats.conditioning_source,
-                "samples": samples, "q": q, "rounding_version": ROUNDING_VERSION,
+                "samples": samples, "q": q, "rounding_version": ROUNDING_VERSION, "formats_version": FORMATS_VERSION,
                 **({"steps": steps} if steps is not None else {}),
                 "objective": "trajectory" if scorer is Scorer.TRAJECTORY else "step", "act_amax": ranges.amax,
                 "cands": {l.name: [f.name for f in c] for l, c in zip(info.layers, cands)}}
