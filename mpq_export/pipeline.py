@@ -26,6 +26,7 @@ from mpq_export.util.onnx_io import SOURCE_CLASS_KEY
 from mpq_export.report.records import Report, TargetComparisonRow
 from mpq_export.stages.act_ranges import ActivationRanges, choose_ranges
 from mpq_export.stages.allocate import (BitAllocation, allocate, candidates, check_budget, equal_bit_alternatives,
+                                        for_time_only_layers,
                                         reachable_range, unmatched_patterns)
 from mpq_export.stages.calibrate import CalibrationStats, calibrate, sample_shape
 from mpq_export.stages.diagnostics import (allocation_stability, activation_costs, compare_targets,
@@ -176,7 +177,7 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, preview: ModelPr
     notes = list(cfg.notes) + list(cfg.decisions) + prepared.notes + schedule_notes(schedule)
     ranges, act_costs = _activation_ranges(cfg, info, stats, notes, timings)
     cfg.target.check_activation_ranges(info, ranges.observed_max)
-    imp, sens = _importance(cfg, info, stats, ranges, cands, cache_dir, timings)
+    imp, sens, cands = _importance(cfg, info, stats, ranges, cands, cache_dir, timings)
     fmt_error = _format_errors(cfg, info, stats, ranges, cands, sens, timings)
 
     trajectory = Trajectory(schedule, stats.settings.steps, stats.step_indices, sample_shape(info, calibration.resolution),
@@ -236,10 +237,11 @@ def _activation_ranges(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationS
 
 
 def _importance(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges, cands,
-                cache_dir: str | None, timings: StageTimes) -> tuple[LayerImportance, SensitivityScores | None]:
+                cache_dir: str | None, timings: StageTimes) -> tuple[LayerImportance, SensitivityScores | None, tuple]:
     """ORM importance (always: the report and the stability study use it) and, on request, measured sensitivity."""
     with timings.stage("orm"):
         imp = importance_of(stats, cfg.orm)
+    cands = for_time_only_layers(cands, info.layers, set(imp.excluded))
     sens = None
     if cfg.importance.measured:
         from mpq_export.stages.sensitivity import measure_sensitivity
@@ -253,7 +255,7 @@ def _importance(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, r
         with timings.stage("scores"):
             sens = error_scores(info, stats, ranges, cands[0], cfg.quantize, cfg.importance, imp.theta,
                                 cfg.orm.alpha, cache_dir, cfg.runtime)
-    return imp, sens
+    return imp, sens, cands
 
 
 def _format_errors(cfg: PipelineConfig, info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges, cands,

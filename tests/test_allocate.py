@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from mpq_export.stages.allocate import AllocationSettings, allocate, candidates, solve_01
+from mpq_export.stages.allocate import AllocationSettings, allocate, candidates, for_time_only_layers, solve_01
 from mpq_export.util.errors import MPQError
 from mpq_export.core.model_info import QuantLayer
 
@@ -99,6 +99,17 @@ def test_formats_follow_the_design_table():
     t = allocate(layers, 6.0, "tensorrt", AllocationSettings(min8=()), theta=np.ones(4))
     assert [f.name for f in t.formats] == ["w8a8", "w8a8", "w4a16", "w4a16"]
     assert t.achieved_bits == pytest.approx(6.0)
+
+
+def test_time_only_layers_lose_the_formats_that_need_per_sample_inputs():
+    """A timestep embedding's linear (one input per step) keeps plain w8a8 but not the smoothed one; the other
+    GEMMs keep both."""
+    layers = _layers([64, 64], ["MatMul", "MatMul"])
+    cands = candidates(layers, "tensorrt", AllocationSettings(min8=()))
+    assert all("w8a8-sq" in [f.name for f in c] for c in cands[0])
+    formats, pins = for_time_only_layers(cands, layers, {"l0"})
+    assert "w8a8-sq" not in [f.name for f in formats[0]] and "w8a8" in [f.name for f in formats[0]]
+    assert formats[1] == cands[0][1] and pins == cands[1]
 
 
 def test_tensorrt_budget_below_its_floor_says_why_and_what_to_do():

@@ -40,7 +40,8 @@ from mpq_export.formats import QuantizeSettings  # noqa: E402
 from mpq_export.pipeline import PipelineConfig, prepare_model  # noqa: E402
 from mpq_export.runtime.sampler import NoiseSchedule, Trajectory  # noqa: E402
 from mpq_export.stages.act_ranges import ActCalibSettings, choose_ranges  # noqa: E402
-from mpq_export.stages.allocate import AllocationSettings, allocate, candidates, equal_bit_alternatives  # noqa: E402
+from mpq_export.stages.allocate import (AllocationSettings, allocate, candidates, equal_bit_alternatives,  # noqa: E402
+                                        for_time_only_layers)
 from mpq_export.stages.calibrate import CalibrationSettings, calibrate, sample_shape  # noqa: E402
 from mpq_export.stages.diagnostics import importance_of  # noqa: E402
 from mpq_export.stages.format_error import expected_format_error  # noqa: E402
@@ -132,7 +133,7 @@ def main() -> None:
         plain8 = AllocationSettings(method="uniform", formats=("fp16", "w8a8"))
         score("W8A8", allocate(info.layers, 8, target, plain8), kind="w8a8")
         smooth = AllocationSettings(method="uniform", formats=("fp16", "w8a8", "w8a8-sq"))
-        cands = candidates(info.layers, target, smooth)
+        cands = for_time_only_layers(candidates(info.layers, target, smooth), info.layers, set(imp.excluded))
         errs = expected_format_error(info, equal_bit_alternatives(info.layers, cands[0]), stats, ranges, qs)
         score("W8A8, smoothed where the expected error says", allocate(info.layers, 8, target, smooth, format_error=errs,
                                                                   cands=cands), kind="w8a8-sq")
@@ -141,7 +142,7 @@ def main() -> None:
             menus["old"] = AllocationSettings(formats=OLD_MENU[target.name])
         budgets = [float(b) for b in args.budgets.split(",") if b]
         for menu, settings in menus.items():
-            cands = candidates(info.layers, target, settings)
+            cands = for_time_only_layers(candidates(info.layers, target, settings), info.layers, set(imp.excluded))
             errs = expected_format_error(info, equal_bit_alternatives(info.layers, cands[0]), stats, ranges, qs)
             scored = {}
             for name in [s for s in (args.scorers if menu == "ladder" else args.old_menu_scorers).split(",") if s]:

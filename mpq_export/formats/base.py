@@ -31,6 +31,23 @@ class LayerCalibration:
     counts: np.ndarray | None = None  # the input's |x| histogram pooled over steps (core/histogram.py)
     energy: float = 0.0  # its sum of x^2
     thresholds: dict | None = None  # input quantizer name -> the threshold its scale maps onto its grid
+    step_counts: np.ndarray | None = None  # [K, N_BINS]: the histogram per profiled step
+    step_energy: np.ndarray | None = None  # [K]: sum of x^2 per profiled step
+
+    def step_scale(self) -> np.ndarray | None:
+        """Each profiled step's mean square over the pooled one (None without per-step statistics): a step
+        of small activations sees the same rounding noise at a larger relative error."""
+        if self.step_counts is None or self.step_energy is None or self.counts is None or self.energy <= 0:
+            return None
+        n = self.step_counts.sum(1)
+        ok = (n > 0) & (self.step_energy > 0)
+        return np.where(ok, (self.step_energy / np.maximum(n, 1)) / (self.energy / self.counts.sum()), np.nan)
+
+    @property
+    def clip_ratio(self) -> float:
+        """The INT8 threshold --act-calib chose over the observed max (1: no clipping, or not known)."""
+        t = self.thresholds or {}
+        return min(1.0, t["int8"] / t["fp8"]) if t.get("fp8") and t.get("int8") else 1.0
 
 
 def as_calibration(cal) -> LayerCalibration:
@@ -57,6 +74,10 @@ class Format:
     weight_bits: int = 16
     input: InputQuantizer | None = None
     summary: str = ""  # one line for the docs and --help
+    # offered only to layers whose input varies across samples: a time-only layer (a timestep embedding's,
+    # one input per step) turns a quantization error into one bias per step, which the error model, made
+    # for errors that average out, cannot weigh
+    per_sample_inputs_only = False
 
     @property
     def probe_quantizer(self) -> InputQuantizer | None:
@@ -132,12 +153,36 @@ class Format:
 
     # --- the error model -----------------------------------------------------------------------------
     def input_error(self, layer, w: np.ndarray, settings, cal) -> float:
-        """Relative squared error of the layer's input through this format's input quantizer (0 when float),
-        from the streamed histogram of that input."""
+        """Relative squared error the layer's input quantizer adds to its output (0 when float), from the
+        streamed histogram of that input: the output's, where calibration kept each input channel's mean
+        square (GEMMs), so that every format's input error is measured where the weight's is; else the
+        input's own relative error."""
         cal = as_calibration(cal)
         if self.input is None or cal.energy <= 0 or cal.counts is None:
             return 0.0
-        return self.input.expected_error(cal.counts, cal.thresholds[self.input.name]) / cal.energy
+        threshold = cal.thresholds[self.input.name]
+        total = self.input.expected_error(cal.counts, threshold)
+        if cal.channel_ms is None or w is None:
+            return total / cal.energy
+        ms = cal.channel_ms.astype(np.float64)
+        scale = cal.step_scale()
+        if scale is None:  # pooled over the steps
+            noise = ms * (total / cal.energy) if self.input.relative_error else np.full_like(ms, total / cal.counts.sum())
+            return output_relative_noise(layer, w, noise, cal)
+        # the mean over the profiled steps of each step's relative error: a step of small activations (late in
+        # the trajectory, where the final sample is decided) counts as much as one of large ones. Per channel,
+        # INT8 rounding noise is the same everywhere (one step for the whole tensor); FP8's error is relative,
+        # so it follows each channel's energy
+        unit = output_relative_noise(layer, w, np.ones_like(ms), cal)  # sum_j ||W_j||^2 over the output energy
+        per_ms = output_relative_noise(layer, w, ms, cal)  # sum_j ms_j ||W_j||^2 over the output energy
+        rel = []
+        for k in np.flatnonzero(np.isfinite(scale)):
+            err = self.input.expected_error(cal.step_counts[k], threshold)
+            if self.input.relative_error:
+                rel.append(per_ms * err / cal.step_energy[k])
+            else:
+                rel.append(unit * err / cal.step_counts[k].sum() / scale[k])
+        return float(np.mean(rel)) if rel else 0.0
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Format) and other.name == self.name
@@ -235,3 +280,19 @@ class GraphView:
         if stored in self.producers and self.producers[stored].op_type == "Cast":  # INT4 widened at load (onnxruntime)
             stored = self.producers[stored].input[0]
         return self.inits.get(stored)
+
+
+def output_relative_noise(layer, w: np.ndarray, noise: np.ndarray, cal: LayerCalibration) -> float:
+    """sum_j noise_j ||W_j||^2 / E||x W||^2: independent noise of power noise_j on input channel j, relative to
+    the layer's output energy (E[x x^T] from H scaled to the channels' mean squares, or their diagonal)."""
+    from mpq_export.formats.gptq import weight_matrix
+
+    wm = weight_matrix(np.asarray(w), layer).astype(np.float64)  # [N, K]
+    col_energy = (wm ** 2).sum(0)  # ||W_j||^2 per input channel j
+    ms = cal.channel_ms.astype(np.float64)
+    if cal.hessian is not None:
+        h = cal.hessian.astype(np.float64)
+        signal = float(np.einsum("nk,kl,nl->", wm, h, wm)) * ms.sum() / max(float(np.trace(h)), 1e-30)
+    else:
+        signal = float((ms * col_energy).sum())
+    return float((noise * col_energy).sum()) / signal if signal > 0 else 0.0

@@ -20,6 +20,7 @@ class InputQuantizer:
     fuses_residual_add = False  # TensorRT fuses a residual Add into a conv whose input is this kind
     min_opset = 13  # the ONNX opset its QuantizeLinear / DequantizeLinear need
     per_channel_probe = False  # its probe branch takes a per-channel scale fed per probe (a smoothed input)
+    relative_error = False  # its error grows with each value (a float grid), rather than one step for all
 
     def threshold(self, ranges, tensor: str) -> float:
         """The |x| its scale maps onto the top of its grid, from the run's ActivationRanges."""
@@ -69,7 +70,7 @@ class Int8Input(InputQuantizer):
 class Fp8Input(InputQuantizer):
     """FP8 E4M3 per tensor, the observed max mapped onto 448: E4M3's error is relative, so clipping rarely
     pays."""
-    name, tag, min_opset = "fp8", "_fp8", 19
+    name, tag, min_opset, relative_error = "fp8", "_fp8", 19, True
 
     def threshold(self, ranges, tensor: str) -> float:
         return ranges.observed_max[tensor]

@@ -192,6 +192,15 @@ def candidates(layers: list[QuantLayer], target: str | Target,
     return out, pins
 
 
+def for_time_only_layers(cands: tuple[list[list[Format]], dict[str, str]], layers: list[QuantLayer],
+                         time_only: set[str]) -> tuple[list[list[Format]], dict[str, str]]:
+    """The candidates without the formats that need per-sample variation in a layer's input
+    (Format.per_sample_inputs_only) on the layers calibration found time-only (ORM's excluded layers)."""
+    formats = [[f for f in c if not (l.name in time_only and f.per_sample_inputs_only)] or c
+               for l, c in zip(layers, cands[0])]
+    return formats, cands[1]
+
+
 def equal_bit_alternatives(layers: list[QuantLayer], cands: list[list[Format]]) -> dict[str, list[Format]]:
     """Layers whose candidates hold two formats that store the same bits (w8a8 and fp8): layer -> those formats."""
     out = {}

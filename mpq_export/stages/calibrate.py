@@ -128,15 +128,17 @@ class CalibrationStats:
         """Everything calibration knows about one layer's input, for its formats (formats/base.py); the
         thresholds of its input quantizers come from `ranges` (act_ranges.ActivationRanges) when given."""
         x = layer.activation_input
-        counts, energy = None, 0.0
+        counts, energy, step_counts, step_energy = None, 0.0, None, None
         if x in self.act_hist:
             i = self.act_hist.names.index(x)
-            counts, energy = self.act_hist.counts[i].sum(0), float(self.act_hist.sumsq[i].sum())
+            step_counts, step_energy = self.act_hist.counts[i], self.act_hist.sumsq[i]
+            counts, energy = step_counts.sum(0), float(step_energy.sum())
         thresholds = None
         if ranges is not None and x in ranges.amax:
             thresholds = {q.name: q.threshold(ranges, x) for q in INPUT_QUANTIZERS if not q.per_channel_probe}
         return LayerCalibration(hessian=self.hessians.get(layer.name), channel_amax=self.channel_amax.get(x),
-                                channel_ms=self.channel_ms.get(x), counts=counts, energy=energy, thresholds=thresholds)
+                                channel_ms=self.channel_ms.get(x), counts=counts, energy=energy, thresholds=thresholds,
+                                step_counts=step_counts, step_energy=step_energy)
 
     def save(self, path: str) -> None:
         meta = {"layer_names": self.layer_names, "act_names": self.act_hist.names, "settings": asdict(self.settings),
