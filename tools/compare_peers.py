@@ -79,7 +79,10 @@ from modelopt.onnx.quantization import quantize
 src, data, out, method = sys.argv[1:5]
 exclude = sys.argv[5].split(",") if len(sys.argv) > 5 and sys.argv[5] else None
 z = np.load(data)
-quantize(src, quantize_mode="int8", calibration_data={k: z[k] for k in z.files}, calibration_method=method,
+# INT8 PTQ (entropy, max) or INT4 weight-only AWQ (awq_clip, awq_lite: ModelOpt's W4A16 path for TensorRT,
+# blocks of 128 by default, MatMul only)
+mode = "int4" if method.startswith("awq") else "int8"
+quantize(src, quantize_mode=mode, calibration_data={k: z[k] for k in z.files}, calibration_method=method,
          calibration_eps=["cpu"], output_path=out, high_precision_dtype="fp16", log_level="WARNING",
          nodes_to_exclude=exclude)
 """

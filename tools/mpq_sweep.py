@@ -9,7 +9,9 @@ For each budget B of --budgets, on one target:
   MPQ      the 0/1 program over each scorer of --scorers (orm, orm-error, probed, sensitivity, trajectory)
 and once: W8A8 with the plain formats only (--formats fp16,w8a8: the 8-bit reference) and W8A8 where each
 GEMM takes plain or smoothed INT8 by its expected error (--formats fp16,w8a8,w8a8-sq). With --old-menu,
-the MPQ rows once more on the formats before the ladder (fp16, w8a8, w4a16, and w4a8 on onnxruntime).
+the MPQ rows once more on the formats before the ladder (fp16, w8a8, w4a16, and w4a8 on onnxruntime). With
+--peers, ModelOpt 0.47's ONNX INT8 PTQ (entropy) and INT4 weight-only AWQ (awq_clip, its W4A16 path for
+TensorRT) on the same FP32 ONNX and calibration inputs, in ModelOpt's own environment (tools/compare_peers.py).
 
 Metric (as tools/compare_peers.py): the full 50-step sampler from the same 64 held-back seeds as the FP32
 model, final-sample PSNR vs FP32 (mean +- standard error over seeds), differences paired over seeds; bits
@@ -33,7 +35,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from compare_peers import BUNDLED, BUNDLED_CALIB_DATA, EVAL_SEED  # noqa: E402
+from compare_peers import (BUNDLED, BUNDLED_CALIB_DATA, EVAL_SEED, calibration_feeds, count_bits,  # noqa: E402
+                           modelopt_python, modelopt_quantize)
 
 from mpq_export.core.choices import Scorer  # noqa: E402
 from mpq_export.formats import QuantizeSettings  # noqa: E402
@@ -80,6 +83,9 @@ def main() -> None:
     ap.add_argument("--old-menu", action="store_true", help="also the MPQ rows on the formats before the ladder")
     ap.add_argument("--old-menu-scorers", default="sensitivity", help="the scorers of the --old-menu rows")
     ap.add_argument("--no-uniform", action="store_true")
+    ap.add_argument("--peers", default="", help="ModelOpt methods to score beside ours: entropy, max (INT8), "
+                    "awq_clip, awq_lite (INT4 weight-only)")
+    ap.add_argument("--peer-venv", default=os.path.join(default_cache_dir(), "peers", "modelopt-0.47.0"))
     ap.add_argument("--seeds", type=int, default=64)
     ap.add_argument("--calib-data", default=None)
     ap.add_argument("--json", default=None)
@@ -110,24 +116,36 @@ def main() -> None:
     rows, timings = [], {"calibration": calib_seconds, "fp32_reference_and_setup": time.perf_counter() - t}
 
     with tempfile.TemporaryDirectory(prefix="mpq-sweep-") as d:
-        def score(name: str, alloc, **extra) -> None:
+        def score_file(name: str, path: str, bits: float, counts: dict, **extra) -> None:
             t0 = time.perf_counter()
-            path = os.path.join(d, f"m{len(rows)}.onnx")
-            quantize(info, alloc, ranges, path, qs, target, stats=stats)
-            bits, _ = count_weight_bits(path, info)
-            assert abs(bits - alloc.achieved_bits) < 1e-6, (bits, alloc.achieved_bits)
             v = validator.validate(path)
             ps = np.asarray(v.sample_psnr_per_sample)
-            counts = {}
-            for f in alloc.formats:
-                key = "w4a16-lr" if f.name.startswith("w4a16-lr") else f.name
-                counts[key] = counts.get(key, 0) + 1
             row = {"method": name, "bits": bits, "psnr": float(ps.mean()), "psnr_se": float(ps.std(ddof=1) / np.sqrt(len(ps))),
                    "sqnr": v.mean_sqnr_db, "psnr_per_sample": [round(float(x), 3) for x in ps], "formats": counts,
                    **extra}
             rows.append(row)
             print(f"{name:50s} bits {bits:.3f}  PSNR {row['psnr']:6.2f} +- {row['psnr_se']:.2f}  SQNR {row['sqnr']:6.2f}  "
                   f"{counts}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+        def score(name: str, alloc, **extra) -> None:
+            path = os.path.join(d, f"m{len(rows)}.onnx")
+            quantize(info, alloc, ranges, path, qs, target, stats=stats)
+            bits, _ = count_weight_bits(path, info)
+            assert abs(bits - alloc.achieved_bits) < 1e-6, (bits, alloc.achieved_bits)
+            counts = {}
+            for f in alloc.formats:
+                key = "w4a16-lr" if f.name.startswith("w4a16-lr") else f.name
+                counts[key] = counts.get(key, 0) + 1
+            score_file(name, path, bits, counts, **extra)
+
+        peers = [m for m in args.peers.split(",") if m]
+        if peers:  # on the same FP32 graph and the same calibration inputs as ours
+            py, feeds = modelopt_python(args.peer_venv), calibration_feeds(info, stats)
+            for method in peers:
+                path = os.path.join(d, f"modelopt-{method}.onnx")
+                modelopt_quantize(py, prepared.onnx_path, feeds, path, method, d)
+                kind = "INT4 weight-only AWQ" if method.startswith("awq") else "INT8 PTQ"
+                score_file(f"ModelOpt 0.47 {kind} ({method})", path, count_bits(path, info), {}, kind="peer")
 
         # the 8-bit references
         plain8 = AllocationSettings(method="uniform", formats=("fp16", "w8a8"))

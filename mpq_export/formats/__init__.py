@@ -20,7 +20,7 @@ FP16 = FloatFormat("fp16")
 FORMATS: tuple[Format, ...] = (FP16, W8A8, W4A8, W4A16, FP8, *LOW_RANK_LADDER, W8A8_SQ)
 FORMAT_NAMES = tuple(f.name for f in FORMATS)
 # bumped when what a format writes for a layer changes (results measured on formats, cached on disk, key on it)
-FORMATS_VERSION = 3
+FORMATS_VERSION = 4
 # how a written graph is read back, most specific first (a low-rank layer also has a DequantizeLinear weight)
 _RECOGNISERS = (LowRankFormat, WeightDQFormat)
 
