@@ -4,7 +4,6 @@ quantize, passes TensorRT's rules and counts 8 bits."""
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mpq_export.core.model_info import ModelInfo, QuantLayer

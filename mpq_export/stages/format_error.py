@@ -8,12 +8,13 @@ less, while a flat, well-scaled tensor is held more finely by INT8's 255 levels.
 each layer's weight and input distributions, and both are known after calibration.
 
 For layer i and format f, with y = W x:
-    e[i, f] = ||W - Q_f(W)||^2_H / ||W||^2_H  +  E[(x - Q_f(x))^2] / E[x^2]
+    e[i, f] = ||W - Q_f(W)||^2_H / ||W||^2_H  +  e_x[i, f]
 the first term the relative output error of the quantized weight under the layer's input statistics H
-(formats/gptq.py's, when calibration kept them; else the plain relative weight error), the second the relative
-error of the quantized input from the streamed |x| histogram (act_ranges.py: INT8 at the chosen clipping
-threshold, FP8 at the observed max / 448). The two add when the errors are independent: the relative
-power of dW x + W dx. allocate.one_per_width keeps the format of least e among equal widths.
+(formats/gptq.py's, when calibration kept them; else the plain relative weight error), the second the
+output error of the quantized input (Format.input_error: the noise of the streamed |x| histogram, INT8 at
+the chosen clipping threshold, FP8 at the observed max / 448, carried through W to the output and averaged
+over the profiled steps). The two add when the errors are independent: the relative power of dW x + W dx.
+allocate.one_per_width keeps the format of least e among equal widths.
 
 The measured scorer (`--importance sensitivity`) needs none of this: it probes each format of each layer.
 """
