@@ -47,6 +47,10 @@ def test_markdown_states_budget_bits_and_validation():
 
 def test_the_layer_table_names_what_the_measured_scorer_measured():
     d = json.loads(json.dumps(_golden()))
+    assert "| probed gain x expected error at 4 / 8 bits |" in render_markdown(d)  # the default scorer's
+    d["allocation"]["scorer"] = "orm"
+    for row in d["layers"]:
+        row["sensitivity"] = None
     assert "error at 4 / 8 bits" not in render_markdown(d)  # ORM: no measured column
     for row in d["layers"]:
         row["sensitivity"] = {"w4a8": 2e-5, "w8a8": 1e-6}
