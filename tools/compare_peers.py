@@ -78,13 +78,14 @@ import numpy as np
 from modelopt.onnx.quantization import quantize
 src, data, out, method = sys.argv[1:5]
 exclude = sys.argv[5].split(",") if len(sys.argv) > 5 and sys.argv[5] else None
+block = int(sys.argv[6]) if len(sys.argv) > 6 and sys.argv[6] else None
 z = np.load(data)
 # INT8 PTQ (entropy, max) or INT4 weight-only AWQ (awq_clip, awq_lite: ModelOpt's W4A16 path for TensorRT,
 # blocks of 128 by default, MatMul only)
 mode = "int4" if method.startswith("awq") else "int8"
 quantize(src, quantize_mode=mode, calibration_data={k: z[k] for k in z.files}, calibration_method=method,
          calibration_eps=["cpu"], output_path=out, high_precision_dtype="fp16", log_level="WARNING",
-         nodes_to_exclude=exclude)
+         nodes_to_exclude=exclude, block_size=block)
 """
 
 
@@ -214,7 +215,7 @@ def modelopt_python(venv: str) -> str:
 
 
 def modelopt_quantize(py: str, model_path: str, feeds: list[dict], out: str, method: str, workdir: str,
-                      exclude: list[str] | None = None) -> None:
+                      exclude: list[str] | None = None, block_size: int | None = None) -> None:
     data = os.path.join(workdir, "modelopt_calib.npz")
     np.savez(data, **{k: np.concatenate([f[k] if f[k].ndim else f[k][None] for f in feeds]) for k in feeds[0]})
     script = os.path.join(workdir, "modelopt_quantize.py")
@@ -223,7 +224,8 @@ def modelopt_quantize(py: str, model_path: str, feeds: list[dict], out: str, met
     import re
 
     regexes = ",".join(f"^{re.escape(n)}$" for n in exclude or [])
-    p = subprocess.run([py, script, model_path, data, out, method, regexes], capture_output=True, text=True)
+    p = subprocess.run([py, script, model_path, data, out, method, regexes, str(block_size or "")], capture_output=True,
+                       text=True)
     if p.returncode != 0 or not os.path.exists(out):
         raise RuntimeError(f"ModelOpt failed:\n{p.stderr[-3000:]}")
 

@@ -141,9 +141,19 @@ def main() -> None:
         peers = [m for m in args.peers.split(",") if m]
         if peers:  # on the same FP32 graph and the same calibration inputs as ours
             py, feeds = modelopt_python(args.peer_venv), calibration_feeds(info, stats)
+            # ModelOpt's INT4 blocks are 128 wide by default; on GEMMs narrower than that its scales do not fit
+            # the weight (onnxruntime refuses them), so there it takes one block per row, as ours does
+            narrowest = min((l.weight_shape[l.reduction_axis] for l in info.layers if l.op_type in ("MatMul", "Gemm")),
+                            default=128)
+            # and its INT4 path is for MatMul only ("Currently, only MatMul nodes quantization is supported"): on
+            # a Gemm it writes scales for one axis and names the other, which onnxruntime refuses, so Gemms stay
+            # float there (their bits counted from the file as 16)
+            gemms = [l.node_name for l in info.layers if l.op_type == "Gemm"]
             for method in peers:
                 path = os.path.join(d, f"modelopt-{method}.onnx")
-                modelopt_quantize(py, prepared.onnx_path, feeds, path, method, d)
+                awq = method.startswith("awq")
+                modelopt_quantize(py, prepared.onnx_path, feeds, path, method, d, exclude=gemms if awq else None,
+                                  block_size=64 if awq and narrowest < 128 else None)
                 kind = "INT4 weight-only AWQ" if method.startswith("awq") else "INT8 PTQ"
                 score_file(f"ModelOpt 0.47 {kind} ({method})", path, count_bits(path, info), {}, kind="peer")
 
@@ -216,6 +226,9 @@ def summary(result: dict) -> str:
     sq = next((r["method"] for r in result["rows"] if r.get("kind") == "w8a8-sq"), None)
     if sq:
         lines.append("\nW8A8 smoothed where chosen minus W8A8: {:+.2f} +- {:.2f} dB".format(*paired(rows, sq, w8)))
+    for r in result["rows"]:
+        if r.get("kind") == "peer":
+            lines.append("W8A8 minus {}: {:+.2f} +- {:.2f} dB".format(r["method"], *paired(rows, w8, r["method"])))
     return "\n".join(lines)
 
 

@@ -198,6 +198,21 @@ class LowRankFormat(Format):
         return LowRankWeight(W4A16.quantize_weight(layer, residual, settings, hessian), a, b, tuple(w.shape),
                              layer.reduction_axis)
 
+    def effective_rows(self, layer, w: np.ndarray, settings, cal, rows: np.ndarray) -> np.ndarray:
+        """The branch from the whole weight (its SVD), the INT4 residual on the channels `rows` alone."""
+        from mpq_export.formats.base import row_subset
+        from mpq_export.formats.gptq import from_matrix, weight_matrix
+
+        hessian = as_calibration(cal).hessian
+        wm = weight_matrix(np.asarray(w, np.float32), layer)
+        a, b = low_rank_factors(wm, self.rank(layer), hessian, self._svd(layer, w, hessian, wm))
+        a, b = a.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)
+        branch = (b.T[rows].astype(np.float64) @ a.T.astype(np.float64)).astype(np.float32)  # [rows, K]
+        sub_layer, _ = row_subset(layer, w, rows)
+        residual = W4A16.quantize_weight(sub_layer, from_matrix(wm[rows] - branch, sub_layer.weight_shape, layer),
+                                         settings, hessian)
+        return weight_matrix(residual.dequantize(), sub_layer) + branch
+
     def write(self, writer, layer, node, w, quantized: LowRankWeight) -> LayerStorage:
         values, storage = W4A16.stored_constant(quantized.residual.values)
         node.inputs[1] = writer.weight_dq(layer, w.shape, values, storage, quantized.residual)

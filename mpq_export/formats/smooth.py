@@ -86,6 +86,16 @@ class SmoothedW8A8(WeightDQFormat):
         """The alpha of least expected error, scanned cheaply: plain |max| scales rounded to nearest, and the
         weight's error weighted by H's diagonal (each candidate costs one pass over the weight, not a GPTQ
         or a K x K product: at 1536 x 6144 that is what keeps the scan to a fraction of a second)."""
+        memo = self._alpha_memo  # asked by the weight's error and the input's for one layer
+        if memo is not None and memo[0] == layer.name and memo[1] is w and memo[2] is cal:
+            return memo[3]
+        alpha = self._scan_alpha(layer, w, cal)
+        self._alpha_memo = (layer.name, w, cal, alpha)
+        return alpha
+
+    _alpha_memo = None
+
+    def _scan_alpha(self, layer, w: np.ndarray, cal: LayerCalibration) -> float:
         from mpq_export.formats.gptq import weight_matrix
 
         wm = weight_matrix(w, layer).astype(np.float64)  # [N, K]
@@ -109,10 +119,22 @@ class SmoothedW8A8(WeightDQFormat):
                 best = (err, alpha)
         return best[1]
 
-    def _at(self, layer, w, settings, cal: LayerCalibration, alpha: float) -> SmoothedWeight:
+    def effective_rows(self, layer, w: np.ndarray, settings, cal, rows: np.ndarray) -> np.ndarray:
+        """alpha and s from the whole weight (s reads each input channel's max over every output channel),
+        the INT8 rounding on the channels `rows` alone."""
+        from mpq_export.formats.base import row_subset
+        from mpq_export.formats.gptq import weight_matrix
+
+        cal, w = as_calibration(cal), np.asarray(w, np.float32)
+        alpha = self._best_alpha(layer, w, cal)
+        s = smoothing(np.abs(w).max(axis=1 - layer.reduction_axis), cal.channel_amax, alpha)
+        sub_layer, sub_w = row_subset(layer, w, rows)
+        return weight_matrix(self._at(sub_layer, sub_w, settings, cal, alpha, s).dequantize(), sub_layer)
+
+    def _at(self, layer, w, settings, cal: LayerCalibration, alpha: float, s: np.ndarray | None = None) -> SmoothedWeight:
         axis = layer.reduction_axis
-        w_kn_absmax = np.abs(w).max(axis=1 - axis)
-        s = smoothing(w_kn_absmax, cal.channel_amax, alpha)
+        if s is None:
+            s = smoothing(np.abs(w).max(axis=1 - axis), cal.channel_amax, alpha)
         shape = [1, 1]
         shape[axis] = -1
         sw = (w * s.reshape(shape)).astype(np.float32)
@@ -125,19 +147,29 @@ class SmoothedW8A8(WeightDQFormat):
         return SmoothedWeight(qw, s.astype(np.float32), alpha, threshold, axis)
 
     @staticmethod
-    def _input_error(layer, w, q: SmoothedWeight, cal: LayerCalibration) -> float:
+    def _input_error(layer, w, s: np.ndarray, threshold: float, cal: LayerCalibration) -> float:
         """Relative output error of the smoothed input's INT8 rounding: each channel's error is the step
         (threshold / 127, in smoothed units) times s_j, uniform noise of variance step^2 / 12, reaching
         the output through row j of W (base.output_relative_noise, as every format's input error)."""
-        if cal.channel_ms is None or q.threshold <= 0:
+        if cal.channel_ms is None or threshold <= 0:
             return 0.0
-        step = activation_scale(q.threshold)
-        pooled = output_relative_noise(layer, w, (q.s.astype(np.float64) * step) ** 2 / 12.0, cal)
+        step = activation_scale(threshold)
+        pooled = output_relative_noise(layer, w, (s.astype(np.float64) * step) ** 2 / 12.0, cal)
         return pooled * _mean_inverse_step_scale(cal)
 
     def input_error(self, layer, w, settings, cal) -> float:
+        from mpq_export.formats.base import error_rows
+
         cal = as_calibration(cal)
-        return self._input_error(layer, w, self.quantize_weight(layer, w, settings, cal), cal)
+        if error_rows(layer) is None:
+            q = self.quantize_weight(layer, w, settings, cal)
+            return self._input_error(layer, w, q.s, q.threshold, cal)
+        # a wide layer: s and the threshold need no quantized weight (its error is measured on rows)
+        w = np.asarray(w, np.float32)
+        s = smoothing(np.abs(w).max(axis=1 - layer.reduction_axis), cal.channel_amax,
+                      self._best_alpha(layer, w, cal)).astype(np.float32)
+        threshold = float(np.max(cal.channel_amax / s)) if cal.channel_amax.size else 0.0
+        return self._input_error(layer, w, s, threshold, cal)
 
     @property
     def probe_quantizer(self):
