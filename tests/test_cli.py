@@ -59,10 +59,11 @@ def test_budget_sweep_quality_rises_and_the_budget_holds(unet_onnx, tmp_path):
 def test_conditional_unet_end_to_end_and_baselines(cond_unet_onnx, tmp_path):
     weight_sqnr = {}
     for extra in ([], ["--allocation", "uniform"], ["--allocation", "random", "--seed", "3"],
-                  ["--orm-estimator", "biased", "--agg", "exp-of-mean"]):
+                  ["--importance", "orm", "--orm-estimator", "biased", "--agg", "exp-of-mean"]):
         out = tmp_path / ("o" + "_".join(extra))
-        # the baselines skip the report's extras: the stability and activation-cost tables are the first run's
-        lean = ("--no-stability", "--no-act-costs") if extra else ()
+        # the baselines skip the report's extras: the activation costs are the first run's, the stability
+        # study (how ORM's K, alpha and beta move layers) the ORM run's
+        lean = () if not extra or "orm" in extra else ("--no-stability", "--no-act-costs")
         code, _, err = run_cli(cond_unet_onnx, "--budget", "6", "-o", out, *FAST, *extra, *lean)
         assert code == 0, err
         rep = json.loads((out / "report.json").read_text())
@@ -73,6 +74,8 @@ def test_conditional_unet_end_to_end_and_baselines(cond_unet_onnx, tmp_path):
     # uniform puts every unpinned layer at 4 bits; the 6-bit allocation spends the budget it has
     assert weight_sqnr["mpq"] > weight_sqnr["--allocation uniform"] + 1
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["stability"] is None  # the default scorer (probed) has no K, alpha or beta to vary
+    rep = json.loads((tmp_path / "o--importance_orm_--orm-estimator_biased_--agg_exp-of-mean" / "report.json").read_text())
     assert rep["stability"] and all(isinstance(c["layers_changed"], int) and c["change"] for c in rep["stability"])
     assert "standard-normal" in (tmp_path / "o" / "report.md").read_text()
     example = os.path.join(os.path.dirname(__file__), "..", "calib_data", "example_cond_unet.npz")

@@ -96,18 +96,29 @@ class SmoothedW8A8(WeightDQFormat):
     _alpha_memo = None
 
     def _scan_alpha(self, layer, w: np.ndarray, cal: LayerCalibration) -> float:
+        from mpq_export.formats.base import error_rows
         from mpq_export.formats.gptq import weight_matrix
 
-        wm = weight_matrix(w, layer).astype(np.float64)  # [N, K]
-        col_energy = (wm ** 2).sum(0)  # ||W_j||^2 per input channel j
+        wm = weight_matrix(w, layer)  # [N, K]
+        rows = error_rows(layer)
+        # s reads every output channel's weights; the rounding error is measured on the error model's
+        # sampled channels where the layer is wide (base.ERROR_ROWS), as the formats' expected errors are
+        w_max = np.abs(wm).max(0).astype(np.float64)
+        if rows is None:
+            wm = wm.astype(np.float64)
+            col_energy = sample_energy = (wm ** 2).sum(0)  # ||W_j||^2 per input channel j
+        else:
+            col_energy = np.einsum("nk,nk->k", wm, wm, dtype=np.float64)
+            wm = wm[rows].astype(np.float64)
+            sample_energy = (wm ** 2).sum(0)
         h_diag = np.diag(cal.hessian).astype(np.float64) if cal.hessian is not None else cal.channel_ms
         h_diag = h_diag if h_diag is not None else np.ones(wm.shape[1])
-        ref_w = max(float((h_diag * col_energy).sum()), 1e-30)
+        ref_w = max(float((h_diag * sample_energy).sum()), 1e-30)
         ms = cal.channel_ms.astype(np.float64) if cal.channel_ms is not None else None
         ref_x = max(float((ms * col_energy).sum()), 1e-30) if ms is not None else None
         best = None
         for alpha in ALPHAS:
-            s_ = smoothing(np.abs(wm).max(0), cal.channel_amax, alpha)
+            s_ = smoothing(w_max, cal.channel_amax, alpha)
             sw = wm * s_[None, :]
             scale = np.maximum(np.abs(sw).max(1, keepdims=True), 1e-12) / 127.0  # per output channel
             dw = (np.clip(np.round(sw / scale), -127, 127) * scale - sw) / s_[None, :]
