@@ -26,9 +26,10 @@ from mpq_export.util.errors import MPQError, comma_list, require_path
 # 8 average bits is reachable on every target (each op type has an 8-bit format) for any model with a
 # quantizable layer left unpinned: W8A8 where the scorer sees no reason to spend bits elsewhere
 DEFAULT_BUDGETS = (8.0,)
-# the scorer of --allocation mpq unless --importance says otherwise: on the bundled transformer it beat ORM by
-# 1.7 to 8.7 dB at 4.5 to 7 bits and the per-format measured scorer too, at a probe per layer (docs/quality.md)
-DEFAULT_SCORER = Scorer.PROBED
+# the scorer of --allocation mpq unless --importance says otherwise: probed (on the bundled transformer it beat
+# ORM by 1.7 to 8.7 dB at 4.5 to 7 bits, docs/quality.md) unless its probes would cost more than twice
+# calibration's forwards, then orm-error, which costs none (stages/scores.auto_scorer)
+DEFAULT_SCORER = Scorer.AUTO
 
 
 @dataclass

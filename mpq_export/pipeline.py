@@ -156,6 +156,13 @@ def _run_prepared(cfg: PipelineConfig, prepared: PreparedModel, preview: ModelPr
              len(info.layers), info.total_params, info.sample.name, info.timestep.name,
              "".join(f" {c.name}" for c in info.conditioning))
     cands = candidates(info.layers, cfg.target, cfg.allocation)  # (formats per layer, pins): once per run
+    if cfg.importance is Scorer.AUTO:  # decided by what the probes would cost against calibration
+        from mpq_export.stages.scores import auto_scorer
+
+        c = cfg.calibration
+        scorer, why = auto_scorer(cands[0], c.steps, c.timesteps, c.samples)
+        log.info("[scores] %s", why)
+        cfg = replace(cfg, importance=scorer, decisions=[*cfg.decisions, why])
     for b in cfg.budgets:  # before the expensive part
         check_budget(info.layers, b, cfg.target, cfg.allocation, cands[0])
     handoff_source = HandOffSource(prepared.pipeline, prepared.optimum_folder, cache_dir)

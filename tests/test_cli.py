@@ -74,7 +74,11 @@ def test_conditional_unet_end_to_end_and_baselines(cond_unet_onnx, tmp_path):
     # uniform puts every unpinned layer at 4 bits; the 6-bit allocation spends the budget it has
     assert weight_sqnr["mpq"] > weight_sqnr["--allocation uniform"] + 1
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert rep["stability"] is None  # the default scorer (probed) has no K, alpha or beta to vary
+    assert rep["stability"] is None  # the default scorer has no K, alpha or beta to vary
+    # --importance auto: at 6 steps x 4 samples, a probe per layer at each of 3 profiled steps would cost more
+    # than twice calibration's forwards: orm-error, and the report says why
+    assert rep["importance_method"] == "orm-error"
+    assert any(n.startswith("--importance auto: orm-error") for n in rep["notes"]), rep["notes"]
     rep = json.loads((tmp_path / "o--importance_orm_--orm-estimator_biased_--agg_exp-of-mean" / "report.json").read_text())
     assert rep["stability"] and all(isinstance(c["layers_changed"], int) and c["change"] for c in rep["stability"])
     assert "standard-normal" in (tmp_path / "o" / "report.md").read_text()

@@ -54,3 +54,23 @@ def test_orm_error_is_importance_times_expected_error(calibrated):
             want = theta[i] * errors[l.name][f.name] if f.quantized else 0.0
             assert s.scores[l.name][f.name] == pytest.approx(want, rel=1e-9)
     assert np.isfinite([v for d in s.scores.values() for v in d.values()]).all()
+
+
+def test_auto_takes_probed_while_its_probes_cost_at_most_twice_calibrations_forwards(calibrated):
+    from mpq_export.stages.scores import PROBE_COST_LIMIT, auto_scorer, probe_forwards
+
+    info, _ = calibrated
+    cands = candidates(info.layers, "tensorrt")[0]
+    probed_layers = sum(1 for c in cands if any(f.quantized for f in c))
+    assert 0 < probed_layers < len(cands)  # conv_in / conv_out pinned to FP16 are not probed
+    assert probe_forwards(cands, 10) == probed_layers * 10 * PROBE_SAMPLES
+    # calibration's forwards: steps x samples; at the limit exactly, probed; one sample fewer, orm-error
+    probes = probe_forwards(cands, 10)
+    steps = 50
+    samples_at_limit = probes / (PROBE_COST_LIMIT * steps)
+    scorer, why = auto_scorer(cands, steps, 10, int(np.ceil(samples_at_limit)))
+    assert scorer is Scorer.PROBED and "probed" in why
+    scorer, why = auto_scorer(cands, steps, 10, int(np.ceil(samples_at_limit)) - 1)
+    assert scorer is Scorer.ORM_ERROR and f"{probes} probe forwards" in why and "--importance probed" in why
+    # the default calibration (50 steps, 10 profiled, 32 samples) buys the probes of this model
+    assert auto_scorer(cands, 50, 10, 32)[0] is Scorer.PROBED

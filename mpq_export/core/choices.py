@@ -40,6 +40,7 @@ class Choice(str, Enum):
 
 class Scorer(Choice):
     """What the mpq allocation's objective is built from (--importance)."""
+    AUTO = "auto"  # probed where its probes cost at most PROBE_COST_LIMIT x calibration's forwards, else orm-error
     ORM = "orm"  # the paper's orthogonality metric (stages/orm.py): maximise bits x importance
     ORM_ERROR = "orm-error"  # ORM importance x each format's expected error (stages/scores.py)
     PROBED = "probed"  # one probe per layer measures its gain; x each format's expected error (stages/scores.py)
@@ -49,7 +50,7 @@ class Scorer(Choice):
 
     @classmethod
     def _offered(cls) -> tuple[str, ...]:
-        return ("orm", "orm-error", "probed", "sensitivity", "trajectory")
+        return ("auto", "orm", "orm-error", "probed", "sensitivity", "trajectory")
 
     @property
     def measured(self) -> bool:

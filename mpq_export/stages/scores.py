@@ -35,6 +35,30 @@ from mpq_export.util.progress import log
 # forwards near calibration's on real models (docs/performance.md)
 PROBE_STEPS = None
 PROBE_SAMPLES = 2
+# --importance auto: probed while its probes' forwards stay within this multiple of calibration's (a probe
+# forwards the same model as a calibration step does, so the ratio of forwards is the ratio of time whatever
+# the model's size); past it orm-error, whose cost is the expected errors alone (docs/performance.md)
+PROBE_COST_LIMIT = 2.0
+
+
+def probe_forwards(cands: list[list[Format]], timesteps: int) -> int:
+    """Model rows `probed` forwards: one probe per layer with a quantized format, at every profiled step
+    (PROBE_STEPS), PROBE_SAMPLES rows each."""
+    layers = sum(1 for c in cands if any(f.quantized for f in c))
+    return layers * (timesteps if PROBE_STEPS is None else min(PROBE_STEPS, timesteps)) * PROBE_SAMPLES
+
+
+def auto_scorer(cands: list[list[Format]], steps: int, timesteps: int, samples: int) -> tuple[Scorer, str]:
+    """--importance auto: (the scorer, the report's note saying why). Calibration forwards every sample at
+    every sampler step; guidance doubles the rows of both alike, so it drops out of the ratio."""
+    probes, calibration = probe_forwards(cands, timesteps), max(steps * samples, 1)
+    ratio = probes / calibration
+    if ratio <= PROBE_COST_LIMIT:
+        return Scorer.PROBED, (f"--importance auto: probed (its {probes} probe forwards are {ratio:.2f}x "
+                               f"calibration's {calibration}, within {PROBE_COST_LIMIT:g}x)")
+    return Scorer.ORM_ERROR, (f"--importance auto: orm-error, as probed's {probes} probe forwards would be "
+                              f"{ratio:.1f}x calibration's {calibration} (more than {PROBE_COST_LIMIT:g}x: "
+                              f"more --samples or --steps, or --importance probed, buy the probes)")
 
 
 def error_scores(info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges, cands: list[list[Format]],
