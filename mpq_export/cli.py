@@ -126,8 +126,8 @@ def options() -> list[Option]:
                "are baselines", "allocation", dict(choices=METHODS), example=(("--allocation", "uniform"), "uniform")),
         Option(("--importance",), "importance", "the scores the mpq allocation minimises: auto (default): probed, "
                "or orm-error where probed's probes would cost more than twice calibration's forwards (the report "
-               "says which); probed: one measured probe per layer times each format's expected error; orm: the paper's orthogonality metric "
-               "(maximises bits x importance); orm-error: ORM importance times each format's expected error; "
+               "says which); probed: one measured probe per layer times each format's expected error; orm: the "
+               "paper's orthogonality metric (maximises bits x importance); orm-error: ORM importance times each format's expected error; "
                "sensitivity: measured noise-prediction error of every layer and format; trajectory: measured "
                "final-sample error of every layer and format (about 10x sensitivity's forwards; small models)",
                "allocation", dict(choices=Scorer.choices()),

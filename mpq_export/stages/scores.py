@@ -57,8 +57,8 @@ def auto_scorer(cands: list[list[Format]], steps: int, timesteps: int, samples: 
         return Scorer.PROBED, (f"--importance auto: probed (its {probes} probe forwards are {ratio:.2f}x "
                                f"calibration's {calibration}, within {PROBE_COST_LIMIT:g}x)")
     return Scorer.ORM_ERROR, (f"--importance auto: orm-error, as probed's {probes} probe forwards would be "
-                              f"{ratio:.1f}x calibration's {calibration} (more than {PROBE_COST_LIMIT:g}x: "
-                              f"more --samples or --steps, or --importance probed, buy the probes)")
+                              f"{ratio:.1f}x calibration's {calibration}, more than {PROBE_COST_LIMIT:g}x "
+                              f"(--importance probed probes anyway)")
 
 
 def error_scores(info: ModelInfo, stats: CalibrationStats, ranges: ActivationRanges, cands: list[list[Format]],
