@@ -127,9 +127,10 @@ def options() -> list[Option]:
         Option(("--importance",), "importance", "the scores the mpq allocation minimises: auto (default): probed, "
                "or orm-error where probed's probes would cost more than twice calibration's forwards (the report "
                "says which); probed: one measured probe per layer times each format's expected error; orm: the "
-               "paper's orthogonality metric (maximises bits x importance); orm-error: ORM importance times each format's expected error; "
-               "sensitivity: measured noise-prediction error of every layer and format; trajectory: measured "
-               "final-sample error of every layer and format (about 10x sensitivity's forwards; small models)",
+               "paper's orthogonality metric (maximises bits x importance); orm-error: ORM importance times each "
+               "format's expected error; sensitivity: measured noise-prediction error of every layer and format; "
+               "trajectory: measured final-sample error of every layer and format (about 10x sensitivity's "
+               "forwards; small models)",
                "allocation", dict(choices=Scorer.choices()),
                example=(("--importance", "sensitivity"), "sensitivity")),
         Option(("--bits",), "allocation.bits", "candidate weight bit-widths (4, 8, 16)", "allocation",

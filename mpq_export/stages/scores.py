@@ -31,8 +31,8 @@ from mpq_export.stages.sensitivity import SensitivityScores, measure_sensitivity
 from mpq_export.util.progress import log
 
 # the probes of `probed`: every profiled step (the noise levels differ most between steps), two rows each
-# (more rows moved the allocations little on the bundled DiT: docs/quality.md); this keeps the probes'
-# forwards near calibration's on real models (docs/performance.md)
+# (more rows moved the allocations little on the bundled DiT: docs/quality.md); a probe is a whole forward,
+# so on models of many layers they can cost more than calibration: auto_scorer weighs that
 PROBE_STEPS = None
 PROBE_SAMPLES = 2
 # --importance auto: probed while its probes' forwards stay within this multiple of calibration's (a probe
